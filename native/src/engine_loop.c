@@ -1,0 +1,318 @@
+/*
+ * The engine thread: the only code that touches the llama context.
+ *
+ * Each iteration reaps cancelled and expired requests, admits queued ones
+ * into free slots (reusing cached prefixes), asks the scheduler for a plan,
+ * packs every planned token into one llama_batch, runs one llama_decode,
+ * samples, and publishes the new output.  The engine mutex is never held
+ * during llama_decode or sampling, so callers can submit, cancel and take
+ * output at any time.
+ */
+#include "internal.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* An idle engine still wakes this often, so the watchdog sees a heartbeat. */
+#define IDLE_WAIT_NS 500000000LL
+
+static int32_t find_live_index(const hearth_engine *e, uint64_t id) {
+    for (int32_t i = 0; i < e->n_live; i++) {
+        if (e->live[i]->id == id) {
+            return i;
+        }
+    }
+    return -1;
+}
+
+/* Ends a generation request: frees its slot and scheduler entry, publishes
+ * its final output and drops the engine's reference.  e->mu held (or the
+ * thread has ended). */
+void hearth_engine_finish(hearth_engine *e, hearth_request *r, hearth_finish_reason reason,
+                          const char *error) {
+    if (r->finished_engine) {
+        return;
+    }
+    r->finished_engine = true;
+    r->finish_reason = reason;
+    if (error) {
+        r->error = strdup(error);
+    }
+    hearth_textstream_flush(r->text);
+    hearth_slots_release(e, r, reason != HEARTH_FINISH_ERROR);
+    hearth_sched_remove(e->sched, r->id);
+    int32_t i = find_live_index(e, r->id);
+    if (i >= 0) {
+        e->live[i] = e->live[--e->n_live];
+    }
+    e->stats.requests_finished++;
+    if (reason == HEARTH_FINISH_CANCELLED || reason == HEARTH_FINISH_DEADLINE) {
+        e->stats.requests_cancelled++;
+    }
+    hearth_engine_publish(e, r);
+    hearth_request_unref(r);
+}
+
+static void finish_embedding(hearth_engine *e, hearth_request *r, hearth_finish_reason reason,
+                             const char *error) {
+    r->finished_engine = true;
+    r->finish_reason = reason;
+    if (error) {
+        r->error = strdup(error);
+    }
+    e->stats.requests_finished++;
+    hearth_engine_publish(e, r);
+    hearth_request_unref(r);
+}
+
+/* Cancelled and expired requests leave before the next plan, so no token is
+ * computed for them after the step in which the cancel arrived. */
+static void reap(hearth_engine *e, int64_t now) {
+    for (int32_t i = e->n_live - 1; i >= 0; i--) {
+        hearth_request *r = e->live[i];
+        if (atomic_load(&r->cancel)) {
+            hearth_engine_finish(e, r, HEARTH_FINISH_CANCELLED, NULL);
+        } else if (r->deadline_ns > 0 && now >= r->deadline_ns) {
+            hearth_engine_finish(e, r, HEARTH_FINISH_DEADLINE, NULL);
+        }
+    }
+    for (int32_t i = e->n_embed_q - 1; i >= 0; i--) {
+        hearth_request *r = e->embed_q[i];
+        if (atomic_load(&r->cancel)) {
+            memmove(e->embed_q + i, e->embed_q + i + 1,
+                    (size_t)(e->n_embed_q - i - 1) * sizeof(hearth_request *));
+            e->n_embed_q--;
+            finish_embedding(e, r, HEARTH_FINISH_CANCELLED, NULL);
+        }
+    }
+}
+
+static void admit(hearth_engine *e) {
+    uint64_t ids[256];
+    int32_t n = hearth_sched_admit(e->sched, ids, e->params.n_parallel);
+    int64_t now = hearth_now_ns();
+    for (int32_t k = 0; k < n; k++) {
+        int32_t i = find_live_index(e, ids[k]);
+        if (i < 0) {
+            hearth_sched_remove(e->sched, ids[k]);
+            continue;
+        }
+        hearth_request *r = e->live[i];
+        if (hearth_slots_assign(e, r) < 0) {
+            hearth_engine_finish(e, r, HEARTH_FINISH_ERROR, "no free slot (scheduler bug)");
+            continue;
+        }
+        hearth_sched_set_prefill(e->sched, r->id, r->prompt.len - r->n_past);
+        e->stats.tokens_cached += (uint64_t)r->n_past;
+        pthread_mutex_lock(&r->mu);
+        r->t_admit_ns = now;
+        r->slot_public = r->slot;
+        pthread_mutex_unlock(&r->mu);
+    }
+}
+
+static void batch_add(struct llama_batch *b, llama_token tok, llama_pos pos, int32_t seq,
+                      bool logits) {
+    int32_t i = b->n_tokens++;
+    b->token[i] = tok;
+    b->pos[i] = pos;
+    b->n_seq_id[i] = 1;
+    b->seq_id[i][0] = seq;
+    b->logits[i] = logits;
+}
+
+/* Decides what the new token means for the request; the finish itself
+ * happens under the engine mutex afterwards. */
+static void accept_token(hearth_engine *e, hearth_request *r, llama_token tok) {
+    if (tok < 0 || tok >= e->n_vocab) {
+        r->pending_finish = HEARTH_FINISH_ERROR;
+        return;
+    }
+    r->n_generated++;
+    if (r->n_generated == 1) {
+        pthread_mutex_lock(&r->mu);
+        r->t_first_token_ns = hearth_now_ns();
+        pthread_mutex_unlock(&r->mu);
+    }
+    htokens_append(&r->stage_tokens, &tok, 1);
+    r->last_token = tok;
+    if (!r->ignore_eos && e->eog_mask[tok]) {
+        r->pending_finish = HEARTH_FINISH_STOP;
+        return;
+    }
+    char small[256];
+    char *piece = small;
+    int32_t n = llama_token_to_piece(e->vocab, tok, small, sizeof small, 0, false);
+    if (n < 0) {
+        piece = malloc((size_t)-n);
+        n = piece ? llama_token_to_piece(e->vocab, tok, piece, -n, 0, false) : 0;
+    }
+    int32_t hit = n > 0 ? hearth_textstream_feed(r->text, piece, n) : -1;
+    if (piece != small) {
+        free(piece);
+    }
+    if (hit >= 0) {
+        r->stop_index = hit;
+        r->pending_finish = HEARTH_FINISH_STOP;
+    } else if (r->n_generated >= r->max_tokens || r->n_past >= e->n_ctx_slot) {
+        r->pending_finish = HEARTH_FINISH_LENGTH;
+    }
+}
+
+static void run_step(hearth_engine *e, int32_t n_plan) {
+    struct llama_batch *b = &e->batch;
+    b->n_tokens = 0;
+    for (int32_t i = 0; i < n_plan; i++) {
+        hearth_request *r = e->plan_reqs[i];
+        const hearth_sched_entry *ent = &e->plan[i];
+        r->batch_index = -1;
+        if (ent->action == HEARTH_SCHED_DECODE) {
+            batch_add(b, r->last_token, r->n_past, r->slot, true);
+            r->batch_index = b->n_tokens - 1;
+            continue;
+        }
+        for (int32_t j = 0; j < ent->n_tokens; j++) {
+            bool last = ent->completes_prompt && j == ent->n_tokens - 1;
+            batch_add(b, r->prompt.data[r->n_past + j], r->n_past + j, r->slot, last);
+        }
+        if (ent->completes_prompt) {
+            r->batch_index = b->n_tokens - 1;
+        }
+    }
+
+    int64_t t0 = hearth_now_ns();
+    int32_t rc = llama_decode(e->ctx, *b);
+    int64_t dt = hearth_now_ns() - t0;
+
+    pthread_mutex_lock(&e->mu);
+    e->stats.decode_steps++;
+    e->stats.decode_ns_total += (uint64_t)dt;
+    if (rc != 0) {
+        char msg[96];
+        snprintf(msg, sizeof msg, "llama_decode failed with code %d", rc);
+        e->stats.decode_failures++;
+        for (int32_t i = 0; i < n_plan; i++) {
+            hearth_engine_finish(e, e->plan_reqs[i], HEARTH_FINISH_ERROR, msg);
+        }
+        pthread_mutex_unlock(&e->mu);
+        return;
+    }
+    for (int32_t i = 0; i < n_plan; i++) {
+        hearth_request *r = e->plan_reqs[i];
+        slot *s = &e->slots[r->slot];
+        if (e->plan[i].action == HEARTH_SCHED_DECODE) {
+            htokens_append(&s->cache, &r->last_token, 1);
+            r->n_past += 1;
+        } else {
+            int32_t k = e->plan[i].n_tokens;
+            htokens_append(&s->cache, r->prompt.data + r->n_past, k);
+            r->n_past += k;
+            e->stats.tokens_prompt += (uint64_t)k;
+        }
+    }
+    hearth_sched_commit(e->sched, e->plan, n_plan);
+    pthread_mutex_unlock(&e->mu);
+
+    /* Sampling reads only this step's logits and request-private state. */
+    uint64_t n_sampled = 0;
+    for (int32_t i = 0; i < n_plan; i++) {
+        hearth_request *r = e->plan_reqs[i];
+        r->pending_finish = HEARTH_FINISH_NONE;
+        if (r->batch_index < 0) {
+            continue;
+        }
+        if (atomic_load(&r->cancel)) {
+            r->pending_finish = HEARTH_FINISH_CANCELLED;
+            continue;
+        }
+        accept_token(e, r, hearth_sampler_sample(&r->sampler, e->ctx, r->batch_index));
+        n_sampled++;
+    }
+
+    pthread_mutex_lock(&e->mu);
+    e->stats.tokens_generated += n_sampled;
+    for (int32_t i = 0; i < n_plan; i++) {
+        hearth_request *r = e->plan_reqs[i];
+        if (r->pending_finish != HEARTH_FINISH_NONE) {
+            hearth_engine_finish(e, r, r->pending_finish,
+                                 r->pending_finish == HEARTH_FINISH_ERROR
+                                     ? "the sampler returned an invalid token"
+                                     : NULL);
+        } else if (r->batch_index >= 0) {
+            hearth_engine_publish(e, r);
+        }
+    }
+    pthread_mutex_unlock(&e->mu);
+}
+
+static void run_embedding(hearth_engine *e, hearth_request *r) {
+    hearth_status st = hearth_model_embed(e, r);
+    pthread_mutex_lock(&e->mu);
+    e->stats.tokens_prompt += (uint64_t)r->prompt.len;
+    if (st == HEARTH_OK) {
+        finish_embedding(e, r, HEARTH_FINISH_STOP, NULL);
+    } else {
+        finish_embedding(e, r, HEARTH_FINISH_ERROR, hearth_last_error());
+    }
+    pthread_mutex_unlock(&e->mu);
+}
+
+static bool has_work(const hearth_engine *e) { return e->n_live > 0 || e->n_embed_q > 0; }
+
+void *hearth_engine_main(void *arg) {
+    hearth_engine *e = arg;
+    for (;;) {
+        pthread_mutex_lock(&e->mu);
+        for (;;) {
+            int64_t now = hearth_now_ns();
+            atomic_store(&e->heartbeat_ns, now);
+            if (e->stop) {
+                break;
+            }
+            reap(e, now);
+            if (has_work(e)) {
+                break;
+            }
+            struct timespec ts;
+            clock_gettime(CLOCK_REALTIME, &ts);
+            ts.tv_nsec += IDLE_WAIT_NS;
+            if (ts.tv_nsec >= 1000000000L) {
+                ts.tv_sec += 1;
+                ts.tv_nsec -= 1000000000L;
+            }
+            pthread_cond_timedwait(&e->cv, &e->mu, &ts);
+        }
+        if (e->stop) {
+            pthread_mutex_unlock(&e->mu);
+            break;
+        }
+        hearth_request *embed = NULL;
+        if (e->n_embed_q > 0) {
+            embed = e->embed_q[0];
+            memmove(e->embed_q, e->embed_q + 1, (size_t)(e->n_embed_q - 1) * sizeof(hearth_request *));
+            e->n_embed_q--;
+        }
+        admit(e);
+        int32_t n_planned = hearth_sched_plan(e->sched, e->plan, e->params.n_parallel);
+        int32_t n_plan = 0;
+        for (int32_t i = 0; i < n_planned; i++) {
+            int32_t k = find_live_index(e, e->plan[i].id);
+            if (k < 0) {
+                hearth_sched_remove(e->sched, e->plan[i].id);
+                continue;
+            }
+            e->plan[n_plan] = e->plan[i];
+            e->plan_reqs[n_plan++] = e->live[k];
+        }
+        pthread_mutex_unlock(&e->mu);
+
+        if (embed) {
+            run_embedding(e, embed);
+        }
+        if (n_plan > 0) {
+            run_step(e, n_plan);
+        }
+    }
+    return NULL;
+}

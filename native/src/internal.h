@@ -1,0 +1,191 @@
+/* Internal declarations shared by the core's translation units. */
+#ifndef HEARTH_INTERNAL_H
+#define HEARTH_INTERNAL_H
+
+#include "hearth_core.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+
+#include "llama.h"
+
+/* ---- errors.c: thread-local last error ---- */
+hearth_status hearth_fail(hearth_status code, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+/* ---- clock ---- */
+int64_t hearth_now_ns(void);
+
+/* ---- growable buffers ---- */
+typedef struct hbytes {
+    char *data;
+    int32_t len;
+    int32_t cap;
+} hbytes;
+
+typedef struct htokens {
+    int32_t *data;
+    int32_t len;
+    int32_t cap;
+} htokens;
+
+bool hbytes_append(hbytes *b, const char *src, int32_t n);
+void hbytes_free(hbytes *b);
+bool htokens_append(htokens *t, const int32_t *src, int32_t n);
+bool htokens_reserve(htokens *t, int32_t cap);
+void htokens_free(htokens *t);
+
+/* ---- sampling.c ---- */
+typedef struct hearth_sampler {
+    struct llama_sampler *chain; /* NULL on the greedy fast path */
+    const uint8_t *eog_mask;     /* borrowed from the engine; NULL unless
+                                    end-of-generation tokens are banned */
+    int32_t n_vocab;
+} hearth_sampler;
+
+bool hearth_sampler_init(hearth_sampler *s, const hearth_sampling *cfg,
+                         const struct llama_vocab *vocab,
+                         const uint8_t *eog_mask, const int32_t *eog_ids,
+                         int32_t n_eog, bool ignore_eos);
+void hearth_sampler_prime(hearth_sampler *s, const int32_t *tokens, int32_t n);
+llama_token hearth_sampler_sample(hearth_sampler *s, struct llama_context *ctx,
+                                  int32_t idx);
+void hearth_sampler_free(hearth_sampler *s);
+hearth_status hearth_sampling_validate(const hearth_sampling *s);
+
+/* ---- requests ---- */
+typedef enum request_kind { REQ_GENERATE = 0, REQ_EMBED = 1 } request_kind;
+
+/* What the engine thread hands over after a step; guarded by the request's
+ * mutex because the caller takes it from another thread. */
+typedef struct request_output {
+    htokens tokens;
+    hbytes text;
+    float *embedding;
+    int32_t n_embd;
+} request_output;
+
+struct hearth_request {
+    atomic_int refs;
+    atomic_bool cancel;
+    uint64_t id;
+    request_kind kind;
+
+    /* Immutable after submit. */
+    htokens prompt;
+    int32_t max_tokens;
+    hearth_sampling sampling;
+    int64_t deadline_ns;
+    bool ignore_eos;
+    bool normalize;
+
+    /* Engine-thread state. */
+    int32_t slot;
+    int32_t n_past;        /* prompt tokens whose KV is in the slot */
+    int32_t n_cached;
+    int32_t n_generated;
+    int32_t batch_index;   /* logits row of the last step, -1 if none */
+    llama_token last_token;
+    hearth_sampler sampler;
+    hearth_textstream *text;
+    htokens stage_tokens;  /* produced this step, not yet published */
+    hearth_finish_reason pending_finish; /* decided during a step */
+    bool finished_engine;  /* engine has finished it (publish pending) */
+    hearth_finish_reason finish_reason;
+    int32_t stop_index;
+    char *error;
+
+    /* Shared with the caller; guarded by mu. */
+    pthread_mutex_t mu;
+    request_output pending;
+    request_output taken;
+    bool ready_pending;
+    bool finished;
+    int32_t slot_public;
+    int32_t pub_generated;
+    int32_t pub_cached;
+    int64_t t_submit_ns;
+    int64_t t_admit_ns;
+    int64_t t_first_token_ns;
+    int64_t t_finish_ns;
+};
+
+hearth_request *hearth_request_new(request_kind kind, uint64_t id);
+void hearth_request_unref(hearth_request *r);
+void hearth_request_discard(hearth_request *r);
+
+/* ---- engine (engine.c, engine_loop.c, slots.c, model.c) ---- */
+typedef struct slot {
+    int32_t id;            /* llama seq_id */
+    hearth_request *req;   /* NULL when free */
+    htokens cache;         /* tokens whose KV this sequence holds, at
+                              positions 0 .. cache.len - 1 */
+    uint64_t last_used;
+} slot;
+
+struct hearth_engine {
+    hearth_engine_params params;
+    struct llama_model *model;
+    struct llama_context *ctx;
+    struct llama_context *embd_ctx; /* created on first embedding request */
+    const struct llama_vocab *vocab;
+    int32_t n_vocab;
+    int32_t n_ctx;
+    int32_t n_ctx_slot;
+    int32_t n_swa;
+    uint64_t kv_bytes;
+    uint8_t *eog_mask;
+    int32_t *eog_ids;
+    int32_t n_eog;
+
+    /* Engine thread only. */
+    slot *slots;
+    struct llama_batch batch;
+    hearth_sched_entry *plan;
+    hearth_request **plan_reqs;
+    hearth_request **touched;
+    uint64_t use_counter;
+
+    /* Guarded by mu. */
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    pthread_t thread;
+    bool thread_started;
+    bool stop;
+    bool admission_open;
+    hearth_scheduler *sched;
+    hearth_request **live;      /* generation requests, queued or running */
+    int32_t n_live;
+    int32_t cap_live;
+    hearth_request **embed_q;   /* embedding requests, FIFO */
+    int32_t n_embed_q;
+    int32_t cap_embed_q;
+    uint64_t next_id;
+    hearth_engine_stats stats;
+    atomic_llong heartbeat_ns;
+
+    /* Ready list, guarded by ready_mu. */
+    pthread_mutex_t ready_mu;
+    uint64_t *ready;
+    int32_t n_ready;
+    int32_t cap_ready;
+    int event_fd;
+};
+
+void *hearth_engine_main(void *arg);
+void hearth_engine_publish(struct hearth_engine *e, hearth_request *r);
+void hearth_engine_finish(struct hearth_engine *e, hearth_request *r,
+                          hearth_finish_reason reason, const char *error);
+
+/* slots.c: choose a slot for a request and reuse what its KV cache holds. */
+int32_t hearth_slots_assign(struct hearth_engine *e, hearth_request *r);
+void hearth_slots_release(struct hearth_engine *e, hearth_request *r, bool keep_cache);
+int32_t hearth_common_prefix(const int32_t *a, int32_t na, const int32_t *b, int32_t nb);
+
+/* model.c */
+hearth_status hearth_model_load(struct hearth_engine *e);
+hearth_status hearth_model_create_context(struct hearth_engine *e);
+hearth_status hearth_model_embed(struct hearth_engine *e, hearth_request *r);
+
+#endif

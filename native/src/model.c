@@ -1,0 +1,353 @@
+/* Loading the model and its context, and the thread-safe model queries. */
+#include "internal.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static pthread_once_t backend_once = PTHREAD_ONCE_INIT;
+
+static void backend_init(void) { llama_backend_init(); }
+
+static enum llama_load_mode load_mode(const hearth_engine_params *p) {
+    if (p->use_mmap && p->use_mlock) return LLAMA_LOAD_MODE_MMAP_MLOCK;
+    if (p->use_mmap) return LLAMA_LOAD_MODE_MMAP;
+    if (p->use_mlock) return LLAMA_LOAD_MODE_MLOCK;
+    return LLAMA_LOAD_MODE_NONE;
+}
+
+hearth_status hearth_model_load(hearth_engine *e) {
+    pthread_once(&backend_once, backend_init);
+    const hearth_engine_params *p = &e->params;
+    if (p->n_gpu_layers > 0 && !llama_supports_gpu_offload()) {
+        return hearth_fail(HEARTH_E_FAILED_PRECONDITION,
+                           "n_gpu_layers=%d, but the installed llama.cpp has no GPU backend "
+                           "(install the CUDA build with `make setup CUDA=1`)",
+                           p->n_gpu_layers);
+    }
+    struct llama_model_params mp = llama_model_default_params();
+    mp.n_gpu_layers = llama_supports_gpu_offload() ? p->n_gpu_layers : 0;
+    mp.main_gpu = p->main_gpu;
+    mp.load_mode = load_mode(p);
+    bool any_split = false;
+    for (int i = 0; i < 16; i++) {
+        any_split |= p->tensor_split[i] > 0.0f;
+    }
+    float split[128] = {0};
+    if (any_split) {
+        size_t n = llama_max_devices();
+        for (size_t i = 0; i < n && i < 16 && i < 128; i++) {
+            split[i] = p->tensor_split[i];
+        }
+        mp.tensor_split = split;
+    }
+    if (p->model_fd >= 0) {
+        int fd = dup(p->model_fd);
+        FILE *f = fd >= 0 ? fdopen(fd, "rb") : NULL;
+        if (!f) {
+            if (fd >= 0) close(fd);
+            return hearth_fail(HEARTH_E_LOAD_FAILED, "cannot open model fd %d", p->model_fd);
+        }
+        /* Read from the start, whatever the caller did with the offset. */
+        fseek(f, 0, SEEK_SET);
+        e->model = llama_model_load_from_file_ptr(f, mp);
+        fclose(f);
+    } else {
+        if (!p->model_path || !p->model_path[0]) {
+            return hearth_fail(HEARTH_E_INVALID_ARGUMENT, "model_path is empty");
+        }
+        e->model = llama_model_load_from_file(p->model_path, mp);
+    }
+    if (!e->model) {
+        return hearth_fail(HEARTH_E_LOAD_FAILED,
+                           "llama.cpp could not load the model (see the log for the reason)");
+    }
+    e->vocab = llama_model_get_vocab(e->model);
+    e->n_vocab = llama_vocab_n_tokens(e->vocab);
+    if (llama_model_has_encoder(e->model) && !llama_model_has_decoder(e->model)) {
+        return hearth_fail(HEARTH_E_LOAD_FAILED, "encoder-only models cannot generate");
+    }
+    e->eog_mask = calloc((size_t)e->n_vocab, 1);
+    e->eog_ids = malloc(sizeof(int32_t) * 64);
+    if (!e->eog_mask || !e->eog_ids) {
+        return hearth_fail(HEARTH_E_OUT_OF_MEMORY, "out of memory");
+    }
+    int32_t cap = 64;
+    for (int32_t t = 0; t < e->n_vocab; t++) {
+        if (!llama_vocab_is_eog(e->vocab, t)) {
+            continue;
+        }
+        e->eog_mask[t] = 1;
+        if (e->n_eog == cap) {
+            int32_t *grown = realloc(e->eog_ids, sizeof(int32_t) * (size_t)(cap * 2));
+            if (!grown) {
+                return hearth_fail(HEARTH_E_OUT_OF_MEMORY, "out of memory");
+            }
+            e->eog_ids = grown;
+            cap *= 2;
+        }
+        e->eog_ids[e->n_eog++] = t;
+    }
+    return HEARTH_OK;
+}
+
+static int32_t meta_int(const struct llama_model *m, const char *arch, const char *suffix,
+                        int32_t fallback) {
+    char key[128];
+    char val[64];
+    snprintf(key, sizeof key, "%s.%s", arch, suffix);
+    if (llama_model_meta_val_str(m, key, val, sizeof val) <= 0) {
+        return fallback;
+    }
+    return (int32_t)strtol(val, NULL, 10);
+}
+
+static size_t cache_type_size(int32_t ggml_type) {
+    /* bytes per element of the KV types we allow: f32, f16, q8_0, q4_0 */
+    switch (ggml_type) {
+    case 0: return 4 * 32;     /* f32, scaled to a 32-block */
+    case 1: return 2 * 32;     /* f16 */
+    case 8: return 34;         /* q8_0: 32 values in 34 bytes */
+    case 2: return 18;         /* q4_0: 32 values in 18 bytes */
+    default: return 2 * 32;
+    }
+}
+
+/* Upper bound of the KV cache size: every layer is counted at full context
+ * (sliding-window layers allocate less). */
+static uint64_t estimate_kv_bytes(const hearth_engine *e) {
+    char arch[32] = "";
+    llama_model_meta_val_str(e->model, "general.architecture", arch, sizeof arch);
+    int32_t n_embd = llama_model_n_embd(e->model);
+    int32_t n_head = llama_model_n_head(e->model);
+    int32_t head = n_head > 0 ? n_embd / n_head : 0;
+    int32_t k_len = meta_int(e->model, arch, "attention.key_length", head);
+    int32_t v_len = meta_int(e->model, arch, "attention.value_length", head);
+    uint64_t n_head_kv = (uint64_t)llama_model_n_head_kv(e->model);
+    uint64_t per_cell = n_head_kv * ((uint64_t)k_len * cache_type_size(e->params.type_k) +
+                                     (uint64_t)v_len * cache_type_size(e->params.type_v)) / 32;
+    return per_cell * (uint64_t)llama_model_n_layer(e->model) * (uint64_t)e->n_ctx;
+}
+
+hearth_status hearth_model_create_context(hearth_engine *e) {
+    const hearth_engine_params *p = &e->params;
+    struct llama_context_params cp = llama_context_default_params();
+    cp.n_ctx = (uint32_t)p->n_ctx;
+    cp.n_batch = (uint32_t)p->n_batch;
+    cp.n_ubatch = (uint32_t)p->n_ubatch;
+    cp.n_seq_max = (uint32_t)p->n_parallel;
+    cp.n_threads = p->n_threads;
+    cp.n_threads_batch = p->n_threads_batch;
+    cp.flash_attn_type = p->flash_attn < 0   ? LLAMA_FLASH_ATTN_TYPE_AUTO
+                         : p->flash_attn == 0 ? LLAMA_FLASH_ATTN_TYPE_DISABLED
+                                              : LLAMA_FLASH_ATTN_TYPE_ENABLED;
+    cp.type_k = (enum ggml_type)p->type_k;
+    cp.type_v = (enum ggml_type)p->type_v;
+    cp.kv_unified = p->kv_unified;
+    cp.swa_full = p->swa_full;
+    cp.no_perf = true;
+    cp.embeddings = false;
+    e->ctx = llama_init_from_model(e->model, cp);
+    if (!e->ctx) {
+        return hearth_fail(HEARTH_E_LOAD_FAILED,
+                           "llama.cpp could not create a context (n_ctx=%d, n_parallel=%d); "
+                           "see the log", p->n_ctx, p->n_parallel);
+    }
+    e->n_ctx = (int32_t)llama_n_ctx(e->ctx);
+    /* With one stream per slot llama.cpp sizes each stream itself; with a
+     * unified pool we split it evenly so the slots can never overrun it. */
+    e->n_ctx_slot = p->kv_unified ? e->n_ctx / p->n_parallel : (int32_t)llama_n_ctx_seq(e->ctx);
+    int32_t n_train = llama_model_n_ctx_train(e->model);
+    if (n_train > 0 && e->n_ctx_slot > n_train) {
+        e->n_ctx_slot = n_train;
+    }
+    e->n_swa = p->swa_full ? 0 : llama_model_n_swa(e->model);
+    e->kv_bytes = estimate_kv_bytes(e);
+    return HEARTH_OK;
+}
+
+/* Runs on the engine thread: one mean-pooled embedding. */
+hearth_status hearth_model_embed(hearth_engine *e, hearth_request *r) {
+    if (!e->embd_ctx) {
+        struct llama_context_params cp = llama_context_default_params();
+        cp.n_ctx = (uint32_t)e->n_ctx_slot;
+        cp.n_batch = (uint32_t)e->n_ctx_slot;
+        cp.n_ubatch = (uint32_t)e->n_ctx_slot;
+        cp.n_seq_max = 1;
+        cp.n_threads = e->params.n_threads;
+        cp.n_threads_batch = e->params.n_threads_batch;
+        cp.embeddings = true;
+        cp.pooling_type = LLAMA_POOLING_TYPE_MEAN;
+        cp.no_perf = true;
+        e->embd_ctx = llama_init_from_model(e->model, cp);
+        if (!e->embd_ctx) {
+            return hearth_fail(HEARTH_E_INTERNAL, "could not create the embedding context");
+        }
+    }
+    llama_memory_clear(llama_get_memory(e->embd_ctx), true);
+    int32_t n = r->prompt.len;
+    struct llama_batch b = llama_batch_init(n, 0, 1);
+    for (int32_t i = 0; i < n; i++) {
+        b.token[i] = r->prompt.data[i];
+        b.pos[i] = i;
+        b.n_seq_id[i] = 1;
+        b.seq_id[i][0] = 0;
+        b.logits[i] = 1;
+    }
+    b.n_tokens = n;
+    int32_t rc = llama_decode(e->embd_ctx, b);
+    llama_batch_free(b);
+    if (rc != 0) {
+        return hearth_fail(HEARTH_E_INTERNAL, "llama_decode failed for an embedding (%d)", rc);
+    }
+    const float *v = llama_get_embeddings_seq(e->embd_ctx, 0);
+    if (!v) {
+        return hearth_fail(HEARTH_E_INTERNAL, "llama.cpp returned no pooled embedding");
+    }
+    int32_t d = llama_model_n_embd_out(e->model);
+    if (d <= 0) {
+        d = llama_model_n_embd(e->model);
+    }
+    float *out = malloc(sizeof(float) * (size_t)d);
+    if (!out) {
+        return hearth_fail(HEARTH_E_OUT_OF_MEMORY, "out of memory");
+    }
+    double norm = 0.0;
+    for (int32_t i = 0; i < d; i++) {
+        out[i] = v[i];
+        norm += (double)v[i] * v[i];
+    }
+    if (r->normalize && norm > 0.0) {
+        float inv = (float)(1.0 / sqrt(norm));
+        for (int32_t i = 0; i < d; i++) {
+            out[i] *= inv;
+        }
+    }
+    pthread_mutex_lock(&r->mu);
+    free(r->pending.embedding);
+    r->pending.embedding = out;
+    r->pending.n_embd = d;
+    pthread_mutex_unlock(&r->mu);
+    return HEARTH_OK;
+}
+
+hearth_status hearth_engine_model_info(const hearth_engine *e, hearth_model_info *out) {
+    if (!e || !out) {
+        return hearth_fail(HEARTH_E_INVALID_ARGUMENT, "model_info: NULL argument");
+    }
+    memset(out, 0, sizeof *out);
+    llama_model_meta_val_str(e->model, "general.architecture", out->arch, sizeof out->arch);
+    llama_model_desc(e->model, out->description, sizeof out->description);
+    out->n_vocab = e->n_vocab;
+    out->n_ctx_train = llama_model_n_ctx_train(e->model);
+    out->n_embd = llama_model_n_embd(e->model);
+    out->n_layer = llama_model_n_layer(e->model);
+    out->n_head = llama_model_n_head(e->model);
+    out->n_head_kv = llama_model_n_head_kv(e->model);
+    out->n_swa = llama_model_n_swa(e->model);
+    out->n_params = llama_model_n_params(e->model);
+    out->size_bytes = llama_model_size(e->model);
+    out->kv_bytes = e->kv_bytes;
+    out->n_ctx = e->n_ctx;
+    out->n_ctx_slot = e->n_ctx_slot;
+    out->n_parallel = e->params.n_parallel;
+    out->n_gpu_layers = e->params.n_gpu_layers;
+    out->add_bos = llama_vocab_get_add_bos(e->vocab);
+    out->has_encoder = llama_model_has_encoder(e->model);
+    out->embeddings_enabled = e->params.enable_embeddings;
+    return HEARTH_OK;
+}
+
+hearth_status hearth_engine_meta(const hearth_engine *e, const char *key, char *buf, int32_t cap,
+                                 int32_t *n_out) {
+    if (!e || !key || !n_out || cap < 0 || (cap > 0 && !buf)) {
+        return hearth_fail(HEARTH_E_INVALID_ARGUMENT, "meta: bad arguments");
+    }
+    char probe[1];
+    int32_t n = llama_model_meta_val_str(e->model, key, cap > 0 ? buf : probe,
+                                         cap > 0 ? (size_t)cap : sizeof probe);
+    if (n < 0) {
+        return hearth_fail(HEARTH_E_NOT_FOUND, "no metadata key %s", key);
+    }
+    *n_out = n;
+    if (n >= cap) {
+        return hearth_fail(HEARTH_E_RESOURCE_EXHAUSTED, "buffer too small");
+    }
+    return HEARTH_OK;
+}
+
+hearth_status hearth_engine_tokenize(const hearth_engine *e, const char *text, int32_t len,
+                                     bool add_special, bool parse_special, int32_t *tokens,
+                                     int32_t cap, int32_t *n_out) {
+    if (!e || !text || len < 0 || cap < 0 || !n_out || (cap > 0 && !tokens)) {
+        return hearth_fail(HEARTH_E_INVALID_ARGUMENT, "tokenize: bad arguments");
+    }
+    int32_t n = llama_tokenize(e->vocab, text, len, tokens, cap, add_special, parse_special);
+    if (n == INT32_MIN) {
+        return hearth_fail(HEARTH_E_INVALID_ARGUMENT, "tokenize: text too long");
+    }
+    if (n < 0) {
+        *n_out = -n;
+        return hearth_fail(HEARTH_E_RESOURCE_EXHAUSTED, "tokenize: buffer too small");
+    }
+    *n_out = n;
+    return HEARTH_OK;
+}
+
+hearth_status hearth_engine_detokenize(const hearth_engine *e, const int32_t *tokens, int32_t n,
+                                       bool render_special, char *buf, int32_t cap,
+                                       int32_t *n_out) {
+    if (!e || n < 0 || (n > 0 && !tokens) || cap < 0 || !n_out || (cap > 0 && !buf)) {
+        return hearth_fail(HEARTH_E_INVALID_ARGUMENT, "detokenize: bad arguments");
+    }
+    for (int32_t i = 0; i < n; i++) {
+        if (tokens[i] < 0 || tokens[i] >= e->n_vocab) {
+            return hearth_fail(HEARTH_E_INVALID_ARGUMENT,
+                               "token id %d at index %d is outside the vocabulary (0..%d)",
+                               tokens[i], i, e->n_vocab - 1);
+        }
+    }
+    int32_t m = llama_detokenize(e->vocab, tokens, n, buf, cap, false, render_special);
+    if (m < 0) {
+        *n_out = -m;
+        return hearth_fail(HEARTH_E_RESOURCE_EXHAUSTED, "detokenize: buffer too small");
+    }
+    *n_out = m;
+    return HEARTH_OK;
+}
+
+hearth_status hearth_engine_apply_chat_template(const hearth_engine *e, const char *tmpl,
+                                                const char *const *roles,
+                                                const char *const *contents, int32_t n_messages,
+                                                bool add_assistant, char *buf, int32_t cap,
+                                                int32_t *n_out) {
+    if (!e || n_messages < 0 || !n_out || cap < 0 || (cap > 0 && !buf) ||
+        (n_messages > 0 && (!roles || !contents))) {
+        return hearth_fail(HEARTH_E_INVALID_ARGUMENT, "chat template: bad arguments");
+    }
+    const char *t = tmpl ? tmpl : llama_model_chat_template(e->model, NULL);
+    if (!t) {
+        return hearth_fail(HEARTH_E_NOT_FOUND, "the model has no chat template");
+    }
+    llama_chat_message *msgs = calloc((size_t)(n_messages > 0 ? n_messages : 1), sizeof *msgs);
+    if (!msgs) {
+        return hearth_fail(HEARTH_E_OUT_OF_MEMORY, "out of memory");
+    }
+    for (int32_t i = 0; i < n_messages; i++) {
+        msgs[i].role = roles[i];
+        msgs[i].content = contents[i];
+    }
+    int32_t n = llama_chat_apply_template(t, msgs, (size_t)n_messages, add_assistant, buf, cap);
+    free(msgs);
+    if (n < 0) {
+        return hearth_fail(HEARTH_E_INVALID_ARGUMENT,
+                           "llama.cpp does not support this chat template");
+    }
+    *n_out = n;
+    if (n > cap) {
+        return hearth_fail(HEARTH_E_RESOURCE_EXHAUSTED, "buffer too small");
+    }
+    return HEARTH_OK;
+}

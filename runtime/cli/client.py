@@ -1,0 +1,198 @@
+"""Client subcommands: they talk to a running daemon over gRPC."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import grpc
+
+from runtime.cli.exit_codes import ExitCode
+from runtime.client import HearthClient
+
+DEFAULT_ADDR = "127.0.0.1:50051"
+_STATES = {0: "unspecified", 1: "loading", 2: "ready", 3: "draining", 4: "failed", 5: "unloaded"}
+_FINISH = {0: "", 1: "stop", 2: "length", 3: "cancelled", 4: "deadline", 5: "error"}
+
+
+def add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--addr", default=os.environ.get("HEARTH_ADDR", DEFAULT_ADDR),
+                   help=f"daemon address, HOST:PORT or unix:PATH (default $HEARTH_ADDR or "
+                        f"{DEFAULT_ADDR})")
+    p.add_argument("--model", default="", help="model name (optional if only one is loaded)")
+
+
+def add_sampling(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--max-tokens", type=int)
+    p.add_argument("--temperature", type=float)
+    p.add_argument("--top-p", type=float)
+    p.add_argument("--top-k", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+    p.add_argument("--stats", action="store_true", help="print usage and timings to stderr")
+
+
+def _options(args: argparse.Namespace) -> dict:
+    return {"max_tokens": args.max_tokens, "temperature": args.temperature,
+            "top_p": args.top_p, "top_k": args.top_k, "seed": args.seed, "stop": args.stop}
+
+
+def _print_stats(last: object) -> None:
+    u = last.usage  # type: ignore[attr-defined]
+    rate = u.completion_tokens / u.total_seconds if u.total_seconds else 0.0
+    print(f"[{_FINISH.get(last.finish_reason, '?')}: {u.prompt_tokens} prompt "  # type: ignore[attr-defined]
+          f"({u.cached_tokens} cached) + {u.completion_tokens} generated tokens, "
+          f"first token {u.ttft_seconds * 1000:.0f} ms, {rate:.1f} tok/s]", file=sys.stderr)
+
+
+def _stream(chunks: object, stats: bool) -> object:
+    last = None
+    for chunk in chunks:  # type: ignore[attr-defined]
+        sys.stdout.write(chunk.text)
+        sys.stdout.flush()
+        last = chunk
+    if last is not None and stats:
+        _print_stats(last)
+    return last
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    prompt = args.prompt if args.prompt != "-" else sys.stdin.read()
+    with HearthClient(args.addr) as c:
+        last = _stream(c.generate(prompt, args.model, **_options(args)), stats=False)
+    sys.stdout.write("\n")
+    sys.stdout.flush()
+    if args.stats and last is not None:
+        _print_stats(last)
+    return ExitCode.OK
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    history: list[tuple[str, str]] = [("system", args.system)] if args.system else []
+    interactive = sys.stdin.isatty()
+    if interactive:
+        print("hearth chat: /reset clears the conversation, /exit or Ctrl-D leaves",
+              file=sys.stderr)
+    with HearthClient(args.addr) as c:
+        while True:
+            if interactive:
+                sys.stderr.write("> ")
+                sys.stderr.flush()
+            line = sys.stdin.readline()
+            if not line or line.strip() == "/exit":
+                return ExitCode.OK
+            line = line.rstrip("\n")
+            if line.strip() == "/reset":
+                history = history[:1] if args.system else []
+                continue
+            if not line.strip():
+                continue
+            history.append(("user", line))
+            reply = []
+            for chunk in c.chat(history, args.model, **_options(args)):
+                sys.stdout.write(chunk.text)
+                sys.stdout.flush()
+                reply.append(chunk.text)
+                last = chunk
+            sys.stdout.write("\n")
+            if args.stats:
+                _print_stats(last)
+            history.append(("assistant", "".join(reply)))
+
+
+def _status_line(m: object) -> str:
+    s = m  # type: ignore[assignment]
+    line = f"{s.name:24} {_STATES.get(s.state, '?'):9}"  # type: ignore[attr-defined]
+    if s.state == 2:  # type: ignore[attr-defined]
+        line += (f" slots {s.slots_busy}/{s.slots_total}  queue {s.queue_depth}/{s.max_queue}  "  # type: ignore[attr-defined]
+                 f"ctx {s.n_ctx_per_request}/request  "  # type: ignore[attr-defined]
+                 f"{(s.weights_bytes + s.kv_cache_bytes) / 2**20:.0f} MiB  {s.description}")  # type: ignore[attr-defined]
+    if s.error:  # type: ignore[attr-defined]
+        line += f"  error: {s.error}"  # type: ignore[attr-defined]
+    return line
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    with HearthClient(args.addr) as c:
+        if args.action == "list":
+            reply = c.list_models()
+            for m in reply.models:
+                print(_status_line(m))
+            for name in reply.available:
+                print(f"{name:24} available")
+        elif args.action == "get":
+            from google.protobuf import json_format
+            print(json_format.MessageToJson(c.get_model(args.name or ""),
+                                            always_print_fields_with_no_presence=True))
+        elif args.action == "load":
+            print(_status_line(c.load_model(args.name, n_ctx=args.ctx, n_parallel=args.parallel)))
+        elif args.action == "unload":
+            print(_status_line(c.unload_model(args.name, args.drain_timeout)))
+    return ExitCode.OK
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    with HearthClient(args.addr) as c:
+        reply = c.embed(args.text, args.model, normalize=not args.raw)
+    for e in reply.embeddings:
+        print(json.dumps([round(v, 6) for v in e.values]))
+    return ExitCode.OK
+
+
+def cmd_tokenize(args: argparse.Namespace) -> int:
+    with HearthClient(args.addr) as c:
+        tokens = c.tokenize(args.text, args.model, add_special=not args.no_special,
+                            parse_special=args.parse_special)
+        if args.pieces:
+            for t in tokens:
+                print(f"{t}\t{c.detokenize([t], args.model, render_special=True)!r}")
+        else:
+            print(" ".join(map(str, tokens)))
+    return ExitCode.OK
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("generate", help="stream a completion of PROMPT ('-' reads stdin)")
+    add_common(p)
+    add_sampling(p)
+    p.add_argument("prompt")
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("chat", help="interactive chat with the model's chat template")
+    add_common(p)
+    add_sampling(p)
+    p.add_argument("--system", help="system prompt")
+    p.set_defaults(func=cmd_chat)
+
+    p = sub.add_parser("models", help="list, get, load or unload models")
+    add_common(p)
+    p.add_argument("action", choices=["list", "get", "load", "unload"])
+    p.add_argument("name", nargs="?")
+    p.add_argument("--ctx", type=int, help="load: total context")
+    p.add_argument("--parallel", type=int, help="load: slots")
+    p.add_argument("--drain-timeout", type=float, help="unload: seconds for running streams")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("embed", help="print one JSON embedding per TEXT")
+    add_common(p)
+    p.add_argument("--raw", action="store_true", help="do not L2-normalise")
+    p.add_argument("text", nargs="+")
+    p.set_defaults(func=cmd_embed)
+
+    p = sub.add_parser("tokenize", help="print the token ids of TEXT")
+    add_common(p)
+    p.add_argument("--no-special", action="store_true", help="do not add BOS")
+    p.add_argument("--parse-special", action="store_true")
+    p.add_argument("--pieces", action="store_true", help="one token per line with its text")
+    p.add_argument("text")
+    p.set_defaults(func=cmd_tokenize)
+
+
+def rpc_error_exit(exc: grpc.RpcError) -> int:
+    code = exc.code() if hasattr(exc, "code") else None
+    details = exc.details() if hasattr(exc, "details") else str(exc)
+    print(f"hearth: {code.name if code else 'error'}: {details}", file=sys.stderr)
+    if code == grpc.StatusCode.UNAVAILABLE:
+        return ExitCode.UNREACHABLE
+    return ExitCode.REQUEST_FAILED

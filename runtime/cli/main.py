@@ -1,0 +1,71 @@
+"""Entry point of the `hearth` command."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+import grpc
+
+from runtime import __version__, errors
+from runtime.cli import client, serve
+from runtime.cli.exit_codes import HELP, ExitCode
+
+
+def cmd_devices(args: argparse.Namespace) -> int:
+    from runtime.native import build_info, list_devices
+
+    print(build_info())
+    for d in list_devices():
+        print(f"{d.index}: {d.type:5} {d.name:12} {d.description}  "
+              f"{d.free_bytes / 2**30:.1f}/{d.total_bytes / 2**30:.1f} GiB free")
+    return ExitCode.OK
+
+
+def cmd_default_model(args: argparse.Namespace) -> int:
+    from runtime.models.default_model import prepare_default_model
+
+    print(prepare_default_model(args.dir))
+    return ExitCode.OK
+
+
+def cmd_exit_codes(args: argparse.Namespace) -> int:
+    for code, text in HELP.items():
+        print(f"{int(code):4}  {code.name:15} {text}")
+    return ExitCode.OK
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="hearth", description="On-premise LLM appliance runtime")
+    p.add_argument("--version", action="version", version=f"hearth {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("serve", help="run the daemon")
+    serve.add_arguments(s)
+    s.set_defaults(func=serve.main)
+    client.add_parsers(sub)
+    d = sub.add_parser("devices", help="show the devices ggml can use")
+    d.set_defaults(func=cmd_devices)
+    d = sub.add_parser("default-model", help="assemble the default model (Gemma 3 270M)")
+    d.add_argument("--dir", default="models", help="where to write it (default: models/)")
+    d.set_defaults(func=cmd_default_model)
+    d = sub.add_parser("exit-codes", help="what each exit status means")
+    d.set_defaults(func=cmd_exit_codes)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except grpc.RpcError as exc:
+        return client.rpc_error_exit(exc)
+    except errors.HearthError as exc:
+        print(f"hearth: {exc}", file=sys.stderr)
+        return ExitCode.CONFIG if isinstance(exc, errors.ConfigError) else ExitCode.ERROR
+    except KeyboardInterrupt:
+        return ExitCode.INTERRUPTED
+    except BrokenPipeError:
+        return ExitCode.OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,155 @@
+"""`hearth serve`: the daemon's main loop."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import logging
+import signal
+from dataclasses import replace
+
+from runtime import errors
+from runtime.cli.exit_codes import ExitCode
+from runtime.config import Config, ModelConfig, ServerConfig, check_listen_address, \
+    check_model_name, load_config, validate_model
+from runtime.logs import setup_logging
+from runtime.server import create_server
+
+log = logging.getLogger("hearth.serve")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="hearth.toml")
+    p.add_argument("--listen", action="append", metavar="HOST:PORT|unix:PATH",
+                   help="address to serve on (repeatable; replaces server.listen)")
+    p.add_argument("--model", action="append", default=[], metavar="NAME=PATH",
+                   help="serve the GGUF at PATH as NAME (repeatable); NAME alone loads a model "
+                        "the config or models directory knows")
+    p.add_argument("--parallel", type=int, metavar="N",
+                   help="slots (sequences decoded together) of --model models")
+    p.add_argument("--ctx", type=int, metavar="N", help="total context of --model models")
+    p.add_argument("--threads", type=int, metavar="N", help="CPU threads of --model models")
+    p.add_argument("--n-gpu-layers", metavar="N|auto", help="layers to offload (--model models)")
+    p.add_argument("--max-queue", type=int, metavar="N",
+                   help="requests waiting beyond the slots (--model models)")
+    p.add_argument("--models-dir", help="folder whose NAME.gguf files Models.Load accepts")
+    p.add_argument("--log-format", choices=["text", "json"])
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--ready-file", metavar="PATH",
+                   help="once serving, write {\"pid\", \"addresses\"} as JSON here (for "
+                        "supervisors and tests; useful with port 0)")
+
+
+def _int_arg(name: str, value: int | None, lo: int) -> int | None:
+    if value is not None and value < lo:
+        raise errors.ConfigError(f"--{name}: must be >= {lo}, got {value}")
+    return value
+
+
+def build_config(args: argparse.Namespace) -> tuple[Config, list[ModelConfig]]:
+    """The config file, then the command line on top; returns the models to
+    load at start."""
+    config = load_config(args.config) if args.config else Config()
+    server = config.server
+    if args.listen:
+        server = replace(server, listen=tuple(check_listen_address(a, "--listen")
+                                              for a in args.listen))
+    for key in ("models_dir", "log_format", "log_level"):
+        if getattr(args, key):
+            server = replace(server, **{key: getattr(args, key)})
+    overrides = {k: v for k, v in {
+        "n_parallel": _int_arg("parallel", args.parallel, 1),
+        "n_ctx": _int_arg("ctx", args.ctx, 16),
+        "threads": _int_arg("threads", args.threads, 1),
+        "max_queue": _int_arg("max-queue", args.max_queue, 0),
+    }.items() if v is not None}
+    if args.n_gpu_layers is not None:
+        if args.n_gpu_layers != "auto" and not args.n_gpu_layers.lstrip("-").isdigit():
+            raise errors.ConfigError("--n-gpu-layers: must be an integer or auto")
+        overrides["n_gpu_layers"] = (args.n_gpu_layers if args.n_gpu_layers == "auto"
+                                     else int(args.n_gpu_layers))
+    models = {n: m for n, m in config.models.items() if m.load}
+    for spec in args.model:
+        name, sep, path = spec.partition("=")
+        check_model_name(name, "--model")
+        if sep:
+            base = ModelConfig(name=name, path=path)
+        elif name in config.models:
+            base = config.models[name]
+        else:
+            base = ModelConfig(name=name, path=_from_models_dir(server, name))
+        if "n_parallel" in overrides and "n_ctx" not in overrides:
+            # keep the per-slot context when only the slot count changes
+            overrides_here = {**overrides,
+                              "n_ctx": base.n_ctx // base.n_parallel * overrides["n_parallel"]}
+        else:
+            overrides_here = overrides
+        model = replace(base, **overrides_here)
+        validate_model(model, f"--model {name}: ")
+        models[name] = model
+    return Config(server=server, models=config.models), list(models.values())
+
+
+def _from_models_dir(server: ServerConfig, name: str) -> str:
+    if not server.models_dir:
+        raise errors.ConfigError(f"--model {name}: give NAME=PATH, or set a models directory")
+    path = os.path.join(server.models_dir, f"{name}.gguf")
+    if not os.path.isfile(path):
+        raise errors.ConfigError(f"--model {name}: {path} does not exist")
+    return path
+
+
+def _write_ready_file(path: str, addresses: list[str]) -> None:
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump({"pid": os.getpid(), "addresses": addresses}, f)
+    os.replace(tmp, path)
+
+
+async def run(config: Config, models: list[ModelConfig], ready_file: str | None = None) -> int:
+    server = create_server(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await server.start()
+    except errors.ConfigError as exc:
+        log.error("%s", exc)
+        return ExitCode.CONFIG
+    except errors.Unavailable as exc:
+        log.error("%s", exc)
+        return ExitCode.LISTEN
+    try:
+        for model in models:
+            load = asyncio.ensure_future(server.models.load(model))
+            done, _ = await asyncio.wait({load, asyncio.ensure_future(stop.wait())},
+                                         return_when=asyncio.FIRST_COMPLETED)
+            if load not in done:
+                load.cancel()
+                break
+            load.result()
+    except errors.ModelLoadError as exc:
+        log.error("%s", exc)
+        await server.drain(0.0)
+        return ExitCode.MODEL_LOAD
+    if not stop.is_set():
+        await server.mark_serving()
+        log.info("serving %d model(s) on %s", len(models), ", ".join(server.bound))
+        if ready_file:
+            _write_ready_file(ready_file, server.bound)
+        await stop.wait()
+    await server.drain(config.server.grace_period_s)
+    return ExitCode.OK
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        config, models = build_config(args)
+    except errors.ConfigError as exc:
+        setup_logging()
+        log.error("%s", exc)
+        return ExitCode.CONFIG
+    setup_logging(config.server.log_level, config.server.log_format)
+    return asyncio.run(run(config, models, args.ready_file))

@@ -1,0 +1,226 @@
+"""hearth.toml: what the daemon listens on, which models it serves, limits.
+
+Every key is checked: unknown keys, wrong types and out-of-range values are a
+ConfigError whose message starts with the dotted path of the key, e.g.
+`models.gemma.n_ctx: must be an integer >= 16, got -1`.
+
+    [server]
+    listen = ["127.0.0.1:50051", "unix:/run/hearth/hearth.sock"]
+    max_receive_message_bytes = 4194304
+    max_send_message_bytes = 16777216
+    grace_period_s = 30.0
+    max_tokens_default = 512
+    models_dir = "/var/lib/hearth/models"     # Models.Load(name) -> <name>.gguf
+    log_format = "text"                       # or "json"
+    log_level = "info"
+
+    [models.gemma]                            # [models.<name>]
+    path = "/var/lib/hearth/models/gemma-3-270m-q4_k_m.gguf"
+    n_ctx = 16384                             # total KV cells, split over slots
+    n_parallel = 8                            # slots: requests decoded together
+    n_gpu_layers = "auto"                     # or an integer; -1 = all
+    threads = 8
+    load = true                               # load at start
+"""
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from runtime.errors import ConfigError
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+DEFAULT_LISTEN = "127.0.0.1:50051"
+
+
+def default_threads() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def check_model_name(name: str, what: str = "model name") -> str:
+    """Model names are identifiers, never paths: no '/', no NUL, no leading
+    dot, at most 64 characters."""
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        raise ConfigError(f"{what}: {name!r} is not a valid name (letters, digits, '.', '_' "
+                          "and '-', starting with a letter or digit, at most 64 characters)")
+    return name
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str
+    path: str = ""
+    n_ctx: int = 8192
+    n_parallel: int = 4
+    n_batch: int = 512
+    n_ubatch: int = 512
+    prefill_chunk: int = 512
+    max_queue: int = 64
+    threads: int = field(default_factory=default_threads)
+    threads_batch: int = 0          # 0 = same as threads
+    n_gpu_layers: int | str = "auto"
+    main_gpu: int = 0
+    flash_attn: str = "auto"        # auto | on | off
+    cache_type_k: str = "f16"
+    cache_type_v: str = "f16"
+    kv_unified: bool = False
+    swa_full: bool = False
+    use_mmap: bool = True
+    use_mlock: bool = False
+    embeddings: bool = True
+    load: bool = True
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    listen: tuple[str, ...] = (DEFAULT_LISTEN,)
+    max_receive_message_bytes: int = 4 << 20
+    max_send_message_bytes: int = 16 << 20
+    grace_period_s: float = 30.0
+    max_tokens_default: int = 512
+    models_dir: str = ""
+    log_format: str = "text"
+    log_level: str = "info"
+
+
+@dataclass(frozen=True)
+class Config:
+    server: ServerConfig = field(default_factory=ServerConfig)
+    models: dict[str, ModelConfig] = field(default_factory=dict)
+
+
+_INT_RANGES: dict[str, tuple[int, int]] = {
+    "n_ctx": (16, 1 << 24), "n_parallel": (1, 256), "n_batch": (1, 1 << 16),
+    "n_ubatch": (1, 1 << 16), "prefill_chunk": (1, 1 << 16), "max_queue": (0, 1 << 16),
+    "threads": (1, 1024), "threads_batch": (0, 1024), "main_gpu": (0, 64),
+    "max_receive_message_bytes": (1024, 1 << 30), "max_send_message_bytes": (1024, 1 << 30),
+    "max_tokens_default": (1, 1 << 24),
+}
+_CHOICES: dict[str, tuple[str, ...]] = {
+    "flash_attn": ("auto", "on", "off"), "cache_type_k": ("f16", "f32", "q8_0", "q4_0"),
+    "cache_type_v": ("f16", "f32", "q8_0", "q4_0"), "log_format": ("text", "json"),
+    "log_level": ("debug", "info", "warning", "error"),
+}
+
+
+def _unknown(path: str, key: str, known: list[str]) -> ConfigError:
+    hint = difflib.get_close_matches(key, known, n=1)
+    suffix = f" (did you mean {hint[0]!r}?)" if hint else ""
+    return ConfigError(f"{path}{key}: unknown key{suffix}")
+
+
+def _check_value(path: str, key: str, value: Any, default: Any) -> Any:
+    where = f"{path}{key}"
+    if key == "n_gpu_layers":
+        if value == "auto" or (isinstance(value, int) and not isinstance(value, bool)
+                               and value >= -1):
+            return value
+        raise ConfigError(f"{where}: must be \"auto\" or an integer >= -1, got {value!r}")
+    if key == "listen":
+        items = [value] if isinstance(value, str) else value
+        if not isinstance(items, list | tuple) or not items or \
+                not all(isinstance(x, str) and x for x in items):
+            raise ConfigError(f"{where}: must be an address or a list of addresses")
+        for addr in items:
+            check_listen_address(addr, where)
+        return tuple(items)
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: must be true or false, got {value!r}")
+        return value
+    if isinstance(default, int):
+        lo, hi = _INT_RANGES.get(key, (0, 1 << 62))
+        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+            raise ConfigError(f"{where}: must be an integer in {lo}..{hi}, got {value!r}")
+        return value
+    if isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+            raise ConfigError(f"{where}: must be a number >= 0, got {value!r}")
+        return float(value)
+    if isinstance(default, str):
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: must be a string, got {value!r}")
+        if key in _CHOICES and value not in _CHOICES[key]:
+            raise ConfigError(f"{where}: must be one of {', '.join(_CHOICES[key])}, got {value!r}")
+        return value
+    raise ConfigError(f"{where}: unsupported value {value!r}")
+
+
+def check_listen_address(addr: str, where: str = "listen") -> str:
+    if addr.startswith("unix:"):
+        if len(addr) <= len("unix:") or "\0" in addr:
+            raise ConfigError(f"{where}: {addr!r} is not a unix socket path")
+        return addr
+    host, sep, port = addr.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"{where}: {addr!r} is not HOST:PORT or unix:PATH")
+    return addr
+
+
+def _build(cls: type, path: str, table: dict[str, Any], **fixed: Any) -> Any:
+    if not isinstance(table, dict):
+        raise ConfigError(f"{path.rstrip('.')}: must be a table")
+    known = {f.name: f for f in fields(cls) if f.name not in fixed}
+    defaults = cls(**fixed)
+    values: dict[str, Any] = {}
+    for key, value in table.items():
+        if key not in known:
+            raise _unknown(path, key, list(known))
+        values[key] = _check_value(path, key, value, getattr(defaults, key))
+    return replace(defaults, **values)
+
+
+def parse_config(data: dict[str, Any], base_dir: Path | None = None) -> Config:
+    """Validates a parsed TOML document.  Relative model paths are resolved
+    against base_dir (the config file's folder)."""
+    for key in data:
+        if key not in ("server", "models"):
+            raise _unknown("", key, ["server", "models"])
+    server = _build(ServerConfig, "server.", data.get("server", {}))
+    models: dict[str, ModelConfig] = {}
+    tables = data.get("models", {})
+    if not isinstance(tables, dict):
+        raise ConfigError("models: must be a table of [models.NAME] tables")
+    for name, table in tables.items():
+        check_model_name(name, f"models.{name}")
+        model = _build(ModelConfig, f"models.{name}.", table, name=name)
+        if not model.path:
+            raise ConfigError(f"models.{name}.path: missing (the GGUF file to serve)")
+        if base_dir is not None and not os.path.isabs(model.path):
+            model = replace(model, path=str((base_dir / model.path).resolve()))
+        validate_model(model, f"models.{name}.")
+        models[name] = model
+    if server.models_dir and base_dir is not None and not os.path.isabs(server.models_dir):
+        server = replace(server, models_dir=str((base_dir / server.models_dir).resolve()))
+    return Config(server=server, models=models)
+
+
+def validate_model(m: ModelConfig, path: str) -> None:
+    """Cross-field checks, also applied to command-line overrides."""
+    if m.n_ctx < 16 * m.n_parallel:
+        raise ConfigError(f"{path}n_ctx: {m.n_ctx} leaves fewer than 16 tokens for each of "
+                          f"{m.n_parallel} slots (n_parallel)")
+    if m.n_batch < m.n_parallel:
+        raise ConfigError(f"{path}n_batch: must be >= n_parallel ({m.n_parallel}), "
+                          f"got {m.n_batch}")
+    if m.n_ubatch > m.n_batch:
+        raise ConfigError(f"{path}n_ubatch: must be <= n_batch ({m.n_batch}), got {m.n_ubatch}")
+
+
+def load_config(path: str | Path) -> Config:
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    return parse_config(data, base_dir=path.parent)

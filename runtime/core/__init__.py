@@ -1,0 +1,30 @@
+"""Transport-neutral services.
+
+InferenceService validates requests, resolves the model, tokenizes, runs the
+engine and turns its output into typed chunks; it knows nothing of gRPC.
+The gRPC servicers (and any later transport, such as an HTTP gateway) are
+thin adapters over it, so every transport shares one code path.
+"""
+from runtime.core.inference import InferenceService
+from runtime.core.types import (
+    CallContext,
+    ChatMessage,
+    ChatRequest,
+    EmbedRequest,
+    GenerateChunk,
+    GenerateRequest,
+    GenerationOptions,
+    Usage,
+)
+
+__all__ = [
+    "CallContext",
+    "ChatMessage",
+    "ChatRequest",
+    "EmbedRequest",
+    "GenerateChunk",
+    "GenerateRequest",
+    "GenerationOptions",
+    "InferenceService",
+    "Usage",
+]

@@ -1,0 +1,48 @@
+"""Rendering a conversation with the model's own chat template.
+
+llama.cpp's llama_chat_apply_template recognises the common templates (Gemma,
+Llama, ChatML, Mistral, ...) from the template text in the GGUF and renders
+them in C.  A template it does not recognise is rendered from its Jinja text
+in a sandbox (no attribute access to Python internals, no I/O), with the
+BOS token left out because the tokenizer adds it.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from runtime import errors
+from runtime.core.types import ChatMessage
+from runtime.native import NativeEngine
+
+TEMPLATE_KEY = "tokenizer.chat_template"
+
+
+def render_chat(engine: NativeEngine, messages: Sequence[ChatMessage]) -> str:
+    pairs = [(m.role, m.content) for m in messages]
+    try:
+        return engine.apply_chat_template(pairs, add_assistant=True)
+    except errors.NotFound:
+        raise errors.FailedPrecondition(
+            "this model has no chat template; use Generate with a raw prompt") from None
+    except errors.InvalidArgument:
+        template = engine.meta(TEMPLATE_KEY)
+        if not template:
+            raise errors.FailedPrecondition("this model's chat template cannot be read") from None
+        return _render_jinja(template, messages)
+
+
+def _render_jinja(template: str, messages: Sequence[ChatMessage]) -> str:
+    from jinja2 import TemplateError
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    def raise_exception(message: str) -> None:
+        raise errors.InvalidArgument(f"messages: the chat template rejected them: {message}")
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    env.globals["raise_exception"] = raise_exception
+    try:
+        return env.from_string(template).render(
+            messages=[{"role": m.role, "content": m.content} for m in messages],
+            add_generation_prompt=True, bos_token="", eos_token="")
+    except TemplateError as exc:
+        raise errors.FailedPrecondition(f"the model's chat template failed: {exc}") from exc

@@ -1,0 +1,227 @@
+"""InferenceService: generate, chat, embed, tokenize, detokenize."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Sequence
+
+from runtime import errors
+from runtime.core.chat import render_chat
+from runtime.core.types import (
+    CallContext,
+    ChatRequest,
+    EmbedRequest,
+    EmbedResult,
+    Embedding,
+    GenerateChunk,
+    GenerateRequest,
+    GenerationOptions,
+    Usage,
+)
+from runtime.core.validation import (
+    check_max_tokens,
+    check_messages,
+    check_stops,
+    sampling_from,
+)
+from runtime.events import EventBus, RequestFinished
+from runtime.models.manager import ModelHandle, ModelManager
+from runtime.native import FinishReason, NativeEngine, Output, RequestParams
+
+log = logging.getLogger("hearth.inference")
+
+# Texts above this size are tokenized off the event loop.
+_INLINE_TOKENIZE_BYTES = 16 << 10
+MAX_EMBED_INPUTS = 256
+
+_FINISH_NAMES = {
+    FinishReason.STOP: "stop", FinishReason.LENGTH: "length",
+    FinishReason.CANCELLED: "cancelled", FinishReason.DEADLINE: "deadline",
+    FinishReason.ERROR: "error",
+}
+
+
+def _seconds(start_ns: int, end_ns: int) -> float:
+    return (end_ns - start_ns) / 1e9 if start_ns and end_ns else 0.0
+
+
+def usage_of(out: Output) -> Usage:
+    return Usage(
+        prompt_tokens=out.n_prompt,
+        completion_tokens=out.n_generated,
+        cached_tokens=out.n_cached,
+        queue_s=_seconds(out.t_submit_ns, out.t_admit_ns),
+        ttft_s=_seconds(out.t_submit_ns, out.t_first_token_ns),
+        total_s=_seconds(out.t_submit_ns, out.t_finish_ns),
+    )
+
+
+class InferenceService:
+    def __init__(self, models: ModelManager, events: EventBus, max_tokens_default: int) -> None:
+        self.models = models
+        self.events = events
+        self.max_tokens_default = max_tokens_default
+        self.draining = False
+
+    # ---- helpers --------------------------------------------------------
+
+    def _model(self, name: str) -> ModelHandle:
+        if self.draining:
+            raise errors.Unavailable("the server is shutting down")
+        return self.models.ready(name)
+
+    async def _tokenize(self, engine: NativeEngine, text: str, add_special: bool,
+                        parse_special: bool) -> list[int]:
+        if len(text) <= _INLINE_TOKENIZE_BYTES:
+            return engine.tokenize(text, add_special, parse_special)
+        return await asyncio.get_running_loop().run_in_executor(
+            None, engine.tokenize, text, add_special, parse_special)
+
+    def _retry_after(self, engine: NativeEngine) -> float:
+        stats = engine.stats()
+        per_request = stats.decode_ns_total / 1e9 / max(1, stats.requests_finished)
+        return min(10.0, max(0.1, per_request))
+
+    # ---- generation -----------------------------------------------------
+
+    async def generate(self, req: GenerateRequest, ctx: CallContext
+                       ) -> AsyncIterator[GenerateChunk]:
+        handle = self._model(req.model)
+        assert handle.engine is not None
+        if req.prompt and req.prompt_tokens:
+            raise errors.InvalidArgument("prompt: set either prompt or prompt_tokens, not both")
+        if req.prompt_tokens:
+            tokens = list(req.prompt_tokens)
+            n_vocab = handle.engine.info.n_vocab
+            for i, t in enumerate(tokens):
+                if not 0 <= t < n_vocab:
+                    raise errors.InvalidArgument(
+                        f"prompt_tokens[{i}]: {t} is outside the vocabulary (0..{n_vocab - 1})")
+        elif req.prompt:
+            tokens = await self._tokenize(handle.engine, req.prompt, True, True)
+        else:
+            raise errors.InvalidArgument("prompt: must not be empty")
+        async for chunk in self._run(handle, tokens, req.options, ctx, "generate"):
+            yield chunk
+
+    async def chat(self, req: ChatRequest, ctx: CallContext) -> AsyncIterator[GenerateChunk]:
+        handle = self._model(req.model)
+        assert handle.engine is not None
+        check_messages(req.messages)
+        prompt = render_chat(handle.engine, req.messages)
+        tokens = await self._tokenize(handle.engine, prompt, True, True)
+        async for chunk in self._run(handle, tokens, req.options, ctx, "chat"):
+            yield chunk
+
+    async def _run(self, handle: ModelHandle, tokens: list[int], opts: GenerationOptions,
+                   ctx: CallContext, kind: str) -> AsyncIterator[GenerateChunk]:
+        engine, session = handle.engine, handle.session
+        assert engine is not None and session is not None
+        sampling = sampling_from(opts)
+        stops = check_stops(opts.stop)
+        max_tokens = check_max_tokens(opts.max_tokens, len(tokens), engine.info.n_ctx_slot,
+                                      self.max_tokens_default)
+        deadline_ns = 0
+        if ctx.deadline is not None:
+            deadline_ns = time.monotonic_ns() + int((ctx.deadline - time.monotonic()) * 1e9)
+        params = RequestParams(prompt=tokens, max_tokens=max_tokens, sampling=sampling,
+                               stop=stops, deadline_ns=max(deadline_ns, 0),
+                               ignore_eos=opts.ignore_eos)
+        try:
+            stream = session.generate(params)
+        except errors.ResourceExhausted as exc:
+            raise errors.ResourceExhausted(
+                f"model {handle.name!r}: {exc}", retry_after_s=self._retry_after(engine)) from None
+        except errors.FailedPrecondition:
+            raise errors.Unavailable(f"model {handle.name!r} is not admitting requests") from None
+        status = "ok"
+        final: Output | None = None
+        first = True
+        try:
+            async for out in stream:
+                if out.finished:
+                    final = out
+                    break
+                yield GenerateChunk(out.text, out.tokens, ctx.request_id if first else "")
+                first = False
+            if final is None:
+                raise errors.InternalError("the engine stopped without finishing the request")
+            if final.finish_reason is FinishReason.ERROR:
+                raise errors.InternalError(f"generation failed: {final.error}")
+            if final.finish_reason is FinishReason.DEADLINE:
+                raise errors.DeadlineExceeded(
+                    f"deadline passed after {final.n_generated} generated tokens")
+            if final.finish_reason is FinishReason.CANCELLED:
+                raise errors.Cancelled("the request was cancelled")
+            yield GenerateChunk(
+                final.text, final.tokens, ctx.request_id if first else "",
+                finish_reason=_FINISH_NAMES[final.finish_reason],
+                stop_sequence=stops[final.stop_index] if final.stop_index >= 0 else "",
+                usage=usage_of(final), model=handle.name)
+        except BaseException as exc:
+            status = type(exc).__name__
+            raise
+        finally:
+            stream.close()
+            self._publish(handle.name, ctx, kind, status, final)
+
+    def _publish(self, model: str, ctx: CallContext, kind: str, status: str,
+                 final: Output | None) -> None:
+        usage = usage_of(final) if final else Usage(0, 0, 0, 0.0, 0.0, 0.0)
+        reason = _FINISH_NAMES.get(final.finish_reason, "") if final else "cancelled"
+        self.events.publish(RequestFinished(
+            request_id=ctx.request_id, model=model, client=ctx.client, kind=kind, status=status,
+            finish_reason=reason, prompt_tokens=usage.prompt_tokens,
+            completion_tokens=usage.completion_tokens, cached_tokens=usage.cached_tokens,
+            queue_s=usage.queue_s, ttft_s=usage.ttft_s, total_s=usage.total_s))
+
+    # ---- embeddings and tokens --------------------------------------------
+
+    async def embed(self, req: EmbedRequest, ctx: CallContext) -> EmbedResult:
+        handle = self._model(req.model)
+        engine, session = handle.engine, handle.session
+        assert engine is not None and session is not None
+        if not req.inputs:
+            raise errors.InvalidArgument("input: must not be empty")
+        if len(req.inputs) > MAX_EMBED_INPUTS:
+            raise errors.InvalidArgument(
+                f"input: at most {MAX_EMBED_INPUTS} texts per request, got {len(req.inputs)}")
+        token_lists = []
+        for i, text in enumerate(req.inputs):
+            tokens = await self._tokenize(engine, text, True, False)
+            if not tokens or len(tokens) > engine.info.n_ctx_slot:
+                raise errors.InvalidArgument(
+                    f"input[{i}]: {len(tokens)} tokens is outside 1..{engine.info.n_ctx_slot}")
+            token_lists.append(tokens)
+        streams = []
+        try:
+            for tokens in token_lists:
+                streams.append(session.embed(tokens, req.normalize))
+            results = [await s.result() for s in streams]
+        except errors.ResourceExhausted as exc:
+            raise errors.ResourceExhausted(str(exc), retry_after_s=1.0) from None
+        finally:
+            for s in streams:
+                s.close()
+        embeddings = []
+        for out in results:
+            if out.finish_reason is not FinishReason.STOP or out.embedding is None:
+                raise errors.InternalError(f"embedding failed: {out.error}")
+            embeddings.append(Embedding(out.embedding, out.n_prompt))
+        self.events.publish(RequestFinished(
+            request_id=ctx.request_id, model=handle.name, client=ctx.client, kind="embed",
+            status="ok", finish_reason="stop", prompt_tokens=sum(len(t) for t in token_lists),
+            completion_tokens=0, cached_tokens=0, queue_s=0.0, ttft_s=0.0, total_s=0.0))
+        return EmbedResult(handle.name, embeddings)
+
+    async def tokenize(self, model: str, text: str, add_special: bool, parse_special: bool
+                       ) -> list[int]:
+        handle = self._model(model)
+        assert handle.engine is not None
+        return await self._tokenize(handle.engine, text, add_special, parse_special)
+
+    async def detokenize(self, model: str, tokens: Sequence[int], render_special: bool) -> str:
+        handle = self._model(model)
+        assert handle.engine is not None
+        return handle.engine.detokenize(tokens, render_special)

@@ -1,0 +1,92 @@
+"""Internal request and response types of the inference core."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class CallContext:
+    """Who is calling, and until when."""
+
+    request_id: str
+    client: str = "anonymous"
+    deadline: float | None = None        # time.monotonic() seconds
+
+
+@dataclass(frozen=True)
+class GenerationOptions:
+    """Sampling and stopping; None means "the server default"."""
+
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    min_p: float | None = None
+    repeat_penalty: float | None = None
+    frequency_penalty: float | None = None
+    presence_penalty: float | None = None
+    penalty_last_n: int | None = None
+    ignore_eos: bool = False
+
+
+@dataclass(frozen=True)
+class GenerateRequest:
+    model: str = ""
+    prompt: str = ""
+    prompt_tokens: tuple[int, ...] = ()
+    options: GenerationOptions = field(default_factory=GenerationOptions)
+
+
+@dataclass(frozen=True)
+class ChatMessage:
+    role: str
+    content: str
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    model: str = ""
+    messages: tuple[ChatMessage, ...] = ()
+    options: GenerationOptions = field(default_factory=GenerationOptions)
+
+
+@dataclass(frozen=True)
+class EmbedRequest:
+    model: str = ""
+    inputs: tuple[str, ...] = ()
+    normalize: bool = False
+
+
+@dataclass(frozen=True)
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int
+    queue_s: float
+    ttft_s: float
+    total_s: float
+
+
+@dataclass(frozen=True)
+class GenerateChunk:
+    text: str
+    token_ids: list[int]
+    request_id: str = ""
+    finish_reason: str = ""              # set on the last chunk
+    stop_sequence: str = ""
+    usage: Usage | None = None
+    model: str = ""
+
+
+@dataclass(frozen=True)
+class Embedding:
+    values: list[float]
+    prompt_tokens: int
+
+
+@dataclass(frozen=True)
+class EmbedResult:
+    model: str
+    embeddings: list[Embedding]

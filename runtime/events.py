@@ -1,0 +1,58 @@
+"""In-process events: what happened, for whoever needs to know.
+
+The engine layer publishes typed events; health, logs, and later metrics,
+the audit log, drift monitoring and energy accounting subscribe.  Handlers
+run synchronously on the event loop and must be quick; an exception in one
+is logged and never reaches the publisher or the other handlers.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+log = logging.getLogger("hearth.events")
+
+
+@dataclass(frozen=True)
+class ModelStateChanged:
+    name: str
+    state: str
+    error: str = ""
+
+
+@dataclass(frozen=True)
+class RequestFinished:
+    request_id: str
+    model: str
+    client: str
+    kind: str                 # generate | chat | embed
+    status: str               # ok, or the error family's status name
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int
+    queue_s: float
+    ttft_s: float
+    total_s: float
+
+
+Handler = Callable[[Any], None]
+
+
+class EventBus:
+    def __init__(self) -> None:
+        self._handlers: list[tuple[type | None, Handler]] = []
+
+    def subscribe(self, handler: Handler, event_type: type | None = None) -> None:
+        self._handlers.append((event_type, handler))
+
+    def publish(self, event: object) -> None:
+        for event_type, handler in list(self._handlers):
+            if event_type is not None and not isinstance(event, event_type):
+                continue
+            try:
+                handler(event)
+            except Exception:  # a broken subscriber must not break serving
+                log.exception("event handler %r failed on %r", handler, event)

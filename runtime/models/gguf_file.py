@@ -1,0 +1,242 @@
+"""A strict reader of GGUF headers, run before llama.cpp sees a file.
+
+llama.cpp's own parser has had memory-safety bugs on crafted files, so Hearth
+checks every header first: magic and version, counts and lengths bounded by
+the file's real size, known value and tensor types, dimensions whose product
+cannot overflow, tensor data inside the file and aligned.  Anything off is a
+ModelLoadError naming the first problem; nothing is allocated from a length
+before that length has been checked against the bytes that remain.
+
+The result also gives per-tensor sizes, which the GPU layer fitter uses.
+"""
+from __future__ import annotations
+
+import mmap
+import os
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from runtime.errors import ModelLoadError
+
+MAGIC = b"GGUF"
+SUPPORTED_VERSIONS = (2, 3)
+DEFAULT_ALIGNMENT = 32
+MAX_STRING = 64 << 20
+MAX_DIMS = 4
+MAX_TENSOR_ELEMENTS = 1 << 40
+
+# ggml tensor type -> (elements per block, bytes per block), from ggml.h.
+GGML_TYPES: dict[int, tuple[str, int, int]] = {
+    0: ("F32", 1, 4), 1: ("F16", 1, 2), 2: ("Q4_0", 32, 18), 3: ("Q4_1", 32, 20),
+    6: ("Q5_0", 32, 22), 7: ("Q5_1", 32, 24), 8: ("Q8_0", 32, 34), 9: ("Q8_1", 32, 40),
+    10: ("Q2_K", 256, 84), 11: ("Q3_K", 256, 110), 12: ("Q4_K", 256, 144),
+    13: ("Q5_K", 256, 176), 14: ("Q6_K", 256, 210), 15: ("Q8_K", 256, 292),
+    16: ("IQ2_XXS", 256, 66), 17: ("IQ2_XS", 256, 74), 18: ("IQ3_XXS", 256, 98),
+    19: ("IQ1_S", 256, 50), 20: ("IQ4_NL", 32, 18), 21: ("IQ3_S", 256, 110),
+    22: ("IQ2_S", 256, 82), 23: ("IQ4_XS", 256, 136), 24: ("I8", 1, 1), 25: ("I16", 1, 2),
+    26: ("I32", 1, 4), 27: ("I64", 1, 8), 28: ("F64", 1, 8), 29: ("IQ1_M", 256, 56),
+    30: ("BF16", 1, 2), 34: ("TQ1_0", 256, 54), 35: ("TQ2_0", 256, 66),
+    39: ("MXFP4", 32, 17), 40: ("NVFP4", 64, 36), 41: ("Q1_0", 128, 18),
+}
+
+# GGUF metadata value types: id -> (struct format, size); 8 string, 9 array.
+_SCALARS: dict[int, tuple[str, int]] = {
+    0: ("<B", 1), 1: ("<b", 1), 2: ("<H", 2), 3: ("<h", 2), 4: ("<I", 4), 5: ("<i", 4),
+    6: ("<f", 4), 7: ("<?", 1), 10: ("<Q", 8), 11: ("<q", 8), 12: ("<d", 8),
+}
+_STRING, _ARRAY = 8, 9
+# Arrays longer than this are checked but not kept (vocabularies, merges).
+_KEEP_ARRAY = 64
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    name: str
+    type_name: str
+    dims: tuple[int, ...]
+    offset: int
+    nbytes: int
+
+
+@dataclass
+class GGUFInfo:
+    path: str
+    version: int
+    size: int
+    alignment: int
+    data_offset: int
+    metadata: dict[str, Any] = field(default_factory=dict)
+    tensors: list[TensorInfo] = field(default_factory=list)
+
+    @property
+    def architecture(self) -> str:
+        return str(self.metadata.get("general.architecture", ""))
+
+    @property
+    def kind(self) -> str:
+        """"model" or "adapter" (general.type)."""
+        return str(self.metadata.get("general.type", "model"))
+
+    def arch_int(self, key: str, default: int = 0) -> int:
+        value = self.metadata.get(f"{self.architecture}.{key}", default)
+        return int(value) if isinstance(value, int) else default
+
+
+class _Reader:
+    """Walks a read-only buffer (an mmap of the file) with explicit bounds."""
+
+    def __init__(self, buf: Any, size: int, label: str) -> None:
+        self.buf = buf
+        self.size = size
+        self.label = label
+        self.pos = 0
+
+    def fail(self, what: str) -> ModelLoadError:
+        return ModelLoadError(f"{self.label}: not a valid GGUF file: {what} (at byte {self.pos})")
+
+    def skip(self, n: int, what: str) -> int:
+        if n < 0 or n > self.size - self.pos:
+            raise self.fail(f"{what} needs {n} bytes, {self.size - self.pos} remain")
+        start = self.pos
+        self.pos += n
+        return start
+
+    def take(self, n: int, what: str) -> bytes:
+        start = self.skip(n, what)
+        return bytes(self.buf[start:start + n])
+
+    def scalar(self, fmt: str, n: int, what: str) -> Any:
+        return struct.unpack_from(fmt, self.buf, self.skip(n, what))[0]
+
+    def u32(self, what: str) -> int:
+        return int(self.scalar("<I", 4, what))
+
+    def u64(self, what: str) -> int:
+        return int(self.scalar("<Q", 8, what))
+
+    def string(self, what: str, keep: bool = True) -> str:
+        n = self.u64(f"length of {what}")
+        if n > MAX_STRING:
+            raise self.fail(f"{what} claims {n} bytes (limit {MAX_STRING})")
+        if not keep:
+            self.skip(n, what)
+            return ""
+        raw = self.take(n, what)
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise self.fail(f"{what} is not UTF-8") from exc
+
+    def value(self, vtype: int, what: str) -> Any:
+        if vtype in _SCALARS:
+            fmt, n = _SCALARS[vtype]
+            return self.scalar(fmt, n, what)
+        if vtype == _STRING:
+            return self.string(what)
+        if vtype == _ARRAY:
+            etype = self.u32(f"element type of {what}")
+            count = self.u64(f"length of {what}")
+            if etype not in _SCALARS and etype != _STRING:
+                raise self.fail(f"{what}: element type {etype} is unknown or nested")
+            min_size = _SCALARS[etype][1] if etype in _SCALARS else 8
+            if count > (self.size - self.pos) // min_size:
+                raise self.fail(f"{what} claims {count} elements, more than the file can hold")
+            if count > _KEEP_ARRAY:
+                # Vocabularies and merges: check the bounds, keep a summary.
+                if etype in _SCALARS:
+                    self.skip(count * min_size, what)
+                else:
+                    for i in range(count):
+                        self.string(f"{what}[{i}]", keep=False)
+                return f"<array of {count}>"
+            return [self.value(etype, f"{what}[{i}]") for i in range(count)]
+        raise self.fail(f"{what}: unknown value type {vtype}")
+
+
+def inspect_gguf(path: str | Path, label: str | None = None) -> GGUFInfo:
+    """Reads and checks the header of a GGUF file; raises ModelLoadError."""
+    path = Path(path)
+    label = label or path.name
+    try:
+        f = path.open("rb")
+    except OSError as exc:
+        raise ModelLoadError(f"{label}: cannot open: {exc.strerror}") from exc
+    with f:
+        size = os.fstat(f.fileno()).st_size
+        if size == 0:
+            raise ModelLoadError(f"{label}: the file is empty")
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+            return parse_gguf_header(buf, size, label, str(path))
+
+
+def parse_gguf_header(buf: Any, size: int, label: str, path: str = "") -> GGUFInfo:
+    """Checks a GGUF header held in `buf` (bytes, memoryview or mmap)."""
+    r = _Reader(buf, size, label)
+    magic = r.take(4, "magic") if size >= 4 else b""
+    if magic != MAGIC:
+        raise ModelLoadError(f"{label}: not a GGUF file (magic {magic!r}, expected {MAGIC!r})")
+    version = r.u32("version")
+    if version not in SUPPORTED_VERSIONS:
+        raise ModelLoadError(f"{label}: GGUF version {version} is not supported "
+                             f"(supported: {', '.join(map(str, SUPPORTED_VERSIONS))})")
+    n_tensors = r.u64("tensor count")
+    n_kv = r.u64("metadata count")
+    # Smallest possible records: a kv is key length (8) + 1 byte + type (4) +
+    # 1 byte of value; a tensor info is 8 + 1 + 4 + 8 + 4 + 8.
+    if n_kv > (size - r.pos) // 14:
+        raise r.fail(f"{n_kv} metadata entries cannot fit in {size} bytes")
+    if n_tensors > (size - r.pos) // 33:
+        raise r.fail(f"{n_tensors} tensors cannot fit in {size} bytes")
+    info = GGUFInfo(path=path, version=version, size=size, alignment=DEFAULT_ALIGNMENT,
+                    data_offset=0)
+    for i in range(n_kv):
+        key = r.string(f"key of metadata entry {i}")
+        vtype = r.u32(f"type of {key}")
+        if key in info.metadata:
+            raise r.fail(f"duplicate metadata key {key}")
+        info.metadata[key] = r.value(vtype, key)
+    alignment = info.metadata.get("general.alignment", DEFAULT_ALIGNMENT)
+    if not isinstance(alignment, int) or alignment <= 0 or alignment & (alignment - 1):
+        raise r.fail(f"general.alignment {alignment!r} is not a power of two")
+    info.alignment = alignment
+    raw = []
+    for i in range(n_tensors):
+        name = r.string(f"name of tensor {i}")
+        n_dims = r.u32(f"dimension count of {name}")
+        if not 1 <= n_dims <= MAX_DIMS:
+            raise r.fail(f"tensor {name} has {n_dims} dimensions (1..{MAX_DIMS} allowed)")
+        dims = tuple(r.u64(f"dimension {d} of {name}") for d in range(n_dims))
+        elements = 1
+        for d in dims:
+            if d == 0:
+                raise r.fail(f"tensor {name} has a zero dimension {dims}")
+            elements *= d
+            if elements > MAX_TENSOR_ELEMENTS:
+                raise r.fail(f"tensor {name} has absurd dimensions {dims}")
+        ttype = r.u32(f"type of {name}")
+        if ttype not in GGML_TYPES:
+            raise r.fail(f"tensor {name} has unknown type {ttype}")
+        type_name, block, block_bytes = GGML_TYPES[ttype]
+        if dims[0] % block:
+            raise r.fail(f"tensor {name}: row of {dims[0]} is not a multiple of the "
+                         f"{type_name} block size {block}")
+        offset = r.u64(f"offset of {name}")
+        if offset % alignment:
+            raise r.fail(f"tensor {name} offset {offset} is not aligned to {alignment}")
+        raw.append((name, type_name, dims, offset, elements // block * block_bytes))
+    data_offset = -(-r.pos // alignment) * alignment
+    info.data_offset = data_offset
+    names: set[str] = set()
+    for name, type_name, dims, offset, nbytes in raw:
+        if name in names:
+            raise ModelLoadError(f"{label}: not a valid GGUF file: duplicate tensor {name}")
+        names.add(name)
+        end = data_offset + offset + nbytes
+        if end > size:
+            raise ModelLoadError(f"{label}: not a valid GGUF file: tensor {name} ends at byte "
+                                 f"{end}, past the end of the file ({size} bytes); "
+                                 "is the file truncated?")
+        info.tensors.append(TensorInfo(name, type_name, dims, offset, nbytes))
+    return info

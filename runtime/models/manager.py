@@ -1,0 +1,241 @@
+"""Which models are loaded, loading and unloading them, and their state.
+
+A model is known by name: declared in the config, given on the command line,
+or a file <name>.gguf in the models directory.  Names are identifiers; a
+name that would leave the models directory (or points there through a
+symlink) is refused.  Loading checks the GGUF header before llama.cpp sees
+the file, then builds the native engine off the event loop.  Every state
+change is published as a ModelStateChanged event (health follows it).
+"""
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import os
+import stat
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from runtime import errors
+from runtime.config import Config, ModelConfig, check_model_name, validate_model
+from runtime.engine import EngineSession
+from runtime.events import EventBus, ModelStateChanged
+from runtime.models.gguf_file import GGUFInfo, inspect_gguf
+from runtime.models.gpu_fit import fit_gpu_layers
+from runtime.native import EngineParams, NativeEngine, list_devices
+
+log = logging.getLogger("hearth.models")
+
+
+class ModelState(enum.StrEnum):
+    LOADING = "loading"
+    READY = "ready"
+    DRAINING = "draining"
+    FAILED = "failed"
+    UNLOADED = "unloaded"
+
+
+@dataclass
+class ModelHandle:
+    name: str
+    config: ModelConfig
+    state: ModelState
+    engine: NativeEngine | None = None
+    session: EngineSession | None = None
+    error: str = ""
+    load_seconds: float = 0.0
+    gpu_reason: str = ""
+
+
+def engine_params(cfg: ModelConfig, info: GGUFInfo) -> tuple[EngineParams, str]:
+    """Turns a model's config into engine parameters, resolving "auto"."""
+    n_gpu_layers = cfg.n_gpu_layers
+    tensor_split: tuple[float, ...] = ()
+    reason = ""
+    if n_gpu_layers == "auto":
+        plan = fit_gpu_layers(list_devices(), info, cfg.n_ctx)
+        n_gpu_layers, tensor_split, reason = plan.n_gpu_layers, plan.tensor_split, plan.reason
+    assert isinstance(n_gpu_layers, int)
+    params = EngineParams(
+        model_path=cfg.path,
+        n_ctx=cfg.n_ctx,
+        n_parallel=cfg.n_parallel,
+        n_batch=cfg.n_batch,
+        n_ubatch=cfg.n_ubatch,
+        prefill_chunk=cfg.prefill_chunk,
+        max_queue=cfg.max_queue,
+        n_threads=cfg.threads,
+        n_threads_batch=cfg.threads_batch or cfg.threads,
+        n_gpu_layers=n_gpu_layers,
+        main_gpu=cfg.main_gpu,
+        tensor_split=tensor_split,
+        flash_attn={"auto": -1, "off": 0, "on": 1}[cfg.flash_attn],
+        cache_type_k=cfg.cache_type_k,
+        cache_type_v=cfg.cache_type_v,
+        kv_unified=cfg.kv_unified,
+        swa_full=cfg.swa_full,
+        use_mmap=cfg.use_mmap,
+        use_mlock=cfg.use_mlock,
+        enable_embeddings=cfg.embeddings,
+    )
+    return params, reason
+
+
+class ModelManager:
+    def __init__(self, config: Config, events: EventBus) -> None:
+        self.config = config
+        self.events = events
+        self._models: dict[str, ModelHandle] = {}
+        self._lock = asyncio.Lock()
+
+    # ---- lookup -------------------------------------------------------
+
+    def list(self) -> list[ModelHandle]:
+        return list(self._models.values())
+
+    def available(self) -> list[str]:
+        """Names Load accepts that are not loaded."""
+        names = set(self.config.models)
+        root = self.config.server.models_dir
+        if root and os.path.isdir(root):
+            for entry in os.scandir(root):
+                stem = entry.name[:-5]
+                if entry.name.endswith(".gguf") and entry.is_file(follow_symlinks=False):
+                    try:
+                        names.add(check_model_name(stem))
+                    except errors.ConfigError:
+                        continue
+        return sorted(names - set(self._models))
+
+    def get(self, name: str | None) -> ModelHandle:
+        """The named model in any state.  An empty name means "the only
+        model", which is allowed when exactly one is loaded."""
+        if not name:
+            ready = [m for m in self._models.values() if m.state is ModelState.READY]
+            if len(ready) == 1:
+                return ready[0]
+            if not ready:
+                raise errors.Unavailable("no model is loaded")
+            raise errors.InvalidArgument(
+                f"model: required when several models are loaded ({', '.join(sorted(m.name for m in ready))})")
+        handle = self._models.get(name)
+        if handle is None:
+            raise errors.NotFound(f"model {name!r} is not loaded")
+        return handle
+
+    def ready(self, name: str | None) -> ModelHandle:
+        handle = self.get(name)
+        if handle.state is ModelState.LOADING:
+            raise errors.Unavailable(f"model {handle.name!r} is still loading")
+        if handle.state is ModelState.DRAINING:
+            raise errors.Unavailable(f"model {handle.name!r} is being unloaded")
+        if handle.state is not ModelState.READY or handle.session is None:
+            raise errors.FailedPrecondition(f"model {handle.name!r} failed to load: {handle.error}")
+        return handle
+
+    def resolve(self, name: str) -> ModelConfig:
+        """The config of a loadable model, by name."""
+        check_model_name(name)
+        if name in self.config.models:
+            return self.config.models[name]
+        root = self.config.server.models_dir
+        if not root:
+            raise errors.NotFound(f"model {name!r} is not configured (and no models_dir is set)")
+        base = Path(root).resolve()
+        candidate = base / f"{name}.gguf"
+        try:
+            st = os.lstat(candidate)
+        except FileNotFoundError:
+            raise errors.NotFound(f"model {name!r} is not configured and {name}.gguf is not in "
+                                  "the models directory") from None
+        if not stat.S_ISREG(st.st_mode) or candidate.resolve().parent != base:
+            raise errors.InvalidArgument(f"model {name!r}: {name}.gguf is not a regular file in "
+                                         "the models directory")
+        return ModelConfig(name=name, path=str(candidate))
+
+    # ---- state changes ------------------------------------------------
+
+    def _set_state(self, handle: ModelHandle, state: ModelState, error: str = "") -> None:
+        handle.state = state
+        handle.error = error
+        self.events.publish(ModelStateChanged(handle.name, state.value, error))
+
+    async def load(self, cfg: ModelConfig) -> ModelHandle:
+        validate_model(cfg, f"model {cfg.name}: ")
+        async with self._lock:
+            existing = self._models.get(cfg.name)
+            if existing is not None and existing.state is not ModelState.FAILED:
+                raise errors.AlreadyExists(f"model {cfg.name!r} is already {existing.state.value}")
+            handle = ModelHandle(cfg.name, cfg, ModelState.LOADING)
+            self._models[cfg.name] = handle
+        self._set_state(handle, ModelState.LOADING)
+        loop = asyncio.get_running_loop()
+        start = time.monotonic()
+        try:
+            info = await loop.run_in_executor(None, inspect_gguf, cfg.path, cfg.name)
+            if info.kind != "model":
+                raise errors.ModelLoadError(f"{cfg.name}: the file is a {info.kind}, not a model")
+            params, handle.gpu_reason = engine_params(cfg, info)
+            engine = await loop.run_in_executor(None, NativeEngine, params)
+        except errors.HearthError as exc:
+            self._set_state(handle, ModelState.FAILED, str(exc))
+            log.error("model %s failed to load: %s", cfg.name, exc)
+            raise errors.ModelLoadError(f"model {cfg.name!r}: {exc}") from exc
+        handle.engine = engine
+        handle.session = EngineSession(engine, loop)
+        handle.load_seconds = time.monotonic() - start
+        self._set_state(handle, ModelState.READY)
+        log.info("model %s ready in %.2fs (%s)", cfg.name, handle.load_seconds,
+                 handle.gpu_reason or f"n_gpu_layers={params.n_gpu_layers}")
+        return handle
+
+    async def load_by_name(self, name: str, n_ctx: int | None = None,
+                           n_parallel: int | None = None) -> ModelHandle:
+        cfg = self.resolve(name)
+        if n_ctx is not None:
+            cfg = replace(cfg, n_ctx=n_ctx)
+        if n_parallel is not None:
+            cfg = replace(cfg, n_parallel=n_parallel)
+        return await self.load(cfg)
+
+    async def unload(self, name: str, drain_timeout: float) -> ModelHandle:
+        handle = self.get(name)
+        if handle.state is ModelState.DRAINING:
+            raise errors.FailedPrecondition(f"model {name!r} is already being unloaded")
+        if handle.state is ModelState.LOADING:
+            raise errors.Unavailable(f"model {name!r} is still loading; unload it afterwards")
+        self._set_state(handle, ModelState.DRAINING)
+        await self._drain(handle, drain_timeout)
+        self._models.pop(name, None)
+        self._set_state(handle, ModelState.UNLOADED)
+        return handle
+
+    async def _drain(self, handle: ModelHandle, timeout: float) -> None:
+        engine, session = handle.engine, handle.session
+        if engine is None or session is None:
+            return
+        engine.close_admission()
+        if not await session.wait_idle(timeout):
+            log.warning("model %s: cancelling %d streams still running after %.1fs",
+                        handle.name, session.active, timeout)
+            session.cancel_all()
+            await session.wait_idle(5.0)
+        await asyncio.get_running_loop().run_in_executor(None, engine.close)
+        session.close()
+        handle.engine = handle.session = None
+
+    def close_admission(self) -> None:
+        for handle in self._models.values():
+            if handle.engine is not None and handle.state is ModelState.READY:
+                handle.engine.close_admission()
+                self._set_state(handle, ModelState.DRAINING)
+
+    async def shutdown(self, grace: float) -> None:
+        """Drains every model within `grace` seconds, then frees them."""
+        self.close_admission()
+        await asyncio.gather(*(self._drain(h, grace) for h in list(self._models.values())))
+        for handle in list(self._models.values()):
+            self._set_state(handle, ModelState.UNLOADED)
+        self._models.clear()

@@ -1,0 +1,42 @@
+"""Binding of libhearth_core, the native engine.
+
+`ffi`/`lib` come from native/include/hearth_core.h, which is both the C API
+and the cdef; `check()` is the only place a C status becomes an exception.
+`NativeEngine` and `NativeRequest` wrap the handles with typed results.
+"""
+from runtime.native._ffi import check, ffi, lib, library_path
+from runtime.native.engine import (
+    DeviceInfo,
+    EngineParams,
+    EngineStats,
+    FinishReason,
+    ModelInfo,
+    NativeEngine,
+    NativeRequest,
+    Output,
+    RequestParams,
+    Sampling,
+    build_info,
+    list_devices,
+)
+from runtime.native.textstream import TextStream
+
+__all__ = [
+    "DeviceInfo",
+    "EngineParams",
+    "EngineStats",
+    "FinishReason",
+    "ModelInfo",
+    "NativeEngine",
+    "NativeRequest",
+    "Output",
+    "RequestParams",
+    "Sampling",
+    "TextStream",
+    "build_info",
+    "check",
+    "ffi",
+    "lib",
+    "library_path",
+    "list_devices",
+]

@@ -1,0 +1,390 @@
+"""Typed wrappers of the engine, request and device handles."""
+from __future__ import annotations
+
+import enum
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from runtime import errors
+from runtime.native._ffi import check, ffi, lib
+
+# ggml_type values of the KV cache types the engine accepts.
+KV_CACHE_TYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q8_0": 8}
+SEED_RANDOM = lib.HEARTH_SEED_RANDOM
+
+
+class FinishReason(enum.IntEnum):
+    NONE = lib.HEARTH_FINISH_NONE
+    STOP = lib.HEARTH_FINISH_STOP
+    LENGTH = lib.HEARTH_FINISH_LENGTH
+    CANCELLED = lib.HEARTH_FINISH_CANCELLED
+    DEADLINE = lib.HEARTH_FINISH_DEADLINE
+    ERROR = lib.HEARTH_FINISH_ERROR
+
+
+@dataclass(frozen=True)
+class EngineParams:
+    model_path: str | None = None
+    model_fd: int = -1
+    n_ctx: int = 4096
+    n_parallel: int = 4
+    n_batch: int = 512
+    n_ubatch: int = 512
+    prefill_chunk: int = 512
+    max_queue: int = 64
+    n_threads: int = 4
+    n_threads_batch: int = 4
+    n_gpu_layers: int = 0
+    main_gpu: int = 0
+    tensor_split: tuple[float, ...] = ()
+    flash_attn: int = -1
+    cache_type_k: str = "f16"
+    cache_type_v: str = "f16"
+    kv_unified: bool = False
+    swa_full: bool = False
+    use_mmap: bool = True
+    use_mlock: bool = False
+    enable_embeddings: bool = True
+
+
+@dataclass(frozen=True)
+class Sampling:
+    temperature: float = 0.8
+    top_k: int = 40
+    top_p: float = 0.95
+    min_p: float = 0.05
+    repeat_penalty: float = 1.0
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    penalty_last_n: int = 64
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class RequestParams:
+    prompt: Sequence[int]
+    max_tokens: int
+    sampling: Sampling = field(default_factory=Sampling)
+    stop: tuple[str, ...] = ()
+    deadline_ns: int = 0
+    ignore_eos: bool = False
+
+
+@dataclass(frozen=True)
+class Output:
+    """What a request produced since the last take."""
+
+    tokens: list[int]
+    text: str
+    finished: bool
+    finish_reason: FinishReason
+    stop_index: int
+    error: str | None
+    n_prompt: int
+    n_cached: int
+    n_generated: int
+    slot: int
+    t_submit_ns: int
+    t_admit_ns: int
+    t_first_token_ns: int
+    t_finish_ns: int
+    embedding: list[float] | None = None
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    arch: str
+    description: str
+    n_vocab: int
+    n_ctx_train: int
+    n_embd: int
+    n_layer: int
+    n_head: int
+    n_head_kv: int
+    n_swa: int
+    n_params: int
+    size_bytes: int
+    kv_bytes: int
+    n_ctx: int
+    n_ctx_slot: int
+    n_parallel: int
+    n_gpu_layers: int
+    add_bos: bool
+    embeddings_enabled: bool
+
+
+@dataclass(frozen=True)
+class EngineStats:
+    n_slots: int
+    slots_busy: int
+    queue_depth: int
+    max_queue: int
+    kv_cells_total: int
+    kv_cells_used: int
+    requests_submitted: int
+    requests_rejected: int
+    requests_finished: int
+    requests_cancelled: int
+    tokens_prompt: int
+    tokens_cached: int
+    tokens_generated: int
+    decode_steps: int
+    decode_failures: int
+    decode_ns_total: int
+    last_heartbeat_ns: int
+    admission_open: bool
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    index: int
+    name: str
+    description: str
+    type: str
+    free_bytes: int
+    total_bytes: int
+
+
+_DEVICE_TYPES = {lib.HEARTH_DEVICE_CPU: "cpu", lib.HEARTH_DEVICE_GPU: "gpu",
+                 lib.HEARTH_DEVICE_IGPU: "igpu", lib.HEARTH_DEVICE_ACCEL: "accel"}
+
+
+def _str(buf: object) -> str:
+    return ffi.string(buf).decode("utf-8", errors="replace")
+
+
+def build_info() -> str:
+    return _str(lib.hearth_build_info())
+
+
+def list_devices() -> list[DeviceInfo]:
+    out = []
+    info = ffi.new("hearth_device_info *")
+    for i in range(lib.hearth_device_count()):
+        check(lib.hearth_device_get(i, info))
+        out.append(DeviceInfo(i, _str(info.name), _str(info.description),
+                              _DEVICE_TYPES.get(info.type, "other"), info.free_bytes,
+                              info.total_bytes))
+    return out
+
+
+def _struct_fields(cdata: object, cls: type) -> dict:
+    values = {}
+    for name in cls.__dataclass_fields__:  # type: ignore[attr-defined]
+        v = getattr(cdata, name)
+        values[name] = _str(v) if isinstance(v, ffi.CData) else v
+    return values
+
+
+class NativeRequest:
+    """A submitted request.  take() is not thread-safe against itself: one
+    consumer (the engine session) reads each request."""
+
+    __slots__ = ("_handle", "_out", "id")
+
+    def __init__(self, handle: object) -> None:
+        self._handle = handle
+        self._out = ffi.new("hearth_output *")
+        self.id: int = lib.hearth_request_id(handle)
+
+    def take(self) -> Output:
+        if self._handle is None:
+            raise errors.FailedPrecondition("request already freed")
+        o = self._out
+        check(lib.hearth_request_take(self._handle, o))
+        embedding = (ffi.unpack(o.embedding, o.n_embd) if o.n_embd > 0 else None)
+        return Output(
+            tokens=ffi.unpack(o.tokens, o.n_tokens) if o.n_tokens else [],
+            text=ffi.unpack(o.text, o.n_text).decode("utf-8") if o.n_text else "",
+            finished=bool(o.finished),
+            finish_reason=FinishReason(o.finish_reason),
+            stop_index=o.stop_index,
+            error=_str(o.error) if o.error != ffi.NULL else None,
+            n_prompt=o.n_prompt,
+            n_cached=o.n_cached,
+            n_generated=o.n_generated,
+            slot=o.slot,
+            t_submit_ns=o.t_submit_ns,
+            t_admit_ns=o.t_admit_ns,
+            t_first_token_ns=o.t_first_token_ns,
+            t_finish_ns=o.t_finish_ns,
+            embedding=embedding,
+        )
+
+    def cancel(self) -> None:
+        if self._handle is not None:
+            lib.hearth_request_cancel(self._handle)
+
+    def free(self) -> None:
+        """Drops our reference; cancels the request if it is still running."""
+        if self._handle is not None:
+            lib.hearth_request_free(self._handle)
+            self._handle = None
+
+    def __del__(self) -> None:
+        self.free()
+
+
+class NativeEngine:
+    """One loaded model and its engine thread.  Construction loads the model
+    (blocking; run it in an executor from async code)."""
+
+    def __init__(self, params: EngineParams) -> None:
+        p = ffi.new("hearth_engine_params *")
+        lib.hearth_engine_params_init(p)
+        keep = []
+        if params.model_path is not None:
+            keep.append(ffi.new("char[]", params.model_path.encode()))
+            p.model_path = keep[-1]
+        p.model_fd = params.model_fd
+        for name in ("n_ctx", "n_parallel", "n_batch", "n_ubatch", "prefill_chunk", "max_queue",
+                     "n_threads", "n_threads_batch", "n_gpu_layers", "main_gpu", "flash_attn",
+                     "kv_unified", "swa_full", "use_mmap", "use_mlock", "enable_embeddings"):
+            setattr(p, name, getattr(params, name))
+        if len(params.tensor_split) > 16:
+            raise errors.InvalidArgument("tensor_split: at most 16 devices")
+        for i, share in enumerate(params.tensor_split):
+            p.tensor_split[i] = share
+        for attr, value in (("type_k", params.cache_type_k), ("type_v", params.cache_type_v)):
+            if value not in KV_CACHE_TYPES:
+                raise errors.InvalidArgument(
+                    f"cache_type: {value!r} is not one of {sorted(KV_CACHE_TYPES)}")
+            setattr(p, attr, KV_CACHE_TYPES[value])
+        out = ffi.new("hearth_engine **")
+        check(lib.hearth_engine_create(p, out))
+        self._handle = out[0]
+        self._lock = threading.Lock()
+        self.params = params
+        self.info = self._model_info()
+        self._ids = ffi.new("uint64_t[]", 256)
+        self._stats = ffi.new("hearth_engine_stats *")
+
+    def _h(self) -> object:
+        if self._handle is None:
+            raise errors.FailedPrecondition("engine is closed")
+        return self._handle
+
+    def _model_info(self) -> ModelInfo:
+        info = ffi.new("hearth_model_info *")
+        check(lib.hearth_engine_model_info(self._h(), info))
+        return ModelInfo(**_struct_fields(info, ModelInfo))
+
+    @property
+    def event_fd(self) -> int:
+        return int(lib.hearth_engine_event_fd(self._h()))
+
+    def close(self) -> None:
+        """Stops the engine; open requests finish as CANCELLED."""
+        with self._lock:
+            handle, self._handle = self._handle, None
+        if handle is not None:
+            lib.hearth_engine_free(handle)
+
+    def close_admission(self) -> None:
+        lib.hearth_engine_close_admission(self._h())
+
+    def drain_ready(self) -> list[int]:
+        ids = self._ids
+        n = lib.hearth_engine_drain_ready(self._h(), ids, len(ids))
+        return ffi.unpack(ids, n) if n else []
+
+    def stats(self) -> EngineStats:
+        check(lib.hearth_engine_get_stats(self._h(), self._stats))
+        return EngineStats(**_struct_fields(self._stats, EngineStats))
+
+    def meta(self, key: str) -> str | None:
+        n = ffi.new("int32_t *")
+        buf = ffi.new("char[]", 256)
+        status = lib.hearth_engine_meta(self._h(), key.encode(), buf, 256, n)
+        if status == lib.HEARTH_E_NOT_FOUND:
+            return None
+        if status == lib.HEARTH_E_RESOURCE_EXHAUSTED:
+            buf = ffi.new("char[]", n[0] + 1)
+            status = lib.hearth_engine_meta(self._h(), key.encode(), buf, n[0] + 1, n)
+        check(status)
+        return ffi.unpack(buf, n[0]).decode("utf-8", errors="replace")
+
+    def tokenize(self, text: str, add_special: bool = True, parse_special: bool = False
+                 ) -> list[int]:
+        data = text.encode("utf-8")
+        cap = len(data) + 8
+        n = ffi.new("int32_t *")
+        buf = ffi.new("int32_t[]", cap)
+        status = lib.hearth_engine_tokenize(self._h(), data, len(data), add_special,
+                                            parse_special, buf, cap, n)
+        if status == lib.HEARTH_E_RESOURCE_EXHAUSTED:
+            cap = n[0]
+            buf = ffi.new("int32_t[]", cap)
+            status = lib.hearth_engine_tokenize(self._h(), data, len(data), add_special,
+                                                parse_special, buf, cap, n)
+        check(status)
+        return ffi.unpack(buf, n[0])
+
+    def detokenize(self, tokens: Sequence[int], render_special: bool = False) -> str:
+        toks = ffi.new("int32_t[]", list(tokens))
+        n = ffi.new("int32_t *")
+        cap = 8 * len(tokens) + 16
+        buf = ffi.new("char[]", cap)
+        status = lib.hearth_engine_detokenize(self._h(), toks, len(tokens), render_special, buf,
+                                              cap, n)
+        if status == lib.HEARTH_E_RESOURCE_EXHAUSTED:
+            cap = n[0]
+            buf = ffi.new("char[]", cap)
+            status = lib.hearth_engine_detokenize(self._h(), toks, len(tokens), render_special,
+                                                  buf, cap, n)
+        check(status)
+        return ffi.unpack(buf, n[0]).decode("utf-8", errors="replace")
+
+    def apply_chat_template(self, messages: Sequence[tuple[str, str]], add_assistant: bool = True,
+                            template: str | None = None) -> str:
+        roles = [ffi.new("char[]", r.encode()) for r, _ in messages]
+        contents = [ffi.new("char[]", c.encode()) for _, c in messages]
+        role_arr = ffi.new("char *[]", roles)
+        content_arr = ffi.new("char *[]", contents)
+        tmpl = ffi.new("char[]", template.encode()) if template is not None else ffi.NULL
+        n = ffi.new("int32_t *")
+        cap = 2 * sum(len(c) for _, c in messages) + 512
+        buf = ffi.new("char[]", cap)
+        status = lib.hearth_engine_apply_chat_template(self._h(), tmpl, role_arr, content_arr,
+                                                       len(messages), add_assistant, buf, cap, n)
+        if status == lib.HEARTH_E_RESOURCE_EXHAUSTED:
+            cap = n[0] + 1
+            buf = ffi.new("char[]", cap)
+            status = lib.hearth_engine_apply_chat_template(
+                self._h(), tmpl, role_arr, content_arr, len(messages), add_assistant, buf, cap, n)
+        check(status)
+        return ffi.unpack(buf, n[0]).decode("utf-8", errors="replace")
+
+    def submit(self, params: RequestParams) -> NativeRequest:
+        p = ffi.new("hearth_request_params *")
+        lib.hearth_request_params_init(p)
+        prompt = ffi.new("int32_t[]", list(params.prompt))
+        p.prompt = prompt
+        p.n_prompt = len(params.prompt)
+        p.max_tokens = params.max_tokens
+        s = params.sampling
+        p.sampling.temperature = s.temperature
+        p.sampling.top_k = s.top_k
+        p.sampling.top_p = s.top_p
+        p.sampling.min_p = s.min_p
+        p.sampling.repeat_penalty = s.repeat_penalty
+        p.sampling.frequency_penalty = s.frequency_penalty
+        p.sampling.presence_penalty = s.presence_penalty
+        p.sampling.penalty_last_n = s.penalty_last_n
+        p.sampling.seed = SEED_RANDOM if s.seed is None else s.seed
+        stops = [ffi.new("char[]", x.encode("utf-8")) for x in params.stop]
+        stop_arr = ffi.new("char *[]", stops) if stops else ffi.NULL
+        p.stop = stop_arr
+        p.n_stop = len(stops)
+        p.deadline_ns = params.deadline_ns
+        p.ignore_eos = params.ignore_eos
+        out = ffi.new("hearth_request **")
+        check(lib.hearth_engine_submit(self._h(), p, out))
+        return NativeRequest(out[0])
+
+    def submit_embedding(self, tokens: Sequence[int], normalize: bool) -> NativeRequest:
+        toks = ffi.new("int32_t[]", list(tokens))
+        out = ffi.new("hearth_request **")
+        check(lib.hearth_engine_submit_embedding(self._h(), toks, len(tokens), normalize, out))
+        return NativeRequest(out[0])

@@ -1,0 +1,106 @@
+"""Protobuf messages <-> core types, in both directions.  No logic here
+beyond copying fields; validation belongs to the core."""
+from __future__ import annotations
+
+from typing import Any
+
+from runtime._proto.hearth.v1 import inference_pb2 as ipb
+from runtime._proto.hearth.v1 import models_pb2 as mpb
+from runtime.core import (
+    ChatMessage,
+    ChatRequest,
+    EmbedRequest,
+    GenerateChunk,
+    GenerateRequest,
+    GenerationOptions,
+)
+from runtime.core.types import EmbedResult
+from runtime.models.manager import ModelHandle
+
+_OPTIONAL = ("max_tokens", "temperature", "top_p", "top_k", "seed", "min_p", "repeat_penalty",
+             "frequency_penalty", "presence_penalty", "penalty_last_n")
+
+FINISH_REASONS = {
+    "stop": ipb.FINISH_REASON_STOP, "length": ipb.FINISH_REASON_LENGTH,
+    "cancelled": ipb.FINISH_REASON_CANCELLED, "deadline": ipb.FINISH_REASON_DEADLINE,
+    "error": ipb.FINISH_REASON_ERROR,
+}
+MODEL_STATES = {
+    "loading": mpb.MODEL_STATE_LOADING, "ready": mpb.MODEL_STATE_READY,
+    "draining": mpb.MODEL_STATE_DRAINING, "failed": mpb.MODEL_STATE_FAILED,
+    "unloaded": mpb.MODEL_STATE_UNLOADED,
+}
+
+
+def options_from(msg: Any) -> GenerationOptions:
+    """GenerateRequest and ChatRequest share these fields and numbers."""
+    values = {name: getattr(msg, name) if msg.HasField(name) else None for name in _OPTIONAL}
+    return GenerationOptions(stop=tuple(msg.stop), ignore_eos=msg.ignore_eos, **values)
+
+
+def generate_request(msg: ipb.GenerateRequest) -> GenerateRequest:
+    return GenerateRequest(model=msg.model, prompt=msg.prompt,
+                           prompt_tokens=tuple(msg.prompt_tokens), options=options_from(msg))
+
+
+def chat_request(msg: ipb.ChatRequest) -> ChatRequest:
+    return ChatRequest(model=msg.model,
+                       messages=tuple(ChatMessage(m.role, m.content) for m in msg.messages),
+                       options=options_from(msg))
+
+
+def embed_request(msg: ipb.EmbedRequest) -> EmbedRequest:
+    return EmbedRequest(model=msg.model, inputs=tuple(msg.input), normalize=msg.normalize)
+
+
+def generate_response(chunk: GenerateChunk) -> ipb.GenerateResponse:
+    out = ipb.GenerateResponse(text=chunk.text, token_ids=chunk.token_ids,
+                               request_id=chunk.request_id)
+    if chunk.finish_reason:
+        out.finish_reason = FINISH_REASONS[chunk.finish_reason]
+        out.stop_sequence = chunk.stop_sequence
+        out.model = chunk.model
+    if chunk.usage is not None:
+        u = chunk.usage
+        out.usage.CopyFrom(ipb.Usage(
+            prompt_tokens=u.prompt_tokens, completion_tokens=u.completion_tokens,
+            cached_tokens=u.cached_tokens, ttft_seconds=u.ttft_s, total_seconds=u.total_s,
+            queue_seconds=u.queue_s))
+    return out
+
+
+def embed_response(result: EmbedResult) -> ipb.EmbedResponse:
+    return ipb.EmbedResponse(
+        model=result.model,
+        embeddings=[ipb.Embedding(values=e.values, prompt_tokens=e.prompt_tokens)
+                    for e in result.embeddings])
+
+
+def model_status(handle: ModelHandle) -> mpb.ModelStatus:
+    out = mpb.ModelStatus(name=handle.name, state=MODEL_STATES[handle.state.value],
+                          error=handle.error, load_seconds=handle.load_seconds,
+                          source=handle.config.path)
+    engine = handle.engine
+    if engine is None:
+        return out
+    info = engine.info
+    stats = engine.stats()
+    out.architecture = info.arch
+    out.description = info.description
+    out.n_params = info.n_params
+    out.weights_bytes = info.size_bytes
+    out.kv_cache_bytes = info.kv_bytes
+    out.n_ctx = info.n_ctx
+    out.n_ctx_per_request = info.n_ctx_slot
+    out.n_gpu_layers = info.n_gpu_layers
+    out.slots_total = stats.n_slots
+    out.slots_busy = stats.slots_busy
+    out.queue_depth = stats.queue_depth
+    out.max_queue = stats.max_queue
+    out.kv_cells_used = stats.kv_cells_used
+    out.kv_cells_total = stats.kv_cells_total
+    out.requests_finished = stats.requests_finished
+    out.tokens_prompt = stats.tokens_prompt
+    out.tokens_cached = stats.tokens_cached
+    out.tokens_generated = stats.tokens_generated
+    return out

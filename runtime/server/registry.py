@@ -1,0 +1,156 @@
+"""Registering servicers from their proto service descriptors.
+
+Every method gets the same two things, here and nowhere else:
+  * request decoding that turns a malformed message into INVALID_ARGUMENT
+    naming the field (protobuf itself only says "error parsing message", and
+    grpc would answer INTERNAL): a string field holding invalid UTF-8 is
+    found by re-parsing with a twin message whose strings are bytes;
+  * error mapping: an exception family raised by the servicer becomes its
+    status (status.py), an unexpected exception becomes INTERNAL and is
+    logged with the request id.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+from google.protobuf.descriptor import Descriptor, FieldDescriptor, ServiceDescriptor
+from google.protobuf.message import DecodeError, Message
+
+from runtime import errors
+from runtime.server.status import abort_args
+
+log = logging.getLogger("hearth.server")
+
+
+@dataclass(frozen=True)
+class MalformedRequest:
+    reason: str
+
+
+def _lenient_class(desc: Descriptor) -> type[Message]:
+    """A twin of `desc` (and every message of its file) with string fields
+    turned into bytes fields, in a private descriptor pool."""
+    pool = descriptor_pool.DescriptorPool()
+    seen: set[str] = set()
+
+    def add(file_desc: Any) -> None:
+        if file_desc.name in seen:
+            return
+        seen.add(file_desc.name)
+        for dep in file_desc.dependencies:
+            add(dep)
+        proto = descriptor_pb2.FileDescriptorProto()
+        file_desc.CopyToProto(proto)
+        stack = list(proto.message_type)
+        while stack:
+            msg = stack.pop()
+            stack.extend(msg.nested_type)
+            for f in msg.field:
+                if f.type == FieldDescriptor.TYPE_STRING:
+                    f.type = FieldDescriptor.TYPE_BYTES
+        pool.Add(proto)
+
+    add(desc.file)
+    return message_factory.GetMessageClass(pool.FindMessageTypeByName(desc.full_name))
+
+
+def _find_bad_utf8(msg: Message, original: Descriptor, prefix: str = "") -> str | None:
+    for field, value in msg.ListFields():
+        orig = original.fields_by_name[field.name]
+        path = f"{prefix}{field.name}"
+        repeated = field.label == FieldDescriptor.LABEL_REPEATED
+        items = list(value) if repeated else [value]
+        for i, item in enumerate(items):
+            where = f"{path}[{i}]" if repeated else path
+            if orig.type == FieldDescriptor.TYPE_STRING:
+                try:
+                    item.decode("utf-8")
+                except UnicodeDecodeError:
+                    return where
+            elif orig.type == FieldDescriptor.TYPE_MESSAGE:
+                found = _find_bad_utf8(item, orig.message_type, f"{where}.")
+                if found:
+                    return found
+    return None
+
+
+def lenient_deserializer(cls: type[Message]) -> Callable[[bytes], Message | MalformedRequest]:
+    twin: list[type[Message]] = []
+
+    def deserialize(data: bytes) -> Message | MalformedRequest:
+        try:
+            return cls.FromString(data)
+        except DecodeError:
+            pass
+        if not twin:
+            twin.append(_lenient_class(cls.DESCRIPTOR))
+        try:
+            loose = twin[0].FromString(data)
+        except DecodeError:
+            return MalformedRequest("the request is not a valid protobuf message")
+        field = _find_bad_utf8(loose, cls.DESCRIPTOR)
+        if field:
+            return MalformedRequest(f"{field}: not valid UTF-8")
+        return MalformedRequest("the request is not a valid protobuf message")
+
+    return deserialize
+
+
+async def _abort(context: grpc.aio.ServicerContext, exc: BaseException, method: str) -> None:
+    if not isinstance(exc, errors.HearthError):
+        log.exception("unexpected error in %s", method, exc_info=exc)
+    code, message, trailers = abort_args(exc)
+    await context.abort(code, message, trailers)
+
+
+def _unary(method: str, impl: Callable[..., Any]) -> Callable[..., Any]:
+    async def handler(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        if isinstance(request, MalformedRequest):
+            await _abort(context, errors.InvalidArgument(request.reason), method)
+        try:
+            return await impl(request, context)
+        except grpc.aio.AbortError:
+            raise
+        except Exception as exc:
+            await _abort(context, exc, method)
+    return handler
+
+
+def _stream(method: str, impl: Callable[..., AsyncIterator[Any]]) -> Callable[..., Any]:
+    async def handler(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        if isinstance(request, MalformedRequest):
+            await _abort(context, errors.InvalidArgument(request.reason), method)
+        try:
+            async for reply in impl(request, context):
+                yield reply
+        except grpc.aio.AbortError:
+            raise
+        except Exception as exc:
+            await _abort(context, exc, method)
+    return handler
+
+
+def add_service(server: grpc.aio.Server, service: ServiceDescriptor, servicer: object) -> None:
+    handlers = {}
+    for method in service.methods:
+        impl = getattr(servicer, method.name)
+        request_cls = message_factory.GetMessageClass(method.input_type)
+        response_cls = message_factory.GetMessageClass(method.output_type)
+        full = f"/{service.full_name}/{method.name}"
+        kwargs = dict(request_deserializer=lenient_deserializer(request_cls),
+                      response_serializer=response_cls.SerializeToString)
+        if method.client_streaming:
+            raise errors.InternalError(f"{full}: client streaming is not supported here")
+        if method.server_streaming:
+            handlers[method.name] = grpc.unary_stream_rpc_method_handler(
+                _stream(full, impl), **kwargs)
+        else:
+            handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+                _unary(full, impl), **kwargs)
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(service.full_name, handlers),))

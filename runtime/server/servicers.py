@@ -1,0 +1,105 @@
+"""hearth.v1.Inference and hearth.v1.Models.
+
+Each method converts, calls the core, converts back.  Errors are mapped in
+registry.py, not here.
+"""
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator
+
+import grpc
+
+from runtime._proto.hearth.v1 import inference_pb2 as ipb
+from runtime._proto.hearth.v1 import models_pb2 as mpb
+from runtime.core import CallContext, InferenceService
+from runtime.models.manager import ModelManager
+from runtime.server import converters
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+REQUEST_ID_KEY = "x-request-id"
+
+
+def call_context(context: grpc.aio.ServicerContext) -> CallContext:
+    """Request id from the caller's x-request-id (if sane), else a new one."""
+    request_id = ""
+    for key, value in context.invocation_metadata() or ():
+        if key == REQUEST_ID_KEY and isinstance(value, str) and _REQUEST_ID.match(value):
+            request_id = value
+    remaining = context.time_remaining()
+    return CallContext(
+        request_id=request_id or uuid.uuid4().hex[:16],
+        client=context.peer() or "unknown",
+        deadline=time.monotonic() + remaining if remaining is not None else None,
+    )
+
+
+class InferenceServicer:
+    def __init__(self, core: InferenceService) -> None:
+        self.core = core
+
+    async def _start(self, context: grpc.aio.ServicerContext) -> CallContext:
+        ctx = call_context(context)
+        await context.send_initial_metadata(((REQUEST_ID_KEY, ctx.request_id),))
+        return ctx
+
+    async def Generate(self, request: ipb.GenerateRequest, context: grpc.aio.ServicerContext
+                       ) -> AsyncIterator[ipb.GenerateResponse]:
+        ctx = await self._start(context)
+        async for chunk in self.core.generate(converters.generate_request(request), ctx):
+            yield converters.generate_response(chunk)
+
+    async def Chat(self, request: ipb.ChatRequest, context: grpc.aio.ServicerContext
+                   ) -> AsyncIterator[ipb.GenerateResponse]:
+        ctx = await self._start(context)
+        async for chunk in self.core.chat(converters.chat_request(request), ctx):
+            yield converters.generate_response(chunk)
+
+    async def Embed(self, request: ipb.EmbedRequest, context: grpc.aio.ServicerContext
+                    ) -> ipb.EmbedResponse:
+        result = await self.core.embed(converters.embed_request(request), call_context(context))
+        return converters.embed_response(result)
+
+    async def Tokenize(self, request: ipb.TokenizeRequest, context: grpc.aio.ServicerContext
+                       ) -> ipb.TokenizeResponse:
+        tokens = await self.core.tokenize(request.model, request.text, request.add_special,
+                                          request.parse_special)
+        return ipb.TokenizeResponse(tokens=tokens)
+
+    async def Detokenize(self, request: ipb.DetokenizeRequest,
+                         context: grpc.aio.ServicerContext) -> ipb.DetokenizeResponse:
+        text = await self.core.detokenize(request.model, list(request.tokens),
+                                          request.render_special)
+        return ipb.DetokenizeResponse(text=text)
+
+
+class ModelsServicer:
+    def __init__(self, models: ModelManager, default_grace_s: float) -> None:
+        self.models = models
+        self.default_grace_s = default_grace_s
+
+    async def List(self, request: mpb.ListModelsRequest, context: grpc.aio.ServicerContext
+                   ) -> mpb.ListModelsResponse:
+        return mpb.ListModelsResponse(
+            models=[converters.model_status(h) for h in self.models.list()],
+            available=self.models.available())
+
+    async def Get(self, request: mpb.GetModelRequest, context: grpc.aio.ServicerContext
+                  ) -> mpb.ModelStatus:
+        return converters.model_status(self.models.get(request.name))
+
+    async def Load(self, request: mpb.LoadModelRequest, context: grpc.aio.ServicerContext
+                   ) -> mpb.ModelStatus:
+        handle = await self.models.load_by_name(
+            request.name,
+            n_ctx=request.n_ctx if request.HasField("n_ctx") else None,
+            n_parallel=request.n_parallel if request.HasField("n_parallel") else None)
+        return converters.model_status(handle)
+
+    async def Unload(self, request: mpb.UnloadModelRequest, context: grpc.aio.ServicerContext
+                     ) -> mpb.ModelStatus:
+        timeout = (request.drain_timeout_seconds if request.HasField("drain_timeout_seconds")
+                   else self.default_grace_s)
+        return converters.model_status(await self.models.unload(request.name, timeout))
