@@ -166,15 +166,17 @@ def inspect_gguf(path: str | Path, label: str | None = None) -> GGUFInfo:
     with f:
         size = os.fstat(f.fileno()).st_size
         if size == 0:
-            raise ModelLoadError(f"{label}: the file is empty")
+            return parse_gguf_header(b"", 0, label, str(path))
         with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
             return parse_gguf_header(buf, size, label, str(path))
 
 
 def parse_gguf_header(buf: Any, size: int, label: str, path: str = "") -> GGUFInfo:
     """Checks a GGUF header held in `buf` (bytes, memoryview or mmap)."""
+    if size == 0:
+        raise ModelLoadError(f"{label}: the file is empty")
     r = _Reader(buf, size, label)
-    magic = r.take(4, "magic") if size >= 4 else b""
+    magic = r.take(4, "magic") if size >= 4 else bytes(buf[:size])
     if magic != MAGIC:
         raise ModelLoadError(f"{label}: not a GGUF file (magic {magic!r}, expected {MAGIC!r})")
     version = r.u32("version")

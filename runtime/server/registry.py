@@ -63,7 +63,7 @@ def _find_bad_utf8(msg: Message, original: Descriptor, prefix: str = "") -> str 
     for field, value in msg.ListFields():
         orig = original.fields_by_name[field.name]
         path = f"{prefix}{field.name}"
-        repeated = field.label == FieldDescriptor.LABEL_REPEATED
+        repeated = field.is_repeated
         items = list(value) if repeated else [value]
         for i, item in enumerate(items):
             where = f"{path}[{i}]" if repeated else path

@@ -1,0 +1,122 @@
+"""The Python-side GGUF header check (SECURITY-CASES 11), including a fuzz
+test: no input may crash it, hang it, or get past it malformed."""
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from runtime.errors import ModelLoadError
+from runtime.models.gguf_file import GGML_TYPES, inspect_gguf, parse_gguf_header
+
+
+def gguf_bytes(n_tensors: int = 1, n_kv: int = 1, version: int = 3,
+               kv: bytes | None = None, tensor: bytes | None = None, data: bytes = b"") -> bytes:
+    head = b"GGUF" + struct.pack("<IQQ", version, n_tensors, n_kv)
+    if kv is None:
+        key = b"general.architecture"
+        kv = struct.pack("<Q", len(key)) + key + struct.pack("<I", 8) + \
+            struct.pack("<Q", 5) + b"llama"
+    if tensor is None:
+        name = b"t"
+        tensor = struct.pack("<Q", len(name)) + name + struct.pack("<I", 1) + \
+            struct.pack("<Q", 8) + struct.pack("<I", 0) + struct.pack("<Q", 0)
+    body = head + kv + tensor
+    pad = (-len(body)) % 32
+    return body + b"\0" * pad + (data or b"\0" * 32)
+
+
+def check(data: bytes):
+    return parse_gguf_header(data, len(data), "test.gguf")
+
+
+def test_minimal_file_parses() -> None:
+    info = check(gguf_bytes())
+    assert info.architecture == "llama"
+    assert info.tensors[0].nbytes == 32
+    assert info.data_offset % 32 == 0
+
+
+def test_real_models_parse(tiny_model: Path, gemma_model: Path) -> None:
+    tiny = inspect_gguf(tiny_model)
+    assert tiny.architecture == "llama" and len(tiny.tensors) == 21
+    gemma = inspect_gguf(gemma_model)
+    assert gemma.architecture == "gemma3"
+    assert gemma.arch_int("block_count") == 18
+    assert sum(t.nbytes for t in gemma.tensors) < gemma.size
+
+
+@pytest.mark.parametrize(("data", "message"), [
+    (b"", "empty"),
+    (b"GGU", "not a GGUF file"),
+    (b"GGML" + bytes(60), "not a GGUF file"),
+    (gguf_bytes(version=99), "version 99 is not supported"),
+    (gguf_bytes(n_tensors=2**60), "cannot fit"),
+    (gguf_bytes(n_kv=2**62), "cannot fit"),
+    (gguf_bytes(kv=struct.pack("<Q", 2**40) + b"x"), "claims"),
+    (gguf_bytes(kv=struct.pack("<Q", 1) + b"k" + struct.pack("<I", 77)), "unknown value type"),
+    (gguf_bytes(kv=struct.pack("<Q", 1) + b"k" + struct.pack("<IIQ", 9, 4, 2**50)),
+     "more than the file can hold"),
+    (gguf_bytes(kv=struct.pack("<Q", 1) + b"k" + struct.pack("<IIQ", 9, 9, 1)), "nested"),
+    (gguf_bytes(tensor=struct.pack("<Q", 1) + b"t" + struct.pack("<I", 9)), "dimensions"),
+    (gguf_bytes(tensor=struct.pack("<Q", 1) + b"t" + struct.pack("<IQQ", 2, 2**32, 2**32)),
+     "absurd dimensions"),
+    (gguf_bytes(tensor=struct.pack("<Q", 1) + b"t" + struct.pack("<IQ", 1, 0)), "zero"),
+    (gguf_bytes(tensor=struct.pack("<Q", 1) + b"t" + struct.pack("<IQIQ", 1, 8, 250, 0)),
+     "unknown type"),
+    (gguf_bytes(tensor=struct.pack("<Q", 1) + b"t" + struct.pack("<IQIQ", 1, 8, 0, 7)),
+     "not aligned"),
+    (gguf_bytes(tensor=struct.pack("<Q", 1) + b"t" + struct.pack("<IQIQ", 1, 8, 0, 4096)),
+     "past the end"),
+    (gguf_bytes(tensor=struct.pack("<Q", 1) + b"t" + struct.pack("<IQIQ", 1, 7, 2, 0)),
+     "block size"),
+    (gguf_bytes(kv=struct.pack("<Q", 1) + b"\xff" + struct.pack("<I", 4) + b"\0" * 4),
+     "not UTF-8"),
+])
+def test_malformed_headers_are_rejected(data: bytes, message: str) -> None:
+    with pytest.raises(ModelLoadError, match=message):
+        check(data)
+
+
+def test_truncated_real_model_is_rejected(tiny_model: Path, tmp_path: Path) -> None:
+    data = tiny_model.read_bytes()
+    cut = tmp_path / "cut.gguf"
+    cut.write_bytes(data[: len(data) - 1000])
+    with pytest.raises(ModelLoadError, match="truncated"):
+        inspect_gguf(cut)
+
+
+def test_type_table_matches_the_gguf_package() -> None:
+    import gguf
+
+    for qtype, (block, size) in gguf.GGML_QUANT_SIZES.items():
+        name, our_block, our_size = GGML_TYPES[int(qtype)]
+        assert (our_block, our_size) == (block, size), name
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.binary(max_size=512))
+def test_fuzz_random_bytes_never_crash(data: bytes) -> None:
+    try:
+        check(data)
+    except ModelLoadError:
+        pass
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_fuzz_mutated_real_header(tiny_model: Path, data: st.DataObject) -> None:
+    original = bytearray(tiny_model.read_bytes()[:4096])
+    for _ in range(data.draw(st.integers(1, 8))):
+        pos = data.draw(st.integers(0, len(original) - 1))
+        original[pos] = data.draw(st.integers(0, 255))
+    try:
+        info = check(bytes(original))
+    except ModelLoadError:
+        return
+    # Whatever passes must be self-consistent.
+    for t in info.tensors:
+        assert info.data_offset + t.offset + t.nbytes <= len(original)
