@@ -17,7 +17,6 @@ import json
 import os
 import re
 import shlex
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -46,7 +45,8 @@ class build_proto(Command):
         out = ROOT / "runtime" / "_proto"
         for stale in out.rglob("*_pb2*.py*"):
             stale.unlink()
-        protos = sorted(str(p.relative_to(ROOT / "proto")) for p in (ROOT / "proto").rglob("*.proto"))
+        protos = sorted(str(p.relative_to(ROOT / "proto"))
+                        for p in (ROOT / "proto").rglob("*.proto"))
         include = Path(protoc.__file__).parent / "_proto"
         args = ["protoc", f"-I{ROOT / 'proto'}", f"-I{include}", f"--python_out={out}",
                 f"--grpc_python_out={out}", f"--pyi_out={out}", *protos]
@@ -62,7 +62,8 @@ class build_proto(Command):
         for d in [out, *[p for p in out.rglob("*") if p.is_dir() and p.name != "__pycache__"]]:
             init = d / "__init__.py"
             if not init.exists():
-                init.write_text('"""Generated at build time from proto/ (see setup.py build_proto)."""\n')
+                init.write_text('"""Generated at build time from proto/ '
+                                '(see setup.py build_proto)."""\n')
 
 
 class build_native(Command):

@@ -76,6 +76,8 @@ class ModelConfig:
     use_mmap: bool = True
     use_mlock: bool = False
     embeddings: bool = True
+    chat_template: str = ""         # "" = the GGUF's; else a llama.cpp template
+                                    # name ("gemma", "chatml", ...) or Jinja text
     load: bool = True
 
 

@@ -67,3 +67,10 @@ def test_bad_toml_and_missing_file(tmp_path: Path) -> None:
         load_config(bad)
     with pytest.raises(ConfigError, match="cannot read"):
         load_config(tmp_path / "missing.toml")
+
+
+def test_the_shipped_example_config_is_valid() -> None:
+    example = Path(__file__).resolve().parent.parent / "packaging" / "hearth.example.toml"
+    cfg = load_config(example)
+    assert cfg.server.log_format == "json"
+    assert cfg.models["gemma3-270m"].n_parallel == 8

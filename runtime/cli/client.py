@@ -5,9 +5,12 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Iterable
 
 import grpc
 
+from runtime._proto.hearth.v1 import inference_pb2 as ipb
+from runtime._proto.hearth.v1 import models_pb2 as mpb
 from runtime.cli.exit_codes import ExitCode
 from runtime.client import HearthClient
 
@@ -38,29 +41,27 @@ def _options(args: argparse.Namespace) -> dict:
             "top_p": args.top_p, "top_k": args.top_k, "seed": args.seed, "stop": args.stop}
 
 
-def _print_stats(last: object) -> None:
-    u = last.usage  # type: ignore[attr-defined]
+def _print_stats(last: ipb.GenerateResponse) -> None:
+    u = last.usage
     rate = u.completion_tokens / u.total_seconds if u.total_seconds else 0.0
-    print(f"[{_FINISH.get(last.finish_reason, '?')}: {u.prompt_tokens} prompt "  # type: ignore[attr-defined]
+    print(f"[{_FINISH.get(last.finish_reason, '?')}: {u.prompt_tokens} prompt "
           f"({u.cached_tokens} cached) + {u.completion_tokens} generated tokens, "
           f"first token {u.ttft_seconds * 1000:.0f} ms, {rate:.1f} tok/s]", file=sys.stderr)
 
 
-def _stream(chunks: object, stats: bool) -> object:
+def _stream(chunks: Iterable[ipb.GenerateResponse]) -> ipb.GenerateResponse | None:
     last = None
-    for chunk in chunks:  # type: ignore[attr-defined]
+    for chunk in chunks:
         sys.stdout.write(chunk.text)
         sys.stdout.flush()
         last = chunk
-    if last is not None and stats:
-        _print_stats(last)
     return last
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
     prompt = args.prompt if args.prompt != "-" else sys.stdin.read()
     with HearthClient(args.addr) as c:
-        last = _stream(c.generate(prompt, args.model, **_options(args)), stats=False)
+        last = _stream(c.generate(prompt, args.model, **_options(args)))
     sys.stdout.write("\n")
     sys.stdout.flush()
     if args.stats and last is not None:
@@ -89,27 +90,27 @@ def cmd_chat(args: argparse.Namespace) -> int:
             if not line.strip():
                 continue
             history.append(("user", line))
-            reply = []
+            reply: list[str] = []
+            last = None
             for chunk in c.chat(history, args.model, **_options(args)):
                 sys.stdout.write(chunk.text)
                 sys.stdout.flush()
                 reply.append(chunk.text)
                 last = chunk
             sys.stdout.write("\n")
-            if args.stats:
+            if args.stats and last is not None:
                 _print_stats(last)
             history.append(("assistant", "".join(reply)))
 
 
-def _status_line(m: object) -> str:
-    s = m  # type: ignore[assignment]
-    line = f"{s.name:24} {_STATES.get(s.state, '?'):9}"  # type: ignore[attr-defined]
-    if s.state == 2:  # type: ignore[attr-defined]
-        line += (f" slots {s.slots_busy}/{s.slots_total}  queue {s.queue_depth}/{s.max_queue}  "  # type: ignore[attr-defined]
-                 f"ctx {s.n_ctx_per_request}/request  "  # type: ignore[attr-defined]
-                 f"{(s.weights_bytes + s.kv_cache_bytes) / 2**20:.0f} MiB  {s.description}")  # type: ignore[attr-defined]
-    if s.error:  # type: ignore[attr-defined]
-        line += f"  error: {s.error}"  # type: ignore[attr-defined]
+def _status_line(s: mpb.ModelStatus) -> str:
+    line = f"{s.name:24} {_STATES.get(s.state, '?'):9}"
+    if s.state == mpb.MODEL_STATE_READY:
+        line += (f" slots {s.slots_busy}/{s.slots_total}  queue {s.queue_depth}/{s.max_queue}  "
+                 f"ctx {s.n_ctx_per_request}/request  "
+                 f"{(s.weights_bytes + s.kv_cache_bytes) / 2**20:.0f} MiB  {s.description}")
+    if s.error:
+        line += f"  error: {s.error}"
     return line
 
 

@@ -4,15 +4,23 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import logging
+import os
 import signal
 from dataclasses import replace
+from typing import Any
 
 from runtime import errors
 from runtime.cli.exit_codes import ExitCode
-from runtime.config import Config, ModelConfig, ServerConfig, check_listen_address, \
-    check_model_name, load_config, validate_model
+from runtime.config import (
+    Config,
+    ModelConfig,
+    ServerConfig,
+    check_listen_address,
+    check_model_name,
+    load_config,
+    validate_model,
+)
 from runtime.logs import setup_logging
 from runtime.server import create_server
 
@@ -58,7 +66,7 @@ def build_config(args: argparse.Namespace) -> tuple[Config, list[ModelConfig]]:
     for key in ("models_dir", "log_format", "log_level"):
         if getattr(args, key):
             server = replace(server, **{key: getattr(args, key)})
-    overrides = {k: v for k, v in {
+    overrides: dict[str, Any] = {k: v for k, v in {
         "n_parallel": _int_arg("parallel", args.parallel, 1),
         "n_ctx": _int_arg("ctx", args.ctx, 16),
         "threads": _int_arg("threads", args.threads, 1),

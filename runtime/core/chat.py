@@ -17,18 +17,21 @@ from runtime.native import NativeEngine
 TEMPLATE_KEY = "tokenizer.chat_template"
 
 
-def render_chat(engine: NativeEngine, messages: Sequence[ChatMessage]) -> str:
+def render_chat(engine: NativeEngine, messages: Sequence[ChatMessage],
+                template: str | None = None) -> str:
+    """`template`: None for the model's own, else a llama.cpp template name
+    or Jinja text."""
     pairs = [(m.role, m.content) for m in messages]
     try:
-        return engine.apply_chat_template(pairs, add_assistant=True)
+        return engine.apply_chat_template(pairs, add_assistant=True, template=template)
     except errors.NotFound:
         raise errors.FailedPrecondition(
             "this model has no chat template; use Generate with a raw prompt") from None
     except errors.InvalidArgument:
-        template = engine.meta(TEMPLATE_KEY)
-        if not template:
+        text = template if template is not None else engine.meta(TEMPLATE_KEY)
+        if not text:
             raise errors.FailedPrecondition("this model's chat template cannot be read") from None
-        return _render_jinja(template, messages)
+        return _render_jinja(text, messages)
 
 
 def _render_jinja(template: str, messages: Sequence[ChatMessage]) -> str:

@@ -11,9 +11,9 @@ from runtime.core.chat import render_chat
 from runtime.core.types import (
     CallContext,
     ChatRequest,
+    Embedding,
     EmbedRequest,
     EmbedResult,
-    Embedding,
     GenerateChunk,
     GenerateRequest,
     GenerationOptions,
@@ -109,7 +109,7 @@ class InferenceService:
         handle = self._model(req.model)
         assert handle.engine is not None
         check_messages(req.messages)
-        prompt = render_chat(handle.engine, req.messages)
+        prompt = render_chat(handle.engine, req.messages, handle.chat_template)
         tokens = await self._tokenize(handle.engine, prompt, True, True)
         async for chunk in self._run(handle, tokens, req.options, ctx, "chat"):
             yield chunk

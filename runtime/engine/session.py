@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 
 from runtime.native import NativeEngine, NativeRequest, Output, RequestParams
@@ -106,9 +107,7 @@ class EngineSession:
         """Detaches from the loop.  Call after the engine is closed: every
         request has then finished, and the streams still open are woken to
         take their final output."""
-        try:
+        with contextlib.suppress(ValueError, OSError):
             self._loop.remove_reader(self._fd)
-        except (ValueError, OSError):
-            pass
         for stream in list(self._streams.values()):
             stream.notify()

@@ -47,6 +47,20 @@ class ModelHandle:
     error: str = ""
     load_seconds: float = 0.0
     gpu_reason: str = ""
+    chat_template: str | None = None   # None: the model's own (from its GGUF)
+    chat_template_source: str = ""
+
+
+def chat_template_for(cfg: ModelConfig, info: GGUFInfo) -> tuple[str | None, str]:
+    """Which chat template Chat uses, and where it comes from.  Base models
+    often ship without one (Gemma 3 270M does); they get their family's
+    llama.cpp built-in template, or ChatML, and the log says so."""
+    if cfg.chat_template:
+        return cfg.chat_template, "config"
+    if info.metadata.get("tokenizer.chat_template"):
+        return None, "gguf"
+    fallback = "gemma" if info.architecture.startswith("gemma") else "chatml"
+    return fallback, f"fallback:{fallback} (the GGUF has none)"
 
 
 def engine_params(cfg: ModelConfig, info: GGUFInfo) -> tuple[EngineParams, str]:
@@ -92,7 +106,7 @@ class ModelManager:
 
     # ---- lookup -------------------------------------------------------
 
-    def list(self) -> list[ModelHandle]:
+    def handles(self) -> list[ModelHandle]:
         return list(self._models.values())
 
     def available(self) -> list[str]:
@@ -118,8 +132,9 @@ class ModelManager:
                 return ready[0]
             if not ready:
                 raise errors.Unavailable("no model is loaded")
+            names = ", ".join(sorted(m.name for m in ready))
             raise errors.InvalidArgument(
-                f"model: required when several models are loaded ({', '.join(sorted(m.name for m in ready))})")
+                f"model: required when several models are loaded ({names})")
         handle = self._models.get(name)
         if handle is None:
             raise errors.NotFound(f"model {name!r} is not loaded")
@@ -178,6 +193,7 @@ class ModelManager:
             if info.kind != "model":
                 raise errors.ModelLoadError(f"{cfg.name}: the file is a {info.kind}, not a model")
             params, handle.gpu_reason = engine_params(cfg, info)
+            handle.chat_template, handle.chat_template_source = chat_template_for(cfg, info)
             engine = await loop.run_in_executor(None, NativeEngine, params)
         except errors.HearthError as exc:
             self._set_state(handle, ModelState.FAILED, str(exc))
@@ -187,8 +203,9 @@ class ModelManager:
         handle.session = EngineSession(engine, loop)
         handle.load_seconds = time.monotonic() - start
         self._set_state(handle, ModelState.READY)
-        log.info("model %s ready in %.2fs (%s)", cfg.name, handle.load_seconds,
-                 handle.gpu_reason or f"n_gpu_layers={params.n_gpu_layers}")
+        log.info("model %s ready in %.2fs (%s; chat template: %s)", cfg.name,
+                 handle.load_seconds, handle.gpu_reason or f"n_gpu_layers={params.n_gpu_layers}",
+                 handle.chat_template_source)
         return handle
 
     async def load_by_name(self, name: str, n_ctx: int | None = None,

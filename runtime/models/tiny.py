@@ -27,7 +27,7 @@ _WORDS = (
     "patient doctor nurse clinic hospital bank account note report dose blood heart lung "
     "pain fever test result normal history care plan visit follow day week year time "
     "capital france paris city river north south east west water light night morning "
-    "hello world model token stream server engine batch cache prompt answer question"
+    "hello world model token stream server engine batch cache prompt answer question "
 ).split()
 
 

@@ -14,6 +14,7 @@ import importlib.util
 import os
 import re
 from pathlib import Path
+from typing import Any
 
 import cffi
 
@@ -54,7 +55,7 @@ def library_path() -> Path:
     return Path(override) if override else _NATIVE_DIR / LIB_NAME
 
 
-def _load() -> tuple[cffi.FFI, object]:
+def _load() -> tuple[cffi.FFI, Any]:
     lib_path = library_path()
     header = lib_path.with_name(HEADER_NAME)
     if not lib_path.exists() or not header.exists():

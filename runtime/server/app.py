@@ -8,6 +8,7 @@ models and stops the server.
 """
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import logging
 import os
@@ -20,7 +21,7 @@ from runtime import errors
 from runtime._proto.hearth.v1 import inference_pb2, models_pb2
 from runtime.config import Config
 from runtime.core import InferenceService
-from runtime.events import EventBus
+from runtime.events import EventBus, RequestFinished
 from runtime.models.manager import ModelManager
 from runtime.server.health import NOT_SERVING, HealthTracker
 from runtime.server.registry import add_service
@@ -109,17 +110,25 @@ class HearthServer:
         await self.grpc.stop(grace=1.0)
         for addr in self.bound:
             if addr.startswith("unix:"):
-                try:
+                with contextlib.suppress(FileNotFoundError):
                     os.unlink(addr[len("unix:"):])
-                except FileNotFoundError:
-                    pass
         log.info("stopped")
+
+
+def log_request(event: RequestFinished) -> None:
+    """One structured line per request (ids and figures as JSON fields)."""
+    log.info("%s %s %s %s", event.kind, event.model, event.status, event.finish_reason, extra={
+        "request_id": event.request_id, "client": event.client,
+        "prompt_tokens": event.prompt_tokens, "completion_tokens": event.completion_tokens,
+        "cached_tokens": event.cached_tokens, "queue_s": round(event.queue_s, 4),
+        "ttft_s": round(event.ttft_s, 4), "total_s": round(event.total_s, 4)})
 
 
 def create_server(config: Config, events: EventBus | None = None) -> HearthServer:
     """Builds the server and its model manager and core; nothing is bound or
     loaded until start() and ModelManager.load()."""
     events = events or EventBus()
+    events.subscribe(log_request, RequestFinished)
     models = ModelManager(config, events)
     core = InferenceService(models, events, config.server.max_tokens_default)
     return HearthServer(config, models, core, events)

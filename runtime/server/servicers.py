@@ -83,7 +83,7 @@ class ModelsServicer:
     async def List(self, request: mpb.ListModelsRequest, context: grpc.aio.ServicerContext
                    ) -> mpb.ListModelsResponse:
         return mpb.ListModelsResponse(
-            models=[converters.model_status(h) for h in self.models.list()],
+            models=[converters.model_status(h) for h in self.models.handles()],
             available=self.models.available())
 
     async def Get(self, request: mpb.GetModelRequest, context: grpc.aio.ServicerContext

@@ -34,14 +34,17 @@ def status_code_of(exc: BaseException) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL
 
 
-def abort_args(exc: BaseException) -> tuple[grpc.StatusCode, str, tuple[tuple[str, str | bytes], ...]]:
+Trailers = tuple[tuple[str, str | bytes], ...]
+
+
+def abort_args(exc: BaseException) -> tuple[grpc.StatusCode, str, Trailers]:
     """(code, message, trailers) to abort with.  The trailers carry the full
     google.rpc.Status; for a full queue it holds a RetryInfo, and a plain
     `retry-after-ms` trailer says the same for clients that do not parse it."""
     code = status_code_of(exc)
     message = str(exc) if isinstance(exc, errors.HearthError) else "internal error"
     proto = status_pb2.Status(code=getattr(code_pb2, code.name), message=message)
-    trailers: tuple[tuple[str, str | bytes], ...] = ()
+    trailers: Trailers = ()
     if isinstance(exc, errors.ResourceExhausted) and exc.retry_after_s is not None:
         delay = duration_pb2.Duration()
         delay.FromMilliseconds(int(exc.retry_after_s * 1000))

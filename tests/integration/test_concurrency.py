@@ -13,21 +13,11 @@ from pathlib import Path
 
 from runtime.client import AsyncHearthClient
 from tests.integration.conftest import Daemon
+from tests.integration.near_tie import assert_same_greedy
 
 PROMPTS = [f"the patient {w} has a {x} and the doctor" for w in
            ("north", "south", "east", "west") for x in ("fever", "report", "plan", "visit")]
 NEAR_TIE = 1e-3
-
-
-def top2_gap(model: Path, tokens: list[int]) -> float:
-    """Gap between the two largest logits after `tokens`."""
-    import numpy as np
-    from llama_cpp import Llama
-
-    llm = Llama(model_path=str(model), n_ctx=1024, logits_all=False, verbose=False)
-    llm.eval(tokens)
-    logits = np.sort(np.asarray(llm.scores[llm.n_tokens - 1]))
-    return float(logits[-1] - logits[-2])
 
 
 async def _run_all(addr: str, concurrent: bool) -> list[list[int]]:
@@ -50,8 +40,4 @@ def test_sixteen_concurrent_streams_match_single_runs(tiny_daemon: Daemon,
         prompt_tokens = [c.tokenize(p) for p in PROMPTS]
     for i, (a, b) in enumerate(zip(alone, together, strict=True)):
         assert len(a) == len(b) == 48
-        if a == b:
-            continue
-        k = next(j for j in range(48) if a[j] != b[j])
-        gap = top2_gap(tiny_model, prompt_tokens[i] + a[:k])
-        assert gap < NEAR_TIE, f"stream {i} diverged at token {k} without a near-tie ({gap})"
+        assert_same_greedy(tiny_model, prompt_tokens[i], b, a, tie=NEAR_TIE)

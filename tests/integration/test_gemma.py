@@ -9,6 +9,7 @@ import pytest
 
 from runtime.client import AsyncHearthClient
 from tests.integration.conftest import Daemon, start_daemon
+from tests.integration.near_tie import assert_same_greedy
 
 pytestmark = pytest.mark.gemma
 
@@ -24,15 +25,18 @@ def gemma_daemon(gemma_model: Path, tmp_path_factory: pytest.TempPathFactory
 
 def test_capital_of_france(gemma_daemon: Daemon) -> None:
     with gemma_daemon.client() as c:
-        chunks = list(c.generate("The capital of France is", max_tokens=12, temperature=0.0))
+        chunks = list(c.generate("Question: What is the capital of France?\nAnswer:",
+                                 max_tokens=12, temperature=0.0))
     text = "".join(ch.text for ch in chunks)
-    assert "Paris" in text
+    assert text.startswith(" Paris")
     # Streamed: the first chunk arrives before the generation is over.
     assert len(chunks) > 1
 
 
 def test_matches_llama_cpp_python_greedy(gemma_daemon: Daemon, gemma_model: Path) -> None:
-    """Same engine, same greedy tokens as llama-cpp-python's own sampling."""
+    """The same greedy tokens as llama-cpp-python's own decoding, up to a
+    near-tie: the two run different batch shapes and KV layouts, and this
+    prompt has a top-two gap of 0.07 at token 10 that rounding can flip."""
     from llama_cpp import Llama
 
     prompt = "Write one sentence about the sea:"
@@ -45,17 +49,21 @@ def test_matches_llama_cpp_python_greedy(gemma_daemon: Daemon, gemma_model: Path
         theirs.append(tok)
         if len(theirs) == 24:
             break
-    assert ours == theirs
+    assert_same_greedy(gemma_model, prompt_tokens, ours, theirs, tie=0.25)
 
 
-def test_chat_template_from_the_gguf(gemma_daemon: Daemon) -> None:
+def test_chat_uses_the_gemma_template_when_the_gguf_has_none(gemma_daemon: Daemon) -> None:
+    """Gemma 3 270M (a base model) ships no chat template: Chat falls back to
+    llama.cpp's built-in Gemma template, and says so in Models.Get."""
+    question = "What is the capital of France? Answer in one word."
     with gemma_daemon.client() as c:
-        text = "".join(ch.text for ch in c.chat(
-            [("user", "What is the capital of France? Answer in one word.")],
-            max_tokens=8, temperature=0.0))
+        chunks = list(c.chat([("user", question)], max_tokens=8, temperature=0.0))
+        manual = f"<start_of_turn>user\n{question}<end_of_turn>\n<start_of_turn>model\n"
+        _, expected, _ = c.complete(manual, max_tokens=8, temperature=0.0)
         status = c.get_model()
-    assert "Paris" in text
+    assert [t for ch in chunks for t in ch.token_ids] == expected
     assert status.architecture == "gemma3"
+    assert status.chat_template.startswith("fallback:gemma")
 
 
 def test_four_concurrent_streams_all_complete(gemma_daemon: Daemon) -> None:

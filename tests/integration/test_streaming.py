@@ -65,7 +65,7 @@ def test_prompt_tokens_instead_of_text(tiny_daemon: Daemon) -> None:
 
 def test_chat_uses_the_models_template(tiny_daemon: Daemon) -> None:
     with tiny_daemon.client() as c:
-        text, tokens, last = c.complete("x", max_tokens=1)  # warm
+        _text, _tokens, _last = c.complete("x", max_tokens=1)  # warm
         chunks = list(c.chat([("system", "be brief"), ("user", "hello")], max_tokens=8,
                              temperature=0.0))
         # The same prompt rendered by hand gives the same tokens.

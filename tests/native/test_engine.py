@@ -119,7 +119,7 @@ def test_shared_prefix_is_copied_to_another_slot(engine: NativeEngine) -> None:
     while first.take().n_generated == 0:
         wait_ready(engine)
     before = engine.stats().tokens_prompt
-    tokens, _, final = run_one(engine, system + [301], max_tokens=3, sampling=GREEDY)
+    _tokens, _, final = run_one(engine, system + [301], max_tokens=3, sampling=GREEDY)
     assert final.n_cached >= len(system) - 1
     assert engine.stats().tokens_prompt - before <= 2
     first.free()
@@ -264,7 +264,7 @@ def test_concurrent_submitters_from_threads(engine: NativeEngine) -> None:
                     r.free()
         except errors.ResourceExhausted:
             pass
-        except BaseException as exc:  # noqa: BLE001
+        except BaseException as exc:
             failures.append(exc)
 
     threads = [threading.Thread(target=worker, args=(s,)) for s in range(4)]

@@ -39,7 +39,8 @@ class Sched:
         done = ffi.new("hearth_sched_entry[]", len(entries) or 1)
         for i, (rid, kind, n, completes) in enumerate(entries):
             done[i].id = rid
-            done[i].action = lib.HEARTH_SCHED_DECODE if kind == "decode" else lib.HEARTH_SCHED_PREFILL
+            decode = kind == "decode"
+            done[i].action = lib.HEARTH_SCHED_DECODE if decode else lib.HEARTH_SCHED_PREFILL
             done[i].n_tokens = n
             done[i].completes_prompt = completes
         check(lib.hearth_sched_commit(self.h, done, len(entries)))

@@ -1,6 +1,8 @@
 """UTF-8 hold-back and stop strings across token boundaries (no model)."""
 from __future__ import annotations
 
+import itertools
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -72,7 +74,7 @@ def test_empty_stop_is_rejected() -> None:
 @given(data=st.binary(max_size=64), cuts=st.lists(st.integers(0, 64), max_size=8))
 def test_any_bytes_any_split_decode_like_python(data: bytes, cuts: list[int]) -> None:
     bounds = sorted({c for c in cuts if c <= len(data)} | {0, len(data)})
-    pieces = [data[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
+    pieces = [data[a:b] for a, b in itertools.pairwise(bounds)]
     released, _ = run(pieces)
     assert "".join(released) == data.decode("utf-8", errors="replace")
 
@@ -83,7 +85,7 @@ def test_any_bytes_any_split_decode_like_python(data: bytes, cuts: list[int]) ->
 def test_output_is_text_before_first_stop(text: str, stop: str, cuts: list[int]) -> None:
     data = text.encode()
     bounds = sorted({c for c in cuts if c <= len(data)} | {0, len(data)})
-    pieces = [data[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
+    pieces = [data[a:b] for a, b in itertools.pairwise(bounds)]
     released, hit = run(pieces, stops=(stop,))
     pos = text.find(stop)
     if pos >= 0:

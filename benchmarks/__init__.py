@@ -1,0 +1,1 @@
+"""Hearth's benchmarks against llama.cpp peers (see benchmarks/README.md)."""
