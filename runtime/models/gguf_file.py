@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import stat
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -160,15 +161,25 @@ def inspect_gguf(path: str | Path, label: str | None = None) -> GGUFInfo:
     path = Path(path)
     label = label or path.name
     try:
-        f = path.open("rb")
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError as exc:
         raise ModelLoadError(f"{label}: cannot open: {exc.strerror}") from exc
-    with f:
-        size = os.fstat(f.fileno()).st_size
-        if size == 0:
-            return parse_gguf_header(b"", 0, label, str(path))
-        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-            return parse_gguf_header(buf, size, label, str(path))
+    try:
+        return inspect_gguf_fd(fd, label, str(path))
+    finally:
+        os.close(fd)
+
+
+def inspect_gguf_fd(fd: int, label: str, path: str = "") -> GGUFInfo:
+    """Checks the GGUF header of an open file (which the engine then loads
+    from, so what was checked is what is loaded)."""
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        raise ModelLoadError(f"{label}: not a regular file")
+    if st.st_size == 0:
+        return parse_gguf_header(b"", 0, label, path)
+    with mmap.mmap(fd, 0, access=mmap.ACCESS_READ) as buf:
+        return parse_gguf_header(buf, st.st_size, label, path)
 
 
 def parse_gguf_header(buf: Any, size: int, label: str, path: str = "") -> GGUFInfo:

@@ -22,7 +22,7 @@ from runtime import errors
 from runtime.config import Config, ModelConfig, check_model_name, validate_model
 from runtime.engine import EngineSession
 from runtime.events import EventBus, ModelStateChanged
-from runtime.models.gguf_file import GGUFInfo, inspect_gguf
+from runtime.models.gguf_file import GGUFInfo, inspect_gguf_fd
 from runtime.models.gpu_fit import fit_gpu_layers
 from runtime.native import EngineParams, NativeEngine, list_devices
 
@@ -189,12 +189,7 @@ class ModelManager:
         loop = asyncio.get_running_loop()
         start = time.monotonic()
         try:
-            info = await loop.run_in_executor(None, inspect_gguf, cfg.path, cfg.name)
-            if info.kind != "model":
-                raise errors.ModelLoadError(f"{cfg.name}: the file is a {info.kind}, not a model")
-            params, handle.gpu_reason = engine_params(cfg, info)
-            handle.chat_template, handle.chat_template_source = chat_template_for(cfg, info)
-            engine = await loop.run_in_executor(None, NativeEngine, params)
+            engine = await loop.run_in_executor(None, self._open_engine, handle)
         except errors.HearthError as exc:
             self._set_state(handle, ModelState.FAILED, str(exc))
             log.error("model %s failed to load: %s", cfg.name, exc)
@@ -203,10 +198,30 @@ class ModelManager:
         handle.session = EngineSession(engine, loop)
         handle.load_seconds = time.monotonic() - start
         self._set_state(handle, ModelState.READY)
+        offload = handle.gpu_reason or f"n_gpu_layers={engine.params.n_gpu_layers}"
         log.info("model %s ready in %.2fs (%s; chat template: %s)", cfg.name,
-                 handle.load_seconds, handle.gpu_reason or f"n_gpu_layers={params.n_gpu_layers}",
-                 handle.chat_template_source)
+                 handle.load_seconds, offload, handle.chat_template_source)
         return handle
+
+    @staticmethod
+    def _open_engine(handle: ModelHandle) -> NativeEngine:
+        """Checks the GGUF header, then loads the engine from the same open
+        file, so the file that was checked is the file that is loaded."""
+        cfg = handle.config
+        try:
+            fd = os.open(cfg.path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise errors.ModelLoadError(f"{cfg.name}: cannot open {cfg.path}: {exc.strerror}"
+                                        ) from exc
+        try:
+            info = inspect_gguf_fd(fd, cfg.name, cfg.path)
+            if info.kind != "model":
+                raise errors.ModelLoadError(f"{cfg.name}: the file is a {info.kind}, not a model")
+            params, handle.gpu_reason = engine_params(cfg, info)
+            handle.chat_template, handle.chat_template_source = chat_template_for(cfg, info)
+            return NativeEngine(replace(params, model_path=None, model_fd=fd))
+        finally:
+            os.close(fd)
 
     async def load_by_name(self, name: str, n_ctx: int | None = None,
                            n_parallel: int | None = None) -> ModelHandle:

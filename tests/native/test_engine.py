@@ -293,3 +293,26 @@ def test_one_copy_of_ggml_in_the_process(engine: NativeEngine) -> None:
     files = {line.split()[-1] for line in maps if "libggml-base" in line}
     inodes = {line.split()[4] for line in maps if "libggml-base" in line}
     assert len(files) == 1 and len(inodes) == 1, files
+
+
+def test_model_loads_from_a_sealed_memfd(tiny_model: Path) -> None:
+    """The sealed store hands the engine decrypted weights in anonymous
+    memory; the engine must load from a file descriptor, not a path."""
+    import fcntl
+
+    fd = os.memfd_create("hearth-model", os.MFD_ALLOW_SEALING | os.MFD_CLOEXEC)
+    try:
+        os.write(fd, tiny_model.read_bytes())
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS,
+                    fcntl.F_SEAL_WRITE | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SHRINK)
+        e = NativeEngine(EngineParams(model_fd=fd, n_ctx=512, n_parallel=1, n_threads=1,
+                                      n_threads_batch=1))
+    finally:
+        os.close(fd)  # the engine keeps what it needs
+    try:
+        r = e.submit(RequestParams(prompt=[1, 300], max_tokens=5, sampling=GREEDY))
+        tokens, _, final = collect(e, [r])[r.id]
+        assert len(tokens) == 5 and final.finish_reason is FinishReason.LENGTH
+        r.free()
+    finally:
+        e.close()
