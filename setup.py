@@ -29,8 +29,9 @@ PIN = json.loads((ROOT / "native" / "llama-cpp-pin.json").read_text())
 VERSION = "0.1.0"
 
 
-class build_proto(Command):
-    description = "generate protobuf/gRPC modules into runtime/_proto"
+class _Step(Command):
+    """A build step without options."""
+
     user_options: list = []
 
     def initialize_options(self) -> None:
@@ -38,6 +39,10 @@ class build_proto(Command):
 
     def finalize_options(self) -> None:
         pass
+
+
+class build_proto(_Step):
+    description = "generate protobuf/gRPC modules into runtime/_proto"
 
     def run(self) -> None:
         from grpc_tools import protoc  # build requirement
@@ -66,15 +71,8 @@ class build_proto(Command):
                                 '(see setup.py build_proto)."""\n')
 
 
-class build_native(Command):
+class build_native(_Step):
     description = "build libhearth_core with CMake into runtime/_native"
-    user_options: list = []
-
-    def initialize_options(self) -> None:
-        pass
-
-    def finalize_options(self) -> None:
-        pass
 
     def run(self) -> None:
         build_dir = ROOT / "build" / "native"
