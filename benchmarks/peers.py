@@ -17,10 +17,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import psutil
-
 from benchmarks import load
-from benchmarks.procs import MB, ManagedProcess, PeerUnavailable, RssSampler, free_port, http_status
+from benchmarks.procs import (
+    MB,
+    ManagedProcess,
+    PeerSkipped,
+    PeerUnavailable,
+    RssSampler,
+    free_port,
+    http_status,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
@@ -54,20 +60,29 @@ class PeerResult:
     def level(self, n: int) -> load.LevelResult | None:
         return next((lv for lv in self.levels if lv.n == n), None)
 
+    def short_reason(self, width: int = 200) -> str:
+        """The reason on one line (a log tail joined), for tables."""
+        text = " | ".join(line.strip() for line in (self.reason or "").splitlines()
+                          if line.strip())
+        return text if len(text) <= width else text[:width - 1] + "…"
 
-Driver = Callable[[list[str]], list[load.StreamRecord]]
+
+Driver = Callable[[list[str], int], list[load.StreamRecord]]  # (prompts, max_tokens)
+WARM_UP_PROMPT = "Warm-up request: say hello."
 
 
 def _measure(server: ManagedProcess, setup: Setup, ns: list[int], drive: Driver,
-             result: PeerResult, warm_up: Callable[[], object]) -> None:
-    """Warm-up once, then every N, sampling the server tree's RSS all along."""
+             result: PeerResult) -> None:
+    """One short warm-up request, then every N, sampling the server tree's RSS all along."""
     with RssSampler(server.pid) as rss:
         result.info["idle_rss_mb"] = rss.sample() / MB
-        warm_up()
+        warm_up = drive([WARM_UP_PROMPT], 8)
+        if not warm_up[0].arrivals:
+            raise PeerUnavailable(f"the warm-up request failed: {warm_up[0].error}")
         for n in ns:
             rss.reset()
             print(f"  {result.key}: N={n} ...", file=sys.stderr, flush=True)
-            records = drive(setup.prompts[n])
+            records = drive(setup.prompts[n], setup.max_tokens)
             level = load.summarize(n, records, setup.max_tokens)
             level.peak_rss_mb = rss.window_peak() / MB
             server_ttft = load.server_ttft_p50(records)
@@ -172,10 +187,10 @@ def run_llama_server(setup: Setup, result: PeerResult) -> None:
 
 def run_llama_cpp_inprocess(setup: Setup, result: PeerResult) -> None:
     """N=1 only: Llama.create_completion streams one request at a time."""
-    if 1 not in setup.ns:
-        raise PeerUnavailable("measured at N=1 only, which this run leaves out")
     result.command = [sys.executable, "-m", "benchmarks.inprocess_worker", str(setup.model),
                       str(setup.threads), str(setup.n_ctx), str(setup.max_tokens)]
+    if 1 not in setup.ns:
+        raise PeerSkipped("measured at N=1 only, which this run leaves out")
     out = setup.log_dir / "llama-cpp-python-inprocess.out"
     with tempfile.TemporaryFile("w+") as prompt_file, out.open("w") as stdout:
         prompt_file.write(setup.prompts[1][0])
@@ -206,13 +221,6 @@ LLAMA_CPP_SERVER_NS = (1, 4, 8)
 
 
 def run_llama_cpp_server(setup: Setup, result: PeerResult, interrupt: bool) -> None:
-    missing = [m for m in LLAMA_CPP_SERVER_DEPS if importlib.util.find_spec(m) is None]
-    if missing:
-        raise PeerUnavailable(f"skipped: missing {', '.join(missing)} "
-                              f"(pip install 'llama-cpp-python[server]')")
-    ns = [n for n in setup.ns if n in LLAMA_CPP_SERVER_NS]
-    if not ns:
-        raise PeerUnavailable("skipped: measured at N in {1, 4, 8} only")
     port = free_port()
     t = str(setup.threads)
     result.command = [sys.executable, "-m", "llama_cpp.server", "--model", str(setup.model),
@@ -220,6 +228,13 @@ def run_llama_cpp_server(setup: Setup, result: PeerResult, interrupt: bool) -> N
                       "--host", HOST, "--port", str(port)]
     if not interrupt:
         result.command += ["--interrupt_requests", "False"]
+    missing = [m for m in LLAMA_CPP_SERVER_DEPS if importlib.util.find_spec(m) is None]
+    if missing:
+        raise PeerSkipped(f"missing {', '.join(missing)} "
+                          f"(pip install 'llama-cpp-python[server]')")
+    ns = [n for n in setup.ns if n in LLAMA_CPP_SERVER_NS]
+    if not ns:
+        raise PeerSkipped("measured at N in {1, 4, 8} only, which this run leaves out")
     _run_http(setup, result, port, "/v1/models", load.OPENAI_COMPLETIONS, ns)
 
 
@@ -230,11 +245,10 @@ def _run_http(setup: Setup, result: PeerResult, port: int, health: str, api: loa
         server.wait_until(lambda: http_status(HOST, port, health) == 200, READY_TIMEOUT_S,
                           f"200 from GET {health}")
 
-        def drive(prompts: list[str]) -> list[load.StreamRecord]:
-            return load.drive_sse(HOST, port, api, prompts, setup.max_tokens)
+        def drive(prompts: list[str], max_tokens: int) -> list[load.StreamRecord]:
+            return load.drive_sse(HOST, port, api, prompts, max_tokens)
 
-        _measure(server, setup, ns, drive, result,
-                 warm_up=lambda: drive(["Warm-up request: say hello."]))
+        _measure(server, setup, ns, drive, result)
     finally:
         server.stop()
 
@@ -250,10 +264,7 @@ def run_hearth(setup: Setup, result: PeerResult) -> None:
     server = ManagedProcess("hearth", result.command, setup.log_dir)
     try:
         server.wait_until(ready.exists, READY_TIMEOUT_S, "ready file")
-        info = json.loads(ready.read_text())
-        addr = info["addresses"][0]
-        if psutil.Process(server.pid).pid != info["pid"]:
-            raise PeerUnavailable(f"the ready file names pid {info['pid']}, not {server.pid}")
+        addr = json.loads(ready.read_text())["addresses"][0]
         from runtime.client import HearthClient
 
         with HearthClient(addr, timeout=30) as client:
@@ -262,12 +273,10 @@ def run_hearth(setup: Setup, result: PeerResult) -> None:
                            kv_cache_bytes=status.kv_cache_bytes, n_ctx=status.n_ctx,
                            slots=status.slots_total, load_seconds=status.load_seconds)
 
-        def drive(prompts: list[str]) -> list[load.StreamRecord]:
-            return load.drive_hearth(addr, "bench", prompts, setup.max_tokens)
+        def drive(prompts: list[str], max_tokens: int) -> list[load.StreamRecord]:
+            return load.drive_hearth(addr, "bench", prompts, max_tokens)
 
-        _measure(server, setup, setup.ns, drive, result,
-                 warm_up=lambda: load.drive_hearth(addr, "bench",
-                                                   ["Warm-up request: say hello."], 8))
+        _measure(server, setup, setup.ns, drive, result)
     finally:
         server.stop()
     model_and_kv = (setup.model.stat().st_size + result.info["kv_cache_bytes"]) / MB

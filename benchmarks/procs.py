@@ -21,6 +21,10 @@ class PeerUnavailable(Exception):
     """A peer cannot run here (missing binary or module, failed start); the run goes on."""
 
 
+class PeerSkipped(PeerUnavailable):
+    """A peer left out on purpose (missing optional modules, no N it is measured at)."""
+
+
 def free_port() -> int:
     """A port that was free a moment ago (bind port 0, read it back, release it)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -77,10 +81,8 @@ class ManagedProcess:
             if self.alive():
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(self.proc.pid, signal.SIGTERM)
-                try:
+                with contextlib.suppress(subprocess.TimeoutExpired):
                     self.proc.wait(timeout=grace)
-                except subprocess.TimeoutExpired:
-                    pass
             # the leader may be gone while others in its group linger
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self.proc.pid, signal.SIGKILL)
