@@ -71,7 +71,7 @@ class ModelConfig:
     flash_attn: str = "auto"        # auto | on | off
     cache_type_k: str = "f16"
     cache_type_v: str = "f16"
-    kv_unified: bool = False
+    kv_unified: bool = True
     swa_full: bool = False
     use_mmap: bool = True
     use_mlock: bool = False

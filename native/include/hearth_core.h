@@ -117,8 +117,10 @@ typedef struct hearth_engine_params {
     int32_t flash_attn;        /* -1 auto, 0 off, 1 on */
     int32_t type_k;            /* ggml_type of the K cache (1 = f16) */
     int32_t type_v;            /* ggml_type of the V cache (1 = f16) */
-    bool kv_unified;           /* one KV pool for all slots (cheap prefix
-                                  sharing) instead of one stream per slot */
+    bool kv_unified;           /* one KV pool for all slots (default): any mix
+                                  of sequences fits one micro-batch and
+                                  prefixes are shared by reference; false
+                                  gives each slot its own stream */
     bool swa_full;             /* full-size cache for sliding-window layers */
     bool use_mmap;
     bool use_mlock;

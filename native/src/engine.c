@@ -25,6 +25,7 @@ void hearth_engine_params_init(hearth_engine_params *p) {
     p->flash_attn = -1;
     p->type_k = 1;
     p->type_v = 1;
+    p->kv_unified = true;
     p->use_mmap = true;
     p->enable_embeddings = true;
 }

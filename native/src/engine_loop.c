@@ -1,3 +1,4 @@
+#define _GNU_SOURCE
 /*
  * The engine thread: the only code that touches the llama context.
  *
@@ -262,6 +263,8 @@ static bool has_work(const hearth_engine *e) { return e->n_live > 0 || e->n_embe
 
 void *hearth_engine_main(void *arg) {
     hearth_engine *e = arg;
+    /* Names show in top -H and /proc; ggml's worker threads inherit it. */
+    pthread_setname_np(pthread_self(), "hearth-engine");
     for (;;) {
         pthread_mutex_lock(&e->mu);
         for (;;) {

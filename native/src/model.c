@@ -146,6 +146,10 @@ hearth_status hearth_model_create_context(hearth_engine *e) {
     cp.type_k = (enum ggml_type)p->type_k;
     cp.type_v = (enum ggml_type)p->type_v;
     cp.kv_unified = p->kv_unified;
+    /* One logits row per sequence and step at most: sizing the output for
+     * n_parallel rows instead of n_batch saves a 262k x n_batch float
+     * buffer with Gemma's vocabulary. */
+    cp.n_outputs_max = (uint32_t)p->n_parallel;
     cp.swa_full = p->swa_full;
     cp.no_perf = true;
     cp.embeddings = false;

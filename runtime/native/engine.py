@@ -41,7 +41,7 @@ class EngineParams:
     flash_attn: int = -1
     cache_type_k: str = "f16"
     cache_type_v: str = "f16"
-    kv_unified: bool = False
+    kv_unified: bool = True
     swa_full: bool = False
     use_mmap: bool = True
     use_mlock: bool = False

@@ -110,19 +110,44 @@ def test_prefix_of_a_finished_request_is_reused(engine: NativeEngine) -> None:
     assert final.n_cached >= len(system) - 1
 
 
-def test_shared_prefix_is_copied_to_another_slot(engine: NativeEngine) -> None:
+def check_shared_prefix_is_copied(engine: NativeEngine) -> None:
     """A long shared prefix held by a busy slot is copied, not recomputed."""
     system = engine.tokenize("the bank account report for the patient " * 8)
     assert len(system) > 40
-    first = engine.submit(RequestParams(prompt=system + [300], max_tokens=200, sampling=GREEDY,
-                                        ignore_eos=True))
+    first = engine.submit(RequestParams(prompt=[*system, 300], max_tokens=200,
+                                        sampling=GREEDY, ignore_eos=True))
     while first.take().n_generated == 0:
         wait_ready(engine)
     before = engine.stats().tokens_prompt
-    _tokens, _, final = run_one(engine, system + [301], max_tokens=3, sampling=GREEDY)
-    assert final.n_cached >= len(system) - 1
+    second = run_one(engine, [*system, 301], max_tokens=3, sampling=GREEDY)
+    assert second[2].n_cached >= len(system) - 1
     assert engine.stats().tokens_prompt - before <= 2
     first.free()
+    # The copy is a real copy: the same prompt alone gives the same tokens.
+    third = run_one(engine, [*system, 301], max_tokens=3, sampling=GREEDY)
+    assert third[0] == second[0]
+
+
+def test_shared_prefix_is_copied_to_another_slot(engine: NativeEngine) -> None:
+    check_shared_prefix_is_copied(engine)
+
+
+def test_prefix_copy_with_one_kv_stream_per_slot(tiny_model: Path) -> None:
+    e = NativeEngine(EngineParams(model_path=str(tiny_model), n_ctx=4096, n_parallel=4,
+                                  n_threads=2, n_threads_batch=2, kv_unified=False))
+    try:
+        check_shared_prefix_is_copied(e)
+        prompts = [e.tokenize(p) for p in ("hello world", "the patient", "bank account")]
+        alone = [run_one(e, p, max_tokens=12, sampling=GREEDY, ignore_eos=True)[0]
+                 for p in prompts]
+        reqs = [e.submit(RequestParams(prompt=p, max_tokens=12, sampling=GREEDY,
+                                       ignore_eos=True)) for p in prompts]
+        together = collect(e, reqs)
+        assert [together[r.id][0] for r in reqs] == alone
+        for r in reqs:
+            r.free()
+    finally:
+        e.close()
 
 
 def test_cancel_frees_the_slot_within_one_step(engine: NativeEngine) -> None:
