@@ -41,15 +41,17 @@ def _sentence(rng: random.Random) -> str:
             f"{rng.choice(_ADJECTIVES)} {rng.choice(_NOUNS)} {rng.choice(_TAILS)}.")
 
 
-def make_prompts(n: int, count_tokens: Callable[[str], int], lo: int = 20, hi: int = 60
-                 ) -> list[str]:
-    """n distinct, deterministic prompts of lo..hi tokens each, distinct across n too
-    (each starts with "Request n.i"), so no server can reuse one level's prompt cache."""
+def make_prompts(n: int, count_tokens: Callable[[str], int], lo: int = 20, hi: int = 60,
+                 rep: int = 0) -> list[str]:
+    """n distinct, deterministic prompts of lo..hi tokens each, distinct across n and
+    repetitions too (each starts with "Request n.i" or "Request n.i/rep"), so no server can
+    reuse another level's prompt cache."""
     prompts = []
     for i in range(n):
-        rng = random.Random(n * 1000 + i)
+        rng = random.Random(n * 1000 + i + rep * 1_000_003)
         target = rng.randint(lo + 4, hi - 6)
-        text = (f"Request {n}.{i}: {rng.choice(_OPENERS)} the {rng.choice(_ADJECTIVES)} "
+        label = f"{n}.{i}" if rep == 0 else f"{n}.{i}/{rep}"
+        text = (f"Request {label}: {rng.choice(_OPENERS)} the {rng.choice(_ADJECTIVES)} "
                 f"{rng.choice(_NOUNS)}.")
         words = iter(" ".join(_sentence(rng) for _ in range(12)).split())
         while count_tokens(text) < target:

@@ -41,7 +41,7 @@ class Setup:
     threads: int
     max_tokens: int
     ns: list[int]
-    prompts: dict[int, list[str]]  # N -> N distinct prompts
+    prompts: dict[int, list[list[str]]]  # N -> one list of N distinct prompts per repetition
     log_dir: Path
     n_ctx: int = 8192
     n_parallel: int = 32
@@ -82,8 +82,16 @@ def _measure(server: ManagedProcess, setup: Setup, ns: list[int], drive: Driver,
         for n in ns:
             rss.reset()
             print(f"  {result.key}: N={n} ...", file=sys.stderr, flush=True)
-            records = drive(setup.prompts[n], setup.max_tokens)
-            level = load.summarize(n, records, setup.max_tokens)
+            # Shared machines are noisy: measure every repetition (each with its own
+            # prompts) and keep the one with the median throughput.
+            runs = []
+            for prompts in setup.prompts[n]:
+                records = drive(prompts, setup.max_tokens)
+                runs.append((load.summarize(n, records, setup.max_tokens), records))
+            runs.sort(key=lambda run: run[0].agg_tok_s or 0.0)
+            level, records = runs[len(runs) // 2]
+            level.extra["runs_agg_tok_s"] = [lv.agg_tok_s for lv, _ in runs]
+            level.extra["runs_ttft_p50_s"] = [lv.ttft_p50_s for lv, _ in runs]
             level.peak_rss_mb = rss.window_peak() / MB
             server_ttft = load.server_ttft_p50(records)
             if server_ttft is not None:
@@ -193,7 +201,7 @@ def run_llama_cpp_inprocess(setup: Setup, result: PeerResult) -> None:
         raise PeerSkipped("measured at N=1 only, which this run leaves out")
     out = setup.log_dir / "llama-cpp-python-inprocess.out"
     with tempfile.TemporaryFile("w+") as prompt_file, out.open("w") as stdout:
-        prompt_file.write(setup.prompts[1][0])
+        prompt_file.write(setup.prompts[1][0][0])
         prompt_file.seek(0)
         worker = subprocess.Popen(result.command, stdin=prompt_file, stdout=stdout,
                                   stderr=subprocess.DEVNULL, cwd=REPO, start_new_session=True)

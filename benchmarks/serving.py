@@ -82,10 +82,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help=f"comma list, a subset of {','.join(PEERS)} (default: all)")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results"),
                    help="results folder (default: %(default)s)")
-    p.add_argument("--quick", action="store_true", help="smoke test: N in {1, 4} only")
+    p.add_argument("--repeat", type=int, default=3,
+                   help="runs per N and server, each with fresh prompts; the median by "
+                        "throughput is reported (default: %(default)s)")
+    p.add_argument("--quick", action="store_true",
+                   help="smoke test: N in {1, 4} only, one run each")
     args = p.parse_args(argv)
+    if args.repeat < 1:
+        p.error("--repeat must be >= 1")
     if args.quick:
         args.concurrency = [n for n in args.concurrency if n in (1, 4)] or [1, 4]
+        args.repeat = 1
     return args
 
 
@@ -145,6 +152,7 @@ def describe(args: argparse.Namespace, model: Path, prompt_tokens: dict[int, lis
                   "sha256_prefix": digest.hexdigest()[:16]},
         "parameters": {"concurrency": args.concurrency, "max_tokens": args.max_tokens,
                        "threads": args.threads, "peers": args.peers, "quick": args.quick,
+                       "repeat": args.repeat,
                        "n_ctx": 8192, "n_parallel": 32, "prompt_tokens": prompt_tokens,
                        "itl_counting": "a chunk of k tokens: its gap once, then k-1 zeros"},
     }
@@ -197,8 +205,9 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     model = resolve_model(args.model)
     count = token_counter(model)
-    prompts = {n: load.make_prompts(n, count) for n in args.concurrency}
-    lengths = {n: [count(p) for p in ps] for n, ps in prompts.items()}
+    prompts = {n: [load.make_prompts(n, count, rep=r) for r in range(args.repeat)]
+               for n in args.concurrency}
+    lengths = {n: [count(p) for p in reps[0]] for n, reps in prompts.items()}
     meta = describe(args, model, lengths)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     results = []
