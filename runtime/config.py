@@ -64,6 +64,7 @@ class ModelConfig:
     n_ubatch: int = 512
     prefill_chunk: int = 512
     max_queue: int = 64
+    burst_window_us: int = 3000     # idle engine: wait this long at most for a burst
     threads: int = field(default_factory=default_threads)
     threads_batch: int = 0          # 0 = same as threads
     n_gpu_layers: int | str = "auto"
@@ -104,7 +105,7 @@ _INT_RANGES: dict[str, tuple[int, int]] = {
     "n_ubatch": (1, 1 << 16), "prefill_chunk": (1, 1 << 16), "max_queue": (0, 1 << 16),
     "threads": (1, 1024), "threads_batch": (0, 1024), "main_gpu": (0, 64),
     "max_receive_message_bytes": (1024, 1 << 30), "max_send_message_bytes": (1024, 1 << 30),
-    "max_tokens_default": (1, 1 << 24),
+    "max_tokens_default": (1, 1 << 24), "burst_window_us": (0, 1_000_000),
 }
 _CHOICES: dict[str, tuple[str, ...]] = {
     "flash_attn": ("auto", "on", "off"), "cache_type_k": ("f16", "f32", "q8_0", "q4_0"),

@@ -109,6 +109,9 @@ typedef struct hearth_engine_params {
     int32_t n_ubatch;          /* physical micro-batch */
     int32_t prefill_chunk;     /* most prompt tokens admitted per step */
     int32_t max_queue;         /* waiting requests beyond the slots */
+    int32_t burst_window_us;   /* an idle engine waits this long at most for
+                                  the rest of a burst before its first step
+                                  (0 = start at once) */
     int32_t n_threads;         /* decode threads */
     int32_t n_threads_batch;   /* prefill threads */
     int32_t n_gpu_layers;      /* 0 none, -1 all */

@@ -19,6 +19,7 @@ void hearth_engine_params_init(hearth_engine_params *p) {
     p->n_ubatch = 512;
     p->prefill_chunk = 512;
     p->max_queue = 64;
+    p->burst_window_us = 3000;
     p->n_threads = 4;
     p->n_threads_batch = 4;
     p->n_gpu_layers = 0;
@@ -52,9 +53,11 @@ static hearth_status validate_params(const hearth_engine_params *p) {
                            "(n_batch=%d, n_ubatch=%d, n_parallel=%d)",
                            p->n_batch, p->n_ubatch, p->n_parallel);
     }
-    if (p->prefill_chunk < 1 || p->max_queue < 0 || p->n_threads < 1 || p->n_threads_batch < 1) {
+    if (p->prefill_chunk < 1 || p->max_queue < 0 || p->n_threads < 1 || p->n_threads_batch < 1 ||
+        p->burst_window_us < 0 || p->burst_window_us > 1000000) {
         return hearth_fail(HEARTH_E_INVALID_ARGUMENT,
-                           "prefill_chunk and thread counts must be >= 1, max_queue >= 0");
+                           "prefill_chunk and thread counts must be >= 1, max_queue >= 0, "
+                           "burst_window_us in 0..1000000");
     }
     if (p->n_gpu_layers < -1) {
         return hearth_fail(HEARTH_E_INVALID_ARGUMENT, "n_gpu_layers must be >= -1");

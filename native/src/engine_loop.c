@@ -17,6 +17,47 @@
 
 /* An idle engine still wakes this often, so the watchdog sees a heartbeat. */
 #define IDLE_WAIT_NS 500000000LL
+/* A burst is over once no request has arrived for this long. */
+#define BURST_QUIET_NS 1000000LL
+
+static void wait_until(hearth_engine *e, int64_t deadline_mono_ns) {
+    /* pthread condition variables time out on CLOCK_REALTIME. */
+    int64_t delta = deadline_mono_ns - hearth_now_ns();
+    if (delta <= 0) {
+        return;
+    }
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    int64_t ns = (int64_t)ts.tv_nsec + delta;
+    ts.tv_sec += (time_t)(ns / 1000000000LL);
+    ts.tv_nsec = (long)(ns % 1000000000LL);
+    pthread_cond_timedwait(&e->cv, &e->mu, &ts);
+}
+
+/* Clients of a burst arrive over a few milliseconds.  An idle engine that
+ * started at once would prefill the first prompt alone and make the rest
+ * wait a whole step; waiting for the burst to end (at most burst_window_us)
+ * prefills them together.  e->mu held. */
+static void gather_burst(hearth_engine *e) {
+    hearth_sched_stats ss;
+    hearth_sched_get_stats(e->sched, &ss);
+    if (e->params.burst_window_us <= 0 || ss.n_running > 0 || ss.n_waiting == 0) {
+        return;
+    }
+    int64_t end = hearth_now_ns() + (int64_t)e->params.burst_window_us * 1000;
+    while (!e->stop && ss.n_waiting < e->params.n_parallel) {
+        int32_t before = ss.n_waiting;
+        int64_t now = hearth_now_ns();
+        if (now >= end) {
+            break;
+        }
+        wait_until(e, now + BURST_QUIET_NS < end ? now + BURST_QUIET_NS : end);
+        hearth_sched_get_stats(e->sched, &ss);
+        if (ss.n_waiting == before) {
+            break; /* quiet: the burst is over */
+        }
+    }
+}
 
 static int32_t find_live_index(const hearth_engine *e, uint64_t id) {
     for (int32_t i = 0; i < e->n_live; i++) {
@@ -277,15 +318,9 @@ void *hearth_engine_main(void *arg) {
             if (has_work(e)) {
                 break;
             }
-            struct timespec ts;
-            clock_gettime(CLOCK_REALTIME, &ts);
-            ts.tv_nsec += IDLE_WAIT_NS;
-            if (ts.tv_nsec >= 1000000000L) {
-                ts.tv_sec += 1;
-                ts.tv_nsec -= 1000000000L;
-            }
-            pthread_cond_timedwait(&e->cv, &e->mu, &ts);
+            wait_until(e, now + IDLE_WAIT_NS);
         }
+        gather_burst(e);
         if (e->stop) {
             pthread_mutex_unlock(&e->mu);
             break;

@@ -80,6 +80,7 @@ def engine_params(cfg: ModelConfig, info: GGUFInfo) -> tuple[EngineParams, str]:
         n_ubatch=cfg.n_ubatch,
         prefill_chunk=cfg.prefill_chunk,
         max_queue=cfg.max_queue,
+        burst_window_us=cfg.burst_window_us,
         n_threads=cfg.threads,
         n_threads_batch=cfg.threads_batch or cfg.threads,
         n_gpu_layers=n_gpu_layers,

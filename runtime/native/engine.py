@@ -33,6 +33,7 @@ class EngineParams:
     n_ubatch: int = 512
     prefill_chunk: int = 512
     max_queue: int = 64
+    burst_window_us: int = 3000
     n_threads: int = 4
     n_threads_batch: int = 4
     n_gpu_layers: int = 0
@@ -239,6 +240,7 @@ class NativeEngine:
             p.model_path = keep[-1]
         p.model_fd = params.model_fd
         for name in ("n_ctx", "n_parallel", "n_batch", "n_ubatch", "prefill_chunk", "max_queue",
+                     "burst_window_us",
                      "n_threads", "n_threads_batch", "n_gpu_layers", "main_gpu", "flash_attn",
                      "kv_unified", "swa_full", "use_mmap", "use_mlock", "enable_embeddings"):
             setattr(p, name, getattr(params, name))
