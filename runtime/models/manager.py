@@ -226,6 +226,10 @@ class ModelManager:
 
     async def load_by_name(self, name: str, n_ctx: int | None = None,
                            n_parallel: int | None = None) -> ModelHandle:
+        if n_ctx is not None and not 16 <= n_ctx <= 1 << 24:
+            raise errors.InvalidArgument(f"n_ctx: must be in 16..{1 << 24}, got {n_ctx}")
+        if n_parallel is not None and not 1 <= n_parallel <= 256:
+            raise errors.InvalidArgument(f"n_parallel: must be in 1..256, got {n_parallel}")
         cfg = self.resolve(name)
         if n_ctx is not None:
             cfg = replace(cfg, n_ctx=n_ctx)
@@ -234,6 +238,9 @@ class ModelManager:
         return await self.load(cfg)
 
     async def unload(self, name: str, drain_timeout: float) -> ModelHandle:
+        if not 0 <= drain_timeout <= 24 * 3600:
+            raise errors.InvalidArgument(
+                f"drain_timeout_seconds: must be in 0..86400, got {drain_timeout}")
         handle = self.get(name)
         if handle.state is ModelState.DRAINING:
             raise errors.FailedPrecondition(f"model {name!r} is already being unloaded")

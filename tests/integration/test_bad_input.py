@@ -101,6 +101,20 @@ def test_path_like_model_names_are_rejected(tiny_daemon: Daemon, name: str) -> N
         assert err.code() == grpc.StatusCode.NOT_FOUND
 
 
+def test_load_and_unload_arguments_are_checked(tiny_daemon: Daemon) -> None:
+    with tiny_daemon.client() as c:
+        for request, field in ((mpb.LoadModelRequest(name="tiny2", n_parallel=0), "n_parallel"),
+                               (mpb.LoadModelRequest(name="tiny2", n_ctx=-5), "n_ctx"),
+                               (mpb.UnloadModelRequest(name="tiny", drain_timeout_seconds=-1),
+                                "drain_timeout_seconds")):
+            method = c.models.Load if isinstance(request, mpb.LoadModelRequest) else \
+                c.models.Unload
+            err = rpc_error(method, request)
+            assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert err.details().startswith(f"{field}:"), err.details()
+        assert c.get_model("tiny").state == mpb.MODEL_STATE_READY
+
+
 def test_symlink_out_of_the_models_dir_is_refused(daemon_factory, tiny_model: Path,  # type: ignore[no-untyped-def]
                                                   tmp_path: Path) -> None:
     models = tmp_path / "models"
