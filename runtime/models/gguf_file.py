@@ -48,6 +48,7 @@ _SCALARS: dict[int, tuple[str, int]] = {
     6: ("<f", 4), 7: ("<?", 1), 10: ("<Q", 8), 11: ("<q", 8), 12: ("<d", 8),
 }
 _STRING, _ARRAY = 8, 9
+_U64 = struct.Struct("<Q")
 # Arrays longer than this are checked but not kept (vocabularies, merges).
 _KEEP_ARRAY = 64
 
@@ -130,6 +131,23 @@ class _Reader:
         except UnicodeDecodeError as exc:
             raise self.fail(f"{what} is not UTF-8") from exc
 
+    def skip_strings(self, count: int, what: str) -> None:
+        """Bounds-checks `count` strings without decoding them: Gemma's
+        vocabulary has 262k, so this loop is kept tight."""
+        pos, size, buf = self.pos, self.size, self.buf
+        length = _U64.unpack_from
+        for i in range(count):
+            if pos + 8 > size:
+                self.pos = pos
+                raise self.fail(f"{what}[{i}]: length runs past the end of the file")
+            n = length(buf, pos)[0]
+            pos += 8
+            if n > MAX_STRING or n > size - pos:
+                self.pos = pos
+                raise self.fail(f"{what}[{i}] claims {n} bytes, {size - pos} remain")
+            pos += n
+        self.pos = pos
+
     def value(self, vtype: int, what: str) -> Any:
         if vtype in _SCALARS:
             fmt, n = _SCALARS[vtype]
@@ -149,8 +167,7 @@ class _Reader:
                 if etype in _SCALARS:
                     self.skip(count * min_size, what)
                 else:
-                    for i in range(count):
-                        self.string(f"{what}[{i}]", keep=False)
+                    self.skip_strings(count, what)
                 return f"<array of {count}>"
             return [self.value(etype, f"{what}[{i}]") for i in range(count)]
         raise self.fail(f"{what}: unknown value type {vtype}")
