@@ -57,7 +57,8 @@ def check_model_name(name: str, what: str = "model name") -> str:
 @dataclass(frozen=True)
 class ModelConfig:
     name: str
-    path: str = ""
+    path: str = ""                  # a GGUF file, or "" with store = true
+    store: bool = False             # serve the model of this name from the sealed store
     n_ctx: int = 8192
     n_parallel: int = 4
     n_batch: int = 512
@@ -92,6 +93,8 @@ class ServerConfig:
     models_dir: str = ""
     log_format: str = "text"
     log_level: str = "info"
+    audit: bool = True              # with a master key: log every request, sealed
+    audit_content: bool = False     # also prompts and responses, per-subject keys
 
 
 @dataclass(frozen=True)
@@ -195,8 +198,12 @@ def parse_config(data: dict[str, Any], base_dir: Path | None = None) -> Config:
     for name, table in tables.items():
         check_model_name(name, f"models.{name}")
         model = _build(ModelConfig, f"models.{name}.", table, name=name)
-        if not model.path:
-            raise ConfigError(f"models.{name}.path: missing (the GGUF file to serve)")
+        if not model.path and not model.store:
+            raise ConfigError(f"models.{name}.path: missing (the GGUF file to serve, or set "
+                              "store = true to serve the sealed model of this name)")
+        if model.path and model.store:
+            raise ConfigError(f"models.{name}.store: a model comes from a path or from the "
+                              "store, not both")
         if base_dir is not None and not os.path.isabs(model.path):
             model = replace(model, path=str((base_dir / model.path).resolve()))
         validate_model(model, f"models.{name}.")

@@ -60,6 +60,21 @@ class ModelLoadError(FailedPrecondition):
     """A model file could not be loaded (bad GGUF, llama.cpp refused it)."""
 
 
+class IntegrityError(HearthError):
+    """Stored data failed an integrity check (a tag, a MAC, a hash chain):
+    it was corrupted or tampered with.  Nothing from it was used."""
+
+
+class WrongKey(Unauthenticated):
+    """The master key or passphrase does not open this store (the same error
+    whatever was wrong, so it reveals nothing)."""
+
+
+class StorageError(HearthError):
+    """The state directory could not be written (disk full, permissions);
+    the previous state is intact."""
+
+
 class ConfigError(InvalidArgument):
     """The configuration is invalid; the message names the key."""
 

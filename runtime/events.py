@@ -36,6 +36,8 @@ class RequestFinished:
     queue_s: float
     ttft_s: float
     total_s: float
+    subject: str = ""                          # whose content this is (audit erasure)
+    content: tuple[str, str] | None = None     # (prompt, response), when collected
 
 
 Handler = Callable[[Any], None]

@@ -114,22 +114,34 @@ def _status_line(s: mpb.ModelStatus) -> str:
     return line
 
 
-def cmd_models(args: argparse.Namespace) -> int:
+def cmd_models_list(args: argparse.Namespace) -> int:
     with HearthClient(args.addr) as c:
-        if args.action == "list":
-            reply = c.list_models()
-            for m in reply.models:
-                print(_status_line(m))
-            for name in reply.available:
-                print(f"{name:24} available")
-        elif args.action == "get":
-            from google.protobuf import json_format
-            print(json_format.MessageToJson(c.get_model(args.name or ""),
-                                            always_print_fields_with_no_presence=True))
-        elif args.action == "load":
-            print(_status_line(c.load_model(args.name, n_ctx=args.ctx, n_parallel=args.parallel)))
-        elif args.action == "unload":
-            print(_status_line(c.unload_model(args.name, args.drain_timeout)))
+        reply = c.list_models()
+    for m in reply.models:
+        print(_status_line(m))
+    for name in reply.available:
+        print(f"{name:24} available")
+    return ExitCode.OK
+
+
+def cmd_models_get(args: argparse.Namespace) -> int:
+    from google.protobuf import json_format
+
+    with HearthClient(args.addr) as c:
+        print(json_format.MessageToJson(c.get_model(args.name or ""),
+                                        always_print_fields_with_no_presence=True))
+    return ExitCode.OK
+
+
+def cmd_models_load(args: argparse.Namespace) -> int:
+    with HearthClient(args.addr) as c:
+        print(_status_line(c.load_model(args.name, n_ctx=args.ctx, n_parallel=args.parallel)))
+    return ExitCode.OK
+
+
+def cmd_models_unload(args: argparse.Namespace) -> int:
+    with HearthClient(args.addr) as c:
+        print(_status_line(c.unload_model(args.name, args.drain_timeout)))
     return ExitCode.OK
 
 
@@ -153,7 +165,9 @@ def cmd_tokenize(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
-def add_parsers(sub: argparse._SubParsersAction) -> None:
+def add_parsers(sub: argparse._SubParsersAction) -> argparse._SubParsersAction:
+    """Adds the client commands; returns the `models` subcommands so local
+    store commands (`models import`) can join them."""
     p = sub.add_parser("generate", help="stream a completion of PROMPT ('-' reads stdin)")
     add_common(p)
     add_sampling(p)
@@ -166,14 +180,27 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--system", help="system prompt")
     p.set_defaults(func=cmd_chat)
 
-    p = sub.add_parser("models", help="list, get, load or unload models")
+    models = sub.add_parser("models", help="models of a running daemon; `import` seals one "
+                                           "into the local store")
+    msub = models.add_subparsers(dest="models_command", required=True)
+    p = msub.add_parser("list", help="loaded models and the names Load accepts")
     add_common(p)
-    p.add_argument("action", choices=["list", "get", "load", "unload"])
-    p.add_argument("name", nargs="?")
-    p.add_argument("--ctx", type=int, help="load: total context")
-    p.add_argument("--parallel", type=int, help="load: slots")
-    p.add_argument("--drain-timeout", type=float, help="unload: seconds for running streams")
-    p.set_defaults(func=cmd_models)
+    p.set_defaults(func=cmd_models_list)
+    p = msub.add_parser("get", help="a model's live state as JSON")
+    add_common(p)
+    p.add_argument("name", nargs="?", default="")
+    p.set_defaults(func=cmd_models_get)
+    p = msub.add_parser("load", help="load a model the daemon knows by name")
+    add_common(p)
+    p.add_argument("name")
+    p.add_argument("--ctx", type=int, help="total context")
+    p.add_argument("--parallel", type=int, help="slots")
+    p.set_defaults(func=cmd_models_load)
+    p = msub.add_parser("unload", help="drain and free a model")
+    add_common(p)
+    p.add_argument("name")
+    p.add_argument("--drain-timeout", type=float, help="seconds running streams may take")
+    p.set_defaults(func=cmd_models_unload)
 
     p = sub.add_parser("embed", help="print one JSON embedding per TEXT")
     add_common(p)
@@ -188,6 +215,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--pieces", action="store_true", help="one token per line with its text")
     p.add_argument("text")
     p.set_defaults(func=cmd_tokenize)
+    return msub
 
 
 def rpc_error_exit(exc: grpc.RpcError) -> int:

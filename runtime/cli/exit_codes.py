@@ -18,6 +18,9 @@ class ExitCode(enum.IntEnum):
     LISTEN = 5
     UNREACHABLE = 6
     REQUEST_FAILED = 7
+    WRONG_KEY = 8
+    INTEGRITY = 9
+    STORAGE = 10
     INTERRUPTED = 130
 
 
@@ -30,5 +33,8 @@ HELP = {
     ExitCode.LISTEN: "could not listen on a configured address (in use, permissions)",
     ExitCode.UNREACHABLE: "client: the daemon could not be reached",
     ExitCode.REQUEST_FAILED: "client: the daemon answered with an error",
+    ExitCode.WRONG_KEY: "the master key or passphrase does not open the state directory",
+    ExitCode.INTEGRITY: "stored data failed an integrity check (corruption or tampering)",
+    ExitCode.STORAGE: "the state directory could not be written (disk full, permissions)",
     ExitCode.INTERRUPTED: "interrupted (Ctrl-C)",
 }

@@ -7,7 +7,7 @@ import sys
 import grpc
 
 from runtime import __version__, errors
-from runtime.cli import client, serve
+from runtime.cli import client, serve, storage
 from runtime.cli.exit_codes import HELP, ExitCode
 
 
@@ -34,6 +34,17 @@ def cmd_exit_codes(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
+def exit_code_of(exc: errors.HearthError) -> int:
+    for family, code in ((errors.ConfigError, ExitCode.CONFIG),
+                         (errors.WrongKey, ExitCode.WRONG_KEY),
+                         (errors.IntegrityError, ExitCode.INTEGRITY),
+                         (errors.StorageError, ExitCode.STORAGE),
+                         (errors.ModelLoadError, ExitCode.MODEL_LOAD)):
+        if isinstance(exc, family):
+            return code
+    return ExitCode.ERROR
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hearth", description="On-premise LLM appliance runtime")
     p.add_argument("--version", action="version", version=f"hearth {__version__}")
@@ -41,7 +52,8 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("serve", help="run the daemon")
     serve.add_arguments(s)
     s.set_defaults(func=serve.main)
-    client.add_parsers(sub)
+    models = client.add_parsers(sub)
+    storage.add_parsers(sub, models)
     d = sub.add_parser("devices", help="show the devices ggml can use")
     d.set_defaults(func=cmd_devices)
     d = sub.add_parser("default-model", help="assemble the default model (Gemma 3 270M)")
@@ -60,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         return client.rpc_error_exit(exc)
     except errors.HearthError as exc:
         print(f"hearth: {exc}", file=sys.stderr)
-        return ExitCode.CONFIG if isinstance(exc, errors.ConfigError) else ExitCode.ERROR
+        return exit_code_of(exc)
     except KeyboardInterrupt:
         return ExitCode.INTERRUPTED
     except BrokenPipeError:

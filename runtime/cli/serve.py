@@ -12,17 +12,22 @@ from typing import Any
 
 from runtime import errors
 from runtime.cli.exit_codes import ExitCode
+from runtime.cli.storage import add_state_options
 from runtime.config import (
     Config,
     ModelConfig,
-    ServerConfig,
     check_listen_address,
     check_model_name,
     load_config,
     validate_model,
 )
+from runtime.events import EventBus, RequestFinished
 from runtime.logs import setup_logging
 from runtime.server import create_server
+from runtime.storage.audit import AuditLog
+from runtime.storage.keys import key_source
+from runtime.storage.paths import state_dir
+from runtime.storage.store import SealedStore
 
 log = logging.getLogger("hearth.serve")
 
@@ -32,8 +37,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--listen", action="append", metavar="HOST:PORT|unix:PATH",
                    help="address to serve on (repeatable; replaces server.listen)")
     p.add_argument("--model", action="append", default=[], metavar="NAME=PATH",
-                   help="serve the GGUF at PATH as NAME (repeatable); NAME alone loads a model "
-                        "the config or models directory knows")
+                   help="serve the GGUF at PATH as NAME (repeatable); NAME alone serves the "
+                        "model of that name from the config, else from the sealed store")
     p.add_argument("--parallel", type=int, metavar="N",
                    help="slots (sequences decoded together) of --model models")
     p.add_argument("--ctx", type=int, metavar="N", help="total context of --model models")
@@ -44,6 +49,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--models-dir", help="folder whose NAME.gguf files Models.Load accepts")
     p.add_argument("--log-format", choices=["text", "json"])
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    add_state_options(p)
+    p.add_argument("--no-audit", action="store_true",
+                   help="do not write the audit log (it is on whenever a master key is given)")
+    p.add_argument("--audit-content", action="store_true",
+                   help="also log prompts and responses, sealed per subject (erasable)")
     p.add_argument("--ready-file", metavar="PATH",
                    help="once serving, write {\"pid\", \"addresses\"} as JSON here (for "
                         "supervisors and tests; useful with port 0)")
@@ -66,6 +76,10 @@ def build_config(args: argparse.Namespace) -> tuple[Config, list[ModelConfig]]:
     for key in ("models_dir", "log_format", "log_level"):
         if getattr(args, key):
             server = replace(server, **{key: getattr(args, key)})
+    if args.no_audit:
+        server = replace(server, audit=False)
+    if args.audit_content:
+        server = replace(server, audit_content=True)
     overrides: dict[str, Any] = {k: v for k, v in {
         "n_parallel": _int_arg("parallel", args.parallel, 1),
         "n_ctx": _int_arg("ctx", args.ctx, 16),
@@ -86,7 +100,7 @@ def build_config(args: argparse.Namespace) -> tuple[Config, list[ModelConfig]]:
         elif name in config.models:
             base = config.models[name]
         else:
-            base = ModelConfig(name=name, path=_from_models_dir(server, name))
+            base = ModelConfig(name=name, store=True)
         if "n_parallel" in overrides and "n_ctx" not in overrides:
             # keep the per-slot context when only the slot count changes
             overrides_here = {**overrides,
@@ -99,13 +113,14 @@ def build_config(args: argparse.Namespace) -> tuple[Config, list[ModelConfig]]:
     return Config(server=server, models=config.models), list(models.values())
 
 
-def _from_models_dir(server: ServerConfig, name: str) -> str:
-    if not server.models_dir:
-        raise errors.ConfigError(f"--model {name}: give NAME=PATH, or set a models directory")
-    path = os.path.join(server.models_dir, f"{name}.gguf")
-    if not os.path.isfile(path):
-        raise errors.ConfigError(f"--model {name}: {path} does not exist")
-    return path
+def open_store(args: argparse.Namespace, models: list[ModelConfig]) -> SealedStore | None:
+    """The sealed store, when a model comes from it or a master key is given."""
+    keyed = bool(args.key_file or args.passphrase_file or args.credential)
+    if not keyed and not any(m.store for m in models):
+        return None
+    directory = state_dir(args.state_dir)
+    return SealedStore.open(directory, key_source(args.key_file, args.passphrase_file,
+                                                  args.credential))
 
 
 def _write_ready_file(path: str, addresses: list[str]) -> None:
@@ -115,8 +130,13 @@ def _write_ready_file(path: str, addresses: list[str]) -> None:
     os.replace(tmp, path)
 
 
-async def run(config: Config, models: list[ModelConfig], ready_file: str | None = None) -> int:
-    server = create_server(config)
+async def run(config: Config, models: list[ModelConfig], ready_file: str | None = None,
+              store: SealedStore | None = None, audit: AuditLog | None = None) -> int:
+    events = EventBus()
+    server = create_server(config, events, store=store)
+    if audit is not None:
+        events.subscribe(audit.record, RequestFinished)
+        server.core.collect_content = audit.content
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -138,10 +158,11 @@ async def run(config: Config, models: list[ModelConfig], ready_file: str | None 
                 load.cancel()
                 break
             load.result()
-    except errors.ModelLoadError as exc:
+    except (errors.ModelLoadError, errors.IntegrityError) as exc:
         log.error("%s", exc)
         await server.drain(0.0)
-        return ExitCode.MODEL_LOAD
+        return ExitCode.INTEGRITY if isinstance(exc, errors.IntegrityError) \
+            else ExitCode.MODEL_LOAD
     if not stop.is_set():
         await server.mark_serving()
         log.info("serving %d model(s) on %s", len(models), ", ".join(server.bound))
@@ -160,4 +181,17 @@ def main(args: argparse.Namespace) -> int:
         log.error("%s", exc)
         return ExitCode.CONFIG
     setup_logging(config.server.log_level, config.server.log_format)
-    return asyncio.run(run(config, models, args.ready_file))
+    store = open_store(args, models)
+    audit = None
+    try:
+        if store is not None and config.server.audit:
+            audit = AuditLog(store, content=config.server.audit_content)
+            audit.start()
+            log.info("audit log: %s (content %s)", audit.path,
+                     "on" if audit.content else "off")
+        return asyncio.run(run(config, models, args.ready_file, store, audit))
+    finally:
+        if audit is not None:
+            audit.close()
+        if store is not None:
+            store.close()

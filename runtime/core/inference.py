@@ -63,6 +63,9 @@ class InferenceService:
         self.events = events
         self.max_tokens_default = max_tokens_default
         self.draining = False
+        # The audit log's content logging wants the prompt and the response
+        # text in RequestFinished; nothing else does, so it is opt-in.
+        self.collect_content = False
 
     # ---- helpers --------------------------------------------------------
 
@@ -102,7 +105,8 @@ class InferenceService:
             tokens = await self._tokenize(handle.engine, req.prompt, True, True)
         else:
             raise errors.InvalidArgument("prompt: must not be empty")
-        async for chunk in self._run(handle, tokens, req.options, ctx, "generate"):
+        async for chunk in self._run(handle, tokens, req.options, ctx, "generate",
+                                     req.prompt or f"<{len(tokens)} tokens>"):
             yield chunk
 
     async def chat(self, req: ChatRequest, ctx: CallContext) -> AsyncIterator[GenerateChunk]:
@@ -111,11 +115,11 @@ class InferenceService:
         check_messages(req.messages)
         prompt = render_chat(handle.engine, req.messages, handle.chat_template)
         tokens = await self._tokenize(handle.engine, prompt, True, True)
-        async for chunk in self._run(handle, tokens, req.options, ctx, "chat"):
+        async for chunk in self._run(handle, tokens, req.options, ctx, "chat", prompt):
             yield chunk
 
     async def _run(self, handle: ModelHandle, tokens: list[int], opts: GenerationOptions,
-                   ctx: CallContext, kind: str) -> AsyncIterator[GenerateChunk]:
+                   ctx: CallContext, kind: str, prompt: str) -> AsyncIterator[GenerateChunk]:
         engine, session = handle.engine, handle.session
         assert engine is not None and session is not None
         sampling = sampling_from(opts)
@@ -138,8 +142,11 @@ class InferenceService:
         status = "ok"
         final: Output | None = None
         first = True
+        texts: list[str] | None = [] if self.collect_content else None
         try:
             async for out in stream:
+                if texts is not None:
+                    texts.append(out.text)
                 if out.finished:
                     final = out
                     break
@@ -164,17 +171,19 @@ class InferenceService:
             raise
         finally:
             stream.close()
-            self._publish(handle.name, ctx, kind, status, final)
+            content = (prompt, "".join(texts)) if texts is not None else None
+            self._publish(handle.name, ctx, kind, status, final, content)
 
     def _publish(self, model: str, ctx: CallContext, kind: str, status: str,
-                 final: Output | None) -> None:
+                 final: Output | None, content: tuple[str, str] | None) -> None:
         usage = usage_of(final) if final else Usage(0, 0, 0, 0.0, 0.0, 0.0)
         reason = _FINISH_NAMES.get(final.finish_reason, "") if final else "cancelled"
         self.events.publish(RequestFinished(
             request_id=ctx.request_id, model=model, client=ctx.client, kind=kind, status=status,
             finish_reason=reason, prompt_tokens=usage.prompt_tokens,
             completion_tokens=usage.completion_tokens, cached_tokens=usage.cached_tokens,
-            queue_s=usage.queue_s, ttft_s=usage.ttft_s, total_s=usage.total_s))
+            queue_s=usage.queue_s, ttft_s=usage.ttft_s, total_s=usage.total_s,
+            subject=ctx.subject or ctx.client, content=content))
 
     # ---- embeddings and tokens --------------------------------------------
 
@@ -212,7 +221,8 @@ class InferenceService:
         self.events.publish(RequestFinished(
             request_id=ctx.request_id, model=handle.name, client=ctx.client, kind="embed",
             status="ok", finish_reason="stop", prompt_tokens=sum(len(t) for t in token_lists),
-            completion_tokens=0, cached_tokens=0, queue_s=0.0, ttft_s=0.0, total_s=0.0))
+            completion_tokens=0, cached_tokens=0, queue_s=0.0, ttft_s=0.0, total_s=0.0,
+            subject=ctx.subject or ctx.client))
         return EmbedResult(handle.name, embeddings)
 
     async def tokenize(self, model: str, text: str, add_special: bool, parse_special: bool

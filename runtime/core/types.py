@@ -11,6 +11,7 @@ class CallContext:
     request_id: str
     client: str = "anonymous"
     deadline: float | None = None        # time.monotonic() seconds
+    subject: str = ""                    # data subject, for the audit log (default: client)
 
 
 @dataclass(frozen=True)

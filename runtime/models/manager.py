@@ -25,6 +25,7 @@ from runtime.events import EventBus, ModelStateChanged
 from runtime.models.gguf_file import GGUFInfo, inspect_gguf_fd
 from runtime.models.gpu_fit import fit_gpu_layers
 from runtime.native import EngineParams, NativeEngine, list_devices
+from runtime.storage.store import SealedStore
 
 log = logging.getLogger("hearth.models")
 
@@ -49,28 +50,37 @@ class ModelHandle:
     gpu_reason: str = ""
     chat_template: str | None = None   # None: the model's own (from its GGUF)
     chat_template_source: str = ""
+    source: str = ""                    # the file, or the sealed object
 
 
-def chat_template_for(cfg: ModelConfig, info: GGUFInfo) -> tuple[str | None, str]:
+def has_gpu() -> bool:
+    return any(d.type in ("gpu", "igpu") for d in list_devices())
+
+
+def chat_template_for(cfg: ModelConfig, engine: NativeEngine) -> tuple[str | None, str]:
     """Which chat template Chat uses, and where it comes from.  Base models
     often ship without one (Gemma 3 270M does); they get their family's
     llama.cpp built-in template, or ChatML, and the log says so."""
     if cfg.chat_template:
         return cfg.chat_template, "config"
-    if info.metadata.get("tokenizer.chat_template"):
+    if engine.meta("tokenizer.chat_template"):
         return None, "gguf"
-    fallback = "gemma" if info.architecture.startswith("gemma") else "chatml"
+    fallback = "gemma" if engine.info.arch.startswith("gemma") else "chatml"
     return fallback, f"fallback:{fallback} (the GGUF has none)"
 
 
-def engine_params(cfg: ModelConfig, info: GGUFInfo) -> tuple[EngineParams, str]:
-    """Turns a model's config into engine parameters, resolving "auto"."""
+def engine_params(cfg: ModelConfig, info: GGUFInfo | None) -> tuple[EngineParams, str]:
+    """Turns a model's config into engine parameters, resolving "auto"
+    (which needs the GGUF header when a GPU is present)."""
     n_gpu_layers = cfg.n_gpu_layers
     tensor_split: tuple[float, ...] = ()
     reason = ""
     if n_gpu_layers == "auto":
-        plan = fit_gpu_layers(list_devices(), info, cfg.n_ctx)
-        n_gpu_layers, tensor_split, reason = plan.n_gpu_layers, plan.tensor_split, plan.reason
+        if info is None:
+            n_gpu_layers, reason = 0, "no GPU visible to ggml: running on the CPU"
+        else:
+            plan = fit_gpu_layers(list_devices(), info, cfg.n_ctx)
+            n_gpu_layers, tensor_split, reason = plan.n_gpu_layers, plan.tensor_split, plan.reason
     assert isinstance(n_gpu_layers, int)
     params = EngineParams(
         model_path=cfg.path,
@@ -99,9 +109,11 @@ def engine_params(cfg: ModelConfig, info: GGUFInfo) -> tuple[EngineParams, str]:
 
 
 class ModelManager:
-    def __init__(self, config: Config, events: EventBus) -> None:
+    def __init__(self, config: Config, events: EventBus, store: SealedStore | None = None
+                 ) -> None:
         self.config = config
         self.events = events
+        self.store = store
         self._models: dict[str, ModelHandle] = {}
         self._lock = asyncio.Lock()
 
@@ -113,6 +125,8 @@ class ModelManager:
     def available(self) -> list[str]:
         """Names Load accepts that are not loaded."""
         names = set(self.config.models)
+        if self.store is not None:
+            names |= {o.name for o in self.store.catalog.rows("model")}
         root = self.config.server.models_dir
         if root and os.path.isdir(root):
             for entry in os.scandir(root):
@@ -156,6 +170,9 @@ class ModelManager:
         check_model_name(name)
         if name in self.config.models:
             return self.config.models[name]
+        if self.store is not None and any(r.name == name
+                                          for r in self.store.catalog.rows("model")):
+            return ModelConfig(name=name, store=True)
         root = self.config.server.models_dir
         if not root:
             raise errors.NotFound(f"model {name!r} is not configured (and no models_dir is set)")
@@ -194,6 +211,8 @@ class ModelManager:
         except errors.HearthError as exc:
             self._set_state(handle, ModelState.FAILED, str(exc))
             log.error("model %s failed to load: %s", cfg.name, exc)
+            if isinstance(exc, errors.IntegrityError):
+                raise                       # DATA_LOSS, naming the check that failed
             raise errors.ModelLoadError(f"model {cfg.name!r}: {exc}") from exc
         handle.engine = engine
         handle.session = EngineSession(engine, loop)
@@ -204,25 +223,41 @@ class ModelManager:
                  handle.load_seconds, offload, handle.chat_template_source)
         return handle
 
-    @staticmethod
-    def _open_engine(handle: ModelHandle) -> NativeEngine:
-        """Checks the GGUF header, then loads the engine from the same open
-        file, so the file that was checked is the file that is loaded."""
+    def _open_engine(self, handle: ModelHandle) -> NativeEngine:
+        """Opens the model's bytes as a file descriptor and loads the engine
+        from it.  A plain file's GGUF header is checked first, on the same
+        descriptor, so what was checked is what is loaded.  A sealed model is
+        decrypted, every chunk verified, into a sealed memfd; it was checked
+        when it was imported and is authenticated now, so its header is only
+        read when GPU layers must be fitted."""
         cfg = handle.config
+        info: GGUFInfo | None = None
+        if cfg.store:
+            if self.store is None:
+                raise errors.ModelLoadError(
+                    f"{cfg.name}: serving from the sealed store needs its master key "
+                    "(--key-file, --passphrase-file or --credential)")
+            fd, obj = self.store.open_memfd("model", cfg.name)
+            handle.source = f"store:{obj.name} v{obj.version} ({obj.sha256[:12]})"
+        else:
+            try:
+                fd = os.open(cfg.path, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError as exc:
+                raise errors.ModelLoadError(
+                    f"{cfg.name}: cannot open {cfg.path}: {exc.strerror}") from exc
+            handle.source = cfg.path
         try:
-            fd = os.open(cfg.path, os.O_RDONLY | os.O_CLOEXEC)
-        except OSError as exc:
-            raise errors.ModelLoadError(f"{cfg.name}: cannot open {cfg.path}: {exc.strerror}"
-                                        ) from exc
-        try:
-            info = inspect_gguf_fd(fd, cfg.name, cfg.path)
-            if info.kind != "model":
-                raise errors.ModelLoadError(f"{cfg.name}: the file is a {info.kind}, not a model")
+            if not cfg.store or (cfg.n_gpu_layers == "auto" and has_gpu()):
+                info = inspect_gguf_fd(fd, cfg.name, cfg.path)
+                if info.kind != "model":
+                    raise errors.ModelLoadError(
+                        f"{cfg.name}: the file is a {info.kind}, not a model")
             params, handle.gpu_reason = engine_params(cfg, info)
-            handle.chat_template, handle.chat_template_source = chat_template_for(cfg, info)
-            return NativeEngine(replace(params, model_path=None, model_fd=fd))
+            engine = NativeEngine(replace(params, model_path=None, model_fd=fd))
         finally:
             os.close(fd)
+        handle.chat_template, handle.chat_template_source = chat_template_for(cfg, engine)
+        return engine
 
     async def load_by_name(self, name: str, n_ctx: int | None = None,
                            n_parallel: int | None = None) -> ModelHandle:

@@ -26,6 +26,7 @@ from runtime.models.manager import ModelManager
 from runtime.server.health import NOT_SERVING, HealthTracker
 from runtime.server.registry import add_service
 from runtime.server.servicers import InferenceServicer, ModelsServicer
+from runtime.storage.store import SealedStore
 
 log = logging.getLogger("hearth.server")
 
@@ -124,11 +125,12 @@ def log_request(event: RequestFinished) -> None:
         "ttft_s": round(event.ttft_s, 4), "total_s": round(event.total_s, 4)})
 
 
-def create_server(config: Config, events: EventBus | None = None) -> HearthServer:
+def create_server(config: Config, events: EventBus | None = None,
+                  store: SealedStore | None = None) -> HearthServer:
     """Builds the server and its model manager and core; nothing is bound or
     loaded until start() and ModelManager.load()."""
     events = events or EventBus()
     events.subscribe(log_request, RequestFinished)
-    models = ModelManager(config, events)
+    models = ModelManager(config, events, store)
     core = InferenceService(models, events, config.server.max_tokens_default)
     return HearthServer(config, models, core, events)

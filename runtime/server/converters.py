@@ -79,7 +79,7 @@ def embed_response(result: EmbedResult) -> ipb.EmbedResponse:
 def model_status(handle: ModelHandle) -> mpb.ModelStatus:
     out = mpb.ModelStatus(name=handle.name, state=MODEL_STATES[handle.state.value],
                           error=handle.error, load_seconds=handle.load_seconds,
-                          source=handle.config.path,
+                          source=handle.source or handle.config.path,
                           chat_template=handle.chat_template_source)
     engine = handle.engine
     if engine is None:

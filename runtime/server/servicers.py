@@ -20,19 +20,23 @@ from runtime.server import converters
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 REQUEST_ID_KEY = "x-request-id"
+SUBJECT_KEY = "x-hearth-subject"
 
 
 def call_context(context: grpc.aio.ServicerContext) -> CallContext:
     """Request id from the caller's x-request-id (if sane), else a new one."""
-    request_id = ""
+    request_id = subject = ""
     for key, value in context.invocation_metadata() or ():
         if key == REQUEST_ID_KEY and isinstance(value, str) and _REQUEST_ID.match(value):
             request_id = value
+        elif key == SUBJECT_KEY and isinstance(value, str) and 0 < len(value) <= 256:
+            subject = value
     remaining = context.time_remaining()
     return CallContext(
         request_id=request_id or uuid.uuid4().hex[:16],
         client=context.peer() or "unknown",
         deadline=time.monotonic() + remaining if remaining is not None else None,
+        subject=subject,
     )
 
 

@@ -21,6 +21,8 @@ STATUS_OF: list[tuple[type[BaseException], grpc.StatusCode]] = [
     (errors.PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
     (errors.DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED),
     (errors.Cancelled, grpc.StatusCode.CANCELLED),
+    (errors.IntegrityError, grpc.StatusCode.DATA_LOSS),
+    (errors.StorageError, grpc.StatusCode.UNAVAILABLE),
     (errors.InternalError, grpc.StatusCode.INTERNAL),
 ]
 

@@ -22,6 +22,9 @@ from runtime.server.status import RETRY_AFTER_KEY, abort_args, status_code_of
     (errors.PermissionDenied("x"), grpc.StatusCode.PERMISSION_DENIED),
     (errors.DeadlineExceeded("x"), grpc.StatusCode.DEADLINE_EXCEEDED),
     (errors.Cancelled("x"), grpc.StatusCode.CANCELLED),
+    (errors.IntegrityError("x"), grpc.StatusCode.DATA_LOSS),
+    (errors.WrongKey("x"), grpc.StatusCode.UNAUTHENTICATED),
+    (errors.StorageError("x"), grpc.StatusCode.UNAVAILABLE),
     (errors.InternalError("x"), grpc.StatusCode.INTERNAL),
     (ValueError("bug"), grpc.StatusCode.INTERNAL),
 ])

@@ -1,0 +1,276 @@
+"""Local commands on the state directory: keys, models import, store, audit.
+
+Every one takes --state-dir (or $HEARTH_STATE_DIR) and one master key source:
+--key-file, --passphrase-file, --credential, or an interactive prompt.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+from runtime.cli.exit_codes import ExitCode
+from runtime.errors import ConfigError
+from runtime.storage.audit import LOG_NAME, PUBKEY_NAME, AuditLog, verify_lines
+from runtime.storage.catalog import Catalog
+from runtime.storage.keys import Keyring, KeySource, create_key_file, key_source
+from runtime.storage.paths import state_dir
+from runtime.storage.store import SealedStore
+
+
+def add_state_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("state and master key")
+    g.add_argument("--state-dir", help="state directory (default: $HEARTH_STATE_DIR, "
+                                       "~/.local/share/hearth, or /var/lib/hearth under systemd)")
+    g.add_argument("--key-file", help="master key file (mode 0600)")
+    g.add_argument("--passphrase-file", help="file holding the master passphrase")
+    g.add_argument("--credential", help="systemd credential holding the master key")
+
+
+def source_of(args: argparse.Namespace, confirm: bool = False) -> KeySource:
+    return key_source(args.key_file, args.passphrase_file, args.credential, confirm)
+
+
+def open_store(args: argparse.Namespace) -> SealedStore:
+    return SealedStore.open(state_dir(args.state_dir), source_of(args))
+
+
+class ProgressBar:
+    """A one-line progress bar on stderr (only on a terminal)."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.tty = sys.stderr.isatty()
+        self.start = time.monotonic()
+        self.last = 0.0
+
+    def __call__(self, done: int, total: int) -> None:
+        now = time.monotonic()
+        if not self.tty or (now - self.last < 0.1 and done < total):
+            return
+        self.last = now
+        frac = done / total if total else 1.0
+        bar = "#" * int(frac * 30)
+        rate = done / max(now - self.start, 1e-9) / 1e6
+        sys.stderr.write(f"\r{self.label} [{bar:<30}] {frac * 100:5.1f}% {rate:7.1f} MB/s")
+        if done >= total:
+            sys.stderr.write("\n")
+        sys.stderr.flush()
+
+
+# ---- keys ---------------------------------------------------------------------------------
+
+def cmd_keys_init(args: argparse.Namespace) -> int:
+    directory = state_dir(args.state_dir)
+    if args.key_file and not Path(args.key_file).exists():
+        create_key_file(args.key_file)
+        print(f"created key file {args.key_file} (mode 0600); keep a copy somewhere safe",
+              file=sys.stderr)
+    store = SealedStore.init(directory, source_of(args, confirm=True))
+    print(f"initialised {directory} with master key {store.master.id}")
+    store.close()
+    return ExitCode.OK
+
+
+def cmd_keys_status(args: argparse.Namespace) -> int:
+    directory = state_dir(args.state_dir)
+    data = Keyring(directory).load()
+    catalog = Catalog(directory / "catalog.sqlite")
+    usage = catalog.kek_usage()
+    catalog.close()
+    print(f"state directory: {directory}")
+    for entry in data["keks"]:
+        active = " (active)" if entry["id"] == data["active"] else ""
+        created = datetime.fromtimestamp(entry["created"], UTC).strftime("%Y-%m-%d %H:%M UTC")
+        print(f"master key {entry['id']}{active}: {entry['source']}, {entry['kdf']['name']}, "
+              f"created {created}, wraps {usage.get(entry['id'], 0)} keys")
+    if len(data["keks"]) > 1:
+        print("two master keys are listed: a rotation did not finish; open the store with the "
+              "key that wraps the objects, or run `hearth keys rotate` again")
+    if data.get("failed_attempts"):
+        print(f"failed unlock attempts since the last success: {data['failed_attempts']}")
+    return ExitCode.OK
+
+
+def cmd_keys_rotate(args: argparse.Namespace) -> int:
+    new = key_source(args.new_key_file, args.new_passphrase_file, args.new_credential,
+                     confirm=True)
+    if args.new_key_file and not Path(args.new_key_file).exists():
+        create_key_file(args.new_key_file)
+        new = key_source(args.new_key_file, None, None)
+    store = open_store(args)
+    old = store.master.id
+    count = len(store.catalog.rows())
+    master = store.rotate(new)
+    store.close()
+    print(f"re-wrapped {count} objects from {old} to {master.id}")
+    return ExitCode.OK
+
+
+# ---- models import, store ------------------------------------------------------------------
+
+def cmd_models_import(args: argparse.Namespace) -> int:
+    store = open_store(args)
+    path = Path(args.path)
+    obj = store.import_file(path, args.name, args.kind, args.remove_source,
+                            progress=ProgressBar(f"sealing {path.name}"))
+    store.close()
+    print(f"imported {obj.kind} {obj.name} version {obj.version}: {obj.size} bytes, "
+          f"sha256 {obj.sha256[:16]}…")
+    if args.remove_source:
+        print(f"removed {path} (unlinked; not a secure erase)", file=sys.stderr)
+    return ExitCode.OK
+
+
+def cmd_store_list(args: argparse.Namespace) -> int:
+    store = open_store(args)
+    for o in store.list():
+        when = datetime.fromtimestamp(o.created_at, UTC).strftime("%Y-%m-%d %H:%M")
+        print(f"{o.kind:8} {o.name:24} v{o.version:<3} {o.size / 2**20:9.1f} MiB  {when}  "
+              f"sha256 {o.sha256[:12]}  from {o.source}")
+    store.close()
+    return ExitCode.OK
+
+
+def cmd_store_verify(args: argparse.Namespace) -> int:
+    store = open_store(args)
+    obj = store.verify(args.kind, args.name, args.version)
+    store.close()
+    print(f"{obj.kind} {obj.name} v{obj.version}: every chunk and the SHA-256 verify")
+    return ExitCode.OK
+
+
+# ---- audit -----------------------------------------------------------------------------------
+
+def cmd_audit_verify(args: argparse.Namespace) -> int:
+    """Needs no key: the chain is over ciphertext, checkpoints are signed."""
+    directory = state_dir(args.state_dir)
+    audit_dir = directory / "audit"
+    pem = audit_dir / PUBKEY_NAME
+    key = load_pem_public_key(pem.read_bytes()) if pem.exists() else None
+    public = key if isinstance(key, Ed25519PublicKey) else None
+    catalog = Catalog(directory / "catalog.sqlite")
+    row = catalog.db.execute("SELECT seq, head FROM audit_state WHERE id=1").fetchone()
+    catalog.close()
+    anchor = (int(row[0]), bytes(row[1])) if row else None
+    seq, _, broken = verify_lines(audit_dir / LOG_NAME, public, anchor)
+    if broken is not None:
+        print(f"audit log BROKEN at {broken}")
+        return ExitCode.INTEGRITY
+    print(f"audit log intact: {seq} records, chain and checkpoint signatures verified"
+          + ("" if public else " (no public key found: signatures not checked)"))
+    return ExitCode.OK
+
+
+def _since(text: str | None) -> float:
+    if not text:
+        return 0.0
+    try:
+        return float(text)
+    except ValueError:
+        try:
+            moment = datetime.fromisoformat(text)
+        except ValueError:
+            raise ConfigError(f"--since: {text!r} is not an ISO date or a Unix time") from None
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)
+        return moment.timestamp()
+
+
+def cmd_audit_export(args: argparse.Namespace) -> int:
+    store = open_store(args)
+    audit = AuditLog(store)
+    broken = audit.verify()
+    if broken is not None:
+        print(f"warning: the audit log is broken at {broken}; exporting what decrypts",
+              file=sys.stderr)
+    count = 0
+    for entry in audit.entries(since=_since(args.since)):
+        sys.stdout.write(json.dumps(entry, sort_keys=True) + "\n")
+        count += 1
+    store.close()
+    print(f"exported {count} records", file=sys.stderr)
+    return ExitCode.OK
+
+
+def cmd_audit_erase(args: argparse.Namespace) -> int:
+    store = open_store(args)
+    erased = AuditLog(store).erase_subject(args.subject)
+    store.close()
+    if erased:
+        print(f"destroyed the content key of {args.subject!r}: their logged prompts and "
+              "responses can no longer be decrypted; the chain is unchanged")
+    else:
+        print(f"no logged content for {args.subject!r}")
+    return ExitCode.OK
+
+
+def cmd_audit_repair(args: argparse.Namespace) -> int:
+    store = open_store(args)
+    aside = AuditLog(store).repair()
+    store.close()
+    print(f"set the broken log aside as {aside} and started a new, signed chain that "
+          "records where the old one broke")
+    return ExitCode.OK
+
+
+def add_parsers(sub: argparse._SubParsersAction, models: argparse._SubParsersAction) -> None:
+    keys = sub.add_parser("keys", help="master key: init, status, rotate")
+    ksub = keys.add_subparsers(dest="keys_command", required=True)
+    p = ksub.add_parser("init", help="create the state directory and its keyring")
+    add_state_options(p)
+    p.set_defaults(func=cmd_keys_init)
+    p = ksub.add_parser("status", help="master keys and what they wrap (no key needed)")
+    add_state_options(p)
+    p.set_defaults(func=cmd_keys_status)
+    p = ksub.add_parser("rotate", help="re-wrap every data key under a new master key")
+    add_state_options(p)
+    p.add_argument("--new-key-file", help="new key file (created if missing)")
+    p.add_argument("--new-passphrase-file")
+    p.add_argument("--new-credential")
+    p.set_defaults(func=cmd_keys_rotate)
+
+    p = models.add_parser("import", help="seal a GGUF model or adapter into the local store")
+    add_state_options(p)
+    p.add_argument("path")
+    p.add_argument("--name", required=True, help="identifier to serve it under")
+    p.add_argument("--kind", choices=["model", "adapter"], default="model")
+    p.add_argument("--remove-source", action="store_true",
+                   help="unlink the plaintext file after a successful import")
+    p.set_defaults(func=cmd_models_import)
+
+    store = sub.add_parser("store", help="the local sealed store: list, verify")
+    ssub = store.add_subparsers(dest="store_command", required=True)
+    p = ssub.add_parser("list", help="every stored object")
+    add_state_options(p)
+    p.set_defaults(func=cmd_store_list)
+    p = ssub.add_parser("verify", help="decrypt an object and check every chunk and its hash")
+    add_state_options(p)
+    p.add_argument("name")
+    p.add_argument("--kind", default="model")
+    p.add_argument("--version", type=int)
+    p.set_defaults(func=cmd_store_verify)
+
+    audit = sub.add_parser("audit", help="the audit log: verify, export, erase, repair")
+    asub = audit.add_subparsers(dest="audit_command", required=True)
+    p = asub.add_parser("verify", help="check the hash chain and signatures (no key needed)")
+    add_state_options(p)
+    p.set_defaults(func=cmd_audit_verify)
+    p = asub.add_parser("export", help="decrypted records as JSON lines, for auditors")
+    add_state_options(p)
+    p.add_argument("--since", help="ISO date/time (UTC if no zone) or Unix time")
+    p.set_defaults(func=cmd_audit_export)
+    p = asub.add_parser("erase", help="crypto-shred one subject's logged content (GDPR)")
+    add_state_options(p)
+    p.add_argument("--subject", required=True)
+    p.set_defaults(func=cmd_audit_erase)
+    p = asub.add_parser("repair", help="set a broken log aside and start a new chain")
+    add_state_options(p)
+    p.set_defaults(func=cmd_audit_repair)
+

@@ -1,0 +1,440 @@
+"""The audit log: sealed, hash-chained, signed, with erasable content.
+
+Spec: docs/formats/audit-v1.md.  One JSON line per record in
+state/audit/log.jsonl:
+
+    {"seq": 7, "ts": 1795940000.12, "type": "request", "ct": "<base64>",
+     "prev": "<hex>", "hash": "<hex>"}
+
+`ct` is the record sealed under the audit key; `hash` chains it to the one
+before, over the ciphertext, so anyone can check the chain without a key.
+Every CHECKPOINT_EVERY records (and on close) a checkpoint record carries an
+Ed25519 signature of the chain head; the public key sits in
+state/audit/signing.pub.  The catalog keeps the head as an anchor, so a cut
+tail is noticed too.
+
+Appends are group-committed: requests only queue a record; a writer thread
+seals, chains, writes and fsyncs a batch every COMMIT_INTERVAL_S.  The log
+refuses to start on a broken chain until `hearth audit repair`.
+
+Content (prompt and response) is off by default.  When on, it is sealed
+inside the record under a key per subject (the client identity or a
+request field); `hearth audit erase --subject S` destroys that key, which
+crypto-shreds exactly that subject's content and leaves the chain intact.
+"""
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import hmac
+import json
+import logging
+import os
+import secrets
+import struct
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature, InvalidTag
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from runtime.errors import FailedPrecondition, IntegrityError, NotFound
+from runtime.events import RequestFinished
+from runtime.storage.fsutil import fsync_dir, private_dir, storage_error
+from runtime.storage.store import SealedStore
+
+log = logging.getLogger("hearth.audit")
+
+LOG_NAME = "log.jsonl"
+PUBKEY_NAME = "signing.pub"
+GENESIS = b"\0" * 32
+CHECKPOINT_EVERY = 1000
+CHECKPOINT_S = 60.0
+COMMIT_INTERVAL_S = 0.05
+MAX_BACKLOG = 100_000
+_DOMAIN = b"hearth-audit-v1"
+_SIGNED = b"hearth-audit-checkpoint-v1"
+
+
+def chain_hash(prev: bytes, seq: int, ts: float, rtype: str, ct: bytes) -> bytes:
+    """hash = SHA-256(domain || seq || ts || type || prev || ciphertext)."""
+    h = hashlib.sha256(_DOMAIN)
+    h.update(struct.pack(">Qd", seq, ts))
+    h.update(rtype.encode() + b"\0")
+    h.update(prev)
+    h.update(ct)
+    return h.digest()
+
+
+@dataclass(frozen=True)
+class Line:
+    seq: int
+    ts: float
+    type: str           # genesis | request | checkpoint
+    ct: bytes
+    prev: bytes
+    hash: bytes
+
+    def encode(self) -> bytes:
+        return (json.dumps({"seq": self.seq, "ts": self.ts, "type": self.type,
+                            "ct": base64.b64encode(self.ct).decode(), "prev": self.prev.hex(),
+                            "hash": self.hash.hex()}, separators=(",", ":")) + "\n").encode()
+
+    @classmethod
+    def decode(cls, raw: bytes, number: int) -> Line:
+        try:
+            d = json.loads(raw)
+            return cls(int(d["seq"]), float(d["ts"]), str(d["type"]),
+                       base64.b64decode(d["ct"], validate=True), bytes.fromhex(d["prev"]),
+                       bytes.fromhex(d["hash"]))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise IntegrityError(f"audit log line {number}: not a valid record") from exc
+
+
+@dataclass(frozen=True)
+class Break:
+    """The first place where the log stops being trustworthy."""
+
+    seq: int
+    line: int
+    reason: str
+
+    def __str__(self) -> str:
+        return f"record {self.seq} (line {self.line}): {self.reason}"
+
+
+def verify_lines(path: Path, public_key: Ed25519PublicKey | None,
+                 anchor: tuple[int, bytes] | None) -> tuple[int, bytes, Break | None]:
+    """Checks the chain, the checkpoint signatures and the anchor without
+    any secret key; returns (last seq, head hash, first break or None)."""
+    prev, seq = GENESIS, 0
+    try:
+        f = path.open("rb")
+    except FileNotFoundError:
+        return 0, GENESIS, (Break(1, 1, "the audit log is missing") if anchor and anchor[0]
+                            else None)
+    with f:
+        for number, raw in enumerate(f, start=1):
+            if not raw.endswith(b"\n"):
+                return seq, prev, Break(seq + 1, number, "the last record is cut off")
+            try:
+                line = Line.decode(raw, number)
+            except IntegrityError as exc:
+                return seq, prev, Break(seq + 1, number, str(exc))
+            if line.seq != seq + 1:
+                what = "deleted" if line.seq > seq + 1 else "repeated or reordered"
+                return seq, prev, Break(seq + 1, number, f"sequence jumps from {seq} to "
+                                        f"{line.seq}: records were {what}")
+            if line.prev != prev:
+                return seq, prev, Break(line.seq, number, "its link to the previous record "
+                                        "does not match: a record before it was changed")
+            if chain_hash(prev, line.seq, line.ts, line.type, line.ct) != line.hash:
+                return seq, prev, Break(line.seq, number, "its hash does not match its "
+                                        "content: the record was edited")
+            if line.type == "checkpoint" and public_key is not None:
+                signed = json.loads(line.ct)
+                try:
+                    public_key.verify(base64.b64decode(signed["sig"]), _SIGNED + struct.pack(
+                        ">Q", signed["seq"]) + bytes.fromhex(signed["head"]))
+                except (InvalidSignature, KeyError, ValueError):
+                    return seq, prev, Break(line.seq, number, "the checkpoint signature is "
+                                            "invalid")
+                if signed["seq"] != seq or bytes.fromhex(signed["head"]) != prev:
+                    return seq, prev, Break(line.seq, number, "the checkpoint signs another "
+                                            "head than the chain's")
+            seq, prev = line.seq, line.hash
+    if anchor is not None and (seq, prev) != anchor:
+        if seq < anchor[0]:
+            return seq, prev, Break(seq + 1, seq + 1, f"the log ends at record {seq} but "
+                                    f"{anchor[0]} were written: the tail was cut off")
+        return seq, prev, Break(seq, seq, "the log does not end where the catalog's anchor "
+                                "says it does")
+    return seq, prev, None
+
+
+class AuditLog:
+    def __init__(self, store: SealedStore, content: bool = False) -> None:
+        self.store = store
+        self.content = content
+        self.dir = private_dir(store.state_dir / "audit")
+        self.path = self.dir / LOG_NAME
+        self._key = self._secret("audit-log", lambda: secrets.token_bytes(32))
+        signing = self._secret("audit-signing", lambda: Ed25519PrivateKey.generate()
+                               .private_bytes_raw())
+        self._signer = Ed25519PrivateKey.from_private_bytes(signing)
+        self._write_public_key()
+        self._queue: deque[tuple[float, dict[str, Any]]] = deque()
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = False
+        self._thread: threading.Thread | None = None
+        self.seq, self.head = 0, GENESIS
+        self.since_checkpoint = 0
+        self._last_checkpoint = time.time()
+        self.failed: Exception | None = None
+
+    # ---- keys ----------------------------------------------------------------
+
+    def _secret(self, name: str, make: Any) -> bytes:
+        try:
+            return self.store.read_bytes("key", name)
+        except NotFound:
+            self.store.put_bytes("key", name, make())
+            return self.store.read_bytes("key", name)
+
+    def public_key(self) -> Ed25519PublicKey:
+        return self._signer.public_key()
+
+    def _write_public_key(self) -> None:
+        pem = self._signer.public_key().public_bytes(serialization.Encoding.PEM,
+                                                     serialization.PublicFormat.SubjectPublicKeyInfo)
+        target = self.dir / PUBKEY_NAME
+        if not target.exists() or target.read_bytes() != pem:
+            target.write_bytes(pem)
+
+    def _subject_id(self, subject: str) -> str:
+        return hmac.new(self._key, subject.encode(), "sha256").hexdigest()[:32]
+
+    def _subject_key(self, subject_id: str, create: bool) -> bytes | None:
+        cat = self.store.catalog
+        row = cat.db.execute("SELECT kek_id, wrapped_key FROM audit_subjects WHERE id=?",
+                             (subject_id,)).fetchone()
+        master = self.store.master
+        if row is not None:
+            return master.unwrap(row[1], "subject:" + subject_id)
+        if not create:
+            return None
+        key = secrets.token_bytes(32)
+        with cat.transaction() as db:
+            db.execute("INSERT INTO audit_subjects VALUES (?,?,?,?)",
+                       (subject_id, master.id, master.wrap(key, "subject:" + subject_id),
+                        time.time()))
+        return key
+
+    # ---- lifecycle -------------------------------------------------------------
+
+    def anchor(self) -> tuple[int, bytes] | None:
+        row = self.store.catalog.db.execute("SELECT seq, head FROM audit_state WHERE id=1"
+                                            ).fetchone()
+        return (int(row[0]), bytes(row[1])) if row else None
+
+    def verify(self) -> Break | None:
+        self.seq, self.head, broken = verify_lines(self.path, self.public_key(), self.anchor())
+        return broken
+
+    def start(self) -> None:
+        """Checks the whole chain, then starts the writer thread.  A broken
+        chain is refused: nothing is appended until `hearth audit repair`."""
+        broken = self.verify()
+        if broken is not None:
+            raise IntegrityError(f"the audit log is broken at {broken}; the daemon will not "
+                                 "append to it: run `hearth audit verify`, then "
+                                 "`hearth audit repair`")
+        if self.seq == 0:
+            self._append_now([(time.time(), {"genesis": True, "created": time.time()})],
+                             rtype="genesis")
+        self._thread = threading.Thread(target=self._run, name="hearth-audit", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        if self._thread is None:
+            return
+        self._stop = True
+        self._wake.set()
+        self._thread.join()
+        self._thread = None
+        if self.since_checkpoint:
+            self._append_now([], rtype="checkpoint")
+
+    def repair(self) -> Path:
+        """Sets a broken log aside (kept for forensics) and starts a new
+        chain whose genesis record names it and where it broke."""
+        broken = self.verify()
+        if broken is None:
+            raise FailedPrecondition("the audit log is intact; nothing to repair")
+        aside = self.dir / f"log-broken-{int(time.time())}.jsonl"
+        if self.path.exists():
+            os.replace(self.path, aside)
+        digest = hashlib.sha256(aside.read_bytes()).hexdigest() if aside.exists() else ""
+        with self.store.catalog.transaction() as db:
+            db.execute("DELETE FROM audit_state")
+        self.seq, self.head = 0, GENESIS
+        self._append_now([(time.time(), {"genesis": True, "repair_of": aside.name,
+                                          "broken_at": str(broken), "sha256": digest})],
+                         rtype="genesis")
+        self._append_now([], rtype="checkpoint")
+        return aside
+
+    # ---- appending -------------------------------------------------------------
+
+    def record(self, event: RequestFinished) -> None:
+        """Queues a request's record (an event handler on the request path:
+        O(1); sealing and writing happen on the writer thread)."""
+        entry: dict[str, Any] = asdict(event)
+        content = entry.pop("content")
+        # The subject is named only inside its own (erasable) content block.
+        entry.pop("subject")
+        entry["time"] = time.time()
+        if self.content and content is not None:
+            entry["_content"] = (event.subject or event.client, tuple(content))
+        with self._lock:
+            self._queue.append((entry["time"], entry))
+        self._wake.set()
+
+    @property
+    def lag_s(self) -> float:
+        """Age of the oldest record not yet on disk."""
+        with self._lock:
+            return time.time() - self._queue[0][0] if self._queue else 0.0
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait(timeout=1.0)
+            time.sleep(COMMIT_INTERVAL_S)   # let a batch gather: group commit
+            self._wake.clear()
+            with self._lock:
+                batch = list(self._queue)
+                self._queue.clear()
+            try:
+                if batch:
+                    self._append_now(batch)
+                if self.since_checkpoint and time.time() - self._last_checkpoint > CHECKPOINT_S:
+                    self._append_now([], rtype="checkpoint")
+                self.failed = None
+            except Exception as exc:  # keep serving, keep the records, say so
+                self.failed = exc
+                log.error("audit append failed, will retry: %s", exc)
+                with self._lock:
+                    self._queue.extendleft(reversed(batch[-MAX_BACKLOG:]))
+            if self._stop:
+                with self._lock:
+                    if not self._queue:
+                        return
+
+    def _seal(self, seq: int, entry: dict[str, Any]) -> bytes:
+        content = entry.pop("_content", None)
+        if content is not None:
+            subject, (prompt, response) = content
+            sid = self._subject_id(subject)
+            key = self._subject_key(sid, create=True)
+            assert key is not None
+            nonce = secrets.token_bytes(12)
+            ct = AESGCM(key).encrypt(nonce, json.dumps({"subject": subject, "prompt": prompt,
+                                                        "response": response}).encode(),
+                                     struct.pack(">Q", seq) + sid.encode())
+            entry["content"] = {"subject_id": sid,
+                                "ct": base64.b64encode(nonce + ct).decode()}
+        nonce = secrets.token_bytes(12)
+        return nonce + AESGCM(self._key).encrypt(nonce, json.dumps(entry).encode(),
+                                                 struct.pack(">Q", seq))
+
+    def _checkpoint(self, signed_seq: int, signed_head: bytes) -> bytes:
+        """The body of a checkpoint: the head it vouches for, signed."""
+        sig = self._signer.sign(_SIGNED + struct.pack(">Q", signed_seq) + signed_head)
+        return json.dumps({"seq": signed_seq, "head": signed_head.hex(),
+                           "sig": base64.b64encode(sig).decode()}).encode()
+
+    def _append_now(self, batch: list[tuple[float, dict[str, Any]]], rtype: str = "request"
+                    ) -> None:
+        lines = []
+        seq, head, since = self.seq, self.head, self.since_checkpoint
+
+        def add(kind: str, ts: float, ct: bytes) -> None:
+            nonlocal head
+            line = Line(seq, ts, kind, ct, head, chain_hash(head, seq, ts, kind, ct))
+            lines.append(line.encode())
+            head = line.hash
+
+        if rtype == "checkpoint":
+            batch = []
+            seq += 1
+            add("checkpoint", time.time(), self._checkpoint(seq - 1, head))
+            since = 0
+        for ts, entry in batch:
+            seq += 1
+            add(rtype, ts, self._seal(seq, dict(entry)))
+            since += 1
+            if since >= CHECKPOINT_EVERY:
+                seq += 1
+                add("checkpoint", ts, self._checkpoint(seq - 1, head))
+                since = 0
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                data = b"".join(lines)
+                written = os.write(fd, data)
+                if written != len(data):
+                    raise OSError(28, "short write")
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            if seq == len(lines):
+                fsync_dir(self.dir)
+        except OSError as exc:
+            self._truncate_to_anchor()
+            raise storage_error(exc, "appending to the audit log") from exc
+        with self.store.catalog.transaction() as db:
+            db.execute("INSERT OR REPLACE INTO audit_state VALUES (1, ?, ?, ?, ?)",
+                       (seq, head, self.path.stat().st_size, time.time()))
+        self.seq, self.head, self.since_checkpoint = seq, head, since
+        if since == 0:
+            self._last_checkpoint = time.time()
+
+    def _truncate_to_anchor(self) -> None:
+        """A failed append (a full disk) may leave a partial line; cut back to
+        what the anchor covers so the chain stays whole."""
+        row = self.store.catalog.db.execute("SELECT log_size FROM audit_state WHERE id=1"
+                                            ).fetchone()
+        with contextlib.suppress(OSError):
+            os.truncate(self.path, int(row[0]) if row else 0)
+
+    # ---- reading ---------------------------------------------------------------
+
+    def entries(self, since: float = 0.0) -> Iterator[dict[str, Any]]:
+        """Decrypted request records at or after `since`, content included
+        where its subject's key still exists."""
+        with self.path.open("rb") as f:
+            for number, raw in enumerate(f, start=1):
+                line = Line.decode(raw, number)
+                if line.type != "request" or line.ts < since:
+                    continue
+                try:
+                    plain = AESGCM(self._key).decrypt(line.ct[:12], line.ct[12:],
+                                                      struct.pack(">Q", line.seq))
+                except InvalidTag:
+                    raise IntegrityError(f"audit record {line.seq} does not decrypt") from None
+                entry = json.loads(plain)
+                entry["seq"] = line.seq
+                content = entry.pop("content", None)
+                if content is not None:
+                    entry["content"] = self._open_content(line.seq, content)
+                yield entry
+
+    def _open_content(self, seq: int, content: dict[str, str]) -> dict[str, Any] | str:
+        sid = content["subject_id"]
+        key = self._subject_key(sid, create=False)
+        if key is None:
+            return "erased"
+        raw = base64.b64decode(content["ct"])
+        try:
+            return dict(json.loads(AESGCM(key).decrypt(raw[:12], raw[12:],
+                                                       struct.pack(">Q", seq) + sid.encode())))
+        except InvalidTag:
+            raise IntegrityError(f"audit record {seq}: its content does not decrypt") from None
+
+    def erase_subject(self, subject: str) -> bool:
+        """Destroys the subject's content key; True if there was one."""
+        sid = self._subject_id(subject)
+        with self.store.catalog.transaction() as db:
+            gone = db.execute("DELETE FROM audit_subjects WHERE id=?", (sid,)).rowcount
+        # Overwrite the key in the WAL as well, not only in the main file.
+        self.store.catalog.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return bool(gone)
