@@ -69,6 +69,7 @@ test: setup model lint
 
 bench: setup model
 	$(BIN)/python -m benchmarks.serving
+	$(BIN)/python -m benchmarks.storage
 
 clean:
 	rm -rf build runtime/_native $(VENV) .pytest_cache .mypy_cache .ruff_cache

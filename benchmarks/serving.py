@@ -128,11 +128,21 @@ def _git(*args: str) -> str:
         return ""
 
 
-def describe(args: argparse.Namespace, model: Path, prompt_tokens: dict[int, list[int]]
-             ) -> dict[str, Any]:
+def describe_machine() -> dict[str, Any]:
     cpu = next((line.split(":", 1)[1].strip() for line in
                 Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor())
+    return {"cpu": cpu, "logical_cpus": os.cpu_count(),
+            "usable_cores": len(os.sched_getaffinity(0)),
+            "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+            "kernel": platform.release(), "python": platform.python_version(),
+            "git_commit": _git("rev-parse", "HEAD"),
+            "git_dirty": bool(_git("status", "--porcelain", "--", ".",
+                                   ":(exclude)benchmarks/results"))}
+
+
+def describe(args: argparse.Namespace, model: Path, prompt_tokens: dict[int, list[int]]
+             ) -> dict[str, Any]:
     digest = hashlib.sha256()
     with model.open("rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -140,10 +150,7 @@ def describe(args: argparse.Namespace, model: Path, prompt_tokens: dict[int, lis
     return {
         "schema": "hearth-serving-benchmark/1",
         "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": {"cpu": cpu, "logical_cpus": os.cpu_count(),
-                    "usable_cores": len(os.sched_getaffinity(0)),
-                    "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
-                    "kernel": platform.release(), "python": platform.python_version()},
+        "machine": describe_machine(),
         "git": {"commit": _git("rev-parse", "HEAD"),
                 "dirty": bool(_git("status", "--porcelain", "--", ".",
                                    ":(exclude)benchmarks/results"))},
