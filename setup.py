@@ -129,6 +129,7 @@ setup(
         "grpcio-status>=1.85.1,<2",
         "protobuf>=6.31.1,<8",
         "jinja2>=3.1",
+        "cryptography>=44",
     ],
     extras_require={
         "test": ["pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100", "gguf==0.19.0",

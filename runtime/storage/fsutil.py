@@ -30,12 +30,13 @@ def storage_error(exc: OSError, what: str) -> StorageError:
 
 
 @contextlib.contextmanager
-def atomic_file(path: Path, mode: int = 0o600) -> Iterator[BinaryIO]:
-    """Yields a temp file next to `path`; on success it replaces `path`."""
+def atomic_file(path: Path, mode: int = 0o600, what: str = "") -> Iterator[BinaryIO]:
+    """Yields a temp file next to `path` (named .tmp-*, which the store's
+    recovery removes); on success it is fsynced and replaces `path`."""
     tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
-        with os.fdopen(fd, "wb") as f:
+        with os.fdopen(fd, "wb", buffering=1 << 20) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
@@ -44,7 +45,7 @@ def atomic_file(path: Path, mode: int = 0o600) -> Iterator[BinaryIO]:
     except OSError as exc:
         with contextlib.suppress(OSError):
             tmp.unlink()
-        raise storage_error(exc, f"writing {path.name}") from exc
+        raise storage_error(exc, what or f"writing {path.name}") from exc
     except BaseException:
         with contextlib.suppress(OSError):
             tmp.unlink()

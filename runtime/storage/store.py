@@ -30,7 +30,7 @@ from runtime.config import check_model_name
 from runtime.errors import IntegrityError, InvalidArgument, WrongKey
 from runtime.storage.catalog import Catalog, ObjectRow
 from runtime.storage.failpoints import failpoint
-from runtime.storage.fsutil import fsync_dir, private_dir, storage_error
+from runtime.storage.fsutil import atomic_file, private_dir
 from runtime.storage.keys import Keyring, KeySource, MasterKey, new_kek_entry
 from runtime.storage.sealed import Context, SealedReader, SealedWriter, Suite
 
@@ -192,37 +192,22 @@ class SealedStore:
         object_id = secrets.token_hex(16)
         dek = secrets.token_bytes(32)
         final = self._path(object_id)
-        tmp = self.objects / f".tmp-{object_id}"
         done = 0
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-            with os.fdopen(fd, "wb", buffering=READ_BLOCK) as out:
-                writer = SealedWriter(out, dek, Context(kind, name, version), suite)
-                while True:
-                    block = src.read(READ_BLOCK)
-                    if not block:
-                        break
-                    writer.write(block)
-                    done += len(block)
-                    if progress:
-                        progress(done, size)
-                    failpoint("import.mid_write")
-                digest = writer.close()
-                out.flush()
-                os.fsync(out.fileno())
+        with atomic_file(final, what=f"sealing {kind} {name}") as out:
+            writer = SealedWriter(out, dek, Context(kind, name, version), suite)
+            while True:
+                block = src.read(READ_BLOCK)
+                if not block:
+                    break
+                writer.write(block)
+                done += len(block)
+                if progress:
+                    progress(done, size)
+                failpoint("import.mid_write")
+            digest = writer.close()
             if done != size:
                 raise IntegrityError(f"{source or name}: read {done} bytes, expected {size} "
                                      "(the file changed during the import)")
-            os.replace(tmp, final)
-            fsync_dir(self.objects)
-        except OSError as exc:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-            raise storage_error(exc, f"sealing {kind} {name}") from exc
-        except BaseException:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-            raise
         failpoint("import.before_catalog")
         meta = {"size": done, "sha256": digest.hex(), "source": source, "suite": suite.name}
         row = ObjectRow(object_id, kind, name, version, self.master.id,
