@@ -189,6 +189,8 @@ def main(args: argparse.Namespace) -> int:
             audit.start()
             log.info("audit log: %s (content %s)", audit.path,
                      "on" if audit.content else "off")
+        elif store is None:
+            log.info("no master key given: serving plaintext models only, no audit log")
         return asyncio.run(run(config, models, args.ready_file, store, audit))
     finally:
         if audit is not None:
