@@ -9,6 +9,7 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -220,57 +221,54 @@ def cmd_audit_repair(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _command(group: argparse._SubParsersAction, name: str, help_text: str, func: Handler
+             ) -> argparse.ArgumentParser:
+    """A subcommand working on the state directory (so it takes its options)."""
+    p = group.add_parser(name, help=help_text)
+    add_state_options(p)
+    p.set_defaults(func=func)
+    return p
+
+
 def add_parsers(sub: argparse._SubParsersAction, models: argparse._SubParsersAction) -> None:
     keys = sub.add_parser("keys", help="master key: init, status, rotate")
     ksub = keys.add_subparsers(dest="keys_command", required=True)
-    p = ksub.add_parser("init", help="create the state directory and its keyring")
-    add_state_options(p)
-    p.set_defaults(func=cmd_keys_init)
-    p = ksub.add_parser("status", help="master keys and what they wrap (no key needed)")
-    add_state_options(p)
-    p.set_defaults(func=cmd_keys_status)
-    p = ksub.add_parser("rotate", help="re-wrap every data key under a new master key")
-    add_state_options(p)
+    _command(ksub, "init", "create the state directory and its keyring", cmd_keys_init)
+    _command(ksub, "status", "master keys and what they wrap (no key needed)", cmd_keys_status)
+    p = _command(ksub, "rotate", "re-wrap every data key under a new master key",
+                 cmd_keys_rotate)
     p.add_argument("--new-key-file", help="new key file (created if missing)")
     p.add_argument("--new-passphrase-file")
     p.add_argument("--new-credential")
-    p.set_defaults(func=cmd_keys_rotate)
 
-    p = models.add_parser("import", help="seal a GGUF model or adapter into the local store")
-    add_state_options(p)
+    p = _command(models, "import", "seal a GGUF model or adapter into the local store",
+                 cmd_models_import)
     p.add_argument("path")
     p.add_argument("--name", required=True, help="identifier to serve it under")
     p.add_argument("--kind", choices=["model", "adapter"], default="model")
     p.add_argument("--remove-source", action="store_true",
                    help="unlink the plaintext file after a successful import")
-    p.set_defaults(func=cmd_models_import)
 
     store = sub.add_parser("store", help="the local sealed store: list, verify")
     ssub = store.add_subparsers(dest="store_command", required=True)
-    p = ssub.add_parser("list", help="every stored object")
-    add_state_options(p)
-    p.set_defaults(func=cmd_store_list)
-    p = ssub.add_parser("verify", help="decrypt an object and check every chunk and its hash")
-    add_state_options(p)
+    _command(ssub, "list", "every stored object", cmd_store_list)
+    p = _command(ssub, "verify", "decrypt an object and check every chunk and its hash",
+                 cmd_store_verify)
     p.add_argument("name")
     p.add_argument("--kind", default="model")
     p.add_argument("--version", type=int)
-    p.set_defaults(func=cmd_store_verify)
 
     audit = sub.add_parser("audit", help="the audit log: verify, export, erase, repair")
     asub = audit.add_subparsers(dest="audit_command", required=True)
-    p = asub.add_parser("verify", help="check the hash chain and signatures (no key needed)")
-    add_state_options(p)
-    p.set_defaults(func=cmd_audit_verify)
-    p = asub.add_parser("export", help="decrypted records as JSON lines, for auditors")
-    add_state_options(p)
+    _command(asub, "verify", "check the hash chain and signatures (no key needed)",
+             cmd_audit_verify)
+    p = _command(asub, "export", "decrypted records as JSON lines, for auditors",
+                 cmd_audit_export)
     p.add_argument("--since", help="ISO date/time (UTC if no zone) or Unix time")
-    p.set_defaults(func=cmd_audit_export)
-    p = asub.add_parser("erase", help="crypto-shred one subject's logged content (GDPR)")
-    add_state_options(p)
+    p = _command(asub, "erase", "crypto-shred one subject's logged content (GDPR)",
+                 cmd_audit_erase)
     p.add_argument("--subject", required=True)
-    p.set_defaults(func=cmd_audit_erase)
-    p = asub.add_parser("repair", help="set a broken log aside and start a new chain")
-    add_state_options(p)
-    p.set_defaults(func=cmd_audit_repair)
-
+    _command(asub, "repair", "set a broken log aside and start a new chain", cmd_audit_repair)
