@@ -10,6 +10,8 @@ Both raise grpc.RpcError with the server's status code and message.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -42,11 +44,65 @@ def _chat_request(messages: Sequence[tuple[str, str]], model: str, **options: An
                            **fields)
 
 
+@dataclass(frozen=True)
+class Credentials:
+    """How to reach a protected daemon: a bearer token, and/or TLS (the CA
+    that signed the server's certificate, plus a client certificate for mTLS)."""
+
+    token: str = ""
+    ca_file: str = ""
+    cert_file: str = ""
+    key_file: str = ""
+
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        return (("authorization", f"Bearer {self.token}"),) if self.token else ()
+
+    def channel_credentials(self) -> grpc.ChannelCredentials | None:
+        if not self.ca_file:
+            return None
+        read = lambda path: Path(path).read_bytes() if path else None  # noqa: E731
+        return grpc.ssl_channel_credentials(read(self.ca_file), read(self.key_file),
+                                            read(self.cert_file))
+
+
+def _target(addr: str) -> str:
+    """Ready files and `hearth serve` print TLS listeners as tls:HOST:PORT."""
+    return addr[len("tls:"):] if addr.startswith("tls:") else addr
+
+
+def _channel(addr: str, creds: Credentials, aio: bool) -> Any:
+    tls = creds.channel_credentials()
+    module = grpc.aio if aio else grpc
+    if tls is None:
+        return module.insecure_channel(_target(addr), options=_OPTIONS)
+    return module.secure_channel(_target(addr), tls, options=_OPTIONS)
+
+
+class _WithMetadata:
+    """A stub whose every call carries the credentials' metadata."""
+
+    def __init__(self, stub: Any, metadata: tuple[tuple[str, str], ...]) -> None:
+        self._stub = stub
+        self._metadata = metadata
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self._stub, name)
+        if not self._metadata:
+            return method
+
+        def call(request: Any, **kwargs: Any) -> Any:
+            kwargs["metadata"] = tuple(kwargs.get("metadata") or ()) + self._metadata
+            return method(request, **kwargs)
+        return call
+
+
 class HearthClient:
-    def __init__(self, addr: str, timeout: float | None = None) -> None:
-        self.channel = grpc.insecure_channel(addr, options=_OPTIONS)
-        self.inference = igrpc.InferenceStub(self.channel)
-        self.models = mgrpc.ModelsStub(self.channel)
+    def __init__(self, addr: str, timeout: float | None = None,
+                 credentials: Credentials | None = None) -> None:
+        creds = credentials or Credentials()
+        self.channel = _channel(addr, creds, aio=False)
+        self.inference = _WithMetadata(igrpc.InferenceStub(self.channel), creds.metadata())
+        self.models = _WithMetadata(mgrpc.ModelsStub(self.channel), creds.metadata())
         self.timeout = timeout
 
     def __enter__(self) -> HearthClient:
@@ -120,10 +176,11 @@ class HearthClient:
 
 
 class AsyncHearthClient:
-    def __init__(self, addr: str) -> None:
-        self.channel = grpc.aio.insecure_channel(addr, options=_OPTIONS)
-        self.inference = igrpc.InferenceStub(self.channel)
-        self.models = mgrpc.ModelsStub(self.channel)
+    def __init__(self, addr: str, credentials: Credentials | None = None) -> None:
+        creds = credentials or Credentials()
+        self.channel = _channel(addr, creds, aio=True)
+        self.inference = _WithMetadata(igrpc.InferenceStub(self.channel), creds.metadata())
+        self.models = _WithMetadata(mgrpc.ModelsStub(self.channel), creds.metadata())
 
     async def __aenter__(self) -> AsyncHearthClient:
         return self

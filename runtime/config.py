@@ -98,9 +98,27 @@ class ServerConfig:
 
 
 @dataclass(frozen=True)
+class AuthConfig:
+    require: bool = False           # every call needs a token, a client cert or the socket
+    admins: tuple[str, ...] = ()    # identities that may load/unload (uid:N, cert:CN, ...)
+    socket_mode: str = "0660"       # permissions of unix listen sockets
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    listen: tuple[str, ...] = ()    # addresses served with TLS
+    cert_file: str = ""
+    key_file: str = ""
+    client_ca_file: str = ""        # set: clients need a certificate from this CA (mTLS)
+
+
+@dataclass(frozen=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     models: dict[str, ModelConfig] = field(default_factory=dict)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    tls: TlsConfig = field(default_factory=TlsConfig)
+    acl: dict[str, tuple[str, ...]] = field(default_factory=dict)  # identity -> models
 
 
 _INT_RANGES: dict[str, tuple[int, int]] = {
@@ -132,12 +150,22 @@ def _check_value(path: str, key: str, value: Any, default: Any) -> Any:
         raise ConfigError(f"{where}: must be \"auto\" or an integer >= -1, got {value!r}")
     if key == "listen":
         items = [value] if isinstance(value, str) else value
-        if not isinstance(items, list | tuple) or not items or \
-                not all(isinstance(x, str) and x for x in items):
+        if not isinstance(items, list | tuple) or not all(isinstance(x, str) and x
+                                                          for x in items):
             raise ConfigError(f"{where}: must be an address or a list of addresses")
+        if not items and path == "server.":
+            raise ConfigError(f"{where}: must name at least one address")
         for addr in items:
             check_listen_address(addr, where)
         return tuple(items)
+    if key == "admins":
+        if not isinstance(value, list) or not all(isinstance(x, str) and x for x in value):
+            raise ConfigError(f"{where}: must be a list of identities")
+        return tuple(value)
+    if key == "socket_mode":
+        if not isinstance(value, str) or not re.fullmatch(r"0?[0-7]{3}", value):
+            raise ConfigError(f"{where}: must be an octal mode like \"0660\", got {value!r}")
+        return value
     if isinstance(default, bool):
         if not isinstance(value, bool):
             raise ConfigError(f"{where}: must be true or false, got {value!r}")
@@ -187,10 +215,18 @@ def _build(cls: type, path: str, table: dict[str, Any], **fixed: Any) -> Any:
 def parse_config(data: dict[str, Any], base_dir: Path | None = None) -> Config:
     """Validates a parsed TOML document.  Relative model paths are resolved
     against base_dir (the config file's folder)."""
+    tables = ["server", "models", "auth", "tls", "acl"]
     for key in data:
-        if key not in ("server", "models"):
-            raise _unknown("", key, ["server", "models"])
+        if key not in tables:
+            raise _unknown("", key, tables)
     server = _build(ServerConfig, "server.", data.get("server", {}))
+    auth = _build(AuthConfig, "auth.", data.get("auth", {}))
+    tls = _build(TlsConfig, "tls.", data.get("tls", {}))
+    if base_dir is not None:
+        tls = replace(tls, **{k: str((base_dir / getattr(tls, k)).resolve())
+                              for k in ("cert_file", "key_file", "client_ca_file")
+                              if getattr(tls, k) and not os.path.isabs(getattr(tls, k))})
+    acl = _acl(data.get("acl", {}))
     models: dict[str, ModelConfig] = {}
     tables = data.get("models", {})
     if not isinstance(tables, dict):
@@ -210,7 +246,21 @@ def parse_config(data: dict[str, Any], base_dir: Path | None = None) -> Config:
         models[name] = model
     if server.models_dir and base_dir is not None and not os.path.isabs(server.models_dir):
         server = replace(server, models_dir=str((base_dir / server.models_dir).resolve()))
-    return Config(server=server, models=models)
+    return Config(server=server, models=models, auth=auth, tls=tls, acl=acl)
+
+
+def _acl(table: Any) -> dict[str, tuple[str, ...]]:
+    if not isinstance(table, dict):
+        raise ConfigError("acl: must be a table of identity = [models]")
+    acl = {}
+    for identity, models in table.items():
+        if not isinstance(models, list) or not all(isinstance(m, str) for m in models):
+            raise ConfigError(f"acl.{identity}: must be a list of model names (or [\"*\"])")
+        for m in models:
+            if m != "*":
+                check_model_name(m, f"acl.{identity}")
+        acl[identity] = tuple(models)
+    return acl
 
 
 def validate_model(m: ModelConfig, path: str) -> None:

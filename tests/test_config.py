@@ -39,7 +39,7 @@ cache_type_k = "q8_0"
     ({"server": {"lisen": "x"}}, r"^server\.lisen: unknown key \(did you mean 'listen'\?\)"),
     ({"servers": {}}, r"^servers: unknown key"),
     ({"server": {"listen": "0.0.0.0"}}, r"^server\.listen: '0\.0\.0\.0' is not HOST:PORT"),
-    ({"server": {"listen": []}}, r"^server\.listen: must be an address"),
+    ({"server": {"listen": []}}, r"^server\.listen: must name at least one address"),
     ({"server": {"grace_period_s": -1}}, r"^server\.grace_period_s: must be a number >= 0"),
     ({"server": {"log_format": "xml"}}, r"^server\.log_format: must be one of text, json"),
     ({"server": {"max_receive_message_bytes": 10}}, r"^server\.max_receive_message_bytes: "),

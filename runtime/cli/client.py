@@ -12,7 +12,7 @@ import grpc
 from runtime._proto.hearth.v1 import inference_pb2 as ipb
 from runtime._proto.hearth.v1 import models_pb2 as mpb
 from runtime.cli.exit_codes import ExitCode
-from runtime.client import HearthClient
+from runtime.client import Credentials, HearthClient
 
 DEFAULT_ADDR = "127.0.0.1:50051"
 _STATES = {0: "unspecified", 1: "loading", 2: "ready", 3: "draining", 4: "failed", 5: "unloaded"}
@@ -24,6 +24,17 @@ def add_common(p: argparse.ArgumentParser) -> None:
                    help=f"daemon address, HOST:PORT or unix:PATH (default $HEARTH_ADDR or "
                         f"{DEFAULT_ADDR})")
     p.add_argument("--model", default="", help="model name (optional if only one is loaded)")
+    g = p.add_argument_group("credentials")
+    g.add_argument("--token", default=os.environ.get("HEARTH_TOKEN", ""),
+                   help="bearer token (default $HEARTH_TOKEN)")
+    g.add_argument("--tls-ca", default="", help="CA certificate of the server (turns TLS on)")
+    g.add_argument("--tls-cert", default="", help="client certificate (mTLS)")
+    g.add_argument("--tls-key", default="", help="client key (mTLS)")
+
+
+def connect(args: argparse.Namespace) -> HearthClient:
+    return HearthClient(args.addr, credentials=Credentials(args.token, args.tls_ca,
+                                                           args.tls_cert, args.tls_key))
 
 
 def add_sampling(p: argparse.ArgumentParser) -> None:
@@ -60,7 +71,7 @@ def _stream(chunks: Iterable[ipb.GenerateResponse]) -> ipb.GenerateResponse | No
 
 def cmd_generate(args: argparse.Namespace) -> int:
     prompt = args.prompt if args.prompt != "-" else sys.stdin.read()
-    with HearthClient(args.addr) as c:
+    with connect(args) as c:
         last = _stream(c.generate(prompt, args.model, **_options(args)))
     sys.stdout.write("\n")
     sys.stdout.flush()
@@ -75,7 +86,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
     if interactive:
         print("hearth chat: /reset clears the conversation, /exit or Ctrl-D leaves",
               file=sys.stderr)
-    with HearthClient(args.addr) as c:
+    with connect(args) as c:
         while True:
             if interactive:
                 sys.stderr.write("> ")
@@ -115,7 +126,7 @@ def _status_line(s: mpb.ModelStatus) -> str:
 
 
 def cmd_models_list(args: argparse.Namespace) -> int:
-    with HearthClient(args.addr) as c:
+    with connect(args) as c:
         reply = c.list_models()
     for m in reply.models:
         print(_status_line(m))
@@ -127,26 +138,26 @@ def cmd_models_list(args: argparse.Namespace) -> int:
 def cmd_models_get(args: argparse.Namespace) -> int:
     from google.protobuf import json_format
 
-    with HearthClient(args.addr) as c:
+    with connect(args) as c:
         print(json_format.MessageToJson(c.get_model(args.name or ""),
                                         always_print_fields_with_no_presence=True))
     return ExitCode.OK
 
 
 def cmd_models_load(args: argparse.Namespace) -> int:
-    with HearthClient(args.addr) as c:
+    with connect(args) as c:
         print(_status_line(c.load_model(args.name, n_ctx=args.ctx, n_parallel=args.parallel)))
     return ExitCode.OK
 
 
 def cmd_models_unload(args: argparse.Namespace) -> int:
-    with HearthClient(args.addr) as c:
+    with connect(args) as c:
         print(_status_line(c.unload_model(args.name, args.drain_timeout)))
     return ExitCode.OK
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
-    with HearthClient(args.addr) as c:
+    with connect(args) as c:
         reply = c.embed(args.text, args.model, normalize=not args.raw)
     for e in reply.embeddings:
         print(json.dumps([round(v, 6) for v in e.values]))
@@ -154,7 +165,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
 
 def cmd_tokenize(args: argparse.Namespace) -> int:
-    with HearthClient(args.addr) as c:
+    with connect(args) as c:
         tokens = c.tokenize(args.text, args.model, add_special=not args.no_special,
                             parse_special=args.parse_special)
         if args.pieces:

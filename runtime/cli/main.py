@@ -7,7 +7,7 @@ import sys
 import grpc
 
 from runtime import __version__, errors
-from runtime.cli import client, serve, storage
+from runtime.cli import client, serve, storage, tokens
 from runtime.cli.exit_codes import HELP, ExitCode
 
 
@@ -54,6 +54,7 @@ def parser() -> argparse.ArgumentParser:
     s.set_defaults(func=serve.main)
     models = client.add_parsers(sub)
     storage.add_parsers(sub, models)
+    tokens.add_parsers(sub)
     d = sub.add_parser("devices", help="show the devices ggml can use")
     d.set_defaults(func=cmd_devices)
     d = sub.add_parser("default-model", help="assemble the default model (Gemma 3 270M)")

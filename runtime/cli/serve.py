@@ -110,7 +110,7 @@ def build_config(args: argparse.Namespace) -> tuple[Config, list[ModelConfig]]:
         model = replace(base, **overrides_here)
         validate_model(model, f"--model {name}: ")
         models[name] = model
-    return Config(server=server, models=config.models), list(models.values())
+    return replace(config, server=server), list(models.values())
 
 
 def open_store(args: argparse.Namespace, models: list[ModelConfig]) -> SealedStore | None:

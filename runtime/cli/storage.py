@@ -224,7 +224,7 @@ def cmd_audit_repair(args: argparse.Namespace) -> int:
 Handler = Callable[[argparse.Namespace], int]
 
 
-def _command(group: argparse._SubParsersAction, name: str, help_text: str, func: Handler
+def command(group: argparse._SubParsersAction, name: str, help_text: str, func: Handler
              ) -> argparse.ArgumentParser:
     """A subcommand working on the state directory (so it takes its options)."""
     p = group.add_parser(name, help=help_text)
@@ -236,15 +236,15 @@ def _command(group: argparse._SubParsersAction, name: str, help_text: str, func:
 def add_parsers(sub: argparse._SubParsersAction, models: argparse._SubParsersAction) -> None:
     keys = sub.add_parser("keys", help="master key: init, status, rotate")
     ksub = keys.add_subparsers(dest="keys_command", required=True)
-    _command(ksub, "init", "create the state directory and its keyring", cmd_keys_init)
-    _command(ksub, "status", "master keys and what they wrap (no key needed)", cmd_keys_status)
-    p = _command(ksub, "rotate", "re-wrap every data key under a new master key",
+    command(ksub, "init", "create the state directory and its keyring", cmd_keys_init)
+    command(ksub, "status", "master keys and what they wrap (no key needed)", cmd_keys_status)
+    p = command(ksub, "rotate", "re-wrap every data key under a new master key",
                  cmd_keys_rotate)
     p.add_argument("--new-key-file", help="new key file (created if missing)")
     p.add_argument("--new-passphrase-file")
     p.add_argument("--new-credential")
 
-    p = _command(models, "import", "seal a GGUF model or adapter into the local store",
+    p = command(models, "import", "seal a GGUF model or adapter into the local store",
                  cmd_models_import)
     p.add_argument("path")
     p.add_argument("--name", required=True, help="identifier to serve it under")
@@ -254,8 +254,8 @@ def add_parsers(sub: argparse._SubParsersAction, models: argparse._SubParsersAct
 
     store = sub.add_parser("store", help="the local sealed store: list, verify")
     ssub = store.add_subparsers(dest="store_command", required=True)
-    _command(ssub, "list", "every stored object", cmd_store_list)
-    p = _command(ssub, "verify", "decrypt an object and check every chunk and its hash",
+    command(ssub, "list", "every stored object", cmd_store_list)
+    p = command(ssub, "verify", "decrypt an object and check every chunk and its hash",
                  cmd_store_verify)
     p.add_argument("name")
     p.add_argument("--kind", default="model")
@@ -263,12 +263,12 @@ def add_parsers(sub: argparse._SubParsersAction, models: argparse._SubParsersAct
 
     audit = sub.add_parser("audit", help="the audit log: verify, export, erase, repair")
     asub = audit.add_subparsers(dest="audit_command", required=True)
-    _command(asub, "verify", "check the hash chain and signatures (no key needed)",
+    command(asub, "verify", "check the hash chain and signatures (no key needed)",
              cmd_audit_verify)
-    p = _command(asub, "export", "decrypted records as JSON lines, for auditors",
+    p = command(asub, "export", "decrypted records as JSON lines, for auditors",
                  cmd_audit_export)
     p.add_argument("--since", help="ISO date/time (UTC if no zone) or Unix time")
-    p = _command(asub, "erase", "crypto-shred one subject's logged content (GDPR)",
+    p = command(asub, "erase", "crypto-shred one subject's logged content (GDPR)",
                  cmd_audit_erase)
     p.add_argument("--subject", required=True)
-    _command(asub, "repair", "set a broken log aside and start a new chain", cmd_audit_repair)
+    command(asub, "repair", "set a broken log aside and start a new chain", cmd_audit_repair)

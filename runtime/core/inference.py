@@ -69,10 +69,17 @@ class InferenceService:
 
     # ---- helpers --------------------------------------------------------
 
-    def _model(self, name: str) -> ModelHandle:
+    def _model(self, name: str, ctx: CallContext) -> ModelHandle:
+        """The ready model the caller asked for, if it may use it.  The name
+        is checked before the model is looked up, so a caller learns nothing
+        about models it may not use."""
         if self.draining:
             raise errors.Unavailable("the server is shutting down")
-        return self.models.ready(name)
+        if name:
+            ctx.principal.check_model(name)
+        handle = self.models.ready(name)
+        ctx.principal.check_model(handle.name)
+        return handle
 
     async def _tokenize(self, engine: NativeEngine, text: str, add_special: bool,
                         parse_special: bool) -> list[int]:
@@ -90,7 +97,7 @@ class InferenceService:
 
     async def generate(self, req: GenerateRequest, ctx: CallContext
                        ) -> AsyncIterator[GenerateChunk]:
-        handle = self._model(req.model)
+        handle = self._model(req.model, ctx)
         assert handle.engine is not None
         if req.prompt and req.prompt_tokens:
             raise errors.InvalidArgument("prompt: set either prompt or prompt_tokens, not both")
@@ -110,7 +117,7 @@ class InferenceService:
             yield chunk
 
     async def chat(self, req: ChatRequest, ctx: CallContext) -> AsyncIterator[GenerateChunk]:
-        handle = self._model(req.model)
+        handle = self._model(req.model, ctx)
         assert handle.engine is not None
         check_messages(req.messages)
         prompt = render_chat(handle.engine, req.messages, handle.chat_template)
@@ -188,7 +195,7 @@ class InferenceService:
     # ---- embeddings and tokens --------------------------------------------
 
     async def embed(self, req: EmbedRequest, ctx: CallContext) -> EmbedResult:
-        handle = self._model(req.model)
+        handle = self._model(req.model, ctx)
         engine, session = handle.engine, handle.session
         assert engine is not None and session is not None
         if not req.inputs:
@@ -225,13 +232,14 @@ class InferenceService:
             subject=ctx.subject or ctx.client))
         return EmbedResult(handle.name, embeddings)
 
-    async def tokenize(self, model: str, text: str, add_special: bool, parse_special: bool
-                       ) -> list[int]:
-        handle = self._model(model)
+    async def tokenize(self, model: str, text: str, add_special: bool, parse_special: bool,
+                       ctx: CallContext) -> list[int]:
+        handle = self._model(model, ctx)
         assert handle.engine is not None
         return await self._tokenize(handle.engine, text, add_special, parse_special)
 
-    async def detokenize(self, model: str, tokens: Sequence[int], render_special: bool) -> str:
-        handle = self._model(model)
+    async def detokenize(self, model: str, tokens: Sequence[int], render_special: bool,
+                         ctx: CallContext) -> str:
+        handle = self._model(model, ctx)
         assert handle.engine is not None
         return handle.engine.detokenize(tokens, render_special)

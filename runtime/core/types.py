@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from runtime.auth.principal import ANONYMOUS, Principal
+
 
 @dataclass(frozen=True)
 class CallContext:
@@ -12,6 +14,7 @@ class CallContext:
     client: str = "anonymous"
     deadline: float | None = None        # time.monotonic() seconds
     subject: str = ""                    # data subject, for the audit log (default: client)
+    principal: Principal = ANONYMOUS     # what the caller may use
 
 
 @dataclass(frozen=True)

@@ -8,10 +8,11 @@ models and stops the server.
 """
 from __future__ import annotations
 
-import contextlib
 import ipaddress
 import logging
 import os
+import shutil
+import tempfile
 
 import grpc
 from grpc_health.v1 import health_pb2_grpc
@@ -19,6 +20,10 @@ from grpc_reflection.v1alpha import reflection
 
 from runtime import errors
 from runtime._proto.hearth.v1 import inference_pb2, models_pb2
+from runtime.auth.authenticator import Authenticator
+from runtime.auth.peercred import UnixPeerFront
+from runtime.auth.tls import server_credentials
+from runtime.auth.tokens import TokenStore
 from runtime.config import Config
 from runtime.core import InferenceService
 from runtime.events import EventBus, RequestFinished
@@ -50,10 +55,11 @@ def is_local_address(addr: str) -> bool:
 
 class HearthServer:
     def __init__(self, config: Config, models: ModelManager, core: InferenceService,
-                 events: EventBus) -> None:
+                 events: EventBus, authenticator: Authenticator) -> None:
         self.config = config
         self.models = models
         self.core = core
+        self.authenticator = authenticator
         s = config.server
         self.grpc = grpc.aio.server(options=[
             ("grpc.max_receive_message_length", s.max_receive_message_bytes),
@@ -62,43 +68,67 @@ class HearthServer:
             ("grpc.keepalive_permit_without_calls", 1),
             ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
         ])
-        add_service(self.grpc, INFERENCE, InferenceServicer(core))
-        add_service(self.grpc, MODELS, ModelsServicer(models, s.grace_period_s))
+        add_service(self.grpc, INFERENCE, InferenceServicer(core), authenticator)
+        add_service(self.grpc, MODELS, ModelsServicer(models, s.grace_period_s), authenticator)
         self.health = HealthTracker(events, [INFERENCE.full_name, MODELS.full_name])
         health_pb2_grpc.add_HealthServicer_to_server(self.health.servicer, self.grpc)
         reflection.enable_server_reflection(
             [INFERENCE.full_name, MODELS.full_name, HEALTH_NAME, reflection.SERVICE_NAME],
             self.grpc)
         self.bound: list[str] = []
+        self._fronts: list[UnixPeerFront] = []
+        self._socket_dir: str | None = None
+
+    def _add_port(self, addr: str, credentials: grpc.ServerCredentials | None = None) -> int:
+        try:
+            if credentials is None:
+                return self.grpc.add_insecure_port(addr)
+            return self.grpc.add_secure_port(addr, credentials)
+        except RuntimeError as exc:
+            raise errors.Unavailable(f"cannot listen on {addr}: {exc}") from exc
+
+    def _bind(self) -> None:
+        """Binds every listener.  Plain TCP beyond loopback needs tokens to be
+        required; TLS needs client certificates or required tokens; unix
+        sockets go through the SO_PEERCRED front."""
+        auth, tls = self.config.auth, self.config.tls
+        for addr in self.config.server.listen:
+            if addr.startswith("unix:"):
+                if self._socket_dir is None:
+                    self._socket_dir = tempfile.mkdtemp(
+                        prefix="hearth-sock-", dir=os.environ.get("RUNTIME_DIRECTORY"))
+                internal = os.path.join(self._socket_dir, f"grpc-{len(self._fronts)}.sock")
+                self._add_port("unix:" + internal)
+                self._fronts.append(UnixPeerFront(addr[len("unix:"):], internal,
+                                                  int(auth.socket_mode, 8)))
+                self.bound.append(addr)
+                continue
+            if not is_local_address(addr) and not auth.require:
+                raise errors.ConfigError(
+                    f"server.listen: refusing to listen on {addr} without authentication: "
+                    "set auth.require = true (bearer tokens), serve it with TLS and client "
+                    "certificates ([tls] listen, client_ca_file), or use 127.0.0.1:PORT or "
+                    "unix:PATH")
+            port = self._add_port(addr)
+            self.bound.append(f"{addr.rpartition(':')[0]}:{port}")
+        if tls.listen:
+            if not tls.client_ca_file and not auth.require:
+                raise errors.ConfigError(
+                    "tls: without client_ca_file (mTLS), TLS listeners need auth.require = "
+                    "true, or anyone who reaches the port could call")
+            creds = server_credentials(tls.cert_file, tls.key_file, tls.client_ca_file)
+            for addr in tls.listen:
+                port = self._add_port(addr, creds)
+                self.bound.append(f"tls:{addr.rpartition(':')[0]}:{port}")
 
     async def start(self) -> None:
-        for addr in self.config.server.listen:
-            if not is_local_address(addr):
-                raise errors.ConfigError(
-                    f"server.listen: refusing to listen on {addr} without authentication; this "
-                    "build serves loopback and unix sockets only (use 127.0.0.1:PORT or "
-                    "unix:PATH)")
-            if addr.startswith("unix:"):
-                path = addr[len("unix:"):]
-                if os.path.exists(path) and not os.path.isdir(path):
-                    os.unlink(path)  # a stale socket from a previous run
-            try:
-                port = self.grpc.add_insecure_port(addr)
-            except RuntimeError as exc:
-                raise errors.Unavailable(f"cannot listen on {addr}: {exc}") from exc
-            if addr.startswith("unix:"):
-                os.chmod(addr[len("unix:"):], 0o660)
-                self.bound.append(addr)
-            else:
-                self.bound.append(f"{addr.rpartition(':')[0]}:{port}")
+        self._bind()
         await self.grpc.start()
+        for front in self._fronts:
+            await front.start()
         for service in ("", INFERENCE.full_name, MODELS.full_name):
             await self.health.servicer.set(service, NOT_SERVING)  # until models load
         log.info("listening on %s", ", ".join(self.bound))
-
-    @property
-    def ports(self) -> list[int]:
-        return [int(a.rpartition(":")[2]) for a in self.bound if not a.startswith("unix:")]
 
     async def mark_serving(self) -> None:
         await self.health.serving()
@@ -108,11 +138,11 @@ class HearthServer:
         self.core.draining = True
         await self.health.shutting_down()
         await self.models.shutdown(grace)
+        for front in self._fronts:
+            await front.close()
         await self.grpc.stop(grace=1.0)
-        for addr in self.bound:
-            if addr.startswith("unix:"):
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(addr[len("unix:"):])
+        if self._socket_dir is not None:
+            shutil.rmtree(self._socket_dir, ignore_errors=True)
         log.info("stopped")
 
 
@@ -133,4 +163,6 @@ def create_server(config: Config, events: EventBus | None = None,
     events.subscribe(log_request, RequestFinished)
     models = ModelManager(config, events, store)
     core = InferenceService(models, events, config.server.max_tokens_default)
-    return HearthServer(config, models, core, events)
+    tokens = TokenStore(store) if store is not None else None
+    authenticator = Authenticator(config.auth, config.acl, tokens)
+    return HearthServer(config, models, core, events, authenticator)

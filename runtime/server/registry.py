@@ -1,6 +1,8 @@
 """Registering servicers from their proto service descriptors.
 
-Every method gets the same two things, here and nowhere else:
+Every method gets the same three things, here and nowhere else:
+  * authentication before the handler runs: the caller's Principal, or
+    UNAUTHENTICATED;
   * request decoding that turns a malformed message into INVALID_ARGUMENT
     naming the field (protobuf itself only says "error parsing message", and
     grpc would answer INTERNAL): a string field holding invalid UTF-8 is
@@ -22,6 +24,8 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor, ServiceDescr
 from google.protobuf.message import DecodeError, Message
 
 from runtime import errors
+from runtime.auth import principal
+from runtime.auth.authenticator import Authenticator
 from runtime.server.status import abort_args
 
 log = logging.getLogger("hearth.server")
@@ -108,11 +112,20 @@ async def _abort(context: grpc.aio.ServicerContext, exc: BaseException, method: 
     await context.abort(code, message, trailers)
 
 
-def _unary(method: str, impl: Callable[..., Any]) -> Callable[..., Any]:
+def _admit(authenticator: Authenticator, context: grpc.aio.ServicerContext,
+           request: Any) -> None:
+    """Authenticates the caller (first: an unauthenticated caller learns
+    nothing about its request), then rejects a malformed request."""
+    principal.current.set(authenticator.authenticate(context))
+    if isinstance(request, MalformedRequest):
+        raise errors.InvalidArgument(request.reason)
+
+
+def _unary(method: str, impl: Callable[..., Any], authenticator: Authenticator
+           ) -> Callable[..., Any]:
     async def handler(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        if isinstance(request, MalformedRequest):
-            await _abort(context, errors.InvalidArgument(request.reason), method)
         try:
+            _admit(authenticator, context, request)
             return await impl(request, context)
         except grpc.aio.AbortError:
             raise
@@ -121,11 +134,11 @@ def _unary(method: str, impl: Callable[..., Any]) -> Callable[..., Any]:
     return handler
 
 
-def _stream(method: str, impl: Callable[..., AsyncIterator[Any]]) -> Callable[..., Any]:
+def _stream(method: str, impl: Callable[..., AsyncIterator[Any]], authenticator: Authenticator
+            ) -> Callable[..., Any]:
     async def handler(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-        if isinstance(request, MalformedRequest):
-            await _abort(context, errors.InvalidArgument(request.reason), method)
         try:
+            _admit(authenticator, context, request)
             async for reply in impl(request, context):
                 yield reply
         except grpc.aio.AbortError:
@@ -135,7 +148,8 @@ def _stream(method: str, impl: Callable[..., AsyncIterator[Any]]) -> Callable[..
     return handler
 
 
-def add_service(server: grpc.aio.Server, service: ServiceDescriptor, servicer: object) -> None:
+def add_service(server: grpc.aio.Server, service: ServiceDescriptor, servicer: object,
+                authenticator: Authenticator) -> None:
     handlers = {}
     for method in service.methods:
         impl = getattr(servicer, method.name)
@@ -148,9 +162,9 @@ def add_service(server: grpc.aio.Server, service: ServiceDescriptor, servicer: o
             raise errors.InternalError(f"{full}: client streaming is not supported here")
         if method.server_streaming:
             handlers[method.name] = grpc.unary_stream_rpc_method_handler(
-                _stream(full, impl), **kwargs)
+                _stream(full, impl, authenticator), **kwargs)
         else:
             handlers[method.name] = grpc.unary_unary_rpc_method_handler(
-                _unary(full, impl), **kwargs)
+                _unary(full, impl, authenticator), **kwargs)
     server.add_generic_rpc_handlers(
         (grpc.method_handlers_generic_handler(service.full_name, handlers),))

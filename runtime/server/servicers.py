@@ -14,6 +14,7 @@ import grpc
 
 from runtime._proto.hearth.v1 import inference_pb2 as ipb
 from runtime._proto.hearth.v1 import models_pb2 as mpb
+from runtime.auth import principal
 from runtime.core import CallContext, InferenceService
 from runtime.models.manager import ModelManager
 from runtime.server import converters
@@ -32,11 +33,14 @@ def call_context(context: grpc.aio.ServicerContext) -> CallContext:
         elif key == SUBJECT_KEY and isinstance(value, str) and 0 < len(value) <= 256:
             subject = value
     remaining = context.time_remaining()
+    caller = principal.current.get()
     return CallContext(
         request_id=request_id or uuid.uuid4().hex[:16],
-        client=context.peer() or "unknown",
+        client=caller.identity if caller is not principal.ANONYMOUS
+        else context.peer() or "unknown",
         deadline=time.monotonic() + remaining if remaining is not None else None,
         subject=subject,
+        principal=caller,
     )
 
 
@@ -69,13 +73,13 @@ class InferenceServicer:
     async def Tokenize(self, request: ipb.TokenizeRequest, context: grpc.aio.ServicerContext
                        ) -> ipb.TokenizeResponse:
         tokens = await self.core.tokenize(request.model, request.text, request.add_special,
-                                          request.parse_special)
+                                          request.parse_special, call_context(context))
         return ipb.TokenizeResponse(tokens=tokens)
 
     async def Detokenize(self, request: ipb.DetokenizeRequest,
                          context: grpc.aio.ServicerContext) -> ipb.DetokenizeResponse:
         text = await self.core.detokenize(request.model, list(request.tokens),
-                                          request.render_special)
+                                          request.render_special, call_context(context))
         return ipb.DetokenizeResponse(text=text)
 
 
@@ -86,16 +90,24 @@ class ModelsServicer:
 
     async def List(self, request: mpb.ListModelsRequest, context: grpc.aio.ServicerContext
                    ) -> mpb.ListModelsResponse:
+        caller = principal.current.get()
         return mpb.ListModelsResponse(
-            models=[converters.model_status(h) for h in self.models.handles()],
-            available=self.models.available())
+            models=[converters.model_status(h) for h in self.models.handles()
+                    if caller.may_use(h.name)],
+            available=[n for n in self.models.available() if caller.may_use(n)])
 
     async def Get(self, request: mpb.GetModelRequest, context: grpc.aio.ServicerContext
                   ) -> mpb.ModelStatus:
-        return converters.model_status(self.models.get(request.name))
+        caller = principal.current.get()
+        if request.name:
+            caller.check_model(request.name)
+        handle = self.models.get(request.name)
+        caller.check_model(handle.name)
+        return converters.model_status(handle)
 
     async def Load(self, request: mpb.LoadModelRequest, context: grpc.aio.ServicerContext
                    ) -> mpb.ModelStatus:
+        principal.current.get().check_admin("load models")
         handle = await self.models.load_by_name(
             request.name,
             n_ctx=request.n_ctx if request.HasField("n_ctx") else None,
@@ -104,6 +116,7 @@ class ModelsServicer:
 
     async def Unload(self, request: mpb.UnloadModelRequest, context: grpc.aio.ServicerContext
                      ) -> mpb.ModelStatus:
+        principal.current.get().check_admin("unload models")
         timeout = (request.drain_timeout_seconds if request.HasField("drain_timeout_seconds")
                    else self.default_grace_s)
         return converters.model_status(await self.models.unload(request.name, timeout))

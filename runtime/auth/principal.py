@@ -1,0 +1,37 @@
+"""A caller's identity and rights."""
+from __future__ import annotations
+
+import contextvars
+from dataclasses import dataclass
+
+from runtime.errors import PermissionDenied
+
+
+@dataclass(frozen=True)
+class Principal:
+    identity: str                         # anonymous | uid:N | cert:CN | token:NAME
+    models: frozenset[str] | None = None  # None: every model
+    admin: bool = False                   # may load and unload models
+
+    def may_use(self, model: str) -> bool:
+        return self.models is None or model in self.models
+
+    def check_model(self, model: str) -> None:
+        if not self.may_use(model):
+            raise PermissionDenied(f"{self.identity} may not use model {model!r}")
+
+    def check_admin(self, what: str) -> None:
+        if not self.admin:
+            raise PermissionDenied(f"{self.identity} may not {what}")
+
+
+ANONYMOUS = Principal("anonymous", None, admin=True)
+
+# The principal of the RPC being handled (each RPC runs in its own task).
+current: contextvars.ContextVar[Principal] = contextvars.ContextVar(
+    "hearth_principal", default=ANONYMOUS)
+
+
+def models_from_list(names: list[str] | tuple[str, ...]) -> frozenset[str] | None:
+    """An ACL list; "*" means every model."""
+    return None if "*" in names else frozenset(names)
