@@ -130,6 +130,7 @@ setup(
         "protobuf>=6.31.1,<8",
         "jinja2>=3.1",
         "cryptography>=44",
+        "prometheus-client>=0.20",
     ],
     extras_require={
         "test": ["pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100", "gguf==0.19.0",

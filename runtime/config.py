@@ -93,6 +93,7 @@ class ServerConfig:
     models_dir: str = ""
     log_format: str = "text"
     log_level: str = "info"
+    metrics_listen: str = ""        # HOST:PORT (loopback) for Prometheus; "" = off
     audit: bool = True              # with a master key: log every request, sealed
     audit_content: bool = False     # also prompts and responses, per-subject keys
 
@@ -158,6 +159,14 @@ def _check_value(path: str, key: str, value: Any, default: Any) -> Any:
         for addr in items:
             check_listen_address(addr, where)
         return tuple(items)
+    if key == "metrics_listen":
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: must be HOST:PORT")
+        if value:
+            check_listen_address(value, where)
+            if value.startswith("unix:"):
+                raise ConfigError(f"{where}: must be HOST:PORT")
+        return value
     if key == "admins":
         if not isinstance(value, list) or not all(isinstance(x, str) and x for x in value):
             raise ConfigError(f"{where}: must be a list of identities")

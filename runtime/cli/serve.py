@@ -23,7 +23,9 @@ from runtime.config import (
 )
 from runtime.events import EventBus, RequestFinished
 from runtime.logs import setup_logging
-from runtime.server import create_server
+from runtime.server import HearthServer, create_server
+from runtime.server.app import is_local_address
+from runtime.server.metrics import Metrics
 from runtime.storage.audit import AuditLog
 from runtime.storage.keys import key_source
 from runtime.storage.paths import state_dir
@@ -49,6 +51,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--models-dir", help="folder whose NAME.gguf files Models.Load accepts")
     p.add_argument("--log-format", choices=["text", "json"])
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--metrics-listen", metavar="HOST:PORT",
+                   help="serve Prometheus metrics here (loopback only)")
     add_state_options(p)
     p.add_argument("--no-audit", action="store_true",
                    help="do not write the audit log (it is on whenever a master key is given)")
@@ -73,7 +77,7 @@ def build_config(args: argparse.Namespace) -> tuple[Config, list[ModelConfig]]:
     if args.listen:
         server = replace(server, listen=tuple(check_listen_address(a, "--listen")
                                               for a in args.listen))
-    for key in ("models_dir", "log_format", "log_level"):
+    for key in ("models_dir", "log_format", "log_level", "metrics_listen"):
         if getattr(args, key):
             server = replace(server, **{key: getattr(args, key)})
     if args.no_audit:
@@ -123,11 +127,23 @@ def open_store(args: argparse.Namespace, models: list[ModelConfig]) -> SealedSto
                                                   args.credential))
 
 
-def _write_ready_file(path: str, addresses: list[str]) -> None:
+def _write_ready_file(path: str, addresses: list[str], metrics: str) -> None:
     tmp = f"{path}.tmp"
     with open(tmp, "w", encoding="utf-8") as f:
-        json.dump({"pid": os.getpid(), "addresses": addresses}, f)
+        json.dump({"pid": os.getpid(), "addresses": addresses, "metrics": metrics}, f)
     os.replace(tmp, path)
+
+
+def start_metrics(config: Config, events: EventBus, server: HearthServer,
+                  audit: AuditLog | None) -> str:
+    addr = config.server.metrics_listen
+    if not addr:
+        return ""
+    if not is_local_address(addr):
+        raise errors.ConfigError(f"server.metrics_listen: {addr} is not a loopback address")
+    metrics = Metrics(events, server.models, (lambda: audit.lag_s) if audit else None)
+    port = metrics.serve(addr)
+    return f"{addr.rpartition(':')[0]}:{port}"
 
 
 async def run(config: Config, models: list[ModelConfig], ready_file: str | None = None,
@@ -143,6 +159,7 @@ async def run(config: Config, models: list[ModelConfig], ready_file: str | None 
         loop.add_signal_handler(sig, stop.set)
     try:
         await server.start()
+        metrics_addr = start_metrics(config, events, server, audit)
     except errors.ConfigError as exc:
         log.error("%s", exc)
         return ExitCode.CONFIG
@@ -167,7 +184,7 @@ async def run(config: Config, models: list[ModelConfig], ready_file: str | None 
         await server.mark_serving()
         log.info("serving %d model(s) on %s", len(models), ", ".join(server.bound))
         if ready_file:
-            _write_ready_file(ready_file, server.bound)
+            _write_ready_file(ready_file, server.bound, metrics_addr)
         await stop.wait()
     await server.drain(config.server.grace_period_s)
     return ExitCode.OK
