@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 /* An idle engine still wakes this often, so the watchdog sees a heartbeat. */
 #define IDLE_WAIT_NS 500000000LL
@@ -302,6 +303,25 @@ static void run_embedding(hearth_engine *e, hearth_request *r) {
 
 static bool has_work(const hearth_engine *e) { return e->n_live > 0 || e->n_embed_q > 0; }
 
+#ifdef HEARTH_TEST_HOOKS
+/* Test builds only: HEARTH_TEST_HANG_AT_STEP=N wedges the engine thread at
+ * its N-th decode step, so the watchdog path can be shown end to end. */
+static void test_hang_hook(const hearth_engine *e) {
+    static long hang_at = -1;
+    if (hang_at < 0) {
+        const char *v = getenv("HEARTH_TEST_HANG_AT_STEP");
+        hang_at = v ? atol(v) : 0;
+    }
+    if (hang_at > 0 && e->stats.decode_steps >= (uint64_t)hang_at) {
+        for (;;) {
+            sleep(1);
+        }
+    }
+}
+#else
+static void test_hang_hook(const hearth_engine *e) { (void)e; }
+#endif
+
 void *hearth_engine_main(void *arg) {
     hearth_engine *e = arg;
     /* Names show in top -H and /proc; ggml's worker threads inherit it. */
@@ -349,6 +369,7 @@ void *hearth_engine_main(void *arg) {
             run_embedding(e, embed);
         }
         if (n_plan > 0) {
+            test_hang_hook(e);
             run_step(e, n_plan);
         }
     }

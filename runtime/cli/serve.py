@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
+import resource
 import signal
 from dataclasses import replace
 from typing import Any
@@ -30,6 +32,7 @@ from runtime.storage.audit import AuditLog
 from runtime.storage.keys import key_source
 from runtime.storage.paths import state_dir
 from runtime.storage.store import SealedStore
+from runtime.systemd import Notifier, watchdog
 
 log = logging.getLogger("hearth.serve")
 
@@ -146,8 +149,18 @@ def start_metrics(config: Config, events: EventBus, server: HearthServer,
     return f"{addr.rpartition(':')[0]}:{port}"
 
 
+def engine_heartbeats(server: HearthServer) -> dict[str, int]:
+    beats = {}
+    for handle in server.models.handles():
+        if handle.engine is not None:
+            with contextlib.suppress(errors.FailedPrecondition):   # unloaded meanwhile
+                beats[handle.name] = handle.engine.stats().last_heartbeat_ns
+    return beats
+
+
 async def run(config: Config, models: list[ModelConfig], ready_file: str | None = None,
               store: SealedStore | None = None, audit: AuditLog | None = None) -> int:
+    notifier = Notifier()
     events = EventBus()
     server = create_server(config, events, store=store)
     if audit is not None:
@@ -166,8 +179,10 @@ async def run(config: Config, models: list[ModelConfig], ready_file: str | None 
     except errors.Unavailable as exc:
         log.error("%s", exc)
         return ExitCode.LISTEN
+    pinger = asyncio.ensure_future(watchdog(notifier, lambda: engine_heartbeats(server), stop))
     try:
         for model in models:
+            notifier.status(f"loading model {model.name}")
             load = asyncio.ensure_future(server.models.load(model))
             done, _ = await asyncio.wait({load, asyncio.ensure_future(stop.wait())},
                                          return_when=asyncio.FIRST_COMPLETED)
@@ -177,7 +192,10 @@ async def run(config: Config, models: list[ModelConfig], ready_file: str | None 
             load.result()
     except (errors.ModelLoadError, errors.IntegrityError) as exc:
         log.error("%s", exc)
+        notifier.stopping(f"failed: {exc}")
+        stop.set()
         await server.drain(0.0)
+        await pinger
         return ExitCode.INTEGRITY if isinstance(exc, errors.IntegrityError) \
             else ExitCode.MODEL_LOAD
     if not stop.is_set():
@@ -185,12 +203,23 @@ async def run(config: Config, models: list[ModelConfig], ready_file: str | None 
         log.info("serving %d model(s) on %s", len(models), ", ".join(server.bound))
         if ready_file:
             _write_ready_file(ready_file, server.bound, metrics_addr)
+        notifier.ready(f"serving {len(models)} model(s) on {', '.join(server.bound)}")
         await stop.wait()
+    notifier.stopping("draining")
     await server.drain(config.server.grace_period_s)
+    await pinger
     return ExitCode.OK
 
 
 def main(args: argparse.Namespace) -> int:
+    # Decrypted weights and the master key live in this process; a core dump
+    # would write them to disk in the clear.  The unit says LimitCORE=0 too,
+    # but the daemon must not depend on how it was started.
+    if resource.getrlimit(resource.RLIMIT_CORE) != (0, 0):
+        try:
+            resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        except OSError as exc:   # a seccomp filter without @resources, say
+            log.warning("could not disable core dumps: %s", exc)
     try:
         config, models = build_config(args)
     except errors.ConfigError as exc:

@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import enum
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 from runtime import errors
 from runtime.native._ffi import check, ffi, lib
@@ -256,86 +258,100 @@ class NativeEngine:
         out = ffi.new("hearth_engine **")
         check(lib.hearth_engine_create(p, out))
         self._handle = out[0]
-        self._lock = threading.Lock()
+        # Calls from other threads (metrics scrapes, the watchdog, executor
+        # tokenizing) may overlap close(); close() waits for them to leave
+        # before freeing, so none can touch a freed engine.
+        self._lock = threading.Condition(threading.Lock())
+        self._users = 0
         self.params = params
         self.info = self._model_info()
         self._ids = ffi.new("uint64_t[]", 256)
-        self._stats = ffi.new("hearth_engine_stats *")
 
-    def _h(self) -> object:
-        if self._handle is None:
-            raise errors.FailedPrecondition("engine is closed")
-        return self._handle
+    @contextmanager
+    def _h(self) -> Iterator[object]:
+        with self._lock:
+            if self._handle is None:
+                raise errors.FailedPrecondition("engine is closed")
+            self._users += 1
+            handle = self._handle
+        try:
+            yield handle
+        finally:
+            with self._lock:
+                self._users -= 1
+                if self._users == 0:
+                    self._lock.notify_all()
 
     def _model_info(self) -> ModelInfo:
         info = ffi.new("hearth_model_info *")
-        check(lib.hearth_engine_model_info(self._h(), info))
+        with self._h() as h:
+            check(lib.hearth_engine_model_info(h, info))
         return ModelInfo(**_struct_fields(info, ModelInfo))
 
     @property
     def event_fd(self) -> int:
-        return int(lib.hearth_engine_event_fd(self._h()))
+        with self._h() as h:
+            return int(lib.hearth_engine_event_fd(h))
 
     def close(self) -> None:
         """Stops the engine; open requests finish as CANCELLED."""
         with self._lock:
             handle, self._handle = self._handle, None
+            self._lock.wait_for(lambda: self._users == 0)
         if handle is not None:
             lib.hearth_engine_free(handle)
 
     def close_admission(self) -> None:
-        lib.hearth_engine_close_admission(self._h())
+        with self._h() as h:
+            lib.hearth_engine_close_admission(h)
 
     def drain_ready(self) -> list[int]:
         ids = self._ids
-        n = lib.hearth_engine_drain_ready(self._h(), ids, len(ids))
+        with self._h() as h:
+            n = lib.hearth_engine_drain_ready(h, ids, len(ids))
         return ffi.unpack(ids, n) if n else []
 
     def stats(self) -> EngineStats:
-        check(lib.hearth_engine_get_stats(self._h(), self._stats))
-        return EngineStats(**_struct_fields(self._stats, EngineStats))
+        out = ffi.new("hearth_engine_stats *")
+        with self._h() as h:
+            check(lib.hearth_engine_get_stats(h, out))
+        return EngineStats(**_struct_fields(out, EngineStats))
+
+    def _grow(self, call: Callable[[object, Any, int], int], kind: str, cap: int,
+              n: Any) -> Any:
+        """Calls `call(handle, buf, cap)`; if the buffer was too small, once
+        more with the size the core asked for."""
+        buf = ffi.new(kind, cap)
+        with self._h() as h:
+            status = call(h, buf, cap)
+            if status == lib.HEARTH_E_RESOURCE_EXHAUSTED:
+                cap = n[0] + 1
+                buf = ffi.new(kind, cap)
+                status = call(h, buf, cap)
+        if status != lib.HEARTH_E_NOT_FOUND:
+            check(status)
+        return buf if status == lib.HEARTH_OK else None
 
     def meta(self, key: str) -> str | None:
         n = ffi.new("int32_t *")
-        buf = ffi.new("char[]", 256)
-        status = lib.hearth_engine_meta(self._h(), key.encode(), buf, 256, n)
-        if status == lib.HEARTH_E_NOT_FOUND:
-            return None
-        if status == lib.HEARTH_E_RESOURCE_EXHAUSTED:
-            buf = ffi.new("char[]", n[0] + 1)
-            status = lib.hearth_engine_meta(self._h(), key.encode(), buf, n[0] + 1, n)
-        check(status)
-        return ffi.unpack(buf, n[0]).decode("utf-8", errors="replace")
+        k = key.encode()
+        buf = self._grow(lambda h, b, c: lib.hearth_engine_meta(h, k, b, c, n), "char[]", 256, n)
+        return None if buf is None else ffi.unpack(buf, n[0]).decode("utf-8", errors="replace")
 
     def tokenize(self, text: str, add_special: bool = True, parse_special: bool = False
                  ) -> list[int]:
         data = text.encode("utf-8")
-        cap = len(data) + 8
         n = ffi.new("int32_t *")
-        buf = ffi.new("int32_t[]", cap)
-        status = lib.hearth_engine_tokenize(self._h(), data, len(data), add_special,
-                                            parse_special, buf, cap, n)
-        if status == lib.HEARTH_E_RESOURCE_EXHAUSTED:
-            cap = n[0]
-            buf = ffi.new("int32_t[]", cap)
-            status = lib.hearth_engine_tokenize(self._h(), data, len(data), add_special,
-                                                parse_special, buf, cap, n)
-        check(status)
+        buf = self._grow(lambda h, b, c: lib.hearth_engine_tokenize(
+            h, data, len(data), add_special, parse_special, b, c, n), "int32_t[]",
+            len(data) + 8, n)
         return ffi.unpack(buf, n[0])
 
     def detokenize(self, tokens: Sequence[int], render_special: bool = False) -> str:
         toks = ffi.new("int32_t[]", list(tokens))
         n = ffi.new("int32_t *")
-        cap = 8 * len(tokens) + 16
-        buf = ffi.new("char[]", cap)
-        status = lib.hearth_engine_detokenize(self._h(), toks, len(tokens), render_special, buf,
-                                              cap, n)
-        if status == lib.HEARTH_E_RESOURCE_EXHAUSTED:
-            cap = n[0]
-            buf = ffi.new("char[]", cap)
-            status = lib.hearth_engine_detokenize(self._h(), toks, len(tokens), render_special,
-                                                  buf, cap, n)
-        check(status)
+        buf = self._grow(lambda h, b, c: lib.hearth_engine_detokenize(
+            h, toks, len(tokens), render_special, b, c, n), "char[]", 8 * len(tokens) + 16, n)
         return ffi.unpack(buf, n[0]).decode("utf-8", errors="replace")
 
     def apply_chat_template(self, messages: Sequence[tuple[str, str]], add_assistant: bool = True,
@@ -346,16 +362,9 @@ class NativeEngine:
         content_arr = ffi.new("char *[]", contents)
         tmpl = ffi.new("char[]", template.encode()) if template is not None else ffi.NULL
         n = ffi.new("int32_t *")
-        cap = 2 * sum(len(c) for _, c in messages) + 512
-        buf = ffi.new("char[]", cap)
-        status = lib.hearth_engine_apply_chat_template(self._h(), tmpl, role_arr, content_arr,
-                                                       len(messages), add_assistant, buf, cap, n)
-        if status == lib.HEARTH_E_RESOURCE_EXHAUSTED:
-            cap = n[0] + 1
-            buf = ffi.new("char[]", cap)
-            status = lib.hearth_engine_apply_chat_template(
-                self._h(), tmpl, role_arr, content_arr, len(messages), add_assistant, buf, cap, n)
-        check(status)
+        buf = self._grow(lambda h, b, c: lib.hearth_engine_apply_chat_template(
+            h, tmpl, role_arr, content_arr, len(messages), add_assistant, b, c, n), "char[]",
+            2 * sum(len(c) for _, c in messages) + 512, n)
         return ffi.unpack(buf, n[0]).decode("utf-8", errors="replace")
 
     def submit(self, params: RequestParams) -> NativeRequest:
@@ -382,11 +391,13 @@ class NativeEngine:
         p.deadline_ns = params.deadline_ns
         p.ignore_eos = params.ignore_eos
         out = ffi.new("hearth_request **")
-        check(lib.hearth_engine_submit(self._h(), p, out))
+        with self._h() as h:
+            check(lib.hearth_engine_submit(h, p, out))
         return NativeRequest(out[0])
 
     def submit_embedding(self, tokens: Sequence[int], normalize: bool) -> NativeRequest:
         toks = ffi.new("int32_t[]", list(tokens))
         out = ffi.new("hearth_request **")
-        check(lib.hearth_engine_submit_embedding(self._h(), toks, len(tokens), normalize, out))
+        with self._h() as h:
+            check(lib.hearth_engine_submit_embedding(h, toks, len(tokens), normalize, out))
         return NativeRequest(out[0])

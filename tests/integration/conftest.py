@@ -38,13 +38,15 @@ class Daemon:
         return self.proc.wait(timeout)
 
 
-def start_daemon(args: list[str], tmp: Path, wait: float = 60.0) -> Daemon:
+def start_daemon(args: list[str], tmp: Path, wait: float = 60.0,
+                 env: dict[str, str] | None = None) -> Daemon:
     ready = tmp / f"ready-{time.monotonic_ns()}.json"
     log_path = tmp / f"daemon-{time.monotonic_ns()}.log"
     log = log_path.open("w")
     proc = subprocess.Popen(
         [sys.executable, "-m", "runtime.cli.main", "serve", "--ready-file", str(ready), *args],
-        stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        stdout=log, stderr=subprocess.STDOUT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
     deadline = time.monotonic() + wait
     while not ready.exists():
         if proc.poll() is not None or time.monotonic() > deadline:

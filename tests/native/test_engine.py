@@ -271,6 +271,32 @@ def test_requests_outlive_their_engine(tiny_model: Path) -> None:
         e.stats()
 
 
+def test_close_waits_for_callers_on_other_threads(tiny_model: Path) -> None:
+    """Metrics scrapes and the watchdog read stats from other threads; a close
+    racing them must not free the engine under their feet."""
+    e = NativeEngine(EngineParams(model_path=str(tiny_model), n_ctx=512, n_parallel=1,
+                                  n_threads=1, n_threads_batch=1))
+    outcomes: list[str] = []
+
+    def reader() -> None:
+        while True:
+            try:
+                e.stats()
+                e.tokenize("a short text to keep the engine busy " * 20)
+            except errors.FailedPrecondition:
+                outcomes.append("closed")
+                return
+
+    threads = [threading.Thread(target=reader) for _ in range(4)]
+    for t in threads:
+        t.start()
+    time.sleep(0.05)
+    e.close()
+    for t in threads:
+        t.join(timeout=10)
+    assert outcomes == ["closed"] * 4
+
+
 def test_concurrent_submitters_from_threads(engine: NativeEngine) -> None:
     """Submit and free from several threads while the engine runs."""
     failures: list[BaseException] = []
