@@ -4,6 +4,7 @@
 #   make run        setup + default model, then serve it on $(ADDR)
 #   make test       setup + default model, then lint and the whole test suite
 #   make bench      benchmarks against llama.cpp peers (see benchmarks/README.md)
+#   make bundle     signed offline install bundle in dist/ (BUNDLE_MODEL=0: without the model)
 #   make setup CUDA=1   the same with llama-cpp-python's CUDA build and GPU offload
 
 PY      ?= python3
@@ -16,6 +17,8 @@ PARALLEL ?= 8
 CTX     ?= 16384
 LLAMA_VERSION := $(shell $(PY) native/tools/llama_dist.py version)
 MODEL   := models/gemma-3-270m-q4_k_m.gguf
+SIGNING_KEY  ?= $(HOME)/.config/hearth/bundle-signing.pem
+BUNDLE_MODEL ?= 1
 
 ifeq ($(CUDA),1)
   FLAVOUR      := cuda
@@ -31,7 +34,7 @@ STAMP := $(VENV)/.setup-$(FLAVOUR)
 SOURCES := setup.py pyproject.toml CMakeLists.txt native/CMakeLists.txt native/llama-cpp-pin.json \
            $(wildcard native/include/*.h native/src/*.c native/src/*.h proto/*/*/*.proto)
 
-.PHONY: setup run test lint unit bench model clean
+.PHONY: setup run test lint unit bench bundle model clean
 
 setup: $(STAMP)
 
@@ -70,6 +73,12 @@ test: setup model lint
 bench: setup model
 	$(BIN)/python -m benchmarks.serving
 	$(BIN)/python -m benchmarks.storage
+
+# The signing key stays on the build machine; sites trust its fingerprint.
+bundle: setup $(if $(filter 1,$(BUNDLE_MODEL)),model)
+	@test -f $(SIGNING_KEY) || $(BIN)/hearth bundle keygen $(SIGNING_KEY)
+	$(BIN)/hearth bundle build --out dist --signing-key $(SIGNING_KEY) \
+	    $(if $(filter 1,$(BUNDLE_MODEL)),--default-model)
 
 clean:
 	rm -rf build runtime/_native $(VENV) .pytest_cache .mypy_cache .ruff_cache

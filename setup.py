@@ -21,7 +21,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from setuptools import Command, setup
+from setuptools import Command, Distribution, find_packages, setup
 from setuptools.command.build_py import build_py
 
 ROOT = Path(__file__).resolve().parent
@@ -99,25 +99,23 @@ class hearth_build_py(build_py):
         super().run()
 
 
+class BinaryDistribution(Distribution):
+    """The wheel carries libhearth_core.so: tag it for this Python and
+    platform, not py3-none-any."""
+
+    def has_ext_modules(self) -> bool:
+        return True
+
+
 setup(
     name="hearth",
+    distclass=BinaryDistribution,
     version=VERSION,
     description="On-premise LLM appliance runtime: a gRPC daemon around a native llama.cpp engine",
     long_description=(ROOT / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
-    packages=[
-        "runtime",
-        "runtime.native",
-        "runtime.engine",
-        "runtime.core",
-        "runtime.models",
-        "runtime.server",
-        "runtime.cli",
-        "runtime._proto",
-        "runtime._proto.hearth",
-        "runtime._proto.hearth.v1",
-    ],
+    packages=find_packages(include=["runtime", "runtime.*"]),
     package_data={"runtime": ["_native/*.so", "_native/*.h", "py.typed"],
                   "runtime._proto.hearth.v1": ["*.pyi"]},
     install_requires=[
