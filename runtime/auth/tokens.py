@@ -82,9 +82,14 @@ class TokenStore:
         with self.store.catalog.transaction() as tx:
             done = tx.execute("UPDATE tokens SET revoked_at=? WHERE name=? AND revoked_at IS "
                               "NULL", (time.time(), name)).rowcount
+        self.forget_cached()
+        return bool(done)
+
+    def forget_cached(self) -> None:
+        """Drops cached lookups (a revoke from another process is otherwise
+        seen within CACHE_S; SIGHUP makes it immediate)."""
         with self._lock:
             self._cache.clear()
-        return bool(done)
 
     def _row(self, token_id: str) -> tuple | None:
         now = time.monotonic()

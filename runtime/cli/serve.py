@@ -9,6 +9,7 @@ import logging
 import os
 import resource
 import signal
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -28,6 +29,7 @@ from runtime.logs import setup_logging
 from runtime.server import HearthServer, create_server
 from runtime.server.app import is_local_address
 from runtime.server.metrics import Metrics
+from runtime.server.reload import Reloader
 from runtime.storage.audit import AuditLog
 from runtime.storage.keys import key_source
 from runtime.storage.paths import state_dir
@@ -159,7 +161,9 @@ def engine_heartbeats(server: HearthServer) -> dict[str, int]:
 
 
 async def run(config: Config, models: list[ModelConfig], ready_file: str | None = None,
-              store: SealedStore | None = None, audit: AuditLog | None = None) -> int:
+              store: SealedStore | None = None, audit: AuditLog | None = None,
+              reload_config: Callable[[], tuple[Config, list[ModelConfig]]] | None = None
+              ) -> int:
     notifier = Notifier()
     events = EventBus()
     server = create_server(config, events, store=store)
@@ -170,6 +174,9 @@ async def run(config: Config, models: list[ModelConfig], ready_file: str | None 
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    reloader = Reloader(server, reload_config or (lambda: (config, models)), models, notifier)
+    # SIGHUP's default action would kill the daemon; from here on it reloads
+    loop.add_signal_handler(signal.SIGHUP, reloader.request)
     try:
         await server.start()
         metrics_addr = start_metrics(config, events, server, audit)
@@ -204,7 +211,9 @@ async def run(config: Config, models: list[ModelConfig], ready_file: str | None 
         if ready_file:
             _write_ready_file(ready_file, server.bound, metrics_addr)
         notifier.ready(f"serving {len(models)} model(s) on {', '.join(server.bound)}")
+        reloader.started()
         await stop.wait()
+        await reloader.wait()
     notifier.stopping("draining")
     await server.drain(config.server.grace_period_s)
     await pinger
@@ -237,7 +246,8 @@ def main(args: argparse.Namespace) -> int:
                      "on" if audit.content else "off")
         elif store is None:
             log.info("no master key given: serving plaintext models only, no audit log")
-        return asyncio.run(run(config, models, args.ready_file, store, audit))
+        return asyncio.run(run(config, models, args.ready_file, store, audit,
+                               reload_config=lambda: build_config(args)))
     finally:
         if audit is not None:
             audit.close()

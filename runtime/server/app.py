@@ -53,6 +53,24 @@ def is_local_address(addr: str) -> bool:
         return False
 
 
+def check_listeners(config: Config) -> None:
+    """Plain TCP beyond loopback needs tokens to be required; TLS needs client
+    certificates or required tokens.  Checked at start and on every reload
+    (which must not loosen authentication under a listener already bound)."""
+    auth, tls = config.auth, config.tls
+    for addr in config.server.listen:
+        if not addr.startswith("unix:") and not is_local_address(addr) and not auth.require:
+            raise errors.ConfigError(
+                f"server.listen: refusing to listen on {addr} without authentication: "
+                "set auth.require = true (bearer tokens), serve it with TLS and client "
+                "certificates ([tls] listen, client_ca_file), or use 127.0.0.1:PORT or "
+                "unix:PATH")
+    if tls.listen and not tls.client_ca_file and not auth.require:
+        raise errors.ConfigError(
+            "tls: without client_ca_file (mTLS), TLS listeners need auth.require = "
+            "true, or anyone who reaches the port could call")
+
+
 class HearthServer:
     def __init__(self, config: Config, models: ModelManager, core: InferenceService,
                  events: EventBus, authenticator: Authenticator) -> None:
@@ -88,10 +106,10 @@ class HearthServer:
             raise errors.Unavailable(f"cannot listen on {addr}: {exc}") from exc
 
     def _bind(self) -> None:
-        """Binds every listener.  Plain TCP beyond loopback needs tokens to be
-        required; TLS needs client certificates or required tokens; unix
-        sockets go through the SO_PEERCRED front."""
+        """Binds every listener (after check_listeners); unix sockets go
+        through the SO_PEERCRED front."""
         auth, tls = self.config.auth, self.config.tls
+        check_listeners(self.config)
         for addr in self.config.server.listen:
             if addr.startswith("unix:"):
                 if self._socket_dir is None:
@@ -103,19 +121,9 @@ class HearthServer:
                                                   int(auth.socket_mode, 8)))
                 self.bound.append(addr)
                 continue
-            if not is_local_address(addr) and not auth.require:
-                raise errors.ConfigError(
-                    f"server.listen: refusing to listen on {addr} without authentication: "
-                    "set auth.require = true (bearer tokens), serve it with TLS and client "
-                    "certificates ([tls] listen, client_ca_file), or use 127.0.0.1:PORT or "
-                    "unix:PATH")
             port = self._add_port(addr)
             self.bound.append(f"{addr.rpartition(':')[0]}:{port}")
         if tls.listen:
-            if not tls.client_ca_file and not auth.require:
-                raise errors.ConfigError(
-                    "tls: without client_ca_file (mTLS), TLS listeners need auth.require = "
-                    "true, or anyone who reaches the port could call")
             creds = server_credentials(tls.cert_file, tls.key_file, tls.client_ca_file)
             for addr in tls.listen:
                 port = self._add_port(addr, creds)

@@ -4,8 +4,10 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -54,6 +56,55 @@ def start_daemon(args: list[str], tmp: Path, wait: float = 60.0,
             raise AssertionError(f"daemon did not start:\n{log_path.read_text()}")
         time.sleep(0.05)
     return Daemon(proc, json.loads(ready.read_text())["addresses"], log_path)
+
+
+class NotifySocket:
+    """The receiving end of sd_notify, recording (time, message)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.sock.settimeout(0.2)
+        self.messages: list[tuple[float, str]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                data = self.sock.recv(4096)
+            except TimeoutError:
+                continue
+            self.messages.append((time.monotonic(), data.decode()))
+
+    def pings(self, since: float = 0.0) -> list[float]:
+        return [t for t, m in self.messages if "WATCHDOG=1" in m.split("\n") and t >= since]
+
+    def has(self, line: str) -> bool:
+        return any(line in m.split("\n") for _, m in self.messages)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.sock.close()
+
+
+@pytest.fixture
+def notify(tmp_path: Path) -> Iterator[NotifySocket]:
+    n = NotifySocket(tmp_path / "notify.sock")
+    yield n
+    n.close()
+
+
+def wait_for(cond: object, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():  # type: ignore[operator]
+            return True
+        time.sleep(0.05)
+    return False
 
 
 @pytest.fixture

@@ -10,19 +10,17 @@ from __future__ import annotations
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
 
 from runtime.native._ffi import HEADER_NAME, LIB_NAME
-from tests.integration.conftest import start_daemon
+from tests.integration.conftest import NotifySocket, start_daemon, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 WATCHDOG_S = 2.0
@@ -44,55 +42,6 @@ def hang_core(tmp_path_factory: pytest.TempPathFactory) -> Path:
     lib = build / "lib" / LIB_NAME
     assert lib.exists() and lib.with_name(HEADER_NAME).exists()
     return lib
-
-
-class NotifySocket:
-    """The receiving end of sd_notify, recording (time, message)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(str(path))
-        self.sock.settimeout(0.2)
-        self.messages: list[tuple[float, str]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                data = self.sock.recv(4096)
-            except TimeoutError:
-                continue
-            self.messages.append((time.monotonic(), data.decode()))
-
-    def pings(self, since: float = 0.0) -> list[float]:
-        return [t for t, m in self.messages if "WATCHDOG=1" in m.split("\n") and t >= since]
-
-    def has(self, line: str) -> bool:
-        return any(line in m.split("\n") for _, m in self.messages)
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.sock.close()
-
-
-@pytest.fixture
-def notify(tmp_path: Path) -> Iterator[NotifySocket]:
-    n = NotifySocket(tmp_path / "notify.sock")
-    yield n
-    n.close()
-
-
-def wait_for(cond: object, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():  # type: ignore[operator]
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def test_wedged_engine_stops_the_pings_and_a_restart_serves_again(
