@@ -230,6 +230,8 @@ install_service() {
         > "$UNIT_DIR/hearth.service"
     chmod 0644 "$UNIT_DIR/hearth.service"
     systemctl daemon-reload
+    "$hearth" doctor --config "$ETC/hearth.toml" --state-dir "$STATE_DIR" --key-file "$key" \
+        --unit "$UNIT_DIR/hearth.service" >&2 || say "hearth doctor reports problems (above)"
     systemctl enable hearth.service
     if [ $START = 1 ]; then
         systemctl restart hearth.service

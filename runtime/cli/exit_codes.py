@@ -21,6 +21,7 @@ class ExitCode(enum.IntEnum):
     WRONG_KEY = 8
     INTEGRITY = 9
     STORAGE = 10
+    CHECKS_FAILED = 11
     INTERRUPTED = 130
 
 
@@ -36,5 +37,6 @@ HELP = {
     ExitCode.WRONG_KEY: "the master key or passphrase does not open the state directory",
     ExitCode.INTEGRITY: "stored data failed an integrity check (corruption or tampering)",
     ExitCode.STORAGE: "the state directory could not be written (disk full, permissions)",
+    ExitCode.CHECKS_FAILED: "hearth doctor: at least one check failed (lines marked FAIL)",
     ExitCode.INTERRUPTED: "interrupted (Ctrl-C)",
 }

@@ -13,12 +13,9 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from cryptography.hazmat.primitives.serialization import load_pem_public_key
-
 from runtime.cli.exit_codes import ExitCode
 from runtime.errors import ConfigError
-from runtime.storage.audit import LOG_NAME, PUBKEY_NAME, AuditLog, verify_lines
+from runtime.storage.audit import AuditLog, verify_state_dir
 from runtime.storage.catalog import Catalog
 from runtime.storage.keys import Keyring, KeySource, create_key_file, key_source
 from runtime.storage.paths import state_dir
@@ -151,21 +148,12 @@ def cmd_store_verify(args: argparse.Namespace) -> int:
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
     """Needs no key: the chain is over ciphertext, checkpoints are signed."""
-    directory = state_dir(args.state_dir)
-    audit_dir = directory / "audit"
-    pem = audit_dir / PUBKEY_NAME
-    key = load_pem_public_key(pem.read_bytes()) if pem.exists() else None
-    public = key if isinstance(key, Ed25519PublicKey) else None
-    catalog = Catalog(directory / "catalog.sqlite")
-    row = catalog.db.execute("SELECT seq, head FROM audit_state WHERE id=1").fetchone()
-    catalog.close()
-    anchor = (int(row[0]), bytes(row[1])) if row else None
-    seq, _, broken = verify_lines(audit_dir / LOG_NAME, public, anchor)
+    seq, broken, signed = verify_state_dir(state_dir(args.state_dir))
     if broken is not None:
         print(f"audit log BROKEN at {broken}")
         return ExitCode.INTEGRITY
     print(f"audit log intact: {seq} records, chain and checkpoint signatures verified"
-          + ("" if public else " (no public key found: signatures not checked)"))
+          + ("" if signed else " (no public key found: signatures not checked)"))
     return ExitCode.OK
 
 

@@ -48,6 +48,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from runtime.errors import FailedPrecondition, IntegrityError, NotFound
 from runtime.events import RequestFinished
+from runtime.storage.catalog import Catalog
 from runtime.storage.fsutil import fsync_dir, private_dir, storage_error
 from runtime.storage.store import SealedStore
 
@@ -158,6 +159,23 @@ def verify_lines(path: Path, public_key: Ed25519PublicKey | None,
         return seq, prev, Break(seq, seq, "the log does not end where the catalog's anchor "
                                 "says it does")
     return seq, prev, None
+
+
+def verify_state_dir(directory: Path) -> tuple[int, Break | None, bool]:
+    """Checks the audit log of a state directory without any key: (records,
+    first break or None, whether checkpoint signatures were checked)."""
+    audit_dir = directory / "audit"
+    pem = audit_dir / PUBKEY_NAME
+    key = serialization.load_pem_public_key(pem.read_bytes()) if pem.exists() else None
+    public = key if isinstance(key, Ed25519PublicKey) else None
+    catalog = Catalog(directory / "catalog.sqlite")
+    try:
+        row = catalog.db.execute("SELECT seq, head FROM audit_state WHERE id=1").fetchone()
+    finally:
+        catalog.close()
+    anchor = (int(row[0]), bytes(row[1])) if row else None
+    seq, _, broken = verify_lines(audit_dir / LOG_NAME, public, anchor)
+    return seq, broken, public is not None
 
 
 class AuditLog:
