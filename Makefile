@@ -63,6 +63,7 @@ run: setup model
 lint: setup
 	$(BIN)/ruff check runtime tests benchmarks setup.py
 	$(BIN)/mypy
+	$(BIN)/shellcheck packaging/install.sh
 
 unit: setup
 	$(BIN)/python -m pytest tests -m "not gemma" -x -q

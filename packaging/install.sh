@@ -16,7 +16,6 @@
 #   --python PATH         the Python to build the venv with (default python3)
 #   --no-service          only the venv (and models under PREFIX/models): no user,
 #                         unit, key or store; for containers, tests, or a second look
-#   --state-dir DIR       the service's state directory (default /var/lib/hearth)
 #   --key-backup PATH     also write the new master key here (removable media); without
 #                         it the key exists only sealed to this machine
 #   --no-seal-key         keep the master key as a root-only file instead of sealing it
@@ -31,7 +30,7 @@ PYTHON=python3
 BUNDLE=""
 FINGERPRINTS=()
 SERVICE=1
-STATE_DIR=/var/lib/hearth
+STATE_DIR=/var/lib/hearth      # the unit's StateDirectory=hearth
 KEY_BACKUP=""
 SEAL_KEY=1
 START=0
@@ -50,7 +49,6 @@ while [ $# -gt 0 ]; do
         --prefix) PREFIX=${2:?}; shift 2 ;;
         --python) PYTHON=${2:?}; shift 2 ;;
         --no-service) SERVICE=0; shift ;;
-        --state-dir) STATE_DIR=${2:?}; shift 2 ;;
         --key-backup) KEY_BACKUP=${2:?}; shift 2 ;;
         --no-seal-key) SEAL_KEY=0; shift ;;
         --start) START=1; shift ;;
@@ -113,8 +111,8 @@ $(diff <(echo "$listed") <(echo "$present") | grep '^[<>]' | head -20)"
 unpack_bundle() {
     local listing names
     [ -f "$BUNDLE" ] || die "$BUNDLE: no such file"
-    listing=$(tar -tvf "$BUNDLE") && names=$(tar -tf "$BUNDLE") \
-        || die "$BUNDLE: not a readable tar archive"
+    listing=$(tar -tvf "$BUNDLE") || die "$BUNDLE: not a readable tar archive"
+    names=$(tar -tf "$BUNDLE") || die "$BUNDLE: not a readable tar archive"
     # plain files and folders only, all under one hearth-bundle-* folder
     if grep -qv '^[-d]' <<<"$listing"; then
         die "$BUNDLE: holds links or devices; refusing to unpack it"
@@ -174,8 +172,6 @@ bundle_models() {
 
 install_service() {
     local hearth="$PREFIX/venv/bin/hearth" key="$WORK/master.key" m name
-    [ "$(id -u)" = 0 ] || die "installing the service needs root (or use --no-service)"
-    command -v systemctl >/dev/null || die "systemctl not found (use --no-service)"
     getent passwd "$USER_NAME" >/dev/null || useradd --system --user-group --no-create-home \
         --home-dir "$STATE_DIR" --shell /usr/sbin/nologin "$USER_NAME"
     install -d -m 0750 -o root -g "$USER_NAME" "$ETC"
@@ -243,6 +239,10 @@ $(journalctl -u hearth.service -n 30 --no-pager 2>/dev/null)"
     fi
 }
 
+if [ $SERVICE = 1 ] && [ $VERIFY_ONLY = 0 ]; then
+    [ "$(id -u)" = 0 ] || die "installing the service needs root (or use --no-service)"
+    [ -d /run/systemd/system ] || die "systemd is not running on this machine (use --no-service)"
+fi
 if [ -n "$BUNDLE" ]; then
     unpack_bundle
     verify_bundle "$TOP"

@@ -124,3 +124,13 @@ def test_options_are_checked() -> None:
     assert r.returncode == 1 and "needs --offline" in r.stderr
     r = subprocess.run([str(INSTALL), "--help"], capture_output=True, text=True, check=False)
     assert r.returncode == 0 and "--fingerprint HEX" in r.stdout
+
+
+@pytest.mark.skipif(os.path.isdir("/run/systemd/system") and os.geteuid() == 0,
+                    reason="would install a real service on this machine")
+def test_service_mode_refuses_before_touching_the_system(tmp_path: Path) -> None:
+    r = subprocess.run([str(INSTALL), "--prefix", str(tmp_path / "opt")], capture_output=True,
+                       text=True, check=False)
+    assert r.returncode == 1
+    assert ("systemd is not running" in r.stderr) or ("needs root" in r.stderr)
+    assert not (tmp_path / "opt").exists()
