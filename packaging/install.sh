@@ -21,7 +21,9 @@
 #   --no-seal-key         keep the master key as a root-only file instead of sealing it
 #                         with systemd-creds (hosts without systemd 250+)
 #   --start               enable and start the service (default: enable only)
-#   --verify-only         check the bundle and stop
+#   --verify-only         check the bundle (and that it is not older than the one
+#                         installed under PREFIX) and stop
+#   --allow-downgrade     install a bundle older than the installed one, on purpose
 set -euo pipefail
 umask 077
 
@@ -35,6 +37,7 @@ KEY_BACKUP=""
 SEAL_KEY=1
 START=0
 VERIFY_ONLY=0
+ALLOW_DOWNGRADE=0
 ETC=/etc/hearth
 UNIT_DIR=/etc/systemd/system
 USER_NAME=hearth
@@ -53,6 +56,7 @@ while [ $# -gt 0 ]; do
         --no-seal-key) SEAL_KEY=0; shift ;;
         --start) START=1; shift ;;
         --verify-only) VERIFY_ONLY=1; shift ;;
+        --allow-downgrade) ALLOW_DOWNGRADE=1; shift ;;
         -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
         *) die "unknown option $1 (see --help)" ;;
     esac
@@ -126,14 +130,31 @@ unpack_bundle() {
     [ "$(echo "$TOP" | wc -l)" = 1 ] || die "$BUNDLE: not one top folder"
 }
 
+bundle_field() {
+    "$PYTHON" -c 'import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])' "$1" "$2"
+}
+
+# A validly signed but older bundle must not quietly replace a newer install
+# (a replayed bundle would bring back fixed bugs and old models).
+check_not_older() {
+    local installed="$PREFIX/share/BUNDLE.json" new old
+    [ -f "$installed" ] || return 0
+    new=$(bundle_field "$TOP/BUNDLE.json" created)
+    old=$(bundle_field "$installed" created)
+    if [[ "$new" < "$old" ]]; then
+        [ $ALLOW_DOWNGRADE = 1 ] || die "bundle: built $new, older than the installed one \
+(built $old); pass --allow-downgrade to roll back on purpose"
+        say "rolling back to a bundle built $new (installed: $old)"
+    fi
+}
+
 # ---- the venv -------------------------------------------------------------------------
 
 install_venv() {
     local pyver tag
     tag=$("$PYTHON" -c 'import sys; print(f"cp{sys.version_info[0]}{sys.version_info[1]}")')
     if [ -n "$BUNDLE" ]; then
-        pyver=$("$PYTHON" -c 'import json,sys; print(json.load(open(sys.argv[1]))["python"])' \
-                "$TOP/BUNDLE.json")
+        pyver=$(bundle_field "$TOP/BUNDLE.json" python)
         [ "$pyver" = "$tag" ] || die "the bundle's wheels are for $pyver, $PYTHON is $tag"
     fi
     mkdir -p "$PREFIX"
@@ -141,8 +162,7 @@ install_venv() {
     [ -x "$PREFIX/venv/bin/python" ] || "$PYTHON" -m venv "$PREFIX/venv" \
         || die "$PYTHON -m venv failed (Debian: apt install python3-venv)"
     if [ -n "$BUNDLE" ]; then
-        version=$("$PYTHON" -c 'import json,sys; print(json.load(open(sys.argv[1]))["hearth_version"])' \
-                  "$TOP/BUNDLE.json")
+        version=$(bundle_field "$TOP/BUNDLE.json" hearth_version)
         PIP_NO_INDEX=1 PIP_CONFIG_FILE=/dev/null PIP_DISABLE_PIP_VERSION_CHECK=1 \
             "$PREFIX/venv/bin/python" -m pip install --no-index --find-links "$TOP/wheelhouse" \
             --upgrade "hearth==$version" >&2 || die "pip install from the wheelhouse failed"
@@ -246,6 +266,7 @@ fi
 if [ -n "$BUNDLE" ]; then
     unpack_bundle
     verify_bundle "$TOP"
+    check_not_older
 fi
 [ $VERIFY_ONLY = 0 ] || exit 0
 install_venv

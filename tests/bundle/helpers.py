@@ -12,7 +12,8 @@ from runtime.bundle.manifest import write_manifest
 NAME = "hearth-bundle-0.1.0-cpu-cp311-linux_x86_64"
 
 
-def signed_tree(tmp: Path, key: Ed25519PrivateKey) -> tuple[Path, str]:
+def signed_tree(tmp: Path, key: Ed25519PrivateKey, created: str = "2026-11-29T10:00:00Z"
+                ) -> tuple[Path, str]:
     root = tmp / NAME
     (root / "wheelhouse").mkdir(parents=True)
     (root / "wheelhouse" / "a-1.0-py3-none-any.whl").write_bytes(b"wheel bytes " * 100)
@@ -20,7 +21,8 @@ def signed_tree(tmp: Path, key: Ed25519PrivateKey) -> tuple[Path, str]:
     (root / "models" / "m.gguf").write_bytes(b"GGUF" + bytes(range(256)) * 8)
     (root / "BUNDLE.json").write_text(json.dumps({"format": FORMAT, "hearth_version": "0.1.0",
                                                   "flavour": "cpu", "python": "cp311",
-                                                  "platform": "linux-x86_64", "models": ["m"]}))
+                                                  "platform": "linux-x86_64", "models": ["m"],
+                                                  "created": created}))
     return root, write_manifest(root, key)
 
 

@@ -134,3 +134,36 @@ def test_service_mode_refuses_before_touching_the_system(tmp_path: Path) -> None
     assert r.returncode == 1
     assert ("systemd is not running" in r.stderr) or ("needs root" in r.stderr)
     assert not (tmp_path / "opt").exists()
+
+
+def test_truncated_bundle(tmp_path: Path, key: Ed25519PrivateKey) -> None:
+    root, fp = signed_tree(tmp_path / "t", key)
+    bundle = tar_of(root, tmp_path / "b.tar")
+    with tarfile.open(bundle) as tar:
+        cut = tar.getmember(f"{root.name}/models/m.gguf").offset_data + 100
+    bundle.write_bytes(bundle.read_bytes()[:cut])       # mid-way through the model
+    r = verify(bundle, fp)
+    assert r.returncode == 1
+    assert "not a readable tar archive" in r.stderr or "files differ" in r.stderr
+
+
+def test_a_replayed_older_bundle_is_refused(tmp_path: Path, key: Ed25519PrivateKey) -> None:
+    prefix = tmp_path / "opt"
+    (prefix / "share").mkdir(parents=True)
+    newer, _ = signed_tree(tmp_path / "new", key, created="2026-12-01T00:00:00Z")
+    shutil.copyfile(newer / "BUNDLE.json", prefix / "share" / "BUNDLE.json")   # installed
+    old_root, fp = signed_tree(tmp_path / "old", key, created="2026-11-01T00:00:00Z")
+    old = tar_of(old_root, tmp_path / "old.tar")
+    args = [str(INSTALL), "--offline", str(old), "--fingerprint", fp, "--verify-only",
+            "--prefix", str(prefix)]
+    r = subprocess.run(args, capture_output=True, text=True, check=False)
+    assert r.returncode == 1
+    assert "older than the installed one (built 2026-12-01T00:00:00Z)" in r.stderr
+    r = subprocess.run([*args, "--allow-downgrade"], capture_output=True, text=True,
+                       check=False)
+    assert r.returncode == 0 and "rolling back" in r.stderr
+    # the same or a newer bundle goes ahead
+    same = tar_of(newer, tmp_path / "same.tar")
+    r = subprocess.run([*args[:2], str(same), *args[3:]], capture_output=True, text=True,
+                       check=False)
+    assert r.returncode == 0, r.stderr
