@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import tarfile
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -28,4 +29,13 @@ def signed_tree(tmp: Path, key: Ed25519PrivateKey, created: str = "2026-11-29T10
 
 def tar_of(root: Path, path: Path) -> Path:
     write_tar(root, path)
+    return path
+
+
+def truncated(root: Path, path: Path) -> Path:
+    """The bundle's tar, cut off mid-way through its model."""
+    tar_of(root, path)
+    with tarfile.open(path) as tar:
+        cut = tar.getmember(f"{root.name}/models/m.gguf").offset_data + 100
+    path.write_bytes(path.read_bytes()[:cut])
     return path

@@ -19,7 +19,7 @@ from runtime.bundle.manifest import (
     verify_bundle,
 )
 from runtime.errors import ConfigError, IntegrityError
-from tests.bundle.helpers import signed_tree, tar_of
+from tests.bundle.helpers import signed_tree, tar_of, truncated
 
 
 @pytest.fixture
@@ -146,9 +146,6 @@ def test_signing_keys_are_private_and_never_overwritten(tmp_path: Path) -> None:
 
 def test_a_truncated_bundle_is_refused(tmp_path: Path, key: Ed25519PrivateKey) -> None:
     root, fp = signed_tree(tmp_path / "t", key)
-    bundle = tar_of(root, tmp_path / "b.tar")
-    with tarfile.open(bundle) as tar:
-        cut = tar.getmember(f"{root.name}/models/m.gguf").offset_data + 100
-    bundle.write_bytes(bundle.read_bytes()[:cut])       # mid-way through the model
+    bundle = truncated(root, tmp_path / "b.tar")
     with pytest.raises((ConfigError, IntegrityError)):
         verify_bundle(unpack(bundle, tmp_path / "out"), [fp])

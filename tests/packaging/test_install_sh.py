@@ -13,7 +13,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from runtime.bundle.manifest import MANIFEST, SIGNATURE
-from tests.bundle.helpers import signed_tree, tar_of
+from tests.bundle.helpers import signed_tree, tar_of, truncated
 
 INSTALL = Path(__file__).resolve().parents[2] / "packaging" / "install.sh"
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is missing")
@@ -138,10 +138,7 @@ def test_service_mode_refuses_before_touching_the_system(tmp_path: Path) -> None
 
 def test_truncated_bundle(tmp_path: Path, key: Ed25519PrivateKey) -> None:
     root, fp = signed_tree(tmp_path / "t", key)
-    bundle = tar_of(root, tmp_path / "b.tar")
-    with tarfile.open(bundle) as tar:
-        cut = tar.getmember(f"{root.name}/models/m.gguf").offset_data + 100
-    bundle.write_bytes(bundle.read_bytes()[:cut])       # mid-way through the model
+    bundle = truncated(root, tmp_path / "b.tar")
     r = verify(bundle, fp)
     assert r.returncode == 1
     assert "not a readable tar archive" in r.stderr or "files differ" in r.stderr
