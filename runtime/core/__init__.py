@@ -14,6 +14,9 @@ from runtime.core.types import (
     GenerateChunk,
     GenerateRequest,
     GenerationOptions,
+    StructuredOutput,
+    TokenLogprob,
+    TopLogprob,
     Usage,
 )
 
@@ -26,5 +29,8 @@ __all__ = [
     "GenerateRequest",
     "GenerationOptions",
     "InferenceService",
+    "StructuredOutput",
+    "TokenLogprob",
+    "TopLogprob",
     "Usage",
 ]

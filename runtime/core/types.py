@@ -18,6 +18,17 @@ class CallContext:
 
 
 @dataclass(frozen=True)
+class StructuredOutput:
+    """A constraint on what the model may write, enforced by the grammar
+    sampler.  kind: "json_object" (any JSON object; spec unused),
+    "json_schema" (spec: the schema as JSON text) or "grammar" (spec: GBNF
+    text whose start rule is `root`)."""
+
+    kind: str
+    spec: str = ""
+
+
+@dataclass(frozen=True)
 class GenerationOptions:
     """Sampling and stopping; None means "the server default"."""
 
@@ -33,6 +44,9 @@ class GenerationOptions:
     presence_penalty: float | None = None
     penalty_last_n: int | None = None
     ignore_eos: bool = False
+    structured: StructuredOutput | None = None
+    logprobs: bool = False               # log-probability of each chosen token
+    top_logprobs: int = 0                # and of the k most likely (0..20)
 
 
 @dataclass(frozen=True)
@@ -74,6 +88,25 @@ class Usage:
 
 
 @dataclass(frozen=True)
+class TopLogprob:
+    token_id: int
+    token: str                           # the token's text (may be part of a character)
+    logprob: float
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """One generated token: its log-probability under the model's
+    distribution before sampling transformations (temperature, top-k/p), and
+    the top_logprobs most likely alternatives, most likely first."""
+
+    token_id: int
+    token: str
+    logprob: float
+    top: tuple[TopLogprob, ...] = ()
+
+
+@dataclass(frozen=True)
 class GenerateChunk:
     text: str
     token_ids: list[int]
@@ -82,6 +115,8 @@ class GenerateChunk:
     stop_sequence: str = ""
     usage: Usage | None = None
     model: str = ""
+    logprobs: tuple[TokenLogprob, ...] = ()  # one per token_ids entry, when asked
+    cached: bool = False                 # served from the response cache
 
 
 @dataclass(frozen=True)
