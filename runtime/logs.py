@@ -51,7 +51,17 @@ def setup_logging(level: str = "info", fmt: str = "text") -> None:
     root.handlers[:] = [handler]
     root.setLevel(_LEVELS.get(level, logging.INFO))
     logging.getLogger("hearth").setLevel(_LEVELS.get(level, logging.INFO))
+    _native_logging[:] = [_NATIVE_LEVEL.get(level, 3), fmt]
+    reapply_native_logging()
+
+
+_native_logging: list = [3, "text"]
+
+
+def reapply_native_logging() -> None:
+    """(Re)installs the core's llama.cpp log callback; importing llama_cpp
+    replaces it with llama-cpp-python's own."""
     from runtime.native import lib
 
-    lib.hearth_log_configure(_NATIVE_LEVEL.get(level, 3),
-                             lib.HEARTH_LOG_JSON if fmt == "json" else lib.HEARTH_LOG_TEXT)
+    level, fmt = _native_logging
+    lib.hearth_log_configure(level, lib.HEARTH_LOG_JSON if fmt == "json" else lib.HEARTH_LOG_TEXT)

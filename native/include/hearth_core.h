@@ -39,7 +39,7 @@ extern "C" {
 /* HEARTH_CDEF_BEGIN */
 
 /* Bumped whenever a struct layout or a signature below changes. */
-#define HEARTH_CORE_ABI_VERSION 1
+#define HEARTH_CORE_ABI_VERSION 2
 
 /* Seed value that asks for a random seed. */
 #define HEARTH_SEED_RANDOM 4294967295
@@ -128,6 +128,15 @@ typedef struct hearth_engine_params {
     bool use_mmap;
     bool use_mlock;
     bool enable_embeddings;    /* allow embedding requests */
+    /* Speculative decoding: a small draft model that shares the target's
+     * vocabulary proposes up to n_draft tokens per step, which the target
+     * verifies in the same batch.  Every emitted token is still sampled from
+     * the target's distribution, so outputs do not change.  A vocabulary
+     * mismatch fails create with HEARTH_E_INVALID_ARGUMENT. */
+    const char *draft_path;    /* GGUF of the draft model, or NULL */
+    int32_t draft_fd;          /* or an fd to load it from (dup'ed), or -1 */
+    int32_t n_draft;           /* tokens proposed per step (1..16) */
+    int32_t draft_n_gpu_layers;
 } hearth_engine_params;
 
 /* Fill *p with defaults (n_ctx 4096, n_parallel 4, ...). */
@@ -202,6 +211,12 @@ HEARTH_API hearth_status hearth_engine_detokenize(const hearth_engine *e,
                                                   char *buf, int32_t cap,
                                                   int32_t *n_out);
 
+/* The bytes of one token as generation emits them (special tokens
+ * rendered, a leading space kept); may be part of a UTF-8 character. */
+HEARTH_API hearth_status hearth_engine_token_piece(const hearth_engine *e,
+                                                   int32_t token, char *buf,
+                                                   int32_t cap, int32_t *n_out);
+
 /* Renders a chat with the model's built-in template (or `tmpl` if not NULL)
  * through llama.cpp's template engine.  HEARTH_E_NOT_FOUND when the model
  * has no template, HEARTH_E_INVALID_ARGUMENT when llama.cpp does not know
@@ -234,6 +249,16 @@ typedef struct hearth_request_params {
     int32_t n_stop;
     int64_t deadline_ns;       /* CLOCK_MONOTONIC, 0 = none */
     bool ignore_eos;           /* never pick an end-of-generation token */
+    const char *grammar;       /* GBNF whose start rule is "root", enforced
+                                  by llama.cpp's grammar sampler; NULL or ""
+                                  for none.  Not with ignore_eos.  A grammar
+                                  llama.cpp rejects fails submit with
+                                  HEARTH_E_INVALID_ARGUMENT */
+    int32_t logprobs;          /* -1: none; 0: the log-probability of each
+                                  generated token; 1..20: also the k most
+                                  likely tokens at each position */
+    bool speculate;            /* use the engine's draft model, if it has
+                                  one (output is unchanged either way) */
 } hearth_request_params;
 
 HEARTH_API void hearth_request_params_init(hearth_request_params *p);
@@ -252,6 +277,20 @@ HEARTH_API hearth_status hearth_engine_submit_embedding(hearth_engine *e,
                                                         bool normalize,
                                                         hearth_request **out);
 
+/* Most alternatives per position in hearth_logprob (the array size below). */
+#define HEARTH_MAX_TOP_LOGPROBS 20
+
+/* Log-probabilities of one generated token under the model's distribution
+ * (log-softmax of the raw logits: before penalties, temperature, truncation
+ * or a grammar), and of the n_top most likely tokens, most likely first. */
+typedef struct hearth_logprob {
+    int32_t token;
+    float logprob;
+    int32_t n_top;
+    int32_t top_token[20];
+    float top_logprob[20];
+} hearth_logprob;
+
 typedef enum hearth_finish_reason {
     HEARTH_FINISH_NONE = 0,
     HEARTH_FINISH_STOP = 1,      /* end-of-generation token or stop string */
@@ -268,6 +307,10 @@ typedef struct hearth_output {
     int32_t n_text;
     const float *embedding;    /* embedding requests, once finished */
     int32_t n_embd;
+    const hearth_logprob *logprobs; /* one per token, when asked for */
+    int32_t n_logprobs;
+    int32_t n_drafted;         /* draft tokens proposed so far (speculation) */
+    int32_t n_draft_accepted;  /* of which the target model accepted */
     bool finished;
     hearth_finish_reason finish_reason;
     int32_t stop_index;        /* matched stop string, or -1 */

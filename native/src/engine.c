@@ -29,11 +29,15 @@ void hearth_engine_params_init(hearth_engine_params *p) {
     p->kv_unified = true;
     p->use_mmap = true;
     p->enable_embeddings = true;
+    p->draft_fd = -1;
+    p->n_draft = 4;
 }
 
 void hearth_request_params_init(hearth_request_params *p) {
     memset(p, 0, sizeof *p);
     p->max_tokens = 16;
+    p->logprobs = -1;
+    p->speculate = true;
     hearth_sampling_init(&p->sampling);
 }
 
@@ -97,6 +101,8 @@ static void engine_destroy(hearth_engine *e) {
     free(e->ready);
     free(e->eog_mask);
     free(e->eog_ids);
+    free(e->candidates);
+    hearth_utf8_index_free(&e->utf8);
     free((char *)e->params.model_path);
     if (e->event_fd >= 0) close(e->event_fd);
     pthread_mutex_destroy(&e->mu);
@@ -146,7 +152,10 @@ hearth_status hearth_engine_create(const hearth_engine_params *p, hearth_engine 
     e->plan_reqs = calloc((size_t)n, sizeof(hearth_request *));
     e->touched = calloc((size_t)(n + 1), sizeof(hearth_request *));
     e->event_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-    if (!e->slots || !e->plan || !e->plan_reqs || !e->touched || e->event_fd < 0) {
+    /* Pages are only touched once a grammar request samples. */
+    e->candidates = malloc((size_t)e->n_vocab * sizeof(llama_token_data));
+    if (!e->slots || !e->plan || !e->plan_reqs || !e->touched || e->event_fd < 0 ||
+        !e->candidates) {
         engine_destroy(e);
         return hearth_fail(HEARTH_E_OUT_OF_MEMORY, "out of memory or file descriptors");
     }
@@ -230,10 +239,14 @@ void hearth_engine_publish(hearth_engine *e, hearth_request *r) {
     const char *text = r->text ? hearth_textstream_take(r->text, &n_text) : NULL;
     pthread_mutex_lock(&r->mu);
     htokens_append(&r->pending.tokens, r->stage_tokens.data, r->stage_tokens.len);
+    hlogprobs_append(&r->pending.logprobs, r->stage_logprobs.data, r->stage_logprobs.len);
     if (n_text > 0) {
         hbytes_append(&r->pending.text, text, n_text);
     }
     r->stage_tokens.len = 0;
+    r->stage_logprobs.len = 0;
+    r->pub_drafted = r->n_drafted;
+    r->pub_draft_accepted = r->n_draft_accepted;
     r->pub_generated = r->n_generated;
     r->pub_cached = r->n_cached;
     r->slot_public = r->slot;
@@ -317,6 +330,15 @@ hearth_status hearth_engine_submit(hearth_engine *e, const hearth_request_params
     if (st != HEARTH_OK) {
         return st;
     }
+    if (p->logprobs < -1 || p->logprobs > HEARTH_MAX_TOP_LOGPROBS) {
+        return hearth_fail(HEARTH_E_INVALID_ARGUMENT, "logprobs must be in -1..%d, got %d",
+                           HEARTH_MAX_TOP_LOGPROBS, p->logprobs);
+    }
+    bool has_grammar = p->grammar && p->grammar[0];
+    if (has_grammar && p->ignore_eos) {
+        /* A finished grammar allows only an end-of-generation token. */
+        return hearth_fail(HEARTH_E_INVALID_ARGUMENT, "grammar: cannot be combined with ignore_eos");
+    }
     hearth_request *r = hearth_request_new(REQ_GENERATE, 0);
     if (!r || !htokens_append(&r->prompt, p->prompt, p->n_prompt)) {
         hearth_request_discard(r);
@@ -326,11 +348,18 @@ hearth_status hearth_engine_submit(hearth_engine *e, const hearth_request_params
     r->sampling = p->sampling;
     r->deadline_ns = p->deadline_ns;
     r->ignore_eos = p->ignore_eos;
+    r->n_logprobs = p->logprobs;
+    r->speculate = p->speculate;
     if ((st = copy_stops(r, p->stop, p->n_stop)) != HEARTH_OK ||
         !hearth_sampler_init(&r->sampler, &p->sampling, e->vocab, e->eog_mask, e->eog_ids,
                              e->n_eog, p->ignore_eos)) {
         hearth_request_discard(r);
         return st != HEARTH_OK ? st : hearth_fail(HEARTH_E_OUT_OF_MEMORY, "sampler: out of memory");
+    }
+    if (has_grammar && (st = hearth_sampler_set_grammar(&r->sampler, e->vocab, p->grammar)) !=
+                           HEARTH_OK) {
+        hearth_request_discard(r);
+        return st;
     }
     int32_t window = p->sampling.penalty_last_n < 0 ? p->n_prompt : p->sampling.penalty_last_n;
     int32_t from = p->n_prompt > window ? p->n_prompt - window : 0;

@@ -79,7 +79,8 @@ void hearth_engine_finish(hearth_engine *e, hearth_request *r, hearth_finish_rea
     }
     r->finished_engine = true;
     r->finish_reason = reason;
-    if (error) {
+    if (error && error != r->error) {
+        free(r->error);
         r->error = strdup(error);
     }
     hearth_textstream_flush(r->text);
@@ -167,10 +168,16 @@ static void batch_add(struct llama_batch *b, llama_token tok, llama_pos pos, int
 
 /* Decides what the new token means for the request; the finish itself
  * happens under the engine mutex afterwards. */
-static void accept_token(hearth_engine *e, hearth_request *r, llama_token tok) {
+static void accept_token(hearth_engine *e, hearth_request *r, llama_token tok,
+                         const float *logits) {
     if (tok < 0 || tok >= e->n_vocab) {
         r->pending_finish = HEARTH_FINISH_ERROR;
         return;
+    }
+    if (r->n_logprobs >= 0 && logits) {
+        hearth_logprob lp;
+        hearth_logprobs_compute(logits, e->n_vocab, tok, r->n_logprobs, &lp);
+        hlogprobs_append(&r->stage_logprobs, &lp, 1);
     }
     r->n_generated++;
     if (r->n_generated == 1) {
@@ -201,6 +208,14 @@ static void accept_token(hearth_engine *e, hearth_request *r, llama_token tok) {
     } else if (r->n_generated >= r->max_tokens || r->n_past >= e->n_ctx_slot) {
         r->pending_finish = HEARTH_FINISH_LENGTH;
     }
+}
+
+/* Engine thread; NULL if memory ran out (the grammar still holds). */
+static const utf8_index *grammar_utf8(hearth_engine *e) {
+    if (!e->utf8.cls && !hearth_utf8_index_build(e->vocab, &e->utf8)) {
+        return NULL;
+    }
+    return &e->utf8;
 }
 
 static void run_step(hearth_engine *e, int32_t n_plan) {
@@ -269,7 +284,16 @@ static void run_step(hearth_engine *e, int32_t n_plan) {
             r->pending_finish = HEARTH_FINISH_CANCELLED;
             continue;
         }
-        accept_token(e, r, hearth_sampler_sample(&r->sampler, e->ctx, r->batch_index));
+        llama_token tok = hearth_sampler_sample(
+            &r->sampler, e->ctx, r->batch_index, e->candidates,
+            r->sampler.grammar ? grammar_utf8(e) : NULL);
+        if (tok == LLAMA_TOKEN_NULL && r->sampler.grammar) {
+            r->pending_finish = HEARTH_FINISH_ERROR;
+            r->error = strdup("grammar: no token of this model's vocabulary can continue the "
+                              "grammar here");
+            continue;
+        }
+        accept_token(e, r, tok, llama_get_logits_ith(e->ctx, r->batch_index));
         n_sampled++;
     }
 
@@ -278,10 +302,11 @@ static void run_step(hearth_engine *e, int32_t n_plan) {
     for (int32_t i = 0; i < n_plan; i++) {
         hearth_request *r = e->plan_reqs[i];
         if (r->pending_finish != HEARTH_FINISH_NONE) {
-            hearth_engine_finish(e, r, r->pending_finish,
-                                 r->pending_finish == HEARTH_FINISH_ERROR
-                                     ? "the sampler returned an invalid token"
-                                     : NULL);
+            const char *why = NULL;
+            if (r->pending_finish == HEARTH_FINISH_ERROR) {
+                why = r->error ? r->error : "the sampler returned an invalid token";
+            }
+            hearth_engine_finish(e, r, r->pending_finish, why);
         } else if (r->batch_index >= 0) {
             hearth_engine_publish(e, r);
         }

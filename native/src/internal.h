@@ -36,9 +36,41 @@ bool htokens_append(htokens *t, const int32_t *src, int32_t n);
 bool htokens_reserve(htokens *t, int32_t cap);
 void htokens_free(htokens *t);
 
+typedef struct hlogprobs {
+    hearth_logprob *data;
+    int32_t len;
+    int32_t cap;
+} hlogprobs;
+
+bool hlogprobs_append(hlogprobs *l, const hearth_logprob *src, int32_t n);
+void hlogprobs_free(hlogprobs *l);
+
+/* ---- log.c: the last error llama.cpp logged on this thread ---- */
+const char *hearth_llama_last_error(void);
+void hearth_llama_clear_error(void);
+
 /* ---- sampling.c ---- */
+
+/* Where a UTF-8 sequence stands: `need` continuation bytes still to come,
+ * the next one in lo..hi. */
+typedef struct utf8_state {
+    uint8_t need, lo, hi;
+} utf8_state;
+
+/* Tokens by what their bytes do to UTF-8 text: 0 complete valid UTF-8,
+ * 1 anything else that may still be valid in context (byte tokens, split
+ * characters), 2 bytes that never occur in UTF-8.  Built once per engine. */
+typedef struct utf8_index {
+    uint8_t *cls;
+    int32_t *partial;          /* the class-1 tokens */
+    int32_t n_partial;
+} utf8_index;
+
 typedef struct hearth_sampler {
     struct llama_sampler *chain; /* NULL on the greedy fast path */
+    struct llama_sampler *grammar; /* NULL without a grammar */
+    const struct llama_vocab *vocab;
+    utf8_state utf8;             /* of the text generated under the grammar */
     const uint8_t *eog_mask;     /* borrowed from the engine; NULL unless
                                     end-of-generation tokens are banned */
     int32_t n_vocab;
@@ -49,8 +81,22 @@ bool hearth_sampler_init(hearth_sampler *s, const hearth_sampling *cfg,
                          const uint8_t *eog_mask, const int32_t *eog_ids,
                          int32_t n_eog, bool ignore_eos);
 void hearth_sampler_prime(hearth_sampler *s, const int32_t *tokens, int32_t n);
+/* Picks the next token from logits row idx.  With a grammar, `scratch`
+ * (n_vocab entries, engine-owned) holds the candidates and tokens marked in
+ * only tokens that keep the text valid UTF-8 are candidates (`utf8`);
+ * LLAMA_TOKEN_NULL when the grammar allows
+ * no token at all. */
 llama_token hearth_sampler_sample(hearth_sampler *s, struct llama_context *ctx,
-                                  int32_t idx);
+                                  int32_t idx, llama_token_data *scratch,
+                                  const utf8_index *utf8);
+bool hearth_utf8_index_build(const struct llama_vocab *vocab, utf8_index *ix);
+void hearth_utf8_index_free(utf8_index *ix);
+hearth_status hearth_sampler_set_grammar(hearth_sampler *s,
+                                         const struct llama_vocab *vocab,
+                                         const char *gbnf);
+/* Log-softmax of a logits row: the chosen token's and the k best. */
+void hearth_logprobs_compute(const float *logits, int32_t n_vocab,
+                             llama_token chosen, int32_t k, hearth_logprob *out);
 void hearth_sampler_free(hearth_sampler *s);
 hearth_status hearth_sampling_validate(const hearth_sampling *s);
 
@@ -62,6 +108,7 @@ typedef enum request_kind { REQ_GENERATE = 0, REQ_EMBED = 1 } request_kind;
 typedef struct request_output {
     htokens tokens;
     hbytes text;
+    hlogprobs logprobs;
     float *embedding;
     int32_t n_embd;
 } request_output;
@@ -79,6 +126,8 @@ struct hearth_request {
     int64_t deadline_ns;
     bool ignore_eos;
     bool normalize;
+    int32_t n_logprobs;    /* -1 none, else top-k (0 = chosen token only) */
+    bool speculate;
 
     /* Engine-thread state. */
     int32_t slot;
@@ -90,6 +139,9 @@ struct hearth_request {
     hearth_sampler sampler;
     hearth_textstream *text;
     htokens stage_tokens;  /* produced this step, not yet published */
+    hlogprobs stage_logprobs;
+    int32_t n_drafted;
+    int32_t n_draft_accepted;
     hearth_finish_reason pending_finish; /* decided during a step */
     bool finished_engine;  /* engine has finished it (publish pending) */
     hearth_finish_reason finish_reason;
@@ -105,6 +157,8 @@ struct hearth_request {
     int32_t slot_public;
     int32_t pub_generated;
     int32_t pub_cached;
+    int32_t pub_drafted;
+    int32_t pub_draft_accepted;
     int64_t t_submit_ns;
     int64_t t_admit_ns;
     int64_t t_first_token_ns;
@@ -140,6 +194,8 @@ struct hearth_engine {
     int32_t n_eog;
 
     /* Engine thread only. */
+    llama_token_data *candidates; /* n_vocab; grammar sampling scratch */
+    utf8_index utf8;              /* built on the first grammar request */
     slot *slots;
     struct llama_batch batch;
     hearth_sched_entry *plan;

@@ -15,6 +15,33 @@ static atomic_int log_format = HEARTH_LOG_TEXT;
 static _Thread_local char line[2048];
 static _Thread_local size_t line_len;
 static _Thread_local int line_level;
+/* The last error-level message llama.cpp logged on this thread, whatever the
+ * filter: a failing call (a grammar llama.cpp rejects) reports it to the
+ * caller instead of leaving it only in the log. */
+static _Thread_local char last_error[512];
+static _Thread_local size_t last_error_len;
+static _Thread_local bool in_error;
+
+const char *hearth_llama_last_error(void) { return last_error; }
+
+void hearth_llama_clear_error(void) {
+    last_error[0] = '\0';
+    last_error_len = 0;
+}
+
+static void remember_error(const char *text) {
+    size_t n = strlen(text);
+    if (n > sizeof last_error - 1 - last_error_len) {
+        n = sizeof last_error - 1 - last_error_len;
+    }
+    memcpy(last_error + last_error_len, text, n);
+    last_error_len += n;
+    while (last_error_len > 0 && (last_error[last_error_len - 1] == '\n' ||
+                                  last_error[last_error_len - 1] == ' ')) {
+        last_error_len--;
+    }
+    last_error[last_error_len] = '\0';
+}
 
 static const char *level_name(int level) {
     switch (level) {
@@ -71,6 +98,13 @@ static void on_log(enum ggml_log_level level, const char *text, void *user) {
             emit();
         }
         line_level = (int)level;
+        in_error = level == GGML_LOG_LEVEL_ERROR;
+        if (in_error) {
+            hearth_llama_clear_error();
+        }
+    }
+    if (in_error) {
+        remember_error(text);
     }
     int effective = line_level == GGML_LOG_LEVEL_NONE ? GGML_LOG_LEVEL_INFO : line_level;
     if (effective < atomic_load(&min_level)) {

@@ -322,6 +322,24 @@ hearth_status hearth_engine_detokenize(const hearth_engine *e, const int32_t *to
     return HEARTH_OK;
 }
 
+hearth_status hearth_engine_token_piece(const hearth_engine *e, int32_t token, char *buf,
+                                       int32_t cap, int32_t *n_out) {
+    if (!e || !n_out || cap < 0 || (cap > 0 && !buf)) {
+        return hearth_fail(HEARTH_E_INVALID_ARGUMENT, "token_piece: bad arguments");
+    }
+    if (token < 0 || token >= e->n_vocab) {
+        return hearth_fail(HEARTH_E_INVALID_ARGUMENT,
+                           "token id %d is outside the vocabulary (0..%d)", token, e->n_vocab - 1);
+    }
+    int32_t m = llama_token_to_piece(e->vocab, token, buf, cap, 0, true);
+    if (m < 0) {
+        *n_out = -m;
+        return hearth_fail(HEARTH_E_RESOURCE_EXHAUSTED, "token_piece: buffer too small");
+    }
+    *n_out = m;
+    return HEARTH_OK;
+}
+
 hearth_status hearth_engine_apply_chat_template(const hearth_engine *e, const char *tmpl,
                                                 const char *const *roles,
                                                 const char *const *contents, int32_t n_messages,

@@ -31,6 +31,7 @@ hearth_request *hearth_request_new(request_kind kind, uint64_t id) {
 static void output_free(request_output *o) {
     htokens_free(&o->tokens);
     hbytes_free(&o->text);
+    hlogprobs_free(&o->logprobs);
     free(o->embedding);
     o->embedding = NULL;
     o->n_embd = 0;
@@ -42,6 +43,7 @@ void hearth_request_unref(hearth_request *r) {
     }
     htokens_free(&r->prompt);
     htokens_free(&r->stage_tokens);
+    hlogprobs_free(&r->stage_logprobs);
     hearth_sampler_free(&r->sampler);
     hearth_textstream_free(r->text);
     free(r->error);
@@ -88,6 +90,7 @@ hearth_status hearth_request_take(hearth_request *r, hearth_output *out) {
     r->taken = r->pending;
     old.tokens.len = 0;
     old.text.len = 0;
+    old.logprobs.len = 0;
     free(old.embedding);
     old.embedding = NULL;
     old.n_embd = 0;
@@ -101,6 +104,10 @@ hearth_status hearth_request_take(hearth_request *r, hearth_output *out) {
     out->n_text = r->taken.text.len;
     out->embedding = r->taken.embedding;
     out->n_embd = r->taken.n_embd;
+    out->logprobs = r->taken.logprobs.len ? r->taken.logprobs.data : NULL;
+    out->n_logprobs = r->taken.logprobs.len;
+    out->n_drafted = r->pub_drafted;
+    out->n_draft_accepted = r->pub_draft_accepted;
     out->finished = r->finished;
     out->finish_reason = r->finished ? r->finish_reason : HEARTH_FINISH_NONE;
     out->stop_index = r->finished ? r->stop_index : -1;

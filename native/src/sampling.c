@@ -71,6 +71,9 @@ bool hearth_sampler_init(hearth_sampler *s, const hearth_sampling *cfg,
                          const struct llama_vocab *vocab, const uint8_t *eog_mask,
                          const int32_t *eog_ids, int32_t n_eog, bool ignore_eos) {
     s->chain = NULL;
+    s->grammar = NULL;
+    s->vocab = vocab;
+    s->utf8 = (utf8_state){0, 0, 0};
     s->eog_mask = ignore_eos ? eog_mask : NULL;
     s->n_vocab = llama_vocab_n_tokens(vocab);
     bool greedy = cfg->temperature <= 0.0f;
@@ -157,7 +160,179 @@ static llama_token argmax(const float *logits, int32_t n, const uint8_t *ban) {
     return 0; /* every logit NaN or banned */
 }
 
-llama_token hearth_sampler_sample(hearth_sampler *s, struct llama_context *ctx, int32_t idx) {
+hearth_status hearth_sampler_set_grammar(hearth_sampler *s, const struct llama_vocab *vocab,
+                                         const char *gbnf) {
+    hearth_llama_clear_error();
+    s->grammar = llama_sampler_init_grammar(vocab, gbnf, "root");
+    if (!s->grammar) {
+        const char *why = hearth_llama_last_error();
+        return hearth_fail(HEARTH_E_INVALID_ARGUMENT, "grammar: llama.cpp rejected it%s%s",
+                           *why ? ": " : " (not valid GBNF)", why);
+    }
+    return HEARTH_OK;
+}
+
+/* Feeds bytes to a UTF-8 validator (RFC 3629: no overlongs, surrogates or
+ * code points past U+10FFFF).  False at the first byte that breaks it. */
+static bool utf8_feed(utf8_state *st, const char *bytes, int32_t n) {
+    for (int32_t i = 0; i < n; i++) {
+        uint8_t b = (uint8_t)bytes[i];
+        if (st->need > 0) {
+            if (b < st->lo || b > st->hi) {
+                return false;
+            }
+            st->need--;
+            st->lo = 0x80;
+            st->hi = 0xBF;
+            continue;
+        }
+        st->lo = 0x80;
+        st->hi = 0xBF;
+        if (b < 0x80) {
+            continue;
+        } else if (b >= 0xC2 && b <= 0xDF) {
+            st->need = 1;
+        } else if (b >= 0xE0 && b <= 0xEF) {
+            st->need = 2;
+            st->lo = b == 0xE0 ? 0xA0 : 0x80;
+            st->hi = b == 0xED ? 0x9F : 0xBF;
+        } else if (b >= 0xF0 && b <= 0xF4) {
+            st->need = 3;
+            st->lo = b == 0xF0 ? 0x90 : 0x80;
+            st->hi = b == 0xF4 ? 0x8F : 0xBF;
+        } else {
+            return false;
+        }
+    }
+    return true;
+}
+
+static int32_t piece_of(const struct llama_vocab *vocab, llama_token t, char *buf, int32_t cap) {
+    int32_t n = llama_token_to_piece(vocab, t, buf, cap, 0, false);
+    return n < 0 ? -1 : n;
+}
+
+bool hearth_utf8_index_build(const struct llama_vocab *vocab, utf8_index *ix) {
+    int32_t n_vocab = llama_vocab_n_tokens(vocab);
+    ix->cls = calloc((size_t)n_vocab, 1);
+    ix->partial = malloc((size_t)n_vocab * sizeof(int32_t));
+    ix->n_partial = 0;
+    if (!ix->cls || !ix->partial) {
+        hearth_utf8_index_free(ix);
+        return false;
+    }
+    char buf[256];
+    for (int32_t t = 0; t < n_vocab; t++) {
+        int32_t n = piece_of(vocab, t, buf, sizeof buf);
+        utf8_state st = {0, 0, 0};
+        if (n < 0 || !utf8_feed(&st, buf, n)) {
+            /* Invalid from a clean start; with a sequence open it may still
+             * be its continuation, so only bytes UTF-8 never uses rule a
+             * token out for good. */
+            bool never = n < 0;
+            for (int32_t i = 0; i < n && !never; i++) {
+                uint8_t c = (uint8_t)buf[i];
+                never = c == 0xC0 || c == 0xC1 || c >= 0xF5;
+            }
+            ix->cls[t] = never ? 2 : 1;
+        } else {
+            ix->cls[t] = st.need > 0 ? 1 : 0;
+        }
+        if (ix->cls[t] == 1) {
+            ix->partial[ix->n_partial++] = t;
+        }
+    }
+    return true;
+}
+
+void hearth_utf8_index_free(utf8_index *ix) {
+    free(ix->cls);
+    free(ix->partial);
+    ix->cls = NULL;
+    ix->partial = NULL;
+    ix->n_partial = 0;
+}
+
+/* Masks every candidate that would make the text invalid UTF-8.  llama.cpp's
+ * grammar decoder is laxer than UTF-8 (it takes F5..F7 leads and overlong
+ * forms), so a constrained JSON string could otherwise hold bytes that show
+ * as several U+FFFD and break a maxLength the grammar counted. */
+static void mask_invalid_utf8(const hearth_sampler *s, const utf8_index *ix,
+                              const float *logits, llama_token_data *cand) {
+    bool open = s->utf8.need > 0;
+    for (int32_t i = 0; i < s->n_vocab; i++) {
+        /* With a sequence open only a continuation fits; class-0 tokens
+         * start with a fresh character. */
+        if (ix->cls[i] == 2 || ix->cls[i] == 1 || (open && ix->cls[i] == 0)) {
+            cand[i].logit = -INFINITY;
+        }
+    }
+    char buf[256];
+    for (int32_t k = 0; k < ix->n_partial; k++) {
+        llama_token t = ix->partial[k];
+        utf8_state st = s->utf8;
+        int32_t n = piece_of(s->vocab, t, buf, sizeof buf);
+        if (n > 0 && utf8_feed(&st, buf, n)) {
+            cand[t].logit = logits[t];
+        }
+    }
+}
+
+/* Constrained sampling: the grammar masks the candidates first, then the
+ * chain (or an argmax) picks among what is left.  Prompt tokens never reach
+ * the grammar (hearth_sampler_prime feeds only the chain). */
+static llama_token sample_with_grammar(hearth_sampler *s, const float *logits,
+                                       llama_token_data *cand, const utf8_index *utf8) {
+    for (int32_t i = 0; i < s->n_vocab; i++) {
+        cand[i].id = i;
+        cand[i].logit = logits[i];
+        cand[i].p = 0.0f;
+    }
+    if (utf8) {
+        mask_invalid_utf8(s, utf8, logits, cand);
+    }
+    llama_token_data_array cur = {cand, (size_t)s->n_vocab, -1, false};
+    llama_sampler_apply(s->grammar, &cur);
+    bool any = false;
+    for (size_t i = 0; i < cur.size && !any; i++) {
+        any = cur.data[i].logit != -INFINITY;
+    }
+    if (!any) {
+        return LLAMA_TOKEN_NULL; /* accepting anything now would abort llama.cpp */
+    }
+    llama_token tok;
+    if (s->chain) {
+        llama_sampler_apply(s->chain, &cur);
+        if (cur.selected < 0 || (size_t)cur.selected >= cur.size) {
+            return LLAMA_TOKEN_NULL;
+        }
+        tok = cur.data[cur.selected].id;
+        llama_sampler_accept(s->chain, tok);
+    } else {
+        size_t best = 0;
+        for (size_t i = 1; i < cur.size; i++) {
+            if (cur.data[i].logit > cur.data[best].logit) {
+                best = i;
+            }
+        }
+        tok = cur.data[best].id;
+    }
+    llama_sampler_accept(s->grammar, tok);
+    char buf[256];
+    int32_t n = piece_of(s->vocab, tok, buf, sizeof buf);
+    if (n > 0 && !utf8_feed(&s->utf8, buf, n)) {
+        s->utf8 = (utf8_state){0, 0, 0};
+    }
+    return tok;
+}
+
+llama_token hearth_sampler_sample(hearth_sampler *s, struct llama_context *ctx, int32_t idx,
+                                  llama_token_data *scratch, const utf8_index *utf8) {
+    if (s->grammar) {
+        const float *logits = llama_get_logits_ith(ctx, idx);
+        return logits && scratch ? sample_with_grammar(s, logits, scratch, utf8)
+                                 : LLAMA_TOKEN_NULL;
+    }
     if (s->chain) {
         return llama_sampler_sample(s->chain, ctx, idx);
     }
@@ -172,5 +347,52 @@ void hearth_sampler_free(hearth_sampler *s) {
     if (s->chain) {
         llama_sampler_free(s->chain);
         s->chain = NULL;
+    }
+    if (s->grammar) {
+        llama_sampler_free(s->grammar);
+        s->grammar = NULL;
+    }
+}
+
+/* One pass for the maximum (vectorised), one for the partition function,
+ * and a k-entry insertion list for the best tokens: k <= 20 keeps the list
+ * in cache and the cost close to the two passes. */
+void hearth_logprobs_compute(const float *logits, int32_t n_vocab, llama_token chosen, int32_t k,
+                             hearth_logprob *out) {
+    float mx = -INFINITY;
+#pragma omp simd reduction(max : mx)
+    for (int32_t i = 0; i < n_vocab; i++) {
+        mx = logits[i] > mx ? logits[i] : mx;
+    }
+    double sum = 0.0;
+    for (int32_t i = 0; i < n_vocab; i++) {
+        sum += (double)expf(logits[i] - mx);
+    }
+    float log_z = mx + (float)log(sum);
+    out->token = chosen;
+    out->logprob = (chosen >= 0 && chosen < n_vocab) ? logits[chosen] - log_z : -INFINITY;
+    if (out->logprob > 0.0f) {
+        out->logprob = 0.0f; /* rounding when one token holds all the mass */
+    }
+    if (k > HEARTH_MAX_TOP_LOGPROBS) {
+        k = HEARTH_MAX_TOP_LOGPROBS;
+    }
+    int32_t n = 0;
+    for (int32_t i = 0; i < n_vocab && k > 0; i++) {
+        float v = logits[i];
+        if (n == k && !(v > logits[out->top_token[n - 1]])) {
+            continue;
+        }
+        int32_t j = n < k ? n++ : k - 1;
+        while (j > 0 && v > logits[out->top_token[j - 1]]) {
+            out->top_token[j] = out->top_token[j - 1];
+            j--;
+        }
+        out->top_token[j] = i;
+    }
+    out->n_top = n;
+    for (int32_t j = 0; j < n; j++) {
+        float lp = logits[out->top_token[j]] - log_z;
+        out->top_logprob[j] = lp > 0.0f ? 0.0f : lp;
     }
 }

@@ -90,3 +90,21 @@ void htokens_free(htokens *t) {
     t->data = NULL;
     t->len = t->cap = 0;
 }
+
+bool hlogprobs_append(hlogprobs *l, const hearth_logprob *src, int32_t n) {
+    if (n <= 0) {
+        return true;
+    }
+    if (!grow((void **)&l->data, &l->cap, l->len + n, sizeof(hearth_logprob))) {
+        return false;
+    }
+    memcpy(l->data + l->len, src, (size_t)n * sizeof(hearth_logprob));
+    l->len += n;
+    return true;
+}
+
+void hlogprobs_free(hlogprobs *l) {
+    free(l->data);
+    l->data = NULL;
+    l->len = l->cap = 0;
+}

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Sequence
 
 from runtime import errors
 from runtime.core.chat import render_chat
+from runtime.core.grammar import grammar_for
 from runtime.core.types import (
     CallContext,
     ChatRequest,
@@ -17,17 +18,21 @@ from runtime.core.types import (
     GenerateChunk,
     GenerateRequest,
     GenerationOptions,
+    TokenLogprob,
+    TopLogprob,
     Usage,
 )
 from runtime.core.validation import (
     check_max_tokens,
     check_messages,
     check_stops,
+    check_structured,
+    native_logprobs,
     sampling_from,
 )
 from runtime.events import EventBus, RequestFinished
 from runtime.models.manager import ModelHandle, ModelManager
-from runtime.native import FinishReason, NativeEngine, Output, RequestParams
+from runtime.native import FinishReason, NativeEngine, Output, RequestParams, TokenLogprobs
 
 log = logging.getLogger("hearth.inference")
 
@@ -131,6 +136,9 @@ class InferenceService:
         assert engine is not None and session is not None
         sampling = sampling_from(opts)
         stops = check_stops(opts.stop)
+        check_structured(opts)
+        logprobs = native_logprobs(opts)
+        grammar = grammar_for(opts.structured)
         max_tokens = check_max_tokens(opts.max_tokens, len(tokens), engine.info.n_ctx_slot,
                                       self.max_tokens_default)
         deadline_ns = 0
@@ -138,7 +146,7 @@ class InferenceService:
             deadline_ns = time.monotonic_ns() + int((ctx.deadline - time.monotonic()) * 1e9)
         params = RequestParams(prompt=tokens, max_tokens=max_tokens, sampling=sampling,
                                stop=stops, deadline_ns=max(deadline_ns, 0),
-                               ignore_eos=opts.ignore_eos)
+                               ignore_eos=opts.ignore_eos, grammar=grammar, logprobs=logprobs)
         try:
             stream = session.generate(params)
         except errors.ResourceExhausted as exc:
@@ -157,7 +165,8 @@ class InferenceService:
                 if out.finished:
                     final = out
                     break
-                yield GenerateChunk(out.text, out.tokens, ctx.request_id if first else "")
+                yield GenerateChunk(out.text, out.tokens, ctx.request_id if first else "",
+                                    logprobs=self._logprobs(engine, out.logprobs))
                 first = False
             if final is None:
                 raise errors.InternalError("the engine stopped without finishing the request")
@@ -172,7 +181,8 @@ class InferenceService:
                 final.text, final.tokens, ctx.request_id if first else "",
                 finish_reason=_FINISH_NAMES[final.finish_reason],
                 stop_sequence=stops[final.stop_index] if final.stop_index >= 0 else "",
-                usage=usage_of(final), model=handle.name)
+                usage=usage_of(final), model=handle.name,
+                logprobs=self._logprobs(engine, final.logprobs))
         except BaseException as exc:
             status = type(exc).__name__
             raise
@@ -180,6 +190,17 @@ class InferenceService:
             stream.close()
             content = (prompt, "".join(texts)) if texts is not None else None
             self._publish(handle.name, ctx, kind, status, final, content)
+
+    @staticmethod
+    def _logprobs(engine: NativeEngine, entries: list[TokenLogprobs]
+                  ) -> tuple[TokenLogprob, ...]:
+        if not entries:
+            return ()
+        piece = engine.token_piece
+        return tuple(
+            TokenLogprob(e.token, piece(e.token), e.logprob,
+                         tuple(TopLogprob(t, piece(t), lp) for t, lp in e.top))
+            for e in entries)
 
     def _publish(self, model: str, ctx: CallContext, kind: str, status: str,
                  final: Output | None, content: tuple[str, str] | None) -> None:

@@ -52,6 +52,25 @@ def sampling_from(opts: GenerationOptions) -> Sampling:
     )
 
 
+MAX_TOP_LOGPROBS = 20
+
+
+def native_logprobs(opts: GenerationOptions) -> int:
+    """The core's logprobs argument: -1 none, else how many alternatives."""
+    if not 0 <= opts.top_logprobs <= MAX_TOP_LOGPROBS:
+        raise InvalidArgument(f"top_logprobs: must be in [0, {MAX_TOP_LOGPROBS}], "
+                              f"got {opts.top_logprobs}")
+    if opts.top_logprobs and not opts.logprobs:
+        raise InvalidArgument("top_logprobs: needs logprobs to be set")
+    return opts.top_logprobs if opts.logprobs else -1
+
+
+def check_structured(opts: GenerationOptions) -> None:
+    if opts.structured is not None and opts.ignore_eos:
+        raise InvalidArgument("ignore_eos: cannot be combined with structured output (a "
+                              "finished grammar allows only the end of generation)")
+
+
 def check_stops(stops: tuple[str, ...]) -> tuple[str, ...]:
     if len(stops) > MAX_STOPS:
         raise InvalidArgument(f"stop: at most {MAX_STOPS} strings, got {len(stops)}")

@@ -16,6 +16,7 @@ from runtime.native.engine import (
     Output,
     RequestParams,
     Sampling,
+    TokenLogprobs,
     build_info,
     list_devices,
 )
@@ -33,6 +34,7 @@ __all__ = [
     "RequestParams",
     "Sampling",
     "TextStream",
+    "TokenLogprobs",
     "build_info",
     "check",
     "ffi",

@@ -72,6 +72,18 @@ class RequestParams:
     stop: tuple[str, ...] = ()
     deadline_ns: int = 0
     ignore_eos: bool = False
+    grammar: str | None = None           # GBNF, start rule "root"
+    logprobs: int = -1                   # -1 none, 0 chosen token, k: also top k
+    speculate: bool = True               # use the draft model, if there is one
+
+
+@dataclass(frozen=True)
+class TokenLogprobs:
+    """Log-softmax of the raw logits at one generated position."""
+
+    token: int
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -93,6 +105,9 @@ class Output:
     t_first_token_ns: int
     t_finish_ns: int
     embedding: list[float] | None = None
+    logprobs: list[TokenLogprobs] = field(default_factory=list)
+    n_drafted: int = 0
+    n_draft_accepted: int = 0
 
 
 @dataclass(frozen=True)
@@ -172,6 +187,17 @@ def list_devices() -> list[DeviceInfo]:
     return out
 
 
+def _logprobs(arr: Any, n: int) -> list[TokenLogprobs]:
+    out = []
+    for i in range(n):
+        lp = arr[i]
+        k = lp.n_top
+        out.append(TokenLogprobs(lp.token, lp.logprob, tuple(
+            zip(ffi.unpack(lp.top_token, k), ffi.unpack(lp.top_logprob, k), strict=True))
+            if k else ()))
+    return out
+
+
 def _struct_fields(cdata: object, cls: type) -> dict:
     values = {}
     for name in cls.__dataclass_fields__:  # type: ignore[attr-defined]
@@ -213,6 +239,9 @@ class NativeRequest:
             t_first_token_ns=o.t_first_token_ns,
             t_finish_ns=o.t_finish_ns,
             embedding=embedding,
+            logprobs=_logprobs(o.logprobs, o.n_logprobs) if o.n_logprobs else [],
+            n_drafted=o.n_drafted,
+            n_draft_accepted=o.n_draft_accepted,
         )
 
     def cancel(self) -> None:
@@ -266,6 +295,7 @@ class NativeEngine:
         self.params = params
         self.info = self._model_info()
         self._ids = ffi.new("uint64_t[]", 256)
+        self._pieces: dict[int, str] = {}
 
     @contextmanager
     def _h(self) -> Iterator[object]:
@@ -354,6 +384,19 @@ class NativeEngine:
             h, toks, len(tokens), render_special, b, c, n), "char[]", 8 * len(tokens) + 16, n)
         return ffi.unpack(buf, n[0]).decode("utf-8", errors="replace")
 
+    def token_piece(self, token: int) -> str:
+        """The text of one token as generated (special tokens rendered),
+        for logprobs; part of a UTF-8 character shows as U+FFFD."""
+        cache = self._pieces
+        if token not in cache:
+            if len(cache) > 65536:
+                cache.clear()
+            n = ffi.new("int32_t *")
+            buf = self._grow(lambda h, b, c: lib.hearth_engine_token_piece(h, token, b, c, n),
+                             "char[]", 64, n)
+            cache[token] = ffi.unpack(buf, n[0]).decode("utf-8", errors="replace")
+        return cache[token]
+
     def apply_chat_template(self, messages: Sequence[tuple[str, str]], add_assistant: bool = True,
                             template: str | None = None) -> str:
         roles = [ffi.new("char[]", r.encode()) for r, _ in messages]
@@ -390,6 +433,10 @@ class NativeEngine:
         p.n_stop = len(stops)
         p.deadline_ns = params.deadline_ns
         p.ignore_eos = params.ignore_eos
+        grammar = ffi.new("char[]", params.grammar.encode("utf-8")) if params.grammar else None
+        p.grammar = grammar if grammar is not None else ffi.NULL
+        p.logprobs = params.logprobs
+        p.speculate = params.speculate
         out = ffi.new("hearth_request **")
         with self._h() as h:
             check(lib.hearth_engine_submit(h, p, out))

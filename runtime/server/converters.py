@@ -13,8 +13,10 @@ from runtime.core import (
     GenerateChunk,
     GenerateRequest,
     GenerationOptions,
+    StructuredOutput,
 )
 from runtime.core.types import EmbedResult
+from runtime.errors import InvalidArgument
 from runtime.models.manager import ModelHandle
 
 _OPTIONAL = ("max_tokens", "temperature", "top_p", "top_k", "seed", "min_p", "repeat_penalty",
@@ -32,10 +34,31 @@ MODEL_STATES = {
 }
 
 
+def structured_from(msg: Any) -> StructuredOutput | None:
+    fmt = msg.response_format.type
+    if msg.grammar and fmt != ipb.ResponseFormat.TYPE_TEXT:
+        raise InvalidArgument("grammar: set either grammar or response_format, not both")
+    if msg.response_format.json_schema and fmt != ipb.ResponseFormat.TYPE_JSON_SCHEMA:
+        raise InvalidArgument("response_format.json_schema: needs type TYPE_JSON_SCHEMA")
+    if msg.grammar:
+        return StructuredOutput("grammar", msg.grammar)
+    if fmt == ipb.ResponseFormat.TYPE_JSON_OBJECT:
+        return StructuredOutput("json_object")
+    if fmt == ipb.ResponseFormat.TYPE_JSON_SCHEMA:
+        if not msg.response_format.json_schema:
+            raise InvalidArgument("response_format.json_schema: must not be empty")
+        return StructuredOutput("json_schema", msg.response_format.json_schema)
+    if fmt != ipb.ResponseFormat.TYPE_TEXT:
+        raise InvalidArgument(f"response_format.type: unknown value {fmt}")
+    return None
+
+
 def options_from(msg: Any) -> GenerationOptions:
     """GenerateRequest and ChatRequest share these fields and numbers."""
     values = {name: getattr(msg, name) if msg.HasField(name) else None for name in _OPTIONAL}
-    return GenerationOptions(stop=tuple(msg.stop), ignore_eos=msg.ignore_eos, **values)
+    return GenerationOptions(stop=tuple(msg.stop), ignore_eos=msg.ignore_eos,
+                             structured=structured_from(msg), logprobs=msg.logprobs,
+                             top_logprobs=msg.top_logprobs, **values)
 
 
 def generate_request(msg: ipb.GenerateRequest) -> GenerateRequest:
@@ -55,7 +78,12 @@ def embed_request(msg: ipb.EmbedRequest) -> EmbedRequest:
 
 def generate_response(chunk: GenerateChunk) -> ipb.GenerateResponse:
     out = ipb.GenerateResponse(text=chunk.text, token_ids=chunk.token_ids,
-                               request_id=chunk.request_id)
+                               request_id=chunk.request_id, cached=chunk.cached)
+    for lp in chunk.logprobs:
+        out.logprobs.append(ipb.TokenLogprob(
+            token_id=lp.token_id, token=lp.token, logprob=lp.logprob,
+            top_logprobs=[ipb.TopLogprob(token_id=t.token_id, token=t.token, logprob=t.logprob)
+                          for t in lp.top]))
     if chunk.finish_reason:
         out.finish_reason = FINISH_REASONS[chunk.finish_reason]
         out.stop_sequence = chunk.stop_sequence
