@@ -55,7 +55,9 @@ def _lenient_class(desc: Descriptor) -> type[Message]:
             msg = stack.pop()
             stack.extend(msg.nested_type)
             for f in msg.field:
-                if f.type == FieldDescriptor.TYPE_STRING:
+                # A map key cannot be bytes: a bad key stays a parse error.
+                is_map_key = msg.options.map_entry and f.name == "key"
+                if f.type == FieldDescriptor.TYPE_STRING and not is_map_key:
                     f.type = FieldDescriptor.TYPE_BYTES
         pool.Add(proto)
 
@@ -68,9 +70,14 @@ def _find_bad_utf8(msg: Message, original: Descriptor, prefix: str = "") -> str 
         orig = original.fields_by_name[field.name]
         path = f"{prefix}{field.name}"
         repeated = field.is_repeated
-        items = list(value) if repeated else [value]
-        for i, item in enumerate(items):
-            where = f"{path}[{i}]" if repeated else path
+        if orig.message_type is not None and orig.message_type.GetOptions().map_entry:
+            # A map: check its values, named by their (valid UTF-8) keys.
+            orig = orig.message_type.fields_by_name["value"]
+            entries = [(f"{path}[{k!r}]", v) for k, v in value.items()]
+        else:
+            items = list(value) if repeated else [value]
+            entries = [(f"{path}[{i}]" if repeated else path, v) for i, v in enumerate(items)]
+        for where, item in entries:
             if orig.type == FieldDescriptor.TYPE_STRING:
                 try:
                     item.decode("utf-8")
@@ -112,13 +119,18 @@ async def _abort(context: grpc.aio.ServicerContext, exc: BaseException, method: 
     await context.abort(code, message, trailers)
 
 
+def reject_malformed(request: Any) -> None:
+    """InvalidArgument for a request the lenient decoder could not read."""
+    if isinstance(request, MalformedRequest):
+        raise errors.InvalidArgument(request.reason)
+
+
 def _admit(authenticator: Authenticator, context: grpc.aio.ServicerContext,
            request: Any) -> None:
     """Authenticates the caller (first: an unauthenticated caller learns
     nothing about its request), then rejects a malformed request."""
     principal.current.set(authenticator.authenticate(context))
-    if isinstance(request, MalformedRequest):
-        raise errors.InvalidArgument(request.reason)
+    reject_malformed(request)
 
 
 def _unary(method: str, impl: Callable[..., Any], authenticator: Authenticator
@@ -148,6 +160,25 @@ def _stream(method: str, impl: Callable[..., AsyncIterator[Any]], authenticator:
     return handler
 
 
+def _bidi(method: str, impl: Callable[..., AsyncIterator[Any]], authenticator: Authenticator
+          ) -> Callable[..., Any]:
+    """A stream of requests: the caller is authenticated once, before the
+    first request is read.  Requests reach the servicer as decoded, possibly
+    MalformedRequest: it answers those one by one (reject_malformed) when its
+    protocol reports errors per request and keeps the stream open."""
+    async def handler(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext
+                      ) -> AsyncIterator[Any]:
+        try:
+            _admit(authenticator, context, None)
+            async for reply in impl(requests, context):
+                yield reply
+        except grpc.aio.AbortError:
+            raise
+        except Exception as exc:
+            await _abort(context, exc, method)
+    return handler
+
+
 def add_service(server: grpc.aio.Server, service: ServiceDescriptor, servicer: object,
                 authenticator: Authenticator) -> None:
     handlers = {}
@@ -158,9 +189,13 @@ def add_service(server: grpc.aio.Server, service: ServiceDescriptor, servicer: o
         full = f"/{service.full_name}/{method.name}"
         kwargs = dict(request_deserializer=lenient_deserializer(request_cls),
                       response_serializer=response_cls.SerializeToString)
-        if method.client_streaming:
-            raise errors.InternalError(f"{full}: client streaming is not supported here")
-        if method.server_streaming:
+        if method.client_streaming and method.server_streaming:
+            handlers[method.name] = grpc.stream_stream_rpc_method_handler(
+                _bidi(full, impl, authenticator), **kwargs)
+        elif method.client_streaming:
+            raise errors.InternalError(f"{full}: client streaming without server streaming "
+                                       "is not supported here")
+        elif method.server_streaming:
             handlers[method.name] = grpc.unary_stream_rpc_method_handler(
                 _stream(full, impl, authenticator), **kwargs)
         else:

@@ -1,0 +1,185 @@
+"""Sampling settings of a KServe request, to core GenerationOptions.
+
+They come from two places, as with Triton's LLM backends: the optional
+`sampling_parameters` input, a JSON object, and the request's `parameters`
+map.  A key may be set in one of them, not in both.  Unknown keys are
+refused by name, because a misspelt key that is silently ignored gives a
+different generation than the caller asked for.
+
+Numbers and booleans may also be written as strings ("0.7", "true"): the
+vLLM backend's own examples send them that way.  Ranges are checked by the
+core, which names the Hearth field (`repetition_penalty` is the core's
+`repeat_penalty`).
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+from runtime._proto.kserve.v2 import inference_pb2 as kpb
+from runtime.core import GenerationOptions
+from runtime.core.types import StructuredOutput
+from runtime.errors import InvalidArgument
+
+
+def _float(where: str, value: Any) -> float:
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    raise InvalidArgument(f"{where}: must be a number, got {value!r}")
+
+
+def _int(where: str, value: Any) -> int:
+    if isinstance(value, str):
+        try:
+            return int(value)
+        except ValueError:
+            pass
+    elif isinstance(value, int) and not isinstance(value, bool):
+        return value
+    raise InvalidArgument(f"{where}: must be an integer, got {value!r}")
+
+
+def _bool(where: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    raise InvalidArgument(f"{where}: must be true or false, got {value!r}")
+
+
+def _top_k(where: str, value: Any) -> int:
+    k = _int(where, value)
+    return 0 if k == -1 else k      # vLLM's "no top-k" is -1, llama.cpp's is 0
+
+
+def _stops(where: str, value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        return (value,)
+    if isinstance(value, list):
+        for i, item in enumerate(value):
+            if not isinstance(item, str):
+                raise InvalidArgument(f"{where}[{i}]: must be a string, got {item!r}")
+        return tuple(value)
+    raise InvalidArgument(f"{where}: must be a string or a list of strings, got {value!r}")
+
+
+# key -> (GenerationOptions field, conversion)
+_SIMPLE: dict[str, tuple[str, Callable[[str, Any], Any]]] = {
+    "max_tokens": ("max_tokens", _int),
+    "temperature": ("temperature", _float),
+    "top_p": ("top_p", _float),
+    "top_k": ("top_k", _top_k),
+    "min_p": ("min_p", _float),
+    "seed": ("seed", _int),
+    "stop": ("stop", _stops),
+    "repetition_penalty": ("repeat_penalty", _float),
+    "frequency_penalty": ("frequency_penalty", _float),
+    "presence_penalty": ("presence_penalty", _float),
+    "penalty_last_n": ("penalty_last_n", _int),
+    "ignore_eos": ("ignore_eos", _bool),
+    "top_logprobs": ("top_logprobs", _int),
+}
+# Handled below: they set more than one field, or depend on each other.
+_SPECIAL = ("logprobs", "response_format", "grammar")
+KNOWN_KEYS = tuple(sorted((*_SIMPLE, *_SPECIAL)))
+
+
+def _json_object(where: str, value: Any) -> dict[str, Any]:
+    """An object, or a string holding one (the parameters map has no
+    objects)."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError as exc:
+            raise InvalidArgument(f"{where}: not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise InvalidArgument(f"{where}: must be a JSON object, got {value!r}")
+    return value
+
+
+def _response_format(where: str, value: Any) -> StructuredOutput | None:
+    fmt = _json_object(where, value)
+    kind = fmt.get("type")
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return StructuredOutput("json_object")
+    if kind == "json_schema":
+        spec = fmt.get("json_schema")
+        schema = spec.get("schema") if isinstance(spec, dict) else None
+        if not isinstance(schema, dict):
+            raise InvalidArgument(f"{where}.json_schema.schema: must be a JSON object")
+        return StructuredOutput("json_schema", json.dumps(schema))
+    raise InvalidArgument(f"{where}.type: must be text, json_object or json_schema, "
+                          f"got {kind!r}")
+
+
+def parse_sampling_json(raw: bytes) -> dict[str, Any]:
+    """The `sampling_parameters` input's element: a JSON object."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidArgument("sampling_parameters: not valid UTF-8") from None
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise InvalidArgument(f"sampling_parameters: not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise InvalidArgument(f"sampling_parameters: must be a JSON object, got {text[:80]!r}")
+    return value
+
+
+def parameter_value(param: kpb.InferParameter) -> Any:
+    """The value an InferParameter holds, whichever kind it is."""
+    kind = param.WhichOneof("parameter_choice")
+    return getattr(param, kind) if kind else None
+
+
+def generation_options(from_json: dict[str, Any], from_parameters: dict[str, Any]
+                       ) -> GenerationOptions:
+    """Both sources merged and converted; every error names its source and key."""
+    values: dict[str, tuple[str, Any]] = {}     # key -> (where, value)
+    for source, given in (("sampling_parameters", from_json),
+                          ("parameters", from_parameters)):
+        for key, value in given.items():
+            where = f"{source}.{key}"
+            if key not in _SIMPLE and key not in _SPECIAL:
+                raise InvalidArgument(f"{where}: unknown sampling parameter (known: "
+                                      f"{', '.join(KNOWN_KEYS)})")
+            if key in values:
+                raise InvalidArgument(f"{where}: also set in {values[key][0]}; set it once")
+            values[key] = (where, value)
+
+    fields: dict[str, Any] = {}
+    for key, (where, value) in values.items():
+        if key in _SIMPLE:
+            field, convert = _SIMPLE[key]
+            fields[field] = convert(where, value)
+    if "logprobs" in values:
+        where, value = values["logprobs"]
+        if isinstance(value, bool | str):
+            fields["logprobs"] = _bool(where, value)
+        else:
+            # vLLM's form: logprobs=N asks for the N most likely alternatives.
+            if "top_logprobs" in values:
+                raise InvalidArgument(f"{where}: an integer here means top_logprobs; "
+                                      "do not set both")
+            fields["logprobs"] = True
+            fields["top_logprobs"] = _int(where, value)
+    if "response_format" in values and "grammar" in values:
+        raise InvalidArgument(f"{values['grammar'][0]}: set either grammar or "
+                              "response_format, not both")
+    if "response_format" in values:
+        fields["structured"] = _response_format(*values["response_format"])
+    if "grammar" in values:
+        where, value = values["grammar"]
+        if not isinstance(value, str) or not value.strip():
+            raise InvalidArgument(f"{where}: must be a non-empty GBNF grammar string")
+        fields["structured"] = StructuredOutput("grammar", value)
+    return GenerationOptions(**fields)
