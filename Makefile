@@ -74,6 +74,7 @@ test: setup model lint
 bench: setup model
 	$(BIN)/python -m benchmarks.serving
 	$(BIN)/python -m benchmarks.storage
+	$(BIN)/python -m benchmarks.features
 
 # The signing key stays on the build machine; sites trust its fingerprint.
 bundle: setup $(if $(filter 1,$(BUNDLE_MODEL)),model)

@@ -117,7 +117,8 @@ setup(
     python_requires=">=3.11",
     packages=find_packages(include=["runtime", "runtime.*"]),
     package_data={"runtime": ["_native/*.so", "_native/*.h", "py.typed"],
-                  "runtime._proto.hearth.v1": ["*.pyi"]},
+                  "runtime._proto.hearth.v1": ["*.pyi"],
+                  "runtime._proto.kserve.v2": ["*.pyi"]},
     install_requires=[
         f"{PIN['package']}=={PIN['version']}",
         "cffi>=1.16",

@@ -13,6 +13,7 @@ ConfigError whose message starts with the dotted path of the key, e.g.
     models_dir = "/var/lib/hearth/models"     # Models.Load(name) -> <name>.gguf
     log_format = "text"                       # or "json"
     log_level = "info"
+    http_listen = "127.0.0.1:8080"            # OpenAI-compatible HTTP API; "" = off
 
     [models.gemma]                            # [models.<name>]
     path = "/var/lib/hearth/models/gemma-3-270m-q4_k_m.gguf"
@@ -80,6 +81,9 @@ class ModelConfig:
     embeddings: bool = True
     chat_template: str = ""         # "" = the GGUF's; else a llama.cpp template
                                     # name ("gemma", "chatml", ...) or Jinja text
+    draft: str = ""                 # speculative decoding: a draft GGUF sharing the
+                                    # tokenizer, or "store:NAME" (sealed); "" = none
+    n_draft: int = 4                # tokens the draft proposes per step
     load: bool = True
 
 
@@ -94,8 +98,11 @@ class ServerConfig:
     log_format: str = "text"
     log_level: str = "info"
     metrics_listen: str = ""        # HOST:PORT (loopback) for Prometheus; "" = off
+    http_listen: str = ""           # HOST:PORT of the OpenAI-compatible HTTP API; "" = off
     audit: bool = True              # with a master key: log every request, sealed
     audit_content: bool = False     # also prompts and responses, per-subject keys
+    response_cache_mb: int = 0      # LRU of deterministic answers; 0 = off
+    response_cache_shared: bool = False  # one client's cached answer may serve another
 
 
 @dataclass(frozen=True)
@@ -128,6 +135,7 @@ _INT_RANGES: dict[str, tuple[int, int]] = {
     "threads": (1, 1024), "threads_batch": (0, 1024), "main_gpu": (0, 64),
     "max_receive_message_bytes": (1024, 1 << 30), "max_send_message_bytes": (1024, 1 << 30),
     "max_tokens_default": (1, 1 << 24), "burst_window_us": (0, 1_000_000),
+    "response_cache_mb": (0, 1 << 20), "n_draft": (1, 16),
 }
 _CHOICES: dict[str, tuple[str, ...]] = {
     "flash_attn": ("auto", "on", "off"), "cache_type_k": ("f16", "f32", "q8_0", "q4_0"),
@@ -159,7 +167,7 @@ def _check_value(path: str, key: str, value: Any, default: Any) -> Any:
         for addr in items:
             check_listen_address(addr, where)
         return tuple(items)
-    if key == "metrics_listen":
+    if key in ("metrics_listen", "http_listen"):
         if not isinstance(value, str):
             raise ConfigError(f"{where}: must be HOST:PORT")
         if value:
@@ -251,6 +259,9 @@ def parse_config(data: dict[str, Any], base_dir: Path | None = None) -> Config:
                               "store, not both")
         if base_dir is not None and not os.path.isabs(model.path):
             model = replace(model, path=str((base_dir / model.path).resolve()))
+        if (base_dir is not None and model.draft and not model.draft.startswith("store:")
+                and not os.path.isabs(model.draft)):
+            model = replace(model, draft=str((base_dir / model.draft).resolve()))
         validate_model(model, f"models.{name}.")
         models[name] = model
     if server.models_dir and base_dir is not None and not os.path.isabs(server.models_dir):
@@ -282,6 +293,10 @@ def validate_model(m: ModelConfig, path: str) -> None:
                           f"got {m.n_batch}")
     if m.n_ubatch > m.n_batch:
         raise ConfigError(f"{path}n_ubatch: must be <= n_batch ({m.n_batch}), got {m.n_ubatch}")
+    if not 1 <= m.n_draft <= 16:
+        raise ConfigError(f"{path}n_draft: must be in 1..16, got {m.n_draft}")
+    if m.draft.startswith("store:"):
+        check_model_name(m.draft[len("store:"):], f"{path}draft")
 
 
 def load_config(path: str | Path) -> Config:

@@ -38,6 +38,9 @@ class RequestFinished:
     total_s: float
     subject: str = ""                          # whose content this is (audit erasure)
     content: tuple[str, str] | None = None     # (prompt, response), when collected
+    response_cache: str = ""                   # "hit" or "miss" when the cache was asked
+    draft_tokens: int = 0                      # speculative decoding: proposed ...
+    draft_accepted: int = 0                    # ... and accepted by the model
 
 
 Handler = Callable[[Any], None]

@@ -89,6 +89,7 @@ static void engine_destroy(hearth_engine *e) {
     if (e->batch.token) {
         llama_batch_free(e->batch);
     }
+    hearth_draft_free(e->draft, e->params.n_parallel);
     if (e->embd_ctx) llama_free(e->embd_ctx);
     if (e->ctx) llama_free(e->ctx);
     if (e->model) llama_model_free(e->model);
@@ -104,6 +105,7 @@ static void engine_destroy(hearth_engine *e) {
     free(e->candidates);
     hearth_utf8_index_free(&e->utf8);
     free((char *)e->params.model_path);
+    free((char *)e->params.draft_path);
     if (e->event_fd >= 0) close(e->event_fd);
     pthread_mutex_destroy(&e->mu);
     pthread_mutex_destroy(&e->ready_mu);
@@ -130,11 +132,13 @@ hearth_status hearth_engine_create(const hearth_engine_params *p, hearth_engine 
     pthread_cond_init(&e->cv, NULL);
     e->params = *p;
     e->params.model_path = p->model_path ? strdup(p->model_path) : NULL;
+    e->params.draft_path = p->draft_path ? strdup(p->draft_path) : NULL;
     e->admission_open = true;
     e->next_id = 1;
     atomic_init(&e->heartbeat_ns, hearth_now_ns());
 
-    if ((st = hearth_model_load(e)) != HEARTH_OK || (st = hearth_model_create_context(e)) != HEARTH_OK) {
+    if ((st = hearth_model_load(e)) != HEARTH_OK || (st = hearth_model_create_context(e)) != HEARTH_OK ||
+        (hearth_engine_has_draft(p) && (st = hearth_draft_create(e)) != HEARTH_OK)) {
         engine_destroy(e);
         return st;
     }

@@ -218,9 +218,62 @@ static const utf8_index *grammar_utf8(hearth_engine *e) {
     return &e->utf8;
 }
 
+/* Samples the rows of the last token and of each proposal in order, with
+ * the request's own sampler, while the sampled token equals the proposal.
+ * Each emitted token is a draw from the model's own distribution, so the
+ * output is what it would have been without a draft.  The KV of rejected
+ * proposals is cut off.  Returns how many tokens were emitted. */
+static int32_t verify_drafts(hearth_engine *e, hearth_request *r) {
+    slot *s = &e->slots[r->slot];
+    int32_t m = r->drafts.len;
+    int32_t emitted = 0;
+    for (int32_t j = 0; j <= m; j++) {
+        int32_t row = r->batch_index + j;
+        llama_token tok = hearth_sampler_sample(&r->sampler, e->ctx, row, e->candidates, NULL);
+        accept_token(e, r, tok, llama_get_logits_ith(e->ctx, row));
+        emitted++;
+        if (r->pending_finish != HEARTH_FINISH_NONE || j == m || tok != r->drafts.data[j]) {
+            break;
+        }
+        /* Accepted: its KV, computed in this batch, is now the slot's. */
+        htokens_append(&s->cache, &tok, 1);
+        r->n_past++;
+        r->n_draft_accepted++;
+    }
+    r->n_drafted += m;
+    llama_memory_seq_rm(llama_get_memory(e->ctx), r->slot, r->n_past, -1);
+    r->drafts.len = 0;
+    return emitted;
+}
+
+/* Asks the draft model for proposals for every decoding request that may
+ * use them, within the room the plan leaves in the batch. */
+static void propose(hearth_engine *e, int32_t n_plan) {
+    hearth_request *spec[256];
+    int32_t n_spec = 0;
+    int32_t planned = 0;
+    for (int32_t i = 0; i < n_plan; i++) {
+        hearth_request *r = e->plan_reqs[i];
+        r->drafts.len = 0;
+        planned += e->plan[i].n_tokens;
+        /* A grammar's state cannot be rolled back past a rejected proposal. */
+        if (e->plan[i].action == HEARTH_SCHED_DECODE && r->speculate && !r->sampler.grammar &&
+            n_spec < 256) {
+            spec[n_spec++] = r;
+        }
+    }
+    int32_t room = e->params.n_batch - planned;
+    if (n_spec > 0 && room > 0) {
+        hearth_draft_propose(e, spec, n_spec, room);
+    }
+}
+
 static void run_step(hearth_engine *e, int32_t n_plan) {
     struct llama_batch *b = &e->batch;
     b->n_tokens = 0;
+    if (e->draft) {
+        propose(e, n_plan);
+    }
     for (int32_t i = 0; i < n_plan; i++) {
         hearth_request *r = e->plan_reqs[i];
         const hearth_sched_entry *ent = &e->plan[i];
@@ -228,6 +281,9 @@ static void run_step(hearth_engine *e, int32_t n_plan) {
         if (ent->action == HEARTH_SCHED_DECODE) {
             batch_add(b, r->last_token, r->n_past, r->slot, true);
             r->batch_index = b->n_tokens - 1;
+            for (int32_t k = 0; k < r->drafts.len; k++) {
+                batch_add(b, r->drafts.data[k], r->n_past + 1 + k, r->slot, true);
+            }
             continue;
         }
         for (int32_t j = 0; j < ent->n_tokens; j++) {
@@ -282,6 +338,10 @@ static void run_step(hearth_engine *e, int32_t n_plan) {
         }
         if (atomic_load(&r->cancel)) {
             r->pending_finish = HEARTH_FINISH_CANCELLED;
+            continue;
+        }
+        if (r->drafts.len > 0) {
+            n_sampled += (uint64_t)verify_drafts(e, r);
             continue;
         }
         llama_token tok = hearth_sampler_sample(

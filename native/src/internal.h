@@ -140,6 +140,7 @@ struct hearth_request {
     hearth_textstream *text;
     htokens stage_tokens;  /* produced this step, not yet published */
     hlogprobs stage_logprobs;
+    htokens drafts;        /* this step's proposals from the draft model */
     int32_t n_drafted;
     int32_t n_draft_accepted;
     hearth_finish_reason pending_finish; /* decided during a step */
@@ -178,8 +179,18 @@ typedef struct slot {
     uint64_t last_used;
 } slot;
 
+/* speculate.c: the draft model of speculative decoding.  Engine thread. */
+typedef struct draft_model {
+    struct llama_model *model;
+    struct llama_context *ctx;
+    struct llama_batch batch;
+    htokens *cache;        /* per slot: tokens whose KV the draft holds */
+    int32_t n_draft;
+} draft_model;
+
 struct hearth_engine {
     hearth_engine_params params;
+    draft_model *draft;    /* NULL without a draft model */
     struct llama_model *model;
     struct llama_context *ctx;
     struct llama_context *embd_ctx; /* created on first embedding request */
@@ -240,8 +251,22 @@ void hearth_slots_release(struct hearth_engine *e, hearth_request *r, bool keep_
 int32_t hearth_common_prefix(const int32_t *a, int32_t na, const int32_t *b, int32_t nb);
 
 /* model.c */
+hearth_status hearth_model_open(const char *path, int32_t fd, struct llama_model_params mp,
+                                struct llama_model **out);
 hearth_status hearth_model_load(struct hearth_engine *e);
 hearth_status hearth_model_create_context(struct hearth_engine *e);
 hearth_status hearth_model_embed(struct hearth_engine *e, hearth_request *r);
+
+static inline bool hearth_engine_has_draft(const hearth_engine_params *p) {
+    return (p->draft_path && p->draft_path[0]) || p->draft_fd >= 0;
+}
+
+/* speculate.c */
+hearth_status hearth_draft_create(struct hearth_engine *e);
+void hearth_draft_free(draft_model *d, int32_t n_slots);
+/* Fills r->drafts of each request (all decoding, none with a grammar) with
+ * at most `room` proposals in all. */
+void hearth_draft_propose(struct hearth_engine *e, hearth_request **reqs, int32_t n,
+                          int32_t room);
 
 #endif

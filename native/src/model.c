@@ -18,6 +18,30 @@ static enum llama_load_mode load_mode(const hearth_engine_params *p) {
     return LLAMA_LOAD_MODE_NONE;
 }
 
+/* Loads a GGUF from an fd (read from its start; the caller keeps its fd) or
+ * a path.  NULL *out with HEARTH_OK: llama.cpp refused the file. */
+hearth_status hearth_model_open(const char *path, int32_t fd_in, struct llama_model_params mp,
+                                struct llama_model **out) {
+    *out = NULL;
+    if (fd_in >= 0) {
+        int fd = dup(fd_in);
+        FILE *f = fd >= 0 ? fdopen(fd, "rb") : NULL;
+        if (!f) {
+            if (fd >= 0) close(fd);
+            return hearth_fail(HEARTH_E_LOAD_FAILED, "cannot open model fd %d", fd_in);
+        }
+        fseek(f, 0, SEEK_SET);
+        *out = llama_model_load_from_file_ptr(f, mp);
+        fclose(f);
+        return HEARTH_OK;
+    }
+    if (!path || !path[0]) {
+        return hearth_fail(HEARTH_E_INVALID_ARGUMENT, "model path is empty");
+    }
+    *out = llama_model_load_from_file(path, mp);
+    return HEARTH_OK;
+}
+
 hearth_status hearth_model_load(hearth_engine *e) {
     pthread_once(&backend_once, backend_init);
     const hearth_engine_params *p = &e->params;
@@ -43,22 +67,9 @@ hearth_status hearth_model_load(hearth_engine *e) {
         }
         mp.tensor_split = split;
     }
-    if (p->model_fd >= 0) {
-        int fd = dup(p->model_fd);
-        FILE *f = fd >= 0 ? fdopen(fd, "rb") : NULL;
-        if (!f) {
-            if (fd >= 0) close(fd);
-            return hearth_fail(HEARTH_E_LOAD_FAILED, "cannot open model fd %d", p->model_fd);
-        }
-        /* Read from the start, whatever the caller did with the offset. */
-        fseek(f, 0, SEEK_SET);
-        e->model = llama_model_load_from_file_ptr(f, mp);
-        fclose(f);
-    } else {
-        if (!p->model_path || !p->model_path[0]) {
-            return hearth_fail(HEARTH_E_INVALID_ARGUMENT, "model_path is empty");
-        }
-        e->model = llama_model_load_from_file(p->model_path, mp);
+    hearth_status st = hearth_model_open(p->model_path, p->model_fd, mp, &e->model);
+    if (st != HEARTH_OK) {
+        return st;
     }
     if (!e->model) {
         return hearth_fail(HEARTH_E_LOAD_FAILED,
@@ -151,6 +162,14 @@ hearth_status hearth_model_create_context(hearth_engine *e) {
      * buffer with Gemma's vocabulary. */
     cp.n_outputs_max = (uint32_t)p->n_parallel;
     cp.swa_full = p->swa_full;
+    if (hearth_engine_has_draft(p)) {
+        /* Verification needs a row for the last token and every proposal.
+         * Rejected proposals are cut off the cache's tail after each step,
+         * which a sliding-window cache cannot undo once it has dropped the
+         * older positions the next step still needs: keep them all. */
+        cp.n_outputs_max = (uint32_t)(p->n_parallel * (1 + p->n_draft));
+        cp.swa_full = true;
+    }
     cp.no_perf = true;
     cp.embeddings = false;
     e->ctx = llama_init_from_model(e->model, cp);
@@ -167,7 +186,7 @@ hearth_status hearth_model_create_context(hearth_engine *e) {
     if (n_train > 0 && e->n_ctx_slot > n_train) {
         e->n_ctx_slot = n_train;
     }
-    e->n_swa = p->swa_full ? 0 : llama_model_n_swa(e->model);
+    e->n_swa = cp.swa_full ? 0 : llama_model_n_swa(e->model);
     e->kv_bytes = estimate_kv_bytes(e);
     return HEARTH_OK;
 }

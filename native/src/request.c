@@ -44,6 +44,7 @@ void hearth_request_unref(hearth_request *r) {
     htokens_free(&r->prompt);
     htokens_free(&r->stage_tokens);
     hlogprobs_free(&r->stage_logprobs);
+    htokens_free(&r->drafts);
     hearth_sampler_free(&r->sampler);
     hearth_textstream_free(r->text);
     free(r->error);

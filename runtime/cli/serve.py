@@ -56,8 +56,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--models-dir", help="folder whose NAME.gguf files Models.Load accepts")
     p.add_argument("--log-format", choices=["text", "json"])
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--draft", metavar="PATH|store:NAME",
+                   help="speculative decoding for --model models: a small draft model with "
+                   "the same tokenizer")
+    p.add_argument("--n-draft", type=int, metavar="N",
+                   help="tokens the draft proposes per step (default 4, at most 16)")
+    p.add_argument("--response-cache-mb", type=int, metavar="MB",
+                   help="keep deterministic answers (temperature 0 or a fixed seed) in an "
+                   "in-memory LRU of this size, per caller (default 0: off)")
     p.add_argument("--metrics-listen", metavar="HOST:PORT",
                    help="serve Prometheus metrics here (loopback only)")
+    p.add_argument("--http-listen", metavar="HOST:PORT",
+                   help="serve the OpenAI-compatible HTTP API here (/v1/...; beyond "
+                        "loopback only with auth.require)")
     add_state_options(p)
     p.add_argument("--no-audit", action="store_true",
                    help="do not write the audit log (it is on whenever a master key is given)")
@@ -82,9 +93,16 @@ def build_config(args: argparse.Namespace) -> tuple[Config, list[ModelConfig]]:
     if args.listen:
         server = replace(server, listen=tuple(check_listen_address(a, "--listen")
                                               for a in args.listen))
-    for key in ("models_dir", "log_format", "log_level", "metrics_listen"):
+    if args.http_listen:
+        if args.http_listen.startswith("unix:"):
+            raise errors.ConfigError("--http-listen: must be HOST:PORT")
+        check_listen_address(args.http_listen, "--http-listen")
+    for key in ("models_dir", "log_format", "log_level", "metrics_listen", "http_listen"):
         if getattr(args, key):
             server = replace(server, **{key: getattr(args, key)})
+    cache_mb = _int_arg("response-cache-mb", args.response_cache_mb, 0)
+    if cache_mb is not None:
+        server = replace(server, response_cache_mb=cache_mb)
     if args.no_audit:
         server = replace(server, audit=False)
     if args.audit_content:
@@ -94,7 +112,11 @@ def build_config(args: argparse.Namespace) -> tuple[Config, list[ModelConfig]]:
         "n_ctx": _int_arg("ctx", args.ctx, 16),
         "threads": _int_arg("threads", args.threads, 1),
         "max_queue": _int_arg("max-queue", args.max_queue, 0),
+        "n_draft": _int_arg("n-draft", args.n_draft, 1),
     }.items() if v is not None}
+    if args.draft:
+        overrides["draft"] = (args.draft if args.draft.startswith("store:")
+                              else os.path.abspath(args.draft))
     if args.n_gpu_layers is not None:
         if args.n_gpu_layers != "auto" and not args.n_gpu_layers.lstrip("-").isdigit():
             raise errors.ConfigError("--n-gpu-layers: must be an integer or auto")
@@ -132,10 +154,11 @@ def open_store(args: argparse.Namespace, models: list[ModelConfig]) -> SealedSto
                                                   args.credential))
 
 
-def _write_ready_file(path: str, addresses: list[str], metrics: str) -> None:
+def _write_ready_file(path: str, addresses: list[str], metrics: str, http: str = "") -> None:
     tmp = f"{path}.tmp"
     with open(tmp, "w", encoding="utf-8") as f:
-        json.dump({"pid": os.getpid(), "addresses": addresses, "metrics": metrics}, f)
+        json.dump({"pid": os.getpid(), "addresses": addresses, "metrics": metrics,
+                   "http": http}, f)
     os.replace(tmp, path)
 
 
@@ -146,7 +169,8 @@ def start_metrics(config: Config, events: EventBus, server: HearthServer,
         return ""
     if not is_local_address(addr):
         raise errors.ConfigError(f"server.metrics_listen: {addr} is not a loopback address")
-    metrics = Metrics(events, server.models, (lambda: audit.lag_s) if audit else None)
+    metrics = Metrics(events, server.models, (lambda: audit.lag_s) if audit else None,
+                      server.core.cache)
     port = metrics.serve(addr)
     return f"{addr.rpartition(':')[0]}:{port}"
 
@@ -209,7 +233,7 @@ async def run(config: Config, models: list[ModelConfig], ready_file: str | None 
         await server.mark_serving()
         log.info("serving %d model(s) on %s", len(models), ", ".join(server.bound))
         if ready_file:
-            _write_ready_file(ready_file, server.bound, metrics_addr)
+            _write_ready_file(ready_file, server.bound, metrics_addr, server.http_bound)
         notifier.ready(f"serving {len(models)} model(s) on {', '.join(server.bound)}")
         reloader.started()
         await stop.wait()

@@ -4,11 +4,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import replace
 
 from runtime import errors
 from runtime.core.chat import render_chat
 from runtime.core.grammar import grammar_for
+from runtime.core.response_cache import ResponseCache, is_deterministic
 from runtime.core.types import (
     CallContext,
     ChatRequest,
@@ -63,8 +65,10 @@ def usage_of(out: Output) -> Usage:
 
 
 class InferenceService:
-    def __init__(self, models: ModelManager, events: EventBus, max_tokens_default: int) -> None:
+    def __init__(self, models: ModelManager, events: EventBus, max_tokens_default: int,
+                 cache: ResponseCache | None = None) -> None:
         self.models = models
+        self.cache = cache or ResponseCache(0)
         self.events = events
         self.max_tokens_default = max_tokens_default
         self.draining = False
@@ -147,6 +151,43 @@ class InferenceService:
         params = RequestParams(prompt=tokens, max_tokens=max_tokens, sampling=sampling,
                                stop=stops, deadline_ns=max(deadline_ns, 0),
                                ignore_eos=opts.ignore_eos, grammar=grammar, logprobs=logprobs)
+        key = None
+        if self.cache.enabled and is_deterministic(opts, sampling.temperature):
+            key = self.cache.key(handle.name, engine.serial, ctx.principal.identity, kind,
+                                 tokens, opts, max_tokens)
+            stored = self.cache.get(key)
+            if stored is not None:
+                for chunk in self._replay(stored, handle.name, ctx, kind, prompt, len(tokens)):
+                    yield chunk
+                return
+        async for chunk in self._generate(handle, params, ctx, kind, prompt, key):
+            yield chunk
+
+    def _replay(self, stored: tuple[GenerateChunk, ...], model: str, ctx: CallContext,
+                kind: str, prompt: str, n_prompt: int) -> Iterator[GenerateChunk]:
+        """A cache hit: the stored chunks, as this request's.  Nothing was
+        computed, so every prompt token counts as cached and timings are 0."""
+        last = stored[-1]
+        completion = last.usage.completion_tokens if last.usage else 0
+        usage = Usage(n_prompt, completion, n_prompt, 0.0, 0.0, 0.0)
+        for i, chunk in enumerate(stored):
+            final = chunk is last
+            yield replace(chunk, request_id=ctx.request_id if i == 0 else "",
+                          usage=usage if final else None, cached=final)
+        content = (prompt, "".join(c.text for c in stored)) if self.collect_content else None
+        self.events.publish(RequestFinished(
+            request_id=ctx.request_id, model=model, client=ctx.client, kind=kind, status="ok",
+            finish_reason=last.finish_reason, prompt_tokens=n_prompt,
+            completion_tokens=completion, cached_tokens=n_prompt, queue_s=0.0, ttft_s=0.0,
+            total_s=0.0, subject=ctx.subject or ctx.client, content=content,
+            response_cache="hit"))
+
+    async def _generate(self, handle: ModelHandle, params: RequestParams, ctx: CallContext,
+                        kind: str, prompt: str, cache_key: bytes | None
+                        ) -> AsyncIterator[GenerateChunk]:
+        engine, session = handle.engine, handle.session
+        assert engine is not None and session is not None
+        stops = params.stop
         try:
             stream = session.generate(params)
         except errors.ResourceExhausted as exc:
@@ -158,6 +199,7 @@ class InferenceService:
         final: Output | None = None
         first = True
         texts: list[str] | None = [] if self.collect_content else None
+        kept: list[GenerateChunk] | None = [] if cache_key is not None else None
         try:
             async for out in stream:
                 if texts is not None:
@@ -165,8 +207,11 @@ class InferenceService:
                 if out.finished:
                     final = out
                     break
-                yield GenerateChunk(out.text, out.tokens, ctx.request_id if first else "",
-                                    logprobs=self._logprobs(engine, out.logprobs))
+                chunk = GenerateChunk(out.text, out.tokens, ctx.request_id if first else "",
+                                      logprobs=self._logprobs(engine, out.logprobs))
+                if kept is not None:
+                    kept.append(chunk)
+                yield chunk
                 first = False
             if final is None:
                 raise errors.InternalError("the engine stopped without finishing the request")
@@ -177,19 +222,23 @@ class InferenceService:
                     f"deadline passed after {final.n_generated} generated tokens")
             if final.finish_reason is FinishReason.CANCELLED:
                 raise errors.Cancelled("the request was cancelled")
-            yield GenerateChunk(
+            last = GenerateChunk(
                 final.text, final.tokens, ctx.request_id if first else "",
                 finish_reason=_FINISH_NAMES[final.finish_reason],
                 stop_sequence=stops[final.stop_index] if final.stop_index >= 0 else "",
                 usage=usage_of(final), model=handle.name,
                 logprobs=self._logprobs(engine, final.logprobs))
+            if kept is not None and cache_key is not None:
+                self.cache.put(cache_key, [*kept, last])
+            yield last
         except BaseException as exc:
             status = type(exc).__name__
             raise
         finally:
             stream.close()
             content = (prompt, "".join(texts)) if texts is not None else None
-            self._publish(handle.name, ctx, kind, status, final, content)
+            self._publish(handle.name, ctx, kind, status, final, content,
+                          "miss" if cache_key is not None else "")
 
     @staticmethod
     def _logprobs(engine: NativeEngine, entries: list[TokenLogprobs]
@@ -203,7 +252,8 @@ class InferenceService:
             for e in entries)
 
     def _publish(self, model: str, ctx: CallContext, kind: str, status: str,
-                 final: Output | None, content: tuple[str, str] | None) -> None:
+                 final: Output | None, content: tuple[str, str] | None,
+                 response_cache: str = "") -> None:
         usage = usage_of(final) if final else Usage(0, 0, 0, 0.0, 0.0, 0.0)
         reason = _FINISH_NAMES.get(final.finish_reason, "") if final else "cancelled"
         self.events.publish(RequestFinished(
@@ -211,7 +261,9 @@ class InferenceService:
             finish_reason=reason, prompt_tokens=usage.prompt_tokens,
             completion_tokens=usage.completion_tokens, cached_tokens=usage.cached_tokens,
             queue_s=usage.queue_s, ttft_s=usage.ttft_s, total_s=usage.total_s,
-            subject=ctx.subject or ctx.client, content=content))
+            subject=ctx.subject or ctx.client, content=content, response_cache=response_cache,
+            draft_tokens=final.n_drafted if final else 0,
+            draft_accepted=final.n_draft_accepted if final else 0))
 
     # ---- embeddings and tokens --------------------------------------------
 

@@ -104,6 +104,8 @@ def engine_params(cfg: ModelConfig, info: GGUFInfo | None) -> tuple[EngineParams
         use_mmap=cfg.use_mmap,
         use_mlock=cfg.use_mlock,
         enable_embeddings=cfg.embeddings,
+        n_draft=cfg.n_draft,
+        draft_n_gpu_layers=-1 if n_gpu_layers != 0 else 0,
     )
     return params, reason
 
@@ -246,6 +248,7 @@ class ModelManager:
                 raise errors.ModelLoadError(
                     f"{cfg.name}: cannot open {cfg.path}: {exc.strerror}") from exc
             handle.source = cfg.path
+        draft_fd = -1
         try:
             if not cfg.store or (cfg.n_gpu_layers == "auto" and has_gpu()):
                 info = inspect_gguf_fd(fd, cfg.name, cfg.path)
@@ -253,11 +256,41 @@ class ModelManager:
                     raise errors.ModelLoadError(
                         f"{cfg.name}: the file is a {info.kind}, not a model")
             params, handle.gpu_reason = engine_params(cfg, info)
-            engine = NativeEngine(replace(params, model_path=None, model_fd=fd))
+            if cfg.draft:
+                draft_fd = self._open_draft(cfg)
+            engine = NativeEngine(replace(params, model_path=None, model_fd=fd,
+                                          draft_fd=draft_fd))
+        except errors.InvalidArgument as exc:  # e.g. a draft with another vocabulary
+            raise errors.ModelLoadError(f"{cfg.name}: {exc}") from None
         finally:
             os.close(fd)
+            if draft_fd >= 0:
+                os.close(draft_fd)
         handle.chat_template, handle.chat_template_source = chat_template_for(cfg, engine)
         return engine
+
+    def _open_draft(self, cfg: ModelConfig) -> int:
+        """The draft model's bytes, checked like the model's own."""
+        if cfg.draft.startswith("store:"):
+            if self.store is None:
+                raise errors.ModelLoadError(f"{cfg.name}: draft {cfg.draft} needs the sealed "
+                                            "store's master key")
+            fd, _ = self.store.open_memfd("model", cfg.draft[len("store:"):])
+            return fd
+        try:
+            fd = os.open(cfg.draft, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise errors.ModelLoadError(
+                f"{cfg.name}: cannot open the draft model {cfg.draft}: {exc.strerror}") from exc
+        try:
+            info = inspect_gguf_fd(fd, cfg.name, cfg.draft)
+            if info.kind != "model":
+                raise errors.ModelLoadError(
+                    f"{cfg.name}: the draft file is a {info.kind}, not a model")
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
 
     async def load_by_name(self, name: str, n_ctx: int | None = None,
                            n_parallel: int | None = None) -> ModelHandle:

@@ -31,7 +31,8 @@ _WORDS = (
 ).split()
 
 
-def _vocab() -> tuple[list[str], list[float], list[int]]:
+def _vocab(extra_tokens: int = 0, rename: dict[int, str] | None = None
+           ) -> tuple[list[str], list[float], list[int]]:
     import gguf
 
     tokens = ["<unk>", "<s>", "</s>"]
@@ -59,19 +60,29 @@ def _vocab() -> tuple[list[str], list[float], list[int]]:
     tokens += ["<|im_start|>", "<|im_end|>"]
     types += [gguf.TokenType.CONTROL, gguf.TokenType.CONTROL]
     scores += [0.0, 0.0]
+    # Variants for tests of tokenizer checks (a draft model must match).
+    tokens += [f"<|extra_{i}|>" for i in range(extra_tokens)]
+    types += [gguf.TokenType.CONTROL] * extra_tokens
+    scores += [0.0] * extra_tokens
+    for index, text in (rename or {}).items():
+        tokens[index] = text
     return tokens, scores, [int(t) for t in types]
 
 
 def write_tiny_model(path: str | Path, *, seed: int = 0, n_layer: int = 2, n_embd: int = 64,
                      n_head: int = 4, n_head_kv: int = 2, n_ff: int = 128,
-                     n_ctx_train: int = 4096, weight_scale: float = 0.5) -> Path:
-    """Writes the model to `path` and returns the path."""
+                     n_ctx_train: int = 4096, weight_scale: float = 0.5,
+                     extra_tokens: int = 0, rename_tokens: dict[int, str] | None = None
+                     ) -> Path:
+    """Writes the model to `path` and returns the path.  The same seed with
+    fewer layers gives a smaller sibling that shares the embeddings, the
+    output head and the first layers: a draft model for speculative tests."""
     import gguf
     import numpy as np
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tokens, scores, types = _vocab()
+    tokens, scores, types = _vocab(extra_tokens, rename_tokens)
     n_vocab = len(tokens)
     head_dim = n_embd // n_head
     rng = np.random.default_rng(seed)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import enum
+import itertools
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -12,6 +13,7 @@ from runtime import errors
 from runtime.native._ffi import check, ffi, lib
 
 # ggml_type values of the KV cache types the engine accepts.
+_SERIALS = itertools.count(1)
 KV_CACHE_TYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q8_0": 8}
 SEED_RANDOM = lib.HEARTH_SEED_RANDOM
 
@@ -49,6 +51,10 @@ class EngineParams:
     use_mmap: bool = True
     use_mlock: bool = False
     enable_embeddings: bool = True
+    draft_path: str | None = None        # speculative decoding: a draft GGUF ...
+    draft_fd: int = -1                   # ... or an fd to load it from
+    n_draft: int = 4
+    draft_n_gpu_layers: int = 0
 
 
 @dataclass(frozen=True)
@@ -270,6 +276,12 @@ class NativeEngine:
             keep.append(ffi.new("char[]", params.model_path.encode()))
             p.model_path = keep[-1]
         p.model_fd = params.model_fd
+        if params.draft_path is not None:
+            keep.append(ffi.new("char[]", params.draft_path.encode()))
+            p.draft_path = keep[-1]
+        p.draft_fd = params.draft_fd
+        p.n_draft = params.n_draft
+        p.draft_n_gpu_layers = params.draft_n_gpu_layers
         for name in ("n_ctx", "n_parallel", "n_batch", "n_ubatch", "prefill_chunk", "max_queue",
                      "burst_window_us",
                      "n_threads", "n_threads_batch", "n_gpu_layers", "main_gpu", "flash_attn",
@@ -296,6 +308,9 @@ class NativeEngine:
         self.info = self._model_info()
         self._ids = ffi.new("uint64_t[]", 256)
         self._pieces: dict[int, str] = {}
+        # Distinguishes this load from any earlier one of the same model
+        # (response-cache keys); id() could be reused after a reload.
+        self.serial = next(_SERIALS)
 
     @contextmanager
     def _h(self) -> Iterator[object]:

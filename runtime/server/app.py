@@ -20,15 +20,19 @@ from grpc_reflection.v1alpha import reflection
 
 from runtime import errors
 from runtime._proto.hearth.v1 import inference_pb2, models_pb2
+from runtime._proto.kserve.v2 import inference_pb2 as kserve_pb2
 from runtime.auth.authenticator import Authenticator
 from runtime.auth.peercred import UnixPeerFront
 from runtime.auth.tls import server_credentials
 from runtime.auth.tokens import TokenStore
 from runtime.config import Config
 from runtime.core import InferenceService
+from runtime.core.response_cache import ResponseCache
 from runtime.events import EventBus, RequestFinished
+from runtime.http import HttpGateway
 from runtime.models.manager import ModelManager
 from runtime.server.health import NOT_SERVING, HealthTracker
+from runtime.server.kserve import KServeServicer
 from runtime.server.registry import add_service
 from runtime.server.servicers import InferenceServicer, ModelsServicer
 from runtime.storage.store import SealedStore
@@ -37,6 +41,7 @@ log = logging.getLogger("hearth.server")
 
 INFERENCE = inference_pb2.DESCRIPTOR.services_by_name["Inference"]
 MODELS = models_pb2.DESCRIPTOR.services_by_name["Models"]
+KSERVE = kserve_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"]
 HEALTH_NAME = "grpc.health.v1.Health"
 
 
@@ -65,6 +70,12 @@ def check_listeners(config: Config) -> None:
                 "set auth.require = true (bearer tokens), serve it with TLS and client "
                 "certificates ([tls] listen, client_ca_file), or use 127.0.0.1:PORT or "
                 "unix:PATH")
+    http = config.server.http_listen
+    if http and not is_local_address(http) and not auth.require:
+        # HTTP has only bearer tokens (no client certificates, no socket uid)
+        raise errors.ConfigError(
+            f"server.http_listen: refusing to listen on {http} without authentication: "
+            "set auth.require = true (bearer tokens) or use 127.0.0.1:PORT")
     if tls.listen and not tls.client_ca_file and not auth.require:
         raise errors.ConfigError(
             "tls: without client_ca_file (mTLS), TLS listeners need auth.require = "
@@ -88,12 +99,21 @@ class HearthServer:
         ])
         add_service(self.grpc, INFERENCE, InferenceServicer(core), authenticator)
         add_service(self.grpc, MODELS, ModelsServicer(models, s.grace_period_s), authenticator)
-        self.health = HealthTracker(events, [INFERENCE.full_name, MODELS.full_name])
+        self.serving = False      # between mark_serving() and drain(): KServe's ServerReady
+        add_service(self.grpc, KSERVE, KServeServicer(core, models, events, s.grace_period_s,
+                                                      lambda: self.serving), authenticator)
+        self.health = HealthTracker(events, [INFERENCE.full_name, MODELS.full_name,
+                                             KSERVE.full_name])
         health_pb2_grpc.add_HealthServicer_to_server(self.health.servicer, self.grpc)
         reflection.enable_server_reflection(
-            [INFERENCE.full_name, MODELS.full_name, HEALTH_NAME, reflection.SERVICE_NAME],
+            [INFERENCE.full_name, MODELS.full_name, KSERVE.full_name, HEALTH_NAME,
+             reflection.SERVICE_NAME],
             self.grpc)
         self.bound: list[str] = []
+        # The OpenAI-compatible HTTP gateway, over the same core and auth.
+        self.http = HttpGateway(core, models, authenticator, s.max_receive_message_bytes) \
+            if s.http_listen else None
+        self.http_bound = ""
         self._fronts: list[UnixPeerFront] = []
         self._socket_dir: str | None = None
 
@@ -134,21 +154,27 @@ class HearthServer:
         await self.grpc.start()
         for front in self._fronts:
             await front.start()
-        for service in ("", INFERENCE.full_name, MODELS.full_name):
+        if self.http is not None:
+            self.http_bound = await self.http.start(self.config.server.http_listen)
+        for service in ("", INFERENCE.full_name, MODELS.full_name, KSERVE.full_name):
             await self.health.servicer.set(service, NOT_SERVING)  # until models load
         log.info("listening on %s", ", ".join(self.bound))
 
     async def mark_serving(self) -> None:
+        self.serving = True
         await self.health.serving()
 
     async def drain(self, grace: float) -> None:
         log.info("draining: no new requests; running streams have %.0fs to finish", grace)
         self.core.draining = True
+        self.serving = False
         await self.health.shutting_down()
         await self.models.shutdown(grace)
         for front in self._fronts:
             await front.close()
         await self.grpc.stop(grace=1.0)
+        if self.http is not None:
+            await self.http.stop()
         if self._socket_dir is not None:
             shutil.rmtree(self._socket_dir, ignore_errors=True)
         log.info("stopped")
@@ -170,7 +196,9 @@ def create_server(config: Config, events: EventBus | None = None,
     events = events or EventBus()
     events.subscribe(log_request, RequestFinished)
     models = ModelManager(config, events, store)
-    core = InferenceService(models, events, config.server.max_tokens_default)
+    cache = ResponseCache(config.server.response_cache_mb << 20,
+                          config.server.response_cache_shared)
+    core = InferenceService(models, events, config.server.max_tokens_default, cache)
     tokens = TokenStore(store) if store is not None else None
     authenticator = Authenticator(config.auth, config.acl, tokens)
     return HearthServer(config, models, core, events, authenticator)

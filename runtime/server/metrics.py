@@ -17,6 +17,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from runtime import errors
+from runtime.core.response_cache import ResponseCache
 from runtime.events import EventBus, RequestFinished
 from runtime.models.manager import ModelManager
 
@@ -30,9 +31,11 @@ _STATES = ("loading", "ready", "draining", "failed", "unloaded")
 class EngineCollector(Collector):
     """Live figures, read from every engine when Prometheus scrapes."""
 
-    def __init__(self, models: ModelManager, audit_lag: Callable[[], float] | None) -> None:
+    def __init__(self, models: ModelManager, audit_lag: Callable[[], float] | None,
+                 cache: ResponseCache | None = None) -> None:
         self.models = models
         self.audit_lag = audit_lag
+        self.cache = cache
 
     def collect(self) -> Iterator[Any]:
         g = {name: GaugeMetricFamily(f"hearth_{name}", text, labels=["model"]) for name, text in (
@@ -74,6 +77,19 @@ class EngineCollector(Collector):
         yield state
         yield generated
         yield computed
+        if self.cache is not None and self.cache.enabled:
+            cs = self.cache.stats()
+            for name, text, value in (
+                    ("entries", "Answers held by the response cache", cs.entries),
+                    ("bytes", "Estimated memory held by the response cache", cs.bytes),
+                    ("capacity_bytes", "Bound of the response cache", cs.capacity_bytes)):
+                gauge = GaugeMetricFamily(f"hearth_response_cache_{name}", text)
+                gauge.add_metric([], value)
+                yield gauge
+            evictions = CounterMetricFamily("hearth_response_cache_evictions",
+                                            "Answers dropped to stay within the bound")
+            evictions.add_metric([], cs.evictions)
+            yield evictions
         if self.audit_lag is not None:
             lag = GaugeMetricFamily("hearth_audit_lag_seconds",
                                     "Age of the oldest audit record not yet on disk")
@@ -83,7 +99,8 @@ class EngineCollector(Collector):
 
 class Metrics:
     def __init__(self, events: EventBus, models: ModelManager,
-                 audit_lag: Callable[[], float] | None = None) -> None:
+                 audit_lag: Callable[[], float] | None = None,
+                 cache: ResponseCache | None = None) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter("hearth_requests", "Finished requests", ["model", "kind",
@@ -103,7 +120,14 @@ class Metrics:
         self.itl = Histogram("hearth_inter_token_seconds", "Mean gap between generated tokens, "
                              "one observation per request", ["model"], buckets=ITL_BUCKETS,
                              registry=r)
-        r.register(EngineCollector(models, audit_lag))
+        self.cache_lookups = Counter("hearth_response_cache_lookups", "Deterministic requests "
+                                     "looked up in the response cache", ["model", "result"],
+                                     registry=r)
+        self.draft_tokens = Counter("hearth_speculative_draft_tokens", "Tokens proposed by "
+                                    "the draft model", ["model"], registry=r)
+        self.draft_accepted = Counter("hearth_speculative_accepted_tokens", "Draft tokens "
+                                      "the model accepted", ["model"], registry=r)
+        r.register(EngineCollector(models, audit_lag, cache))
         events.subscribe(self.on_request, RequestFinished)
 
     def on_request(self, e: RequestFinished) -> None:
@@ -111,6 +135,13 @@ class Metrics:
         self.prompt_tokens.labels(e.model).inc(e.prompt_tokens)
         self.cached_tokens.labels(e.model).inc(e.cached_tokens)
         self.completion_tokens.labels(e.model).inc(e.completion_tokens)
+        if e.response_cache:
+            self.cache_lookups.labels(e.model, e.response_cache).inc()
+        if e.draft_tokens:
+            self.draft_tokens.labels(e.model).inc(e.draft_tokens)
+            self.draft_accepted.labels(e.model).inc(e.draft_accepted)
+        if e.response_cache == "hit":
+            return  # nothing was computed: no latencies to observe
         if e.completion_tokens > 0:
             self.ttft.labels(e.model).observe(e.ttft_s)
             self.duration.labels(e.model).observe(e.total_s)

@@ -27,7 +27,8 @@ from runtime.systemd import Notifier
 log = logging.getLogger("hearth.reload")
 
 RESTART_ONLY_SERVER = ("listen", "max_receive_message_bytes", "max_send_message_bytes",
-                       "grace_period_s", "metrics_listen", "audit", "audit_content")
+                       "grace_period_s", "metrics_listen", "http_listen", "audit",
+                       "audit_content")
 
 
 @dataclass

@@ -5,7 +5,6 @@ registry.py, not here.
 """
 from __future__ import annotations
 
-import re
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -17,20 +16,17 @@ from runtime._proto.hearth.v1 import models_pb2 as mpb
 from runtime.auth import principal
 from runtime.core import CallContext, InferenceService
 from runtime.models.manager import ModelManager
+from runtime.request_meta import REQUEST_ID_KEY, SUBJECT_KEY, sane_request_id, sane_subject
 from runtime.server import converters
-
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
-REQUEST_ID_KEY = "x-request-id"
-SUBJECT_KEY = "x-hearth-subject"
 
 
 def call_context(context: grpc.aio.ServicerContext) -> CallContext:
     """Request id from the caller's x-request-id (if sane), else a new one."""
     request_id = subject = ""
     for key, value in context.invocation_metadata() or ():
-        if key == REQUEST_ID_KEY and isinstance(value, str) and _REQUEST_ID.match(value):
+        if key == REQUEST_ID_KEY and sane_request_id(value):
             request_id = value
-        elif key == SUBJECT_KEY and isinstance(value, str) and 0 < len(value) <= 256:
+        elif key == SUBJECT_KEY and sane_subject(value):
             subject = value
     remaining = context.time_remaining()
     caller = principal.current.get()

@@ -46,7 +46,7 @@ def test_llama_cpp_sample_grammars_pass() -> None:
     ('root ::= "a\0"', "NUL"),
 ])
 def test_bad_grammars_name_the_problem(text: str, message: str) -> None:
-    with pytest.raises(InvalidArgument, match="^grammar: ") as info:
+    with pytest.raises(InvalidArgument, match=r"^grammar: ") as info:
         check_gbnf(text)
     assert message in str(info.value)
 
