@@ -156,16 +156,6 @@ static void admit(hearth_engine *e) {
     }
 }
 
-static void batch_add(struct llama_batch *b, llama_token tok, llama_pos pos, int32_t seq,
-                      bool logits) {
-    int32_t i = b->n_tokens++;
-    b->token[i] = tok;
-    b->pos[i] = pos;
-    b->n_seq_id[i] = 1;
-    b->seq_id[i][0] = seq;
-    b->logits[i] = logits;
-}
-
 /* Decides what the new token means for the request; the finish itself
  * happens under the engine mutex afterwards. */
 static void accept_token(hearth_engine *e, hearth_request *r, llama_token tok,
@@ -279,16 +269,16 @@ static void run_step(hearth_engine *e, int32_t n_plan) {
         const hearth_sched_entry *ent = &e->plan[i];
         r->batch_index = -1;
         if (ent->action == HEARTH_SCHED_DECODE) {
-            batch_add(b, r->last_token, r->n_past, r->slot, true);
+            hearth_batch_add(b, r->last_token, r->n_past, r->slot, true);
             r->batch_index = b->n_tokens - 1;
             for (int32_t k = 0; k < r->drafts.len; k++) {
-                batch_add(b, r->drafts.data[k], r->n_past + 1 + k, r->slot, true);
+                hearth_batch_add(b, r->drafts.data[k], r->n_past + 1 + k, r->slot, true);
             }
             continue;
         }
         for (int32_t j = 0; j < ent->n_tokens; j++) {
             bool last = ent->completes_prompt && j == ent->n_tokens - 1;
-            batch_add(b, r->prompt.data[r->n_past + j], r->n_past + j, r->slot, last);
+            hearth_batch_add(b, r->prompt.data[r->n_past + j], r->n_past + j, r->slot, last);
         }
         if (ent->completes_prompt) {
             r->batch_index = b->n_tokens - 1;

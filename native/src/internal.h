@@ -42,6 +42,10 @@ typedef struct hlogprobs {
     int32_t cap;
 } hlogprobs;
 
+/* Appends one token of sequence `seq` to a batch with room for it. */
+void hearth_batch_add(struct llama_batch *b, llama_token tok, llama_pos pos, int32_t seq,
+                      bool logits);
+
 bool hlogprobs_append(hlogprobs *l, const hearth_logprob *src, int32_t n);
 void hlogprobs_free(hlogprobs *l);
 
@@ -254,6 +258,8 @@ int32_t hearth_common_prefix(const int32_t *a, int32_t na, const int32_t *b, int
 hearth_status hearth_model_open(const char *path, int32_t fd, struct llama_model_params mp,
                                 struct llama_model **out);
 hearth_status hearth_model_load(struct hearth_engine *e);
+/* The params' flash_attn setting (-1 auto, 0 off, 1 on) for llama.cpp. */
+enum llama_flash_attn_type hearth_flash_attn_type(int32_t setting);
 hearth_status hearth_model_create_context(struct hearth_engine *e);
 hearth_status hearth_model_embed(struct hearth_engine *e, hearth_request *r);
 

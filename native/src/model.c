@@ -142,6 +142,12 @@ static uint64_t estimate_kv_bytes(const hearth_engine *e) {
     return per_cell * (uint64_t)llama_model_n_layer(e->model) * (uint64_t)e->n_ctx;
 }
 
+enum llama_flash_attn_type hearth_flash_attn_type(int32_t setting) {
+    return setting < 0 ? LLAMA_FLASH_ATTN_TYPE_AUTO
+           : setting == 0 ? LLAMA_FLASH_ATTN_TYPE_DISABLED
+                          : LLAMA_FLASH_ATTN_TYPE_ENABLED;
+}
+
 hearth_status hearth_model_create_context(hearth_engine *e) {
     const hearth_engine_params *p = &e->params;
     struct llama_context_params cp = llama_context_default_params();
@@ -151,9 +157,7 @@ hearth_status hearth_model_create_context(hearth_engine *e) {
     cp.n_seq_max = (uint32_t)p->n_parallel;
     cp.n_threads = p->n_threads;
     cp.n_threads_batch = p->n_threads_batch;
-    cp.flash_attn_type = p->flash_attn < 0   ? LLAMA_FLASH_ATTN_TYPE_AUTO
-                         : p->flash_attn == 0 ? LLAMA_FLASH_ATTN_TYPE_DISABLED
-                                              : LLAMA_FLASH_ATTN_TYPE_ENABLED;
+    cp.flash_attn_type = hearth_flash_attn_type(p->flash_attn);
     cp.type_k = (enum ggml_type)p->type_k;
     cp.type_v = (enum ggml_type)p->type_v;
     cp.kv_unified = p->kv_unified;

@@ -109,9 +109,7 @@ hearth_status hearth_draft_create(hearth_engine *e) {
     cp.n_threads_batch = p->n_threads_batch;
     cp.kv_unified = p->kv_unified;
     cp.swa_full = true; /* tails are trimmed after every step (see model.c) */
-    cp.flash_attn_type = p->flash_attn < 0   ? LLAMA_FLASH_ATTN_TYPE_AUTO
-                         : p->flash_attn == 0 ? LLAMA_FLASH_ATTN_TYPE_DISABLED
-                                              : LLAMA_FLASH_ATTN_TYPE_ENABLED;
+    cp.flash_attn_type = hearth_flash_attn_type(p->flash_attn);
     cp.no_perf = true;
     d->ctx = llama_init_from_model(d->model, cp);
     d->batch = llama_batch_init(p->n_batch, 0, 1);
@@ -132,16 +130,6 @@ static llama_token argmax_row(const float *logits, int32_t n) {
         }
     }
     return best;
-}
-
-static void batch_put(struct llama_batch *b, llama_token tok, llama_pos pos, int32_t seq,
-                      bool logits) {
-    int32_t i = b->n_tokens++;
-    b->token[i] = tok;
-    b->pos[i] = pos;
-    b->n_seq_id[i] = 1;
-    b->seq_id[i][0] = seq;
-    b->logits[i] = logits;
 }
 
 /* Drops what the draft KV of slot `seq` holds beyond the first `keep`
@@ -246,7 +234,7 @@ void hearth_draft_propose(hearth_engine *e, hearth_request **reqs, int32_t n, in
                 if (last) {
                     j->row = d->batch.n_tokens;
                 }
-                batch_put(&d->batch, t, j->next, j->seq, last);
+                hearth_batch_add(&d->batch, t, j->next, j->seq, last);
                 htokens_append(&d->cache[j->seq], &t, 1);
                 j->next++;
             }
@@ -271,7 +259,7 @@ void hearth_draft_propose(hearth_engine *e, hearth_request **reqs, int32_t n, in
             }
             llama_token t = j->r->drafts.data[have - 1];
             j->row = d->batch.n_tokens;
-            batch_put(&d->batch, t, j->n_known + have - 1, j->seq, true);
+            hearth_batch_add(&d->batch, t, j->n_known + have - 1, j->seq, true);
             htokens_append(&d->cache[j->seq], &t, 1);
         }
         if (d->batch.n_tokens == 0) {

@@ -108,3 +108,13 @@ void hlogprobs_free(hlogprobs *l) {
     l->data = NULL;
     l->len = l->cap = 0;
 }
+
+void hearth_batch_add(struct llama_batch *b, llama_token tok, llama_pos pos, int32_t seq,
+                      bool logits) {
+    int32_t i = b->n_tokens++;
+    b->token[i] = tok;
+    b->pos[i] = pos;
+    b->n_seq_id[i] = 1;
+    b->seq_id[i][0] = seq;
+    b->logits[i] = logits;
+}

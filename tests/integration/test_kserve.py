@@ -42,10 +42,23 @@ def run_script(address: str, model: str, *scenarios: str) -> dict:
 def triton(tiny_daemon: Daemon) -> dict:
     """Every scenario of the client script, run once against the daemon."""
     return run_script(tiny_daemon.tcp, "tiny", "server", "model", "infer",
-                      "stream_without_streaming", "stream_errors", "errors", "statistics")
+                      "stream_without_streaming", "stream_errors", "errors", "statistics",
+                      "structured")
 
 
 # ---- through tritonclient ----------------------------------------------------
+
+def test_json_schema_output_and_logprobs_through_sampling_parameters(triton: dict) -> None:
+    import jsonschema
+
+    out = triton["structured"]
+    jsonschema.validate(json.loads(out["json"]["text"]), out["schema"])
+    logprobs = json.loads(out["json"]["parameters"]["logprobs"])
+    assert logprobs and all(lp["logprob"] <= 0 for lp in logprobs)
+    bad = out["bad_grammar"]
+    assert bad["status"] == "StatusCode.INVALID_ARGUMENT"
+    assert "rule 'missing' is used but never defined" in bad["message"]
+
 
 def test_server_is_live_ready_and_describes_itself(triton: dict) -> None:
     server = triton["server"]

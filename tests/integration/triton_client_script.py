@@ -181,6 +181,19 @@ def check_errors(client, model):
     }
 
 
+def check_structured(client, model):
+    """JSON-schema output and logprobs, asked for in sampling_parameters."""
+    schema = {"type": "object", "properties": {"drug": {"enum": ["aspirin", "heparin"]},
+                                               "dose_mg": {"type": "integer"}},
+              "required": ["drug", "dose_mg"], "additionalProperties": False}
+    sampling = {"temperature": 0, "max_tokens": 200, "logprobs": 2,
+                "response_format": {"type": "json_schema", "json_schema": {"schema": schema}}}
+    return {"schema": schema,
+            "json": generate(client, model, "order:", sampling, exclude_input=True),
+            "bad_grammar": error_of(lambda: client.infer(model, llm_inputs(
+                "x", False, {"grammar": "root ::= missing"})))}
+
+
 def check_statistics(client, model):
     return client.get_inference_statistics(model, as_json=True)
 
