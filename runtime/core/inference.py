@@ -86,7 +86,7 @@ class InferenceService:
             raise errors.Unavailable("the server is shutting down")
         if name:
             ctx.principal.check_model(name)
-        handle = self.models.ready(name)
+        handle = self.models.ready(name, ctx.principal.may_use)
         ctx.principal.check_model(handle.name)
         return handle
 

@@ -15,6 +15,7 @@ import logging
 import os
 import stat
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -140,25 +141,29 @@ class ModelManager:
                         continue
         return sorted(names - set(self._models))
 
-    def get(self, name: str | None) -> ModelHandle:
+    def get(self, name: str | None, visible: Callable[[str], bool] = lambda _: True
+            ) -> ModelHandle:
         """The named model in any state.  An empty name means "the only
-        model", which is allowed when exactly one is loaded."""
+        model", which is allowed when exactly one is loaded.  The error for
+        an ambiguous empty name lists only the models `visible` allows, so a
+        caller learns no names its ACL hides."""
         if not name:
             ready = [m for m in self._models.values() if m.state is ModelState.READY]
             if len(ready) == 1:
                 return ready[0]
             if not ready:
                 raise errors.Unavailable("no model is loaded")
-            names = ", ".join(sorted(m.name for m in ready))
-            raise errors.InvalidArgument(
-                f"model: required when several models are loaded ({names})")
+            names = ", ".join(sorted(m.name for m in ready if visible(m.name)))
+            raise errors.InvalidArgument("model: required when several models are loaded"
+                                         + (f" ({names})" if names else ""))
         handle = self._models.get(name)
         if handle is None:
             raise errors.NotFound(f"model {name!r} is not loaded")
         return handle
 
-    def ready(self, name: str | None) -> ModelHandle:
-        handle = self.get(name)
+    def ready(self, name: str | None, visible: Callable[[str], bool] = lambda _: True
+              ) -> ModelHandle:
+        handle = self.get(name, visible)
         if handle.state is ModelState.LOADING:
             raise errors.Unavailable(f"model {handle.name!r} is still loading")
         if handle.state is ModelState.DRAINING:

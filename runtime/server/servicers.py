@@ -97,7 +97,7 @@ class ModelsServicer:
         caller = principal.current.get()
         if request.name:
             caller.check_model(request.name)
-        handle = self.models.get(request.name)
+        handle = self.models.get(request.name, caller.may_use)
         caller.check_model(handle.name)
         return converters.model_status(handle)
 

@@ -115,6 +115,10 @@ def test_a_valid_token_works_and_its_acl_holds(secured: dict) -> None:
         code, _ = code_of(c.complete, "hi", model="no-such-model", max_tokens=2)
         assert code == grpc.StatusCode.PERMISSION_DENIED
         assert [m.name for m in c.list_models().models] == ["tiny"]
+        # Without a model name the error lists only models it may use.
+        code, details = code_of(c.complete, "hi", max_tokens=2)
+        assert code == grpc.StatusCode.INVALID_ARGUMENT
+        assert "(tiny)" in details and "other" not in details
         code, details = code_of(c.models.Load, mpb.LoadModelRequest(name="x"))
         assert code == grpc.StatusCode.PERMISSION_DENIED and "may not load models" in details
 
