@@ -126,7 +126,7 @@ def check_stream_without_streaming(client, model):
     """stream=false on the streaming RPC: one response, flagged final."""
     responses = queue.Queue()
     client.start_stream(callback=lambda result, error: responses.put((result, error)))
-    client.async_stream_infer(model, llm_inputs("hello", False, {"max_tokens": 8}),
+    client.async_stream_infer(model, llm_inputs("hello", False, {"max_tokens": 8, "ignore_eos": True}),
                               request_id="whole")
     result, error = responses.get(timeout=120)
     client.stop_stream()
@@ -177,7 +177,8 @@ def check_errors(client, model):
         "unknown_parameter": error_of(infer(llm_inputs("x", False), parameters={"tmp": 1})),
         "stream_on_unary": error_of(infer(llm_inputs("x", True))),
         "metadata_unknown_model": error_of(lambda: client.get_model_metadata("no-such-model")),
-        "still_serving": generate(client, model, "hello world", {"max_tokens": 4}),
+        "still_serving": generate(client, model, "hello world",
+                                  {"max_tokens": 4, "ignore_eos": True}),
     }
 
 
