@@ -22,6 +22,8 @@ ConfigError whose message starts with the dotted path of the key, e.g.
     n_gpu_layers = "auto"                     # or an integer; -1 = all
     threads = 8
     load = true                               # load at start
+    draft = "/var/lib/hearth/models/draft.gguf" # speculative decoding (optional)
+    cache_type_k = "q8_0"                     # KV-cache quantization (f16, q8_0, q4_0)
 """
 from __future__ import annotations
 
@@ -84,6 +86,8 @@ class ModelConfig:
     draft: str = ""                 # speculative decoding: a draft GGUF sharing the
                                     # tokenizer, or "store:NAME" (sealed); "" = none
     n_draft: int = 4                # tokens the draft proposes per step
+    draft_exact: bool = True        # with a draft: keep greedy output bit-identical to
+                                    # decoding without one (no CPU weight repacking)
     load: bool = True
 
 

@@ -128,6 +128,13 @@ typedef struct hearth_engine_params {
     bool use_mmap;
     bool use_mlock;
     bool enable_embeddings;    /* allow embedding requests */
+    bool repack_weights;       /* let ggml repack weights for its faster CPU
+                                  kernels (default true).  Those kernels give
+                                  a row slightly different results depending
+                                  on how many rows share the matmul, so with
+                                  a draft, verification batches can flip a
+                                  near-tied greedy choice; false keeps the
+                                  output bit-identical to decoding alone */
     /* Speculative decoding: a small draft model that shares the target's
      * vocabulary proposes up to n_draft tokens per step, which the target
      * verifies in the same batch.  Every emitted token is still sampled from

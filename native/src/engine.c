@@ -31,6 +31,7 @@ void hearth_engine_params_init(hearth_engine_params *p) {
     p->enable_embeddings = true;
     p->draft_fd = -1;
     p->n_draft = 4;
+    p->repack_weights = true;
 }
 
 void hearth_request_params_init(hearth_request_params *p) {

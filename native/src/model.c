@@ -55,6 +55,7 @@ hearth_status hearth_model_load(hearth_engine *e) {
     mp.n_gpu_layers = llama_supports_gpu_offload() ? p->n_gpu_layers : 0;
     mp.main_gpu = p->main_gpu;
     mp.load_mode = load_mode(p);
+    mp.use_extra_bufts = p->repack_weights;
     bool any_split = false;
     for (int i = 0; i < 16; i++) {
         any_split |= p->tensor_split[i] > 0.0f;

@@ -87,6 +87,8 @@ hearth_status hearth_draft_create(hearth_engine *e) {
     struct llama_model_params mp = llama_model_default_params();
     mp.n_gpu_layers = llama_supports_gpu_offload() ? p->draft_n_gpu_layers : 0;
     mp.main_gpu = p->main_gpu;
+    /* The draft only proposes: its numerics never reach the output, so it
+     * keeps ggml's repacked kernels whatever repack_weights says. */
     hearth_status st = hearth_model_open(p->draft_path, p->draft_fd, mp, &d->model);
     if (st == HEARTH_OK && !d->model) {
         st = hearth_fail(HEARTH_E_LOAD_FAILED,

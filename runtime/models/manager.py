@@ -106,6 +106,7 @@ def engine_params(cfg: ModelConfig, info: GGUFInfo | None) -> tuple[EngineParams
         use_mlock=cfg.use_mlock,
         enable_embeddings=cfg.embeddings,
         n_draft=cfg.n_draft,
+        repack_weights=not (cfg.draft and cfg.draft_exact),
         draft_n_gpu_layers=-1 if n_gpu_layers != 0 else 0,
     )
     return params, reason

@@ -51,6 +51,7 @@ class EngineParams:
     use_mmap: bool = True
     use_mlock: bool = False
     enable_embeddings: bool = True
+    repack_weights: bool = True          # see hearth_core.h
     draft_path: str | None = None        # speculative decoding: a draft GGUF ...
     draft_fd: int = -1                   # ... or an fd to load it from
     n_draft: int = 4
@@ -285,7 +286,8 @@ class NativeEngine:
         for name in ("n_ctx", "n_parallel", "n_batch", "n_ubatch", "prefill_chunk", "max_queue",
                      "burst_window_us",
                      "n_threads", "n_threads_batch", "n_gpu_layers", "main_gpu", "flash_attn",
-                     "kv_unified", "swa_full", "use_mmap", "use_mlock", "enable_embeddings"):
+                     "kv_unified", "swa_full", "use_mmap", "use_mlock", "enable_embeddings",
+                     "repack_weights"):
             setattr(p, name, getattr(params, name))
         if len(params.tensor_split) > 16:
             raise errors.InvalidArgument("tensor_split: at most 16 devices")

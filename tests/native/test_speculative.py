@@ -169,3 +169,35 @@ def test_a_draft_with_another_tokenizer_is_refused(tiny_model: Path, tmp_path: P
 def test_a_missing_draft_is_a_load_error(tiny_model: Path, tmp_path: Path) -> None:
     with pytest.raises(errors.ModelLoadError, match="draft"):
         engine(tiny_model, tmp_path / "nope.gguf")
+
+
+@pytest.mark.gemma
+def test_gemma_greedy_output_is_bit_identical_with_a_draft(gemma_model: Path,
+                                                           tmp_path: Path) -> None:
+    """On Gemma's quantized weights too, with repacking off (draft_exact,
+    the default when a model has a draft): ggml's repacked CPU kernels give
+    a row slightly different results depending on how many rows share the
+    matmul, which can flip a near-tied greedy choice."""
+    from benchmarks.draft_models import early_exit_draft
+
+    prompts = ["The patient, a 64-year-old man, was admitted with chest pain. The doctor",
+               "def fibonacci(n):", "Question: What is the capital of France?\nAnswer:"]
+
+    def generate(draft: Path | None) -> list[list[int]]:
+        e = NativeEngine(EngineParams(model_path=str(gemma_model), n_ctx=4096, n_parallel=2,
+                                      n_threads=2, n_threads_batch=2, repack_weights=False,
+                                      draft_path=str(draft) if draft else None))
+        try:
+            out = []
+            for p in prompts:
+                r = e.submit(RequestParams(prompt=e.tokenize(p), max_tokens=40,
+                                           sampling=GREEDY, ignore_eos=True))
+                out.append(collect(e, [r])[r.id][0])
+                r.free()
+            return out
+        finally:
+            e.close()
+
+    expected = generate(None)
+    assert generate(gemma_model) == expected
+    assert generate(early_exit_draft(gemma_model, tmp_path / "first6.gguf", 6)) == expected
