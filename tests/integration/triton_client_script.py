@@ -126,8 +126,8 @@ def check_stream_without_streaming(client, model):
     """stream=false on the streaming RPC: one response, flagged final."""
     responses = queue.Queue()
     client.start_stream(callback=lambda result, error: responses.put((result, error)))
-    client.async_stream_infer(model, llm_inputs("hello", False, {"max_tokens": 8, "ignore_eos": True}),
-                              request_id="whole")
+    inputs = llm_inputs("hello", False, {"max_tokens": 8, "ignore_eos": True})
+    client.async_stream_infer(model, inputs, request_id="whole")
     result, error = responses.get(timeout=120)
     client.stop_stream()
     assert error is None, error
