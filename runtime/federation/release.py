@@ -1,0 +1,187 @@
+"""Signed release manifests and the site's decision to accept one
+(docs/formats/release-v1.md).
+
+A release is a global adapter version.  Its manifest is canonical JSON
+(sorted keys, no spaces, UTF-8) signed with the federation's Ed25519 key;
+the envelope carries the manifest text, the signature and the signing key's
+fingerprint.  `TrustedReleases` holds what a site trusts (the federation
+keys, its base model's digest, the highest version it has accepted) and
+decides, without I/O, whether a release may be applied:
+
+1. the signature verifies under a trusted key (else refused, untouched);
+2. the manifest is well-formed, and its version is above the high-water
+   mark (no rollback by replaying an older, validly signed release);
+3. its base model digest is the site's;
+4. the adapter bytes match its digest and size.
+
+Going back is possible only through `rollback()`, which the caller must
+audit; it does not lower the high-water mark for ordinary releases.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from runtime.errors import FailedPrecondition, IntegrityError
+
+FORMAT = "hearth-release/1"
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+class UntrustedRelease(IntegrityError):
+    """Bad signature, unknown key, or a tampered manifest or adapter."""
+
+
+class RollbackRefused(FailedPrecondition):
+    """A validly signed release at or below the version already accepted."""
+
+
+def key_fingerprint(public: Ed25519PublicKey) -> str:
+    der = public.public_bytes(serialization.Encoding.DER,
+                              serialization.PublicFormat.SubjectPublicKeyInfo)
+    return hashlib.sha256(der).hexdigest()
+
+
+@dataclass(frozen=True)
+class ReleaseManifest:
+    federation: str
+    version: int
+    parent_version: int
+    base_model_sha256: str
+    adapter_sha256: str
+    adapter_bytes: int
+    created: str                      # RFC 3339, UTC
+    metrics: dict[str, float] = field(default_factory=dict)
+    format: str = FORMAT
+
+    def canonical(self) -> bytes:
+        return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"),
+                          ensure_ascii=False).encode("utf-8")
+
+
+def _field(doc: dict[str, Any], key: str, kind: type) -> Any:
+    value = doc.get(key)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise UntrustedRelease(f"release manifest: {key} must be {kind.__name__}")
+    return value
+
+
+def parse_manifest(text: bytes) -> ReleaseManifest:
+    try:
+        doc = json.loads(text)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UntrustedRelease(f"release manifest: not JSON ({exc})") from None
+    if not isinstance(doc, dict):
+        raise UntrustedRelease("release manifest: not a JSON object")
+    known = set(ReleaseManifest.__dataclass_fields__)
+    if set(doc) != known:
+        raise UntrustedRelease(f"release manifest: fields {sorted(set(doc) ^ known)} are "
+                               "missing or unknown")
+    if doc["format"] != FORMAT:
+        raise UntrustedRelease(f"release manifest: format {doc['format']!r} is not {FORMAT}")
+    metrics = _field(doc, "metrics", dict)
+    if not all(isinstance(k, str) and isinstance(v, int | float) and not isinstance(v, bool)
+               for k, v in metrics.items()):
+        raise UntrustedRelease("release manifest: metrics must map names to numbers")
+    m = ReleaseManifest(
+        federation=_field(doc, "federation", str), version=_field(doc, "version", int),
+        parent_version=_field(doc, "parent_version", int),
+        base_model_sha256=_field(doc, "base_model_sha256", str),
+        adapter_sha256=_field(doc, "adapter_sha256", str),
+        adapter_bytes=_field(doc, "adapter_bytes", int), created=_field(doc, "created", str),
+        metrics=metrics)
+    if not _NAME.match(m.federation):
+        raise UntrustedRelease("release manifest: federation is not a valid name")
+    if not (m.version >= 1 and 0 <= m.parent_version < m.version and m.adapter_bytes > 0):
+        raise UntrustedRelease("release manifest: needs version >= 1, 0 <= parent_version < "
+                               "version and adapter_bytes > 0")
+    if not (_HEX64.match(m.base_model_sha256) and _HEX64.match(m.adapter_sha256)):
+        raise UntrustedRelease("release manifest: digests must be 64 lowercase hex digits")
+    if m.canonical() != text:
+        raise UntrustedRelease("release manifest: not in canonical form")
+    return m
+
+
+def sign_release(manifest: ReleaseManifest, key: Ed25519PrivateKey) -> bytes:
+    """The envelope a coordinator publishes."""
+    text = manifest.canonical()
+    return json.dumps({"manifest": text.decode("utf-8"),
+                       "signature": base64.b64encode(key.sign(text)).decode("ascii"),
+                       "key": key_fingerprint(key.public_key())},
+                      sort_keys=True, indent=1).encode("utf-8")
+
+
+@dataclass
+class TrustedReleases:
+    federation: str
+    keys: dict[str, Ed25519PublicKey]     # fingerprint -> federation key
+    base_model_sha256: str
+    high_water: int = 0                   # highest version accepted (persisted by caller)
+
+    def verify(self, envelope: bytes) -> ReleaseManifest:
+        """Signature and form only: what any holder of the envelope can check."""
+        try:
+            env = json.loads(envelope)
+            text = env["manifest"].encode("utf-8")
+            sig = base64.b64decode(env["signature"], validate=True)
+            fp = env["key"]
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise UntrustedRelease(f"release: not a release envelope ({exc})") from None
+        key = self.keys.get(fp) if isinstance(fp, str) else None
+        if key is None:
+            raise UntrustedRelease(f"release: signed by an unknown key {str(fp)[:16]}...")
+        try:
+            key.verify(sig, text)
+        except InvalidSignature:
+            raise UntrustedRelease("release: the signature does not verify") from None
+        return parse_manifest(text)
+
+    def accept(self, envelope: bytes, adapter: bytes) -> ReleaseManifest:
+        """Every check before anything is applied; on success the caller
+        applies the adapter and then calls `applied()`."""
+        m = self.verify(envelope)
+        if m.federation != self.federation:
+            raise UntrustedRelease(f"release: for federation {m.federation!r}, this site is in "
+                                   f"{self.federation!r}")
+        if m.version <= self.high_water:
+            raise RollbackRefused(f"release: version {m.version} is not above version "
+                                  f"{self.high_water}, already accepted (use `hearth fed "
+                                  "rollback` to go back on purpose)")
+        if not hmac.compare_digest(m.base_model_sha256, self.base_model_sha256):
+            raise FailedPrecondition("release: built for another base model "
+                                     f"({m.base_model_sha256[:12]}, this site serves "
+                                     f"{self.base_model_sha256[:12]})")
+        self._check_adapter(m, adapter)
+        return m
+
+    def applied(self, m: ReleaseManifest) -> None:
+        self.high_water = max(self.high_water, m.version)
+
+    def rollback(self, envelope: bytes, adapter: bytes) -> ReleaseManifest:
+        """An explicit return to an earlier release: still signed, same base
+        model, same federation; the high-water mark stays."""
+        m = self.verify(envelope)
+        if m.federation != self.federation or m.base_model_sha256 != self.base_model_sha256:
+            raise UntrustedRelease("rollback: the release is for another federation or base "
+                                   "model")
+        if m.version > self.high_water:
+            raise FailedPrecondition(f"rollback: version {m.version} was never accepted "
+                                     f"(highest: {self.high_water})")
+        self._check_adapter(m, adapter)
+        return m
+
+    @staticmethod
+    def _check_adapter(m: ReleaseManifest, adapter: bytes) -> None:
+        if len(adapter) != m.adapter_bytes or not hmac.compare_digest(
+                hashlib.sha256(adapter).hexdigest(), m.adapter_sha256):
+            raise UntrustedRelease("release: the adapter does not match the manifest's digest")
