@@ -137,7 +137,11 @@ def model_statistics(handle: ModelHandle, counters: ModelCounters) -> kpb.ModelS
             success=kpb.StatisticDuration(count=c.success_count, ns=c.success_ns),
             fail=kpb.StatisticDuration(count=c.fail_count, ns=c.fail_ns),
             queue=kpb.StatisticDuration(count=c.success_count, ns=c.queue_ns),
-            compute_infer=kpb.StatisticDuration(count=c.success_count, ns=c.compute_ns)))
+            compute_infer=kpb.StatisticDuration(count=c.success_count, ns=c.compute_ns),
+            # Hits cost no engine time; Triton reports lookup time here, which
+            # is not measured separately.
+            cache_hit=kpb.StatisticDuration(count=c.cache_hit_count, ns=0),
+            cache_miss=kpb.StatisticDuration(count=c.cache_miss_count, ns=0)))
     if handle.engine is not None:
         stats.execution_count = handle.engine.stats().decode_steps
     return stats

@@ -22,6 +22,8 @@ class ModelCounters:
     queue_ns: int = 0                 # over successful requests
     compute_ns: int = 0               # admission to finish, over successful requests
     last_inference_ms: int = 0        # wall clock, milliseconds since the epoch
+    cache_hit_count: int = 0          # response cache (deterministic requests)
+    cache_miss_count: int = 0
 
 
 class RequestStatistics:
@@ -41,6 +43,10 @@ class RequestStatistics:
         else:
             c.fail_count += 1
             c.fail_ns += total_ns
+        if event.response_cache == "hit":
+            c.cache_hit_count += 1
+        elif event.response_cache == "miss":
+            c.cache_miss_count += 1
         c.last_inference_ms = time.time_ns() // 1_000_000
 
     def of(self, model: str) -> ModelCounters:

@@ -48,11 +48,12 @@ def test_repository_index_states() -> None:
     assert [m.name for m in ready.models] == ["a"]
 
 
-def finished(model: str, status: str, queue_s: float, total_s: float) -> RequestFinished:
+def finished(model: str, status: str, queue_s: float, total_s: float,
+             response_cache: str = "") -> RequestFinished:
     return RequestFinished(request_id="r", model=model, client="c", kind="generate",
                            status=status, finish_reason="stop", prompt_tokens=1,
                            completion_tokens=1, cached_tokens=0, queue_s=queue_s, ttft_s=0.0,
-                           total_s=total_s)
+                           total_s=total_s, response_cache=response_cache)
 
 
 def test_statistics_count_successes_and_failures_per_model() -> None:
@@ -73,6 +74,18 @@ def test_statistics_count_successes_and_failures_per_model() -> None:
     assert stats.of("never").success_count == 0
     stats.of("tiny").success_count = 100           # a copy: the book is unchanged
     assert stats.of("tiny").success_count == 2
+    assert (s.cache_hit.count, s.cache_miss.count) == (0, 0)
+
+
+def test_statistics_count_response_cache_hits_and_misses() -> None:
+    events = EventBus()
+    stats = RequestStatistics(events)
+    events.publish(finished("tiny", "ok", 0.1, 0.5, response_cache="miss"))
+    events.publish(finished("tiny", "ok", 0.0, 0.0, response_cache="hit"))
+    events.publish(finished("tiny", "ok", 0.0, 0.0, response_cache="hit"))
+    s = converters.model_statistics(handle("tiny", ModelState.READY),
+                                    stats.of("tiny")).inference_stats
+    assert (s.cache_hit.count, s.cache_miss.count, s.success.count) == (2, 1, 3)
 
 
 def test_parameters_keep_their_kind() -> None:
