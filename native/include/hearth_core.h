@@ -39,7 +39,7 @@ extern "C" {
 /* HEARTH_CDEF_BEGIN */
 
 /* Bumped whenever a struct layout or a signature below changes. */
-#define HEARTH_CORE_ABI_VERSION 2
+#define HEARTH_CORE_ABI_VERSION 3
 
 /* Seed value that asks for a random seed. */
 #define HEARTH_SEED_RANDOM 4294967295
@@ -233,6 +233,27 @@ HEARTH_API hearth_status hearth_engine_apply_chat_template(
     const char *const *contents, int32_t n_messages, bool add_assistant,
     char *buf, int32_t cap, int32_t *n_out);
 
+/* ---------------------------------------------------------------- adapters
+ *
+ * LoRA adapters for the engine's model.  llama.cpp applies adapters to a
+ * whole context, so the engine runs each step for the requests of one
+ * adapter (taking turns between adapters) and never reuses a prefix's KV
+ * computed under another adapter.  Loading and unloading wait for the step
+ * in progress; requests already running keep the adapter they started with,
+ * so a new version can be swapped in under load.
+ */
+
+/* Loads an adapter GGUF from fd (read from its start; dup'ed) or path.
+ * *id_out is its id (> 0).  HEARTH_E_LOAD_FAILED when llama.cpp refuses it
+ * (another architecture, missing tensors). */
+HEARTH_API hearth_status hearth_engine_adapter_load(hearth_engine *e, const char *path,
+                                                    int32_t fd, int32_t *id_out);
+/* New requests can no longer name it; it is freed once the last request
+ * using it has finished.  HEARTH_E_NOT_FOUND for an unknown id. */
+HEARTH_API hearth_status hearth_engine_adapter_unload(hearth_engine *e, int32_t id);
+/* Adapters loaded and not yet freed (retired ones included). */
+HEARTH_API int32_t hearth_engine_adapter_count(hearth_engine *e);
+
 typedef struct hearth_sampling {
     float temperature;         /* <= 0 means greedy */
     int32_t top_k;             /* 0 disables */
@@ -266,6 +287,8 @@ typedef struct hearth_request_params {
                                   likely tokens at each position */
     bool speculate;            /* use the engine's draft model, if it has
                                   one (output is unchanged either way) */
+    int32_t adapter;           /* a loaded LoRA adapter's id, 0 for none */
+    float adapter_scale;       /* its strength (default 1) */
 } hearth_request_params;
 
 HEARTH_API void hearth_request_params_init(hearth_request_params *p);

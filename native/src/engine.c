@@ -5,6 +5,7 @@
 #include "internal.h"
 
 #include <errno.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
@@ -39,6 +40,7 @@ void hearth_request_params_init(hearth_request_params *p) {
     p->max_tokens = 16;
     p->logprobs = -1;
     p->speculate = true;
+    p->adapter_scale = 1.0f;
     hearth_sampling_init(&p->sampling);
 }
 
@@ -91,6 +93,7 @@ static void engine_destroy(hearth_engine *e) {
         llama_batch_free(e->batch);
     }
     hearth_draft_free(e->draft, e->params.n_parallel);
+    if (e->model) hearth_adapters_free_all(e);
     if (e->embd_ctx) llama_free(e->embd_ctx);
     if (e->ctx) llama_free(e->ctx);
     if (e->model) llama_model_free(e->model);
@@ -109,6 +112,7 @@ static void engine_destroy(hearth_engine *e) {
     free((char *)e->params.draft_path);
     if (e->event_fd >= 0) close(e->event_fd);
     pthread_mutex_destroy(&e->mu);
+    pthread_mutex_destroy(&e->step_mu);
     pthread_mutex_destroy(&e->ready_mu);
     pthread_cond_destroy(&e->cv);
     free(e);
@@ -129,6 +133,7 @@ hearth_status hearth_engine_create(const hearth_engine_params *p, hearth_engine 
     }
     e->event_fd = -1;
     pthread_mutex_init(&e->mu, NULL);
+    pthread_mutex_init(&e->step_mu, NULL);
     pthread_mutex_init(&e->ready_mu, NULL);
     pthread_cond_init(&e->cv, NULL);
     e->params = *p;
@@ -339,6 +344,10 @@ hearth_status hearth_engine_submit(hearth_engine *e, const hearth_request_params
         return hearth_fail(HEARTH_E_INVALID_ARGUMENT, "logprobs must be in -1..%d, got %d",
                            HEARTH_MAX_TOP_LOGPROBS, p->logprobs);
     }
+    if (!isfinite(p->adapter_scale) || fabsf(p->adapter_scale) > 16.0f) {
+        return hearth_fail(HEARTH_E_INVALID_ARGUMENT, "adapter_scale must be in [-16, 16], got %g",
+                           (double)p->adapter_scale);
+    }
     bool has_grammar = p->grammar && p->grammar[0];
     if (has_grammar && p->ignore_eos) {
         /* A finished grammar allows only an end-of-generation token. */
@@ -355,6 +364,7 @@ hearth_status hearth_engine_submit(hearth_engine *e, const hearth_request_params
     r->ignore_eos = p->ignore_eos;
     r->n_logprobs = p->logprobs;
     r->speculate = p->speculate;
+    r->adapter_scale = p->adapter_scale;
     if ((st = copy_stops(r, p->stop, p->n_stop)) != HEARTH_OK ||
         !hearth_sampler_init(&r->sampler, &p->sampling, e->vocab, e->eog_mask, e->eog_ids,
                              e->n_eog, p->ignore_eos)) {
@@ -376,6 +386,12 @@ hearth_status hearth_engine_submit(hearth_engine *e, const hearth_request_params
         hearth_request_discard(r);
         return hearth_fail(HEARTH_E_FAILED_PRECONDITION, "the engine is not admitting requests");
     }
+    if ((st = hearth_adapter_acquire(e, p->adapter)) != HEARTH_OK) {
+        pthread_mutex_unlock(&e->mu);
+        hearth_request_discard(r);
+        return st;
+    }
+    r->adapter = p->adapter;
     r->id = e->next_id++;
     st = hearth_sched_enqueue(e->sched, r->id, r->prompt.len);
     if (st == HEARTH_OK && !push_ptr(&e->live, &e->n_live, &e->cap_live, r)) {
@@ -384,6 +400,7 @@ hearth_status hearth_engine_submit(hearth_engine *e, const hearth_request_params
     }
     if (st != HEARTH_OK) {
         e->stats.requests_rejected++;
+        hearth_adapter_release(e, r->adapter);
         pthread_mutex_unlock(&e->mu);
         hearth_request_discard(r);
         return st;

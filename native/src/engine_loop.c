@@ -84,6 +84,7 @@ void hearth_engine_finish(hearth_engine *e, hearth_request *r, hearth_finish_rea
         r->error = strdup(error);
     }
     hearth_textstream_flush(r->text);
+    hearth_adapter_release(e, r->adapter);
     hearth_slots_release(e, r, reason != HEARTH_FINISH_ERROR);
     hearth_sched_remove(e->sched, r->id);
     int32_t i = find_live_index(e, r->id);
@@ -410,7 +411,7 @@ void *hearth_engine_main(void *arg) {
                 break;
             }
             reap(e, now);
-            if (has_work(e)) {
+            if (has_work(e) || e->retire_pending) {
                 break;
             }
             wait_until(e, now + IDLE_WAIT_NS);
@@ -440,6 +441,8 @@ void *hearth_engine_main(void *arg) {
         }
         pthread_mutex_unlock(&e->mu);
 
+        pthread_mutex_lock(&e->step_mu);
+        n_plan = hearth_adapters_select(e, n_plan);
         if (embed) {
             run_embedding(e, embed);
         }
@@ -447,6 +450,7 @@ void *hearth_engine_main(void *arg) {
             test_hang_hook(e);
             run_step(e, n_plan);
         }
+        pthread_mutex_unlock(&e->step_mu);
     }
     return NULL;
 }

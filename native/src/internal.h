@@ -132,6 +132,8 @@ struct hearth_request {
     bool normalize;
     int32_t n_logprobs;    /* -1 none, else top-k (0 = chosen token only) */
     bool speculate;
+    int32_t adapter;       /* adapter id, 0 for none (holds a use) */
+    float adapter_scale;
 
     /* Engine-thread state. */
     int32_t slot;
@@ -177,6 +179,8 @@ void hearth_request_discard(hearth_request *r);
 /* ---- engine (engine.c, engine_loop.c, slots.c, model.c) ---- */
 typedef struct slot {
     int32_t id;            /* llama seq_id */
+    int32_t adapter;       /* adapter the cached KV was computed under */
+    float adapter_scale;
     hearth_request *req;   /* NULL when free */
     htokens cache;         /* tokens whose KV this sequence holds, at
                               positions 0 .. cache.len - 1 */
@@ -192,8 +196,27 @@ typedef struct draft_model {
     int32_t n_draft;
 } draft_model;
 
+#define HEARTH_MAX_ADAPTERS 32
+
+typedef struct adapter_entry {
+    struct llama_adapter_lora *lora; /* NULL: free entry */
+    int32_t id;
+    int32_t users;         /* requests holding it (guarded by e->mu) */
+    bool retired;          /* unloaded: no new users; freed at 0 users */
+} adapter_entry;
+
 struct hearth_engine {
     hearth_engine_params params;
+    /* Held by the engine thread for each step, and by adapter load/free:
+     * llama.cpp's model keeps its adapters in a set that graph building
+     * reads. */
+    pthread_mutex_t step_mu;
+    adapter_entry adapters[HEARTH_MAX_ADAPTERS]; /* guarded by mu + step_mu */
+    int32_t next_adapter_id;
+    int32_t active_adapter;      /* engine thread: what the context applies */
+    float active_scale;
+    int32_t steps_in_group;
+    bool retire_pending;         /* guarded by mu: wake the idle loop to free */
     draft_model *draft;    /* NULL without a draft model */
     struct llama_model *model;
     struct llama_context *ctx;
@@ -266,6 +289,16 @@ hearth_status hearth_model_embed(struct hearth_engine *e, hearth_request *r);
 static inline bool hearth_engine_has_draft(const hearth_engine_params *p) {
     return (p->draft_path && p->draft_path[0]) || p->draft_fd >= 0;
 }
+
+/* adapters.c */
+/* Takes a use of adapter `id` for a request (e->mu held). */
+hearth_status hearth_adapter_acquire(struct hearth_engine *e, int32_t id);
+void hearth_adapter_release(struct hearth_engine *e, int32_t id);
+/* Engine thread, step_mu held: frees retired adapters nobody uses, then
+ * keeps from the plan only the requests of one adapter, taking turns, and
+ * sets it on the context.  Returns the new plan length. */
+int32_t hearth_adapters_select(struct hearth_engine *e, int32_t n_plan);
+void hearth_adapters_free_all(struct hearth_engine *e);
 
 /* speculate.c */
 hearth_status hearth_draft_create(struct hearth_engine *e);

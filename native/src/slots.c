@@ -81,7 +81,10 @@ int32_t hearth_slots_assign(hearth_engine *e, hearth_request *r) {
     int32_t src_len = 0;
     for (int32_t i = 0; i < e->params.n_parallel; i++) {
         slot *s = &e->slots[i];
-        int32_t l = hearth_common_prefix(s->cache.data, s->cache.len, prompt, limit);
+        /* KV computed under another adapter is another model's. */
+        bool same = s->adapter == r->adapter &&
+                    (r->adapter == 0 || s->adapter_scale == r->adapter_scale);
+        int32_t l = same ? hearth_common_prefix(s->cache.data, s->cache.len, prompt, limit) : 0;
         if (!s->req && (l > own_len || (l == own_len && s->last_used < e->slots[own].last_used))) {
             own = i;
             own_len = l;
@@ -122,6 +125,8 @@ int32_t hearth_slots_assign(hearth_engine *e, hearth_request *r) {
     }
     slot *d = &e->slots[dst];
     d->req = r;
+    d->adapter = r->adapter;
+    d->adapter_scale = r->adapter_scale;
     r->slot = dst;
     r->n_past = reuse;
     r->n_cached = reuse;

@@ -131,3 +131,32 @@ def write_tiny_model(path: str | Path, *, seed: int = 0, n_layer: int = 2, n_emb
     w.write_tensors_to_file()
     w.close()
     return path
+
+
+def write_tiny_lora(path: str | Path, *, seed: int = 1, n_layer: int = 2, n_embd: int = 64,
+                    n_ff: int = 128, rank: int = 4, alpha: float = 8.0, scale: float = 1.0
+                    ) -> Path:
+    """A LoRA adapter GGUF for the tiny model (same n_layer/n_embd/n_ff):
+    low-rank A (rank x in) and B (out x rank) on every layer's attention
+    query and feed-forward up projections.  Its effect grows with `scale`."""
+    import gguf
+    import numpy as np
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_string("general.type", "adapter")
+    w.add_string("adapter.type", "lora")
+    w.add_float32("adapter.lora.alpha", alpha)
+    for i in range(n_layer):
+        for name, out_dim in (("attn_q", n_embd), ("ffn_up", n_ff)):
+            a = (rng.standard_normal((rank, n_embd)) / np.sqrt(n_embd)).astype(np.float32)
+            b = (rng.standard_normal((out_dim, rank)) * scale).astype(np.float32)
+            w.add_tensor(f"blk.{i}.{name}.weight.lora_a", a)
+            w.add_tensor(f"blk.{i}.{name}.weight.lora_b", b)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path

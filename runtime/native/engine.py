@@ -82,6 +82,8 @@ class RequestParams:
     grammar: str | None = None           # GBNF, start rule "root"
     logprobs: int = -1                   # -1 none, 0 chosen token, k: also top k
     speculate: bool = True               # use the draft model, if there is one
+    adapter: int = 0                     # a loaded LoRA adapter's id; 0 none
+    adapter_scale: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -454,10 +456,30 @@ class NativeEngine:
         p.grammar = grammar if grammar is not None else ffi.NULL
         p.logprobs = params.logprobs
         p.speculate = params.speculate
+        p.adapter = params.adapter
+        p.adapter_scale = params.adapter_scale
         out = ffi.new("hearth_request **")
         with self._h() as h:
             check(lib.hearth_engine_submit(h, p, out))
         return NativeRequest(out[0])
+
+    def load_adapter(self, path: str | None = None, fd: int = -1) -> int:
+        """Loads a LoRA adapter GGUF (blocks until the step in progress
+        ends); returns its id for RequestParams.adapter."""
+        out = ffi.new("int32_t *")
+        cpath = ffi.new("char[]", path.encode()) if path else ffi.NULL
+        with self._h() as h:
+            check(lib.hearth_engine_adapter_load(h, cpath, fd, out))
+        return int(out[0])
+
+    def unload_adapter(self, adapter_id: int) -> None:
+        """New requests can no longer use it; running ones finish with it."""
+        with self._h() as h:
+            check(lib.hearth_engine_adapter_unload(h, adapter_id))
+
+    def adapter_count(self) -> int:
+        with self._h() as h:
+            return int(lib.hearth_engine_adapter_count(h))
 
     def submit_embedding(self, tokens: Sequence[int], normalize: bool) -> NativeRequest:
         toks = ffi.new("int32_t[]", list(tokens))
