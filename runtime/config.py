@@ -23,6 +23,7 @@ ConfigError whose message starts with the dotted path of the key, e.g.
     threads = 8
     load = true                               # load at start
     draft = "/var/lib/hearth/models/draft.gguf" # speculative decoding (optional)
+    adapters = { clinic = "clinic-lora.gguf" } # LoRA adapters requests may name
     cache_type_k = "q8_0"                     # KV-cache quantization (f16, q8_0, q4_0)
 """
 from __future__ import annotations
@@ -88,6 +89,7 @@ class ModelConfig:
     n_draft: int = 4                # tokens the draft proposes per step
     draft_exact: bool = True        # with a draft: keep greedy output bit-identical to
                                     # decoding without one (no CPU weight repacking)
+    adapters: tuple[tuple[str, str], ...] = ()  # [models.NAME.adapters] name = "lora.gguf"
     load: bool = True
 
 
@@ -179,6 +181,13 @@ def _check_value(path: str, key: str, value: Any, default: Any) -> Any:
             if value.startswith("unix:"):
                 raise ConfigError(f"{where}: must be HOST:PORT")
         return value
+    if key == "adapters":
+        if not isinstance(value, dict) or not all(
+                isinstance(v, str) and v for v in value.values()):
+            raise ConfigError(f"{where}: must be a table of adapter name = \"path.gguf\"")
+        for name in value:
+            check_model_name(name, f"{where}.{name}")
+        return tuple(sorted(value.items()))
     if key == "admins":
         if not isinstance(value, list) or not all(isinstance(x, str) and x for x in value):
             raise ConfigError(f"{where}: must be a list of identities")
@@ -263,6 +272,10 @@ def parse_config(data: dict[str, Any], base_dir: Path | None = None) -> Config:
                               "store, not both")
         if base_dir is not None and not os.path.isabs(model.path):
             model = replace(model, path=str((base_dir / model.path).resolve()))
+        if base_dir is not None and model.adapters:
+            model = replace(model, adapters=tuple(
+                (n, p if os.path.isabs(p) else str((base_dir / p).resolve()))
+                for n, p in model.adapters))
         if (base_dir is not None and model.draft and not model.draft.startswith("store:")
                 and not os.path.isabs(model.draft)):
             model = replace(model, draft=str((base_dir / model.draft).resolve()))

@@ -148,13 +148,22 @@ class InferenceService:
         deadline_ns = 0
         if ctx.deadline is not None:
             deadline_ns = time.monotonic_ns() + int((ctx.deadline - time.monotonic()) * 1e9)
+        adapter_id = 0
+        if opts.adapter:
+            adapter_id = handle.adapters.get(opts.adapter, 0)
+            if not adapter_id:
+                raise errors.NotFound(f"adapter: model {handle.name!r} has no adapter "
+                                      f"{opts.adapter!r}")
         params = RequestParams(prompt=tokens, max_tokens=max_tokens, sampling=sampling,
                                stop=stops, deadline_ns=max(deadline_ns, 0),
-                               ignore_eos=opts.ignore_eos, grammar=grammar, logprobs=logprobs)
+                               ignore_eos=opts.ignore_eos, grammar=grammar, logprobs=logprobs,
+                               adapter=adapter_id)
         key = None
         if self.cache.enabled and is_deterministic(opts, sampling.temperature):
-            key = self.cache.key(handle.name, engine.serial, ctx.principal.identity, kind,
-                                 tokens, opts, max_tokens)
+            # The adapter's load id, not only its name: a new version is a
+            # new key space.
+            key = self.cache.key(handle.name, engine.serial * 100003 + adapter_id,
+                                 ctx.principal.identity, kind, tokens, opts, max_tokens)
             stored = self.cache.get(key)
             if stored is not None:
                 for chunk in self._replay(stored, handle.name, ctx, kind, prompt, len(tokens)):

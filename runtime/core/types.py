@@ -47,6 +47,7 @@ class GenerationOptions:
     structured: StructuredOutput | None = None
     logprobs: bool = False               # log-probability of each chosen token
     top_logprobs: int = 0                # and of the k most likely (0..20)
+    adapter: str = ""                    # a LoRA adapter loaded for the model; "" none
 
 
 @dataclass(frozen=True)

@@ -47,7 +47,8 @@ _SCHEMA_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _SAMPLING = ("max_tokens", "temperature", "top_p", "seed", "stop", "frequency_penalty",
              "presence_penalty", "n", "response_format", "stream", "stream_options",
              # Hearth extensions
-             "top_k", "min_p", "repeat_penalty", "penalty_last_n", "ignore_eos", "grammar")
+             "top_k", "min_p", "repeat_penalty", "penalty_last_n", "ignore_eos", "grammar",
+             "adapter")
 _IGNORED = ("user", "metadata", "store", "service_tier", "safety_identifier",
             "prompt_cache_key", "parallel_tool_calls")
 _NO_TOOLS = "tool and function calling are not implemented"
@@ -203,6 +204,7 @@ def _options(body: dict[str, Any], max_tokens: int | None, logprobs: bool,
         structured=_structured(body),
         logprobs=logprobs,
         top_logprobs=top_logprobs,
+        adapter=opt_text(body, "adapter") or "",
     )
 
 

@@ -16,7 +16,7 @@ import os
 import stat
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from runtime import errors
@@ -52,6 +52,7 @@ class ModelHandle:
     chat_template: str | None = None   # None: the model's own (from its GGUF)
     chat_template_source: str = ""
     source: str = ""                    # the file, or the sealed object
+    adapters: dict[str, int] = field(default_factory=dict)  # LoRA name -> engine id
 
 
 def has_gpu() -> bool:
@@ -273,7 +274,58 @@ class ModelManager:
             if draft_fd >= 0:
                 os.close(draft_fd)
         handle.chat_template, handle.chat_template_source = chat_template_for(cfg, engine)
+        try:
+            handle.adapters = {name: self._load_adapter(engine, cfg.name, path)
+                               for name, path in cfg.adapters}
+        except BaseException:
+            engine.close()
+            raise
         return engine
+
+    @staticmethod
+    def _load_adapter(engine: NativeEngine, model: str, path: str) -> int:
+        """Checks the file is an adapter (strict header parse) and loads it
+        from the descriptor that was checked."""
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise errors.ModelLoadError(f"{model}: cannot open adapter {path}: "
+                                        f"{exc.strerror}") from exc
+        try:
+            info = inspect_gguf_fd(fd, model, path)
+            if info.kind != "adapter":
+                raise errors.ModelLoadError(f"{model}: {path} is a {info.kind}, not an adapter")
+            return engine.load_adapter(fd=fd)
+        finally:
+            os.close(fd)
+
+    async def set_adapter(self, model: str, name: str, path: str) -> ModelHandle:
+        """Loads `path` as adapter `name` of a ready model, replacing any
+        adapter of that name: requests already running finish with the old
+        one, new ones get the new one (hot swap)."""
+        check_model_name(name, "adapter")
+        handle = self.ready(model)
+        assert handle.engine is not None
+        engine = handle.engine
+        new_id = await asyncio.get_running_loop().run_in_executor(
+            None, self._load_adapter, engine, handle.name, path)
+        old_id = handle.adapters.get(name)
+        handle.adapters = {**handle.adapters, name: new_id}
+        if old_id:
+            engine.unload_adapter(old_id)
+        log.info("%s: adapter %s loaded from %s%s", handle.name, name, path,
+                 " (replacing the previous version)" if old_id else "")
+        return handle
+
+    def remove_adapter(self, model: str, name: str) -> ModelHandle:
+        handle = self.ready(model)
+        assert handle.engine is not None
+        old_id = handle.adapters.get(name)
+        if not old_id:
+            raise errors.NotFound(f"adapter: model {handle.name!r} has no adapter {name!r}")
+        handle.adapters = {k: v for k, v in handle.adapters.items() if k != name}
+        handle.engine.unload_adapter(old_id)
+        return handle
 
     def _open_draft(self, cfg: ModelConfig) -> int:
         """The draft model's bytes, checked like the model's own."""

@@ -58,7 +58,7 @@ def options_from(msg: Any) -> GenerationOptions:
     values = {name: getattr(msg, name) if msg.HasField(name) else None for name in _OPTIONAL}
     return GenerationOptions(stop=tuple(msg.stop), ignore_eos=msg.ignore_eos,
                              structured=structured_from(msg), logprobs=msg.logprobs,
-                             top_logprobs=msg.top_logprobs, **values)
+                             top_logprobs=msg.top_logprobs, adapter=msg.adapter, **values)
 
 
 def generate_request(msg: ipb.GenerateRequest) -> GenerateRequest:

@@ -53,6 +53,12 @@ def _bool(where: str, value: Any) -> bool:
     raise InvalidArgument(f"{where}: must be true or false, got {value!r}")
 
 
+def _text(where: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise InvalidArgument(f"{where}: must be a string, got {value!r}")
+    return value
+
+
 def _top_k(where: str, value: Any) -> int:
     k = _int(where, value)
     return 0 if k == -1 else k      # vLLM's "no top-k" is -1, llama.cpp's is 0
@@ -84,6 +90,7 @@ _SIMPLE: dict[str, tuple[str, Callable[[str, Any], Any]]] = {
     "penalty_last_n": ("penalty_last_n", _int),
     "ignore_eos": ("ignore_eos", _bool),
     "top_logprobs": ("top_logprobs", _int),
+    "adapter": ("adapter", _text),
 }
 # Handled below: they set more than one field, or depend on each other.
 _SPECIAL = ("logprobs", "response_format", "grammar")

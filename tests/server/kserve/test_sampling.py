@@ -22,11 +22,13 @@ def test_vllm_style_json_maps_to_core_options() -> None:
         "temperature": 0.2, "top_p": 0.9, "top_k": 5, "max_tokens": 30, "seed": 7,
         "stop": ["\n\n", "END"], "min_p": 0.1, "repetition_penalty": 1.1,
         "frequency_penalty": 0.5, "presence_penalty": -0.5, "penalty_last_n": 32,
-        "ignore_eos": True}).encode()), {})
+        "ignore_eos": True, "adapter": "clinic"}).encode()), {})
     assert opts == GenerationOptions(
         temperature=0.2, top_p=0.9, top_k=5, max_tokens=30, seed=7, stop=("\n\n", "END"),
         min_p=0.1, repeat_penalty=1.1, frequency_penalty=0.5, presence_penalty=-0.5,
-        penalty_last_n=32, ignore_eos=True)
+        penalty_last_n=32, ignore_eos=True, adapter="clinic")
+    with pytest.raises(InvalidArgument, match="adapter: must be a string"):
+        generation_options({"adapter": 3}, {})
 
 
 def test_nothing_given_means_server_defaults() -> None:
