@@ -185,8 +185,10 @@ def _check_value(path: str, key: str, value: Any, default: Any) -> Any:
         if not isinstance(value, dict) or not all(
                 isinstance(v, str) and v for v in value.values()):
             raise ConfigError(f"{where}: must be a table of adapter name = \"path.gguf\"")
-        for name in value:
+        for name, source in value.items():
             check_model_name(name, f"{where}.{name}")
+            if source.startswith("store:"):
+                check_model_name(source[len("store:"):], f"{where}.{name}")
         return tuple(sorted(value.items()))
     if key == "admins":
         if not isinstance(value, list) or not all(isinstance(x, str) and x for x in value):
@@ -274,7 +276,8 @@ def parse_config(data: dict[str, Any], base_dir: Path | None = None) -> Config:
             model = replace(model, path=str((base_dir / model.path).resolve()))
         if base_dir is not None and model.adapters:
             model = replace(model, adapters=tuple(
-                (n, p if os.path.isabs(p) else str((base_dir / p).resolve()))
+                (n, p if os.path.isabs(p) or p.startswith("store:")
+                 else str((base_dir / p).resolve()))
                 for n, p in model.adapters))
         if (base_dir is not None and model.draft and not model.draft.startswith("store:")
                 and not os.path.isabs(model.draft)):

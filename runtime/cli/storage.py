@@ -126,6 +126,20 @@ def cmd_models_import(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
+def cmd_data_add(args: argparse.Namespace) -> int:
+    """Local training text, sealed like everything else (kind "dataset")."""
+    store = open_store(args)
+    path = Path(args.path)
+    obj = store.import_file(path, args.name, "dataset", args.remove_source,
+                            progress=ProgressBar(f"sealing {path.name}"))
+    store.close()
+    print(f"added data set {obj.name} version {obj.version}: {obj.size} bytes, "
+          f"sha256 {obj.sha256[:16]}…")
+    if args.remove_source:
+        print(f"removed {path} (unlinked; not a secure erase)", file=sys.stderr)
+    return ExitCode.OK
+
+
 def cmd_store_list(args: argparse.Namespace) -> int:
     store = open_store(args)
     for o in store.list():
@@ -237,6 +251,15 @@ def add_parsers(sub: argparse._SubParsersAction, models: argparse._SubParsersAct
     p.add_argument("path")
     p.add_argument("--name", required=True, help="identifier to serve it under")
     p.add_argument("--kind", choices=["model", "adapter"], default="model")
+    p.add_argument("--remove-source", action="store_true",
+                   help="unlink the plaintext file after a successful import")
+
+    data = sub.add_parser("data", help="local training data, sealed in the store")
+    dsub = data.add_subparsers(dest="data_command", required=True)
+    p = command(dsub, "add", "seal a text file as a data set for local training",
+                 cmd_data_add)
+    p.add_argument("name", help="identifier of the data set")
+    p.add_argument("path")
     p.add_argument("--remove-source", action="store_true",
                    help="unlink the plaintext file after a successful import")
 

@@ -275,32 +275,41 @@ class ModelManager:
                 os.close(draft_fd)
         handle.chat_template, handle.chat_template_source = chat_template_for(cfg, engine)
         try:
-            handle.adapters = {name: self._load_adapter(engine, cfg.name, path)
-                               for name, path in cfg.adapters}
+            handle.adapters = {name: self._load_adapter(engine, cfg.name, source)
+                               for name, source in cfg.adapters}
         except BaseException:
             engine.close()
             raise
         return engine
 
-    @staticmethod
-    def _load_adapter(engine: NativeEngine, model: str, path: str) -> int:
-        """Checks the file is an adapter (strict header parse) and loads it
-        from the descriptor that was checked."""
+    def _load_adapter(self, engine: NativeEngine, model: str, source: str) -> int:
+        """Loads an adapter from a file, whose header is checked first (the
+        engine loads from the descriptor that was checked), or from the sealed
+        store ("store:NAME": decrypted and verified into a sealed memfd, as
+        checked when it was imported)."""
+        if source.startswith("store:"):
+            if self.store is None:
+                raise errors.ModelLoadError(f"{model}: adapter {source} needs the sealed "
+                                            "store's master key")
+            fd, _ = self.store.open_memfd("adapter", source[len("store:"):])
+        else:
+            try:
+                fd = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError as exc:
+                raise errors.ModelLoadError(f"{model}: cannot open adapter {source}: "
+                                            f"{exc.strerror}") from exc
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except OSError as exc:
-            raise errors.ModelLoadError(f"{model}: cannot open adapter {path}: "
-                                        f"{exc.strerror}") from exc
-        try:
-            info = inspect_gguf_fd(fd, model, path)
-            if info.kind != "adapter":
-                raise errors.ModelLoadError(f"{model}: {path} is a {info.kind}, not an adapter")
+            if not source.startswith("store:"):
+                info = inspect_gguf_fd(fd, model, source)
+                if info.kind != "adapter":
+                    raise errors.ModelLoadError(
+                        f"{model}: {source} is a {info.kind}, not an adapter")
             return engine.load_adapter(fd=fd)
         finally:
             os.close(fd)
 
     async def set_adapter(self, model: str, name: str, path: str) -> ModelHandle:
-        """Loads `path` as adapter `name` of a ready model, replacing any
+        """Loads `path` (or "store:NAME") as adapter `name` of a ready model, replacing any
         adapter of that name: requests already running finish with the old
         one, new ones get the new one (hot swap)."""
         check_model_name(name, "adapter")

@@ -50,3 +50,49 @@ clinic = "{lora.name}"
             assert json.loads(resp.read())["choices"][0]["text"] == tuned[0]
     finally:
         assert d.stop() == 0, d.log()
+
+
+def test_sealed_adapters_and_data_sets_come_from_the_store(tmp_path: Path, tiny_model: Path
+                                                           ) -> None:
+    from tests.integration.test_sealed_serving import hearth
+
+    state, key = tmp_path / "state", tmp_path / "master.key"
+    common = ["--state-dir", str(state), "--key-file", str(key)]
+    hearth("keys", "init", *common)
+    lora = write_tiny_lora(tmp_path / "clinic.gguf")
+    hearth("models", "import", str(lora), "--name", "clinic", "--kind", "adapter", *common)
+    notes = tmp_path / "notes.txt"
+    notes.write_text("Patient seen for follow-up. Blood pressure normal.\n" * 50)
+    out = hearth("data", "add", "clinic-notes", str(notes), *common).stdout
+    assert "added data set clinic-notes version 1" in out
+    bad = hearth("data", "add", "../escape", str(notes), *common, check=False)
+    assert bad.returncode != 0 and "valid name" in bad.stderr
+    listing = hearth("store", "list", *common).stdout
+    assert "dataset  clinic-notes" in listing and "adapter  clinic" in listing
+
+    config = tmp_path / "hearth.toml"
+    config.write_text(f'''
+[server]
+listen = ["127.0.0.1:0"]
+
+[models.tiny]
+path = "{tiny_model}"
+n_ctx = 2048
+n_parallel = 2
+threads = 1
+
+[models.tiny.adapters]
+clinic = "store:clinic"
+plain = "{lora}"
+''')
+    d = start_daemon(["--config", str(config), *common], tmp_path)
+    try:
+        with d.client() as c:
+            sealed = c.complete("the patient", max_tokens=20, temperature=0.0, ignore_eos=True,
+                                adapter="clinic")
+            plain = c.complete("the patient", max_tokens=20, temperature=0.0, ignore_eos=True,
+                               adapter="plain")
+            base = c.complete("the patient", max_tokens=20, temperature=0.0, ignore_eos=True)
+        assert sealed[1] == plain[1] != base[1]
+    finally:
+        assert d.stop() == 0, d.log()
