@@ -112,13 +112,37 @@ def parse_manifest(text: bytes) -> ReleaseManifest:
     return m
 
 
-def sign_release(manifest: ReleaseManifest, key: Ed25519PrivateKey) -> bytes:
-    """The envelope a coordinator publishes."""
-    text = manifest.canonical()
+def sign_envelope(text: bytes, key: Ed25519PrivateKey) -> bytes:
+    """Canonical manifest text, its Ed25519 signature and the key's
+    fingerprint, as one JSON document."""
     return json.dumps({"manifest": text.decode("utf-8"),
                        "signature": base64.b64encode(key.sign(text)).decode("ascii"),
                        "key": key_fingerprint(key.public_key())},
                       sort_keys=True, indent=1).encode("utf-8")
+
+
+def open_envelope(envelope: bytes, keys: dict[str, Ed25519PublicKey], what: str) -> bytes:
+    """The manifest text, once its signature verifies under a trusted key."""
+    try:
+        env = json.loads(envelope)
+        text = env["manifest"].encode("utf-8")
+        sig = base64.b64decode(env["signature"], validate=True)
+        fp = env["key"]
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise UntrustedRelease(f"{what}: not a signed envelope ({exc})") from None
+    key = keys.get(fp) if isinstance(fp, str) else None
+    if key is None:
+        raise UntrustedRelease(f"{what}: signed by an unknown key {str(fp)[:16]}...")
+    try:
+        key.verify(sig, text)
+    except InvalidSignature:
+        raise UntrustedRelease(f"{what}: the signature does not verify") from None
+    return text
+
+
+def sign_release(manifest: ReleaseManifest, key: Ed25519PrivateKey) -> bytes:
+    """The envelope a coordinator publishes."""
+    return sign_envelope(manifest.canonical(), key)
 
 
 @dataclass
@@ -130,21 +154,7 @@ class TrustedReleases:
 
     def verify(self, envelope: bytes) -> ReleaseManifest:
         """Signature and form only: what any holder of the envelope can check."""
-        try:
-            env = json.loads(envelope)
-            text = env["manifest"].encode("utf-8")
-            sig = base64.b64decode(env["signature"], validate=True)
-            fp = env["key"]
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise UntrustedRelease(f"release: not a release envelope ({exc})") from None
-        key = self.keys.get(fp) if isinstance(fp, str) else None
-        if key is None:
-            raise UntrustedRelease(f"release: signed by an unknown key {str(fp)[:16]}...")
-        try:
-            key.verify(sig, text)
-        except InvalidSignature:
-            raise UntrustedRelease("release: the signature does not verify") from None
-        return parse_manifest(text)
+        return parse_manifest(open_envelope(envelope, self.keys, "release"))
 
     def accept(self, envelope: bytes, adapter: bytes) -> ReleaseManifest:
         """Every check before anything is applied; on success the caller
