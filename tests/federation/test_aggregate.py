@@ -23,7 +23,7 @@ def test_weighted_by_tokens() -> None:
     (np.full(4, 5.0, np.float32), 10, "exceeds the clipping bound"),
     (np.full(4, 0.1, np.float32), 0, "token count"),
 ])
-def test_bad_updates_are_rejected_and_the_rest_count(delta: np.ndarray, tokens: int,
+def test_23_bad_updates_are_rejected_and_the_rest_count(delta: np.ndarray, tokens: int,
                                                      reason: str) -> None:
     good = SiteUpdate("good", np.full(4, 0.25, np.float32), 50)
     mean, rejected = fedavg([good, SiteUpdate("bad", delta, tokens)], 4, clip_norm=1.0)
