@@ -11,5 +11,10 @@ logic runs over gRPC, over bundles on removable media, and in tests:
 * `secagg`  - secure aggregation (Bonawitz et al., CCS 2017): pairwise masks
               from X25519 agreement that cancel in the sum, with the mask
               secrets shared by Shamir's scheme so that the sum survives
-              sites that drop out, and the coordinator sees only the sum.
+              sites that drop out, and the coordinator sees only the sum;
+* `aggregate` - token-weighted FedAvg and the checks an update must pass;
+* `plan`    - signed round plans and a site's decision to take part;
+* `release` - signed release manifests and a site's accept/rollback decision;
+* `update_bundle` - air-gapped site updates and the coordinator's checks;
+* `pki`     - the federation's signing key and CA, site enrollment.
 """
