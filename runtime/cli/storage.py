@@ -113,31 +113,26 @@ def cmd_keys_rotate(args: argparse.Namespace) -> int:
 
 # ---- models import, store ------------------------------------------------------------------
 
-def cmd_models_import(args: argparse.Namespace) -> int:
+def _seal_file(args: argparse.Namespace, kind: str, done: str) -> int:
     store = open_store(args)
     path = Path(args.path)
-    obj = store.import_file(path, args.name, args.kind, args.remove_source,
+    obj = store.import_file(path, args.name, kind, args.remove_source,
                             progress=ProgressBar(f"sealing {path.name}"))
     store.close()
-    print(f"imported {obj.kind} {obj.name} version {obj.version}: {obj.size} bytes, "
+    print(f"{done} {obj.name} version {obj.version}: {obj.size} bytes, "
           f"sha256 {obj.sha256[:16]}…")
     if args.remove_source:
         print(f"removed {path} (unlinked; not a secure erase)", file=sys.stderr)
     return ExitCode.OK
+
+
+def cmd_models_import(args: argparse.Namespace) -> int:
+    return _seal_file(args, args.kind, f"imported {args.kind}")
 
 
 def cmd_data_add(args: argparse.Namespace) -> int:
     """Local training text, sealed like everything else (kind "dataset")."""
-    store = open_store(args)
-    path = Path(args.path)
-    obj = store.import_file(path, args.name, "dataset", args.remove_source,
-                            progress=ProgressBar(f"sealing {path.name}"))
-    store.close()
-    print(f"added data set {obj.name} version {obj.version}: {obj.size} bytes, "
-          f"sha256 {obj.sha256[:16]}…")
-    if args.remove_source:
-        print(f"removed {path} (unlinked; not a secure erase)", file=sys.stderr)
-    return ExitCode.OK
+    return _seal_file(args, "dataset", "added data set")
 
 
 def cmd_store_list(args: argparse.Namespace) -> int:
