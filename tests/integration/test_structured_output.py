@@ -32,8 +32,9 @@ def test_json_object_and_grammar(tiny_daemon: Daemon) -> None:
     finished = 0
     with tiny_daemon.client() as c:
         # The random model rambles inside strings; the outputs that end are
-        # the ones to parse (seeds 1, 2, 6 and 7 end within 300 tokens).
-        for seed in range(8):
+        # the ones to parse (here half the seeds end within 300 tokens; other
+        # CPUs' float rounding picks other samples, so try until two have).
+        for seed in range(40):
             text, _, last = c.complete("x", max_tokens=300, temperature=1.0, seed=seed,
                                        response_format=fmt)
             if last.finish_reason == ipb.FINISH_REASON_STOP:
@@ -41,7 +42,9 @@ def test_json_object_and_grammar(tiny_daemon: Daemon) -> None:
                 finished += 1
             else:
                 assert text.startswith("{")
-        assert finished >= 2
+            if finished == 2:
+                break
+        assert finished == 2
         text, _, _ = c.complete("x", max_tokens=10, temperature=0.0,
                                 grammar='root ::= "ok " [0-9]')
         assert text[:3] == "ok " and text[3].isdigit()
