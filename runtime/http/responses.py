@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import struct
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any
 
@@ -34,7 +35,7 @@ def token_bytes(token: str) -> list[int]:
     return list(token.encode("utf-8", "replace"))
 
 
-class ChoiceFormat:
+class ChoiceFormat(ABC):
     """One generation endpoint's response shapes."""
 
     object_whole = ""
@@ -66,14 +67,17 @@ class ChoiceFormat:
     def opening(self) -> list[dict[str, Any]]:
         return []
 
+    @abstractmethod
     def delta(self, chunk: GenerateChunk) -> dict[str, Any] | None:
-        raise NotImplementedError
+        """The streamed chunk for new text, or None when there is nothing."""
 
+    @abstractmethod
     def finish(self, reason: str) -> dict[str, Any]:
-        raise NotImplementedError
+        """The streamed chunk that carries the finish reason."""
 
+    @abstractmethod
     def whole(self, chunks: Sequence[GenerateChunk]) -> dict[str, Any]:
-        raise NotImplementedError
+        """The non-streamed response."""
 
 
 class ChatFormat(ChoiceFormat):
