@@ -23,7 +23,6 @@ Results go to benchmarks/results/features-latest.{json,md}.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -34,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.draft_models import early_exit_draft
+from benchmarks.report import save_results
 from benchmarks.serving import DEFAULT_MODEL, describe_machine, resolve_model
 from runtime.native import EngineParams, NativeEngine, RequestParams, Sampling
 from tests.native.helpers import collect
@@ -174,10 +174,7 @@ def main(argv: list[str] | None = None) -> int:
               "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
               "machine": describe_machine(), "model": model.name, "threads": args.threads,
               "repeat": args.repeat, "speculative": spec, "kv": kv}
-    args.out.mkdir(parents=True, exist_ok=True)
-    for name in (f"features-{stamp}.json", "features-latest.json"):
-        (args.out / name).write_text(json.dumps(result, indent=2) + "\n")
-    (args.out / "features-latest.md").write_text(markdown(result))
+    save_results(args.out, "features", stamp, result, markdown(result))
     print(markdown(result))
     return 0
 

@@ -165,13 +165,19 @@ def plot(results: list[PeerResult], ns: list[int], path: Path) -> None:
     plt.close(fig)
 
 
+def save_results(out_dir: Path, prefix: str, stamp: str, doc: dict[str, Any], md: str) -> None:
+    """PREFIX-STAMP.json (the record), PREFIX-latest.json and PREFIX-latest.md."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(doc, indent=2) + "\n"
+    (out_dir / f"{prefix}-{stamp}.json").write_text(text)
+    (out_dir / f"{prefix}-latest.json").write_text(text)
+    (out_dir / f"{prefix}-latest.md").write_text(md)
+
+
 def write_all(out_dir: Path, stamp: str, meta: dict[str, Any], results: list[PeerResult]
               ) -> list[Ratio]:
-    out_dir.mkdir(parents=True, exist_ok=True)
     goals = ratios(results)
-    text = json.dumps(to_json(meta, results, goals), indent=2) + "\n"
-    (out_dir / f"serving-{stamp}.json").write_text(text)
-    (out_dir / "serving-latest.json").write_text(text)
-    (out_dir / "serving-latest.md").write_text(markdown(meta, results, goals))
+    save_results(out_dir, "serving", stamp, to_json(meta, results, goals),
+                 markdown(meta, results, goals))
     plot(results, meta["parameters"]["concurrency"], out_dir / "serving-latest.png")
     return goals

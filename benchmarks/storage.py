@@ -28,6 +28,7 @@ from typing import Any, BinaryIO, cast
 
 from benchmarks import load
 from benchmarks.procs import ManagedProcess
+from benchmarks.report import save_results
 from benchmarks.serving import DEFAULT_MODEL, describe_machine, resolve_model, token_counter
 
 GOAL_LOAD = 1.10
@@ -218,10 +219,7 @@ def main(argv: list[str] | None = None) -> int:
               "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
               "machine": describe_machine(), "model": model.name, "repeat": args.repeat,
               "aead": aead, "import": imp, "load": loads, "audit": audit}
-    args.out.mkdir(parents=True, exist_ok=True)
-    for name in (f"storage-{stamp}.json", "storage-latest.json"):
-        (args.out / name).write_text(json.dumps(result, indent=2) + "\n")
-    (args.out / "storage-latest.md").write_text(markdown(result))
+    save_results(args.out, "storage", stamp, result, markdown(result))
     print(markdown(result))
     return 0
 

@@ -198,20 +198,22 @@ class HttpGateway:
 
     async def chat_completions(self, request: web.Request) -> web.StreamResponse:
         call = converters.chat_call(await read_json(request))
-        chat = replace(call.request, model=self._model_named(call.request.model))
-        ctx = self._context(request)
-        fmt = ChatFormat(f"chatcmpl-{ctx.request_id}", int(time.time()), chat.model,
-                         call.logprobs, call.streaming.include_usage)
-        return await reply_with_generation(request, self.core.chat(chat, ctx), fmt,
-                                           call.streaming.stream)
+        return await self._generation(request, call, self.core.chat, ChatFormat, "chatcmpl")
 
     async def completions(self, request: web.Request) -> web.StreamResponse:
         call = converters.completion_call(await read_json(request))
-        generate = replace(call.request, model=self._model_named(call.request.model))
+        return await self._generation(request, call, self.core.generate, CompletionFormat,
+                                      "cmpl")
+
+    async def _generation(self, request: web.Request, call: Any, run: Any, fmt_cls: Any,
+                          id_prefix: str) -> web.StreamResponse:
+        """Both generation endpoints: resolve the model, run the core, and
+        answer whole or as server-sent events."""
+        core_request = replace(call.request, model=self._model_named(call.request.model))
         ctx = self._context(request)
-        fmt = CompletionFormat(f"cmpl-{ctx.request_id}", int(time.time()), generate.model,
-                               call.logprobs, call.streaming.include_usage)
-        return await reply_with_generation(request, self.core.generate(generate, ctx), fmt,
+        fmt = fmt_cls(f"{id_prefix}-{ctx.request_id}", int(time.time()), core_request.model,
+                      call.logprobs, call.streaming.include_usage)
+        return await reply_with_generation(request, run(core_request, ctx), fmt,
                                            call.streaming.stream)
 
     async def embeddings(self, request: web.Request) -> web.Response:

@@ -146,31 +146,17 @@ def _unary(method: str, impl: Callable[..., Any], authenticator: Authenticator
     return handler
 
 
-def _stream(method: str, impl: Callable[..., AsyncIterator[Any]], authenticator: Authenticator
-            ) -> Callable[..., Any]:
+def _stream(method: str, impl: Callable[..., AsyncIterator[Any]], authenticator: Authenticator,
+            bidi: bool = False) -> Callable[..., Any]:
+    """Server streaming, or with bidi a stream of requests: then the caller
+    is authenticated once, before the first request is read, and requests
+    reach the servicer as decoded, possibly MalformedRequest: it answers
+    those one by one (reject_malformed) when its protocol reports errors per
+    request and keeps the stream open."""
     async def handler(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         try:
-            _admit(authenticator, context, request)
+            _admit(authenticator, context, None if bidi else request)
             async for reply in impl(request, context):
-                yield reply
-        except grpc.aio.AbortError:
-            raise
-        except Exception as exc:
-            await _abort(context, exc, method)
-    return handler
-
-
-def _bidi(method: str, impl: Callable[..., AsyncIterator[Any]], authenticator: Authenticator
-          ) -> Callable[..., Any]:
-    """A stream of requests: the caller is authenticated once, before the
-    first request is read.  Requests reach the servicer as decoded, possibly
-    MalformedRequest: it answers those one by one (reject_malformed) when its
-    protocol reports errors per request and keeps the stream open."""
-    async def handler(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext
-                      ) -> AsyncIterator[Any]:
-        try:
-            _admit(authenticator, context, None)
-            async for reply in impl(requests, context):
                 yield reply
         except grpc.aio.AbortError:
             raise
@@ -191,7 +177,7 @@ def add_service(server: grpc.aio.Server, service: ServiceDescriptor, servicer: o
                       response_serializer=response_cls.SerializeToString)
         if method.client_streaming and method.server_streaming:
             handlers[method.name] = grpc.stream_stream_rpc_method_handler(
-                _bidi(full, impl, authenticator), **kwargs)
+                _stream(full, impl, authenticator, bidi=True), **kwargs)
         elif method.client_streaming:
             raise errors.InternalError(f"{full}: client streaming without server streaming "
                                        "is not supported here")

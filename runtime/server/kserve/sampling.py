@@ -106,7 +106,7 @@ def _json_object(where: str, value: Any) -> dict[str, Any]:
         except ValueError as exc:
             raise InvalidArgument(f"{where}: not valid JSON: {exc}") from None
     if not isinstance(value, dict):
-        raise InvalidArgument(f"{where}: must be a JSON object, got {value!r}")
+        raise InvalidArgument(f"{where}: must be a JSON object, got {str(value)[:80]!r}")
     return value
 
 
@@ -133,13 +133,7 @@ def parse_sampling_json(raw: bytes) -> dict[str, Any]:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise InvalidArgument("sampling_parameters: not valid UTF-8") from None
-    try:
-        value = json.loads(text)
-    except ValueError as exc:
-        raise InvalidArgument(f"sampling_parameters: not valid JSON: {exc}") from None
-    if not isinstance(value, dict):
-        raise InvalidArgument(f"sampling_parameters: must be a JSON object, got {text[:80]!r}")
-    return value
+    return _json_object("sampling_parameters", text)
 
 
 def parameter_value(param: kpb.InferParameter) -> Any:
