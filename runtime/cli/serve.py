@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import logging
 import os
@@ -178,9 +177,9 @@ def start_metrics(config: Config, events: EventBus, server: HearthServer,
 def engine_heartbeats(server: HearthServer) -> dict[str, int]:
     beats = {}
     for handle in server.models.handles():
-        if handle.engine is not None:
-            with contextlib.suppress(errors.FailedPrecondition):   # unloaded meanwhile
-                beats[handle.name] = handle.engine.stats().last_heartbeat_ns
+        stats = handle.engine.stats_if_open() if handle.engine is not None else None
+        if stats is not None:
+            beats[handle.name] = stats.last_heartbeat_ns
     return beats
 
 

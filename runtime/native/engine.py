@@ -366,6 +366,15 @@ class NativeEngine:
             check(lib.hearth_engine_get_stats(h, out))
         return EngineStats(**_struct_fields(out, EngineStats))
 
+    def stats_if_open(self) -> EngineStats | None:
+        """Stats for reports that list every model: a model being removed may
+        close its engine between the listing and this call, which is not an
+        error for the reader."""
+        try:
+            return self.stats()
+        except errors.FailedPrecondition:
+            return None
+
     def _grow(self, call: Callable[[object, Any, int], int], kind: str, cap: int,
               n: Any) -> Any:
         """Calls `call(handle, buf, cap)`; if the buffer was too small, once

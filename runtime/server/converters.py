@@ -110,10 +110,10 @@ def model_status(handle: ModelHandle) -> mpb.ModelStatus:
                           source=handle.source or handle.config.path,
                           chat_template=handle.chat_template_source)
     engine = handle.engine
-    if engine is None:
+    stats = engine.stats_if_open() if engine is not None else None
+    if engine is None or stats is None:
         return out
     info = engine.info
-    stats = engine.stats()
     out.architecture = info.arch
     out.description = info.description
     out.n_params = info.n_params

@@ -60,11 +60,8 @@ class EngineCollector(Collector):
                 state.add_metric([name, s], 1.0 if handle.state.value == s else 0.0)
             g["model_load_seconds"].add_metric([name], handle.load_seconds)
             engine = handle.engine
-            if engine is None:
-                continue
-            try:
-                stats = engine.stats()
-            except errors.FailedPrecondition:   # closed between the two lines
+            stats = engine.stats_if_open() if engine is not None else None
+            if stats is None:
                 continue
             g["queue_depth"].add_metric([name], stats.queue_depth)
             g["slots_busy"].add_metric([name], stats.slots_busy)

@@ -142,6 +142,7 @@ def model_statistics(handle: ModelHandle, counters: ModelCounters) -> kpb.ModelS
             # is not measured separately.
             cache_hit=kpb.StatisticDuration(count=c.cache_hit_count, ns=0),
             cache_miss=kpb.StatisticDuration(count=c.cache_miss_count, ns=0)))
-    if handle.engine is not None:
-        stats.execution_count = handle.engine.stats().decode_steps
+    engine_stats = handle.engine.stats_if_open() if handle.engine is not None else None
+    if engine_stats is not None:
+        stats.execution_count = engine_stats.decode_steps
     return stats
