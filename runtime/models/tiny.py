@@ -72,11 +72,14 @@ def _vocab(extra_tokens: int = 0, rename: dict[int, str] | None = None
 def write_tiny_model(path: str | Path, *, seed: int = 0, n_layer: int = 2, n_embd: int = 64,
                      n_head: int = 4, n_head_kv: int = 2, n_ff: int = 128,
                      n_ctx_train: int = 4096, weight_scale: float = 0.5,
-                     extra_tokens: int = 0, rename_tokens: dict[int, str] | None = None
-                     ) -> Path:
+                     extra_tokens: int = 0, rename_tokens: dict[int, str] | None = None,
+                     output_scale: float = 2.0) -> Path:
     """Writes the model to `path` and returns the path.  The same seed with
     fewer layers gives a smaller sibling that shares the embeddings, the
-    output head and the first layers: a draft model for speculative tests."""
+    output head and the first layers: a draft model for speculative tests.
+    A small `output_scale` gives near-uniform predictions (perplexity near
+    the vocabulary size) that training can visibly improve; the default's
+    confident, random predictions make greedy tests sharper."""
     import gguf
     import numpy as np
 
@@ -115,7 +118,7 @@ def write_tiny_model(path: str | Path, *, seed: int = 0, n_layer: int = 2, n_emb
 
     w.add_tensor("token_embd.weight", mat(n_vocab, n_embd, 1.0))
     w.add_tensor("output_norm.weight", np.ones(n_embd, dtype=np.float32))
-    w.add_tensor("output.weight", mat(n_vocab, n_embd, 2.0))
+    w.add_tensor("output.weight", mat(n_vocab, n_embd, output_scale))
     for i in range(n_layer):
         w.add_tensor(f"blk.{i}.attn_norm.weight", np.ones(n_embd, dtype=np.float32))
         w.add_tensor(f"blk.{i}.attn_q.weight", mat(n_embd, n_embd))

@@ -108,7 +108,8 @@ def model_status(handle: ModelHandle) -> mpb.ModelStatus:
     out = mpb.ModelStatus(name=handle.name, state=MODEL_STATES[handle.state.value],
                           error=handle.error, load_seconds=handle.load_seconds,
                           source=handle.source or handle.config.path,
-                          chat_template=handle.chat_template_source)
+                          chat_template=handle.chat_template_source,
+                          adapters=sorted(handle.adapters))
     engine = handle.engine
     stats = engine.stats_if_open() if engine is not None else None
     if engine is None or stats is None:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import fcntl
 import hashlib
 import hmac
 import json
@@ -307,6 +308,23 @@ class AuditLog:
             self._queue.append((entry["time"], entry))
         self._wake.set()
 
+    def record_admin(self, action: str, detail: dict[str, Any]) -> None:
+        """An operator's action (a federation release applied or rolled
+        back), appended now, from whichever process took it: the log's file
+        lock orders writers, and each picks up the chain where the last one
+        left it."""
+        broken = self.verify()
+        if broken is not None:
+            raise IntegrityError(f"the audit log is broken at {broken}; `{action}` was not "
+                                 "recorded: run `hearth audit verify`, then `hearth audit "
+                                 "repair`")
+        if self.seq == 0:
+            self._append_now([(time.time(), {"genesis": True, "created": time.time()})],
+                             rtype="genesis")
+        now = time.time()
+        self._append_now([(now, {"action": action, "time": now, **detail})], rtype="admin")
+        self._append_now([], rtype="checkpoint")
+
     @property
     def lag_s(self) -> float:
         """Age of the oldest record not yet on disk."""
@@ -362,6 +380,23 @@ class AuditLog:
 
     def _append_now(self, batch: list[tuple[float, dict[str, Any]]], rtype: str = "request"
                     ) -> None:
+        with self._writers_lock():
+            anchor = self.anchor()
+            if anchor is not None and anchor[0] != self.seq:
+                # another process (an operator's command) appended meanwhile
+                self.seq, self.head = anchor
+            self._append_locked(batch, rtype)
+
+    @contextlib.contextmanager
+    def _writers_lock(self) -> Iterator[None]:
+        fd = os.open(self.dir / "writer.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    def _append_locked(self, batch: list[tuple[float, dict[str, Any]]], rtype: str) -> None:
         lines = []
         seq, head, since = self.seq, self.head, self.since_checkpoint
 
@@ -422,7 +457,7 @@ class AuditLog:
         with self.path.open("rb") as f:
             for number, raw in enumerate(f, start=1):
                 line = Line.decode(raw, number)
-                if line.type != "request" or line.ts < since:
+                if line.type not in ("request", "admin") or line.ts < since:
                     continue
                 try:
                     plain = AESGCM(self._key).decrypt(line.ct[:12], line.ct[12:],
@@ -431,6 +466,7 @@ class AuditLog:
                     raise IntegrityError(f"audit record {line.seq} does not decrypt") from None
                 entry = json.loads(plain)
                 entry["seq"] = line.seq
+                entry["type"] = line.type
                 content = entry.pop("content", None)
                 if content is not None:
                     entry["content"] = self._open_content(line.seq, content)

@@ -1,0 +1,438 @@
+"""`hearth fed`: the federation, from both ends.
+
+Coordinator: init, issue, coordinator (online rounds), plan / collect /
+publish (air-gapped rounds), status.  Site: enroll, join, participate
+(online), export-update / import-release (air-gapped), rollback, evaluate.
+Every command works on a sealed state directory (--state-dir and a master
+key source, as the other local commands).  simulate runs a whole
+federation on loopback.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+from runtime.cli.client import add_common, connect
+from runtime.cli.exit_codes import ExitCode
+from runtime.cli.storage import add_state_options, open_store
+from runtime.errors import ConfigError
+from runtime.storage.store import SealedStore
+
+
+def _store_command(sub: argparse._SubParsersAction, name: str, help_text: str,
+                   func: Any) -> argparse.ArgumentParser:
+    p = sub.add_parser(name, help=help_text, description=help_text)
+    add_state_options(p)
+    p.set_defaults(func=func)
+    return p
+
+
+def _json(doc: dict[str, Any]) -> None:
+    """One JSON line on stdout: what scripts (and simulate) read."""
+    print(json.dumps({k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+                      for k, v in doc.items()}, sort_keys=True), flush=True)
+
+
+# ---- coordinator --------------------------------------------------------------------------
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from runtime.federation.coordinator import FederationSettings
+    from runtime.federation.operations import init_coordinator
+    from runtime.federation.plan import TrainerSettings
+    from runtime.federation.state import file_sha256
+    from runtime.federation.train import LoraSpec, lora_layout, trainable_size
+
+    trainer = TrainerSettings(rank=args.rank, steps=args.steps,
+                              learning_rate=args.learning_rate, batch_tokens=args.batch_tokens,
+                              scheme=args.scheme, seed=args.seed)
+    spec = LoraSpec(rank=args.rank, scheme=args.scheme, seed=args.seed)
+    size = trainable_size(lora_layout(args.base_model, spec), spec)
+    settings = FederationSettings(
+        federation=args.federation, base_model_sha256=file_sha256(args.base_model),
+        trainable_size=size, trainer=trainer, clip_norm=args.clip_norm,
+        noise_multiplier=args.noise_multiplier, delta=args.delta,
+        epsilon_budget=args.epsilon_budget, min_sites=args.min_sites,
+        secure_aggregation=args.secagg, round_seconds=args.round_seconds)
+    if args.min_sites < 1 or args.clip_norm <= 0 or args.noise_multiplier < 0:
+        raise ConfigError("--min-sites must be >= 1, --clip-norm > 0, --noise-multiplier >= 0")
+    store = open_store(args)
+    try:
+        init_coordinator(store, settings, args.base_model)
+    finally:
+        store.close()
+    _json({"federation": args.federation, "trainable_values": size,
+           "base_model_sha256": settings.base_model_sha256})
+    return ExitCode.OK
+
+
+def cmd_issue(args: argparse.Namespace) -> int:
+    from runtime.federation.operations import issue_kit, private_write
+
+    store = open_store(args)
+    try:
+        kit = issue_kit(store, Path(args.request).read_bytes(), args.coordinator_address)
+    finally:
+        store.close()
+    private_write(Path(args.out), kit.dumps())
+    print(f"enrolled site {kit.site}; its kit is {args.out}", file=sys.stderr)
+    return ExitCode.OK
+
+
+def cmd_coordinator(args: argparse.Namespace) -> int:
+    from runtime.federation.serve import serve_rounds
+
+    store = open_store(args)
+    try:
+        summary = asyncio.run(serve_rounds(store, args.listen, args.rounds, args.step_seconds,
+                                           args.ready_file, args.linger))
+    finally:
+        store.close()
+    _json(summary)
+    return ExitCode.OK
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from runtime.federation.operations import PLAN_FILE, open_plan, private_write
+
+    store = open_store(args)
+    try:
+        _, record, envelope = open_plan(store)
+    finally:
+        store.close()
+    path = private_write(Path(args.out) / PLAN_FILE, envelope)
+    _json({"round": record.rounds_done + 1, "plan": str(path)})
+    return ExitCode.OK
+
+
+def cmd_collect(args: argparse.Namespace) -> int:
+    from runtime.federation.operations import collect_updates
+
+    store = open_store(args)
+    try:
+        accepted, refused = collect_updates(store, Path(args.directory))
+    finally:
+        store.close()
+    for line in refused:
+        print(f"refused {line}", file=sys.stderr)
+    _json({"accepted": accepted, "refused": refused})
+    return ExitCode.OK if not refused else ExitCode.ERROR
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    from runtime.federation.operations import publish_round
+
+    store = open_store(args)
+    try:
+        published, path = publish_round(store, Path(args.out))
+    finally:
+        store.close()
+    _json({"version": published.version, "release": str(path),
+           "metrics": published.manifest.metrics,
+           "rejected": [f"{r.site}: {r.reason}" for r in published.rejected]})
+    return ExitCode.OK
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from runtime.federation.state import load_coordinator_record, load_site_record
+
+    store = open_store(args)
+    try:
+        doc: dict[str, Any] = {}
+        try:
+            r = load_coordinator_record(store)
+            doc["coordinator"] = {"federation": r.settings.federation, "version": r.version,
+                                  "rounds": r.rounds_done, "sites": sorted(r.sites),
+                                  "round_open": bool(r.open_plan)}
+        except Exception:
+            pass
+        try:
+            s = load_site_record(store)
+            doc["site"] = {"site": s.site, "federation": s.federation,
+                           "high_water": s.high_water, "applied_version": s.applied_version}
+        except Exception:
+            pass
+    finally:
+        store.close()
+    print(json.dumps(doc, indent=1, sort_keys=True))
+    return ExitCode.OK
+
+
+# ---- site ----------------------------------------------------------------------------------
+
+def cmd_enroll(args: argparse.Namespace) -> int:
+    from runtime.federation.operations import enroll_site, private_write
+
+    store = open_store(args)
+    try:
+        request = enroll_site(store, args.site)
+    finally:
+        store.close()
+    private_write(Path(args.out), request.dumps())
+    print(f"site {args.site}: keys created; take {args.out} to the coordinator "
+          "(`hearth fed issue`)", file=sys.stderr)
+    return ExitCode.OK
+
+
+def cmd_join(args: argparse.Namespace) -> int:
+    from runtime.federation.operations import join_site
+
+    store = open_store(args)
+    try:
+        kit = join_site(store, Path(args.kit).read_bytes(), args.base_model)
+    finally:
+        store.close()
+    _json({"site": kit.site, "federation": kit.federation, "coordinator": kit.coordinator})
+    return ExitCode.OK
+
+
+def _site(store: SealedStore) -> Any:
+    from runtime.federation.state import SiteContext
+
+    return SiteContext.open(store)
+
+
+def cmd_participate(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from runtime.federation.online_site import SiteClient, participate
+    from runtime.federation.operations import site_data
+
+    store = open_store(args)
+    try:
+        site = _site(store)
+        data = site_data(store, args.data, args.heldout)
+        client = SiteClient(site, args.coordinator, args.server_name)
+        try:
+            run = participate(site, data, client, args.threads, args.wait)
+        finally:
+            client.close()
+    finally:
+        store.close()
+    _json(asdict(run))
+    return ExitCode.OK
+
+
+def cmd_export_update(args: argparse.Namespace) -> int:
+    from runtime.federation.operations import export_update, site_data
+
+    store = open_store(args)
+    try:
+        site = _site(store)
+        data = site_data(store, args.data, args.heldout)
+        path, upd = export_update(site, Path(args.plan).read_bytes(), data, Path(args.out),
+                                  args.threads)
+    finally:
+        store.close()
+    _json({"update": str(path), "bytes": path.stat().st_size, "tokens": upd.tokens,
+           "ppl_start": upd.ppl_start, "ppl_local": upd.ppl_local, "norm": upd.norm})
+    return ExitCode.OK
+
+
+def _swap_into_daemon(args: argparse.Namespace, federation: str) -> str | None:
+    """Hot-swaps the applied adapter into a running daemon (Models.SetAdapter)."""
+    if not args.daemon_model:
+        return None
+    from runtime.federation.state import adapter_name
+
+    args.addr = args.daemon
+    name = args.adapter or adapter_name(federation)
+    with connect(args) as c:
+        c.set_adapter(args.daemon_model, name, adapter_name(federation))
+    return name
+
+
+def _audit(store: SealedStore, action: str, detail: dict[str, Any]) -> None:
+    from runtime.storage.audit import AuditLog
+
+    AuditLog(store).record_admin(action, detail)
+
+
+def cmd_import_release(args: argparse.Namespace) -> int:
+    store = open_store(args)
+    try:
+        site = _site(store)
+        manifest = site.import_release(Path(args.file).read_bytes())
+        _audit(store, "federation.release_applied",
+               {"federation": manifest.federation, "version": manifest.version,
+                "adapter_sha256": manifest.adapter_sha256})
+    finally:
+        store.close()
+    swapped = _swap_into_daemon(args, manifest.federation)
+    _json({"version": manifest.version, "metrics": manifest.metrics, "swapped_as": swapped})
+    return ExitCode.OK
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    store = open_store(args)
+    try:
+        site = _site(store)
+        previous = site.record.applied_version
+        manifest = site.rollback(args.to)
+        _audit(store, "federation.rollback",
+               {"federation": manifest.federation, "from_version": previous,
+                "to_version": manifest.version, "high_water": site.record.high_water,
+                "adapter_sha256": manifest.adapter_sha256})
+    finally:
+        store.close()
+    swapped = _swap_into_daemon(args, manifest.federation)
+    _json({"version": manifest.version, "from_version": previous, "swapped_as": swapped})
+    return ExitCode.OK
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from runtime.federation.operations import evaluate_site, site_data
+
+    store = open_store(args)
+    try:
+        site = _site(store)
+        ppl = evaluate_site(site, site_data(store, args.data, args.heldout), args.threads)
+        version = site.record.applied_version
+    finally:
+        store.close()
+    _json({"ppl": ppl, "version": version})
+    return ExitCode.OK
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from runtime.federation.simulate import SimulationOptions, simulate
+
+    summary = simulate(SimulationOptions(
+        sites=args.sites, rounds=args.rounds, model=args.model, data=args.data,
+        transport=args.transport, secagg=args.secagg, dp_noise=args.dp_noise,
+        workdir=args.workdir, steps=args.steps, learning_rate=args.learning_rate,
+        batch_tokens=args.batch_tokens,
+        rank=args.rank, clip_norm=args.clip_norm, threads=args.threads))
+    _json(summary)
+    return ExitCode.OK
+
+
+# ---- parsers -------------------------------------------------------------------------------
+
+def _data_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", required=True, help="sealed data set to train on "
+                                                 "(`hearth data add NAME PATH`)")
+    p.add_argument("--heldout", help="sealed data set for held-out perplexity (default: every "
+                                     "10th note of --data, not trained on)")
+    p.add_argument("--threads", type=int, help="trainer threads (default: all cores)")
+
+
+def _daemon_options(p: argparse.ArgumentParser) -> None:
+    add_common(p)
+    p.set_defaults(daemon_model="")
+    p.add_argument("--daemon", default="", help="hot-swap into this running daemon "
+                                                "(HOST:PORT or unix:PATH) ...")
+    p.add_argument("--daemon-model", default="", help="... for this model")
+    p.add_argument("--adapter", default="", help="the adapter name requests use (default: "
+                                                 "fed-FEDERATION)")
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    fed = sub.add_parser("fed", help="federated adapter training: coordinator and sites")
+    fsub = fed.add_subparsers(dest="fed_command", required=True)
+
+    p = _store_command(fsub, "init", "create a federation: signing key, CA, settings", cmd_init)
+    p.add_argument("--federation", required=True, help="the federation's name")
+    p.add_argument("--base-model", required=True, help="the GGUF every site serves")
+    g = p.add_argument_group("training (sent to sites in each plan)")
+    g.add_argument("--rank", type=int, default=8)
+    g.add_argument("--steps", type=int, default=30)
+    g.add_argument("--learning-rate", type=float, default=2e-3)
+    g.add_argument("--batch-tokens", type=int, default=1024)
+    g.add_argument("--scheme", choices=["ffa", "fedavg"], default="ffa",
+                   help="ffa: train B only, A frozen and shared (exact averaging, half the "
+                        "bytes); fedavg: A and B")
+    g.add_argument("--seed", type=int, default=0, help="seeds the shared A matrices")
+    g = p.add_argument_group("aggregation and privacy")
+    g.add_argument("--clip-norm", type=float, default=1.0)
+    g.add_argument("--noise-multiplier", type=float, default=0.0, help="DP noise (0: off)")
+    g.add_argument("--delta", type=float, default=1e-5)
+    g.add_argument("--epsilon-budget", type=float, default=math.inf)
+    g.add_argument("--min-sites", type=int, default=2,
+                   help="fewest updates a round aggregates (and the secure-aggregation "
+                        "threshold)")
+    g.add_argument("--secagg", action="store_true", help="secure aggregation (online only)")
+    g.add_argument("--round-seconds", type=float, default=3600.0,
+                   help="a round's deadline, from its plan")
+
+    p = _store_command(fsub, "issue", "enroll a site from its request; writes its kit",
+                       cmd_issue)
+    p.add_argument("request")
+    p.add_argument("--out", required=True)
+    p.add_argument("--coordinator-address", default="", help="HOST:PORT sites connect to")
+
+    p = _store_command(fsub, "coordinator", "run online rounds (gRPC, mutual TLS)",
+                       cmd_coordinator)
+    p.add_argument("--listen", default="127.0.0.1:7443")
+    p.add_argument("--rounds", type=int, default=1)
+    p.add_argument("--step-seconds", type=float, default=120.0,
+                   help="how long each secure-aggregation step waits for the sites")
+    p.add_argument("--ready-file", help="write the bound address here once listening")
+    p.add_argument("--linger", type=float, default=5.0,
+                   help="seconds to keep serving releases after the last round")
+
+    p = _store_command(fsub, "plan", "open an air-gapped round; writes its signed plan",
+                       cmd_plan)
+    p.add_argument("--out", required=True, help="directory for plan.json")
+    p = _store_command(fsub, "collect", "check and take in the sites' update files",
+                       cmd_collect)
+    p.add_argument("directory")
+    p = _store_command(fsub, "publish", "aggregate the round; writes the signed release",
+                       cmd_publish)
+    p.add_argument("--out", required=True)
+    _store_command(fsub, "status", "what this state directory holds of a federation",
+                   cmd_status)
+
+    p = _store_command(fsub, "enroll", "create this site's keys and its enrollment request",
+                       cmd_enroll)
+    p.add_argument("--site", required=True)
+    p.add_argument("--out", required=True, help="the request file for the coordinator")
+    p = _store_command(fsub, "join", "take in the kit the coordinator issued", cmd_join)
+    p.add_argument("kit")
+    p.add_argument("--base-model", required=True)
+    p = _store_command(fsub, "participate", "take part in online rounds", cmd_participate)
+    _data_options(p)
+    p.add_argument("--coordinator", help="HOST:PORT (default: the kit's)")
+    p.add_argument("--server-name", help="the name in the coordinator's certificate, when "
+                                         "the address differs")
+    p.add_argument("--wait", type=float, default=3600.0, help="longest wait for one step")
+    p = _store_command(fsub, "export-update", "train for a plan; write the update file",
+                       cmd_export_update)
+    _data_options(p)
+    p.add_argument("--plan", required=True)
+    p.add_argument("--out", required=True)
+    p = _store_command(fsub, "import-release", "verify and apply a release file",
+                       cmd_import_release)
+    p.add_argument("file")
+    _daemon_options(p)
+    p = _store_command(fsub, "rollback", "serve an earlier accepted release again (audited)",
+                       cmd_rollback)
+    p.add_argument("--to", type=int, required=True, help="the release version")
+    _daemon_options(p)
+    p = _store_command(fsub, "evaluate", "held-out perplexity with the applied release",
+                       cmd_evaluate)
+    _data_options(p)
+
+    p = fsub.add_parser("simulate", help="a coordinator and N sites on loopback, over the "
+                                         "real transports; prints a JSON summary last")
+    p.set_defaults(func=cmd_simulate)
+    p.add_argument("--sites", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--model", help="base GGUF (default: a generated tiny model)")
+    p.add_argument("--data", help="directory of site-I/train.txt and heldout.txt (default: "
+                                  "a generated clinical-notes corpus, split non-IID)")
+    p.add_argument("--transport", choices=["grpc", "bundle"], default="grpc")
+    p.add_argument("--secagg", action="store_true")
+    p.add_argument("--dp-noise", type=float, default=0.0, help="noise multiplier (0: no DP)")
+    p.add_argument("--workdir", help="keep the federation's state here (default: a temporary "
+                                     "directory, removed)")
+    p.add_argument("--steps", type=int, default=30, help="local steps per round")
+    p.add_argument("--learning-rate", type=float, default=1e-2)
+    p.add_argument("--batch-tokens", type=int, default=512)
+    p.add_argument("--rank", type=int, default=8)
+    p.add_argument("--clip-norm", type=float, default=5.0)
+    p.add_argument("--threads", type=int, default=1, help="trainer threads per site")

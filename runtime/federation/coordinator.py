@@ -1,0 +1,278 @@
+"""The coordinator's round logic, with no I/O: open a round with a signed plan,
+take the sites' updates (sealed files, or the secure-aggregation exchange),
+refuse what must not count, combine, and sign the next release.
+
+Transports (gRPC, files on removable media) and persistence are injected
+around it; building the adapter file from the global vector is a callable
+(it needs the base model's tensor shapes, which the core does not read).
+
+The vector a site sends for one round (`payload_layout`):
+
+* without secure aggregation: ``delta ‖ [nll_sum, eval_tokens]`` in a
+  hearth-update/1 file, the weight in its header;
+* with it: ``w·delta ‖ [w, nll_sum, eval_tokens]`` masked, so that the sum
+  alone gives the weighted mean and the held-out perplexity of the round's
+  starting adapter over all sites, and no single site's figures.
+
+The weight w is the site's training tokens, or 1 with DP on: a
+data-dependent weight would let one site's influence exceed the clipping
+bound that the privacy accounting assumes.
+"""
+from __future__ import annotations
+
+import datetime
+import hashlib
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from runtime.errors import FailedPrecondition, InvalidArgument
+from runtime.federation.aggregate import Rejection, SiteUpdate, fedavg
+from runtime.federation.dp import PrivacyAccountant
+from runtime.federation.plan import (
+    RoundPlan,
+    TrainerSettings,
+    read_plan,
+    sign_plan,
+    site_noise_std,
+)
+from runtime.federation.release import ReleaseManifest, key_fingerprint, sign_release
+from runtime.federation.secagg import SecAggCoordinator
+from runtime.federation.update_bundle import UpdateInbox
+
+EVAL_FIELDS = 2          # held-out NLL sum and token count, of the round's starting adapter
+
+
+@dataclass(frozen=True)
+class FederationSettings:
+    federation: str
+    base_model_sha256: str
+    trainable_size: int
+    trainer: TrainerSettings = field(default_factory=TrainerSettings)
+    clip_norm: float = 1.0
+    noise_multiplier: float = 0.0          # 0: no DP
+    delta: float = 1e-5
+    epsilon_budget: float = math.inf
+    min_sites: int = 2
+    # With secure aggregation, min_sites is also the threshold: the masks
+    # come off with shares from that many survivors, and no fewer.
+    secure_aggregation: bool = False
+    round_seconds: float = 600.0
+
+
+@dataclass(frozen=True)
+class SiteEval:
+    nll_sum: float
+    tokens: float
+
+
+@dataclass(frozen=True)
+class Published:
+    version: int
+    envelope: bytes
+    adapter: bytes
+    manifest: ReleaseManifest
+    rejected: list[Rejection]
+
+
+def update_norm_bound(plan: RoundPlan, n: int) -> float:
+    """The largest norm a clipped, then noised update may have: the clip
+    norm plus a bound on the noise's norm, sigma * (sqrt(n) + 6), which a
+    Gaussian vector exceeds with probability below exp(-18) (chi
+    concentration).  An update above it was not clipped."""
+    sigma = site_noise_std(plan)
+    return plan.clip_norm + sigma * (math.sqrt(n) + 6.0) if sigma > 0 else plan.clip_norm
+
+
+def split_payload(vec: np.ndarray, n: int) -> tuple[np.ndarray, SiteEval]:
+    return vec[:n], SiteEval(float(vec[n]), float(vec[n + 1]))
+
+
+@dataclass
+class OpenRound:
+    plan: RoundPlan
+    envelope: bytes
+    inbox: UpdateInbox | None = None
+    secagg: SecAggCoordinator | None = None
+    updates: list[SiteUpdate] = field(default_factory=list)
+    evals: dict[str, SiteEval] = field(default_factory=dict)
+    refused: list[Rejection] = field(default_factory=list)
+
+
+@dataclass
+class Coordinator:
+    settings: FederationSettings
+    signing_key: Ed25519PrivateKey
+    exchange_key: X25519PrivateKey                 # sites encrypt updates to it
+    sites: dict[str, Ed25519PublicKey]             # enrolled: name -> signing key
+    build_adapter: Callable[[np.ndarray], bytes]
+    version: int = 0
+    global_trainable: np.ndarray | None = None
+    accountant: PrivacyAccountant | None = None
+    rounds_done: int = 0
+    current: OpenRound | None = None
+
+    def __post_init__(self) -> None:
+        n = self.settings.trainable_size
+        if self.global_trainable is None:
+            self.global_trainable = np.zeros(n, dtype=np.float32)
+        if self.global_trainable.shape != (n,):
+            raise InvalidArgument(f"global adapter: {self.global_trainable.size} values, the "
+                                  f"federation's layout has {n}")
+        if self.accountant is None:
+            self.accountant = PrivacyAccountant(delta=self.settings.delta,
+                                                epsilon_budget=self.settings.epsilon_budget)
+
+    # ---- rounds ---------------------------------------------------------------------
+
+    def epsilon(self) -> float | None:
+        """Spent so far; None when rounds ran without DP (no finite bound)."""
+        assert self.accountant is not None
+        if self.rounds_done and self.settings.noise_multiplier == 0:
+            return None
+        return self.accountant.epsilon()
+
+    def open_round(self, now: float) -> bytes:
+        """The signed plan of the next round.  Refused when a round is open,
+        or when the privacy budget could not pay for it."""
+        s = self.settings
+        if self.current is not None:
+            raise FailedPrecondition(f"round {self.current.plan.round} is still open")
+        if len(self.sites) < s.min_sites:
+            raise FailedPrecondition(f"a round needs {s.min_sites} sites, {len(self.sites)} "
+                                     "are enrolled")
+        assert self.accountant is not None
+        if math.isfinite(s.epsilon_budget):
+            if s.noise_multiplier == 0:
+                raise FailedPrecondition("privacy budget: an epsilon budget is set but the "
+                                         "noise multiplier is 0; no round can stay within it")
+            after = self.accountant.epsilon_after(1.0, s.noise_multiplier)
+            if after > s.epsilon_budget:
+                raise FailedPrecondition(
+                    f"privacy budget: round {self.rounds_done + 1} would bring epsilon to "
+                    f"{after:.3f}, above the budget of {s.epsilon_budget:g} "
+                    f"(delta {s.delta:g}); the federation has spent "
+                    f"{self.accountant.epsilon():.3f}")
+        plan = RoundPlan(
+            federation=s.federation, round=self.rounds_done + 1,
+            base_model_sha256=s.base_model_sha256, adapter_version=self.version,
+            clip_norm=float(s.clip_norm), noise_multiplier=float(s.noise_multiplier),
+            deadline=float(now + s.round_seconds), secure_aggregation=s.secure_aggregation,
+            trainer=s.trainer, min_sites=s.min_sites)
+        envelope = sign_plan(plan, self.signing_key)
+        self._start(plan, envelope)
+        return envelope
+
+    def reopen_round(self, envelope: bytes) -> RoundPlan:
+        """The round of a plan this coordinator signed earlier (air-gapped
+        rounds span several commands); updates are submitted again."""
+        key = self.signing_key.public_key()
+        plan = read_plan(envelope, {key_fingerprint(key): key})
+        if plan.round != self.rounds_done + 1 or plan.adapter_version != self.version:
+            raise FailedPrecondition(f"round plan {plan.round} is not the next round "
+                                     f"({self.rounds_done + 1})")
+        self._start(plan, envelope)
+        return plan
+
+    def _start(self, plan: RoundPlan, envelope: bytes) -> None:
+        s = self.settings
+        if plan.secure_aggregation:
+            round_id = hashlib.sha256(envelope).digest()
+            self.current = OpenRound(plan, envelope,
+                                     secagg=SecAggCoordinator(round_id, plan.min_sites))
+        else:
+            self.current = OpenRound(plan, envelope, inbox=UpdateInbox(
+                s.federation, plan.round, self.exchange_key, self.sites,
+                s.trainable_size + EVAL_FIELDS))
+
+    def _round(self) -> OpenRound:
+        if self.current is None:
+            raise FailedPrecondition("no round is open")
+        return self.current
+
+    def submit_update(self, blob: bytes, site: str | None = None) -> str:
+        """One sealed update (plain rounds).  `site`: the sender as the
+        transport authenticated it (mTLS), which must match the file's."""
+        r = self._round()
+        if r.inbox is None:
+            raise FailedPrecondition(f"round {r.plan.round} uses secure aggregation; updates "
+                                     "go through its exchange")
+        update = r.inbox.open_update(blob)
+        if site is not None and update.site != site:
+            r.inbox.received.discard(update.site)
+            raise FailedPrecondition(f"update: signed by site {update.site!r} but sent by "
+                                     f"{site!r}")
+        delta, ev = split_payload(update.delta, self.settings.trainable_size)
+        weight = 1 if self.settings.noise_multiplier > 0 else update.tokens
+        r.updates.append(SiteUpdate(update.site, delta.copy(), weight))
+        r.evals[update.site] = ev
+        return update.site
+
+    def close_round(self, now: float, secagg_sum: tuple[np.ndarray, list[str]] | None = None
+                    ) -> Published:
+        """Aggregates what arrived and signs the next release.  With secure
+        aggregation, `secagg_sum` is SecAggCoordinator.finish's result."""
+        r = self._round()
+        s = self.settings
+        n = s.trainable_size
+        if r.secagg is not None:
+            if secagg_sum is None:
+                raise FailedPrecondition("secure aggregation: the round has no unmasked sum")
+            total, survivors = secagg_sum
+            if total.shape != (n + 1 + EVAL_FIELDS,) or not np.all(np.isfinite(total)):
+                raise FailedPrecondition("secure aggregation: the sum has the wrong shape or "
+                                         "is not finite")
+            weight = float(total[n])
+            if len(survivors) < s.min_sites or weight <= 0:
+                raise FailedPrecondition(f"aggregation: {len(survivors)} sites, the round "
+                                         f"needs {s.min_sites}")
+            # The coordinator cannot check one site's norm under secure
+            # aggregation (that would take a zero-knowledge range proof);
+            # sites clip themselves, and the plan they verified says how.
+            mean = (total[:n] / weight).astype(np.float32)
+            evals = SiteEval(float(total[n + 1]), float(total[n + 2]))
+            contributors, rejected = len(survivors), list(r.refused)
+        else:
+            mean, rejected = fedavg(r.updates, n, update_norm_bound(r.plan, n), s.min_sites)
+            rejected = list(r.refused) + rejected
+            bad = {x.site for x in rejected}
+            kept = [r.evals[u.site] for u in r.updates if u.site not in bad]
+            evals = SiteEval(math.fsum(e.nll_sum for e in kept), math.fsum(e.tokens for e in kept))
+            contributors = len(r.updates) - len(bad & {u.site for u in r.updates})
+        assert self.accountant is not None and self.global_trainable is not None
+        if s.noise_multiplier > 0:
+            self.accountant.spend(1.0, s.noise_multiplier)
+        new_global = (self.global_trainable + mean).astype(np.float32)
+        adapter = self.build_adapter(new_global)
+        metrics = {"round": float(r.plan.round), "sites": float(contributors),
+                   "rejected": float(len(rejected))}
+        if evals.tokens > 0:
+            metrics["heldout_ppl_parent"] = math.exp(evals.nll_sum / evals.tokens)
+        eps = self.accountant.epsilon() if s.noise_multiplier > 0 else None
+        if eps is not None:
+            metrics["epsilon"] = eps
+            metrics["delta"] = s.delta
+        manifest = ReleaseManifest(
+            federation=s.federation, version=self.version + 1, parent_version=self.version,
+            base_model_sha256=s.base_model_sha256,
+            adapter_sha256=hashlib.sha256(adapter).hexdigest(), adapter_bytes=len(adapter),
+            created=datetime.datetime.fromtimestamp(now, datetime.UTC).strftime(
+                "%Y-%m-%dT%H:%M:%SZ"),
+            metrics=metrics)
+        envelope = sign_release(manifest, self.signing_key)
+        self.version += 1
+        self.global_trainable = new_global
+        self.rounds_done += 1
+        self.current = None
+        return Published(self.version, envelope, adapter, manifest, rejected)
+
+    def abandon_round(self, reason: str) -> None:
+        """Closes the open round without a release (too few sites by the
+        deadline); its privacy cost is not spent, nothing was published."""
+        r = self._round()
+        r.refused.append(Rejection("*", reason))
+        self.current = None

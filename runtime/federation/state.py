@@ -1,0 +1,249 @@
+"""Where the federation's state lives: the sealed store, like every other
+artifact.  Keys are "key" objects, the coordinator's and the site's records
+"federation" objects (JSON), releases "release" objects (one version per
+release), received air-gapped updates "update" objects, and the adapter a
+site serves the "adapter" object fed-<federation> (a new version per
+applied release or rollback, so the daemon loads it as store:fed-<name>).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+
+from runtime.errors import FailedPrecondition, InvalidArgument, NotFound
+from runtime.federation.coordinator import Coordinator, FederationSettings
+from runtime.federation.documents import SiteKit, open_release_file, unb64
+from runtime.federation.dp import PrivacyAccountant
+from runtime.federation.plan import TrainerSettings
+from runtime.federation.release import ReleaseManifest, TrustedReleases, key_fingerprint
+from runtime.storage.store import SealedStore
+
+_PRIVATE_RAW = (serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
+                serialization.NoEncryption())
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def adapter_name(federation: str) -> str:
+    """The store name of the adapter a site serves: store:fed-<federation>."""
+    return f"fed-{federation}"
+
+
+def _get_json(store: SealedStore, name: str, role: str) -> dict[str, Any]:
+    try:
+        return dict(json.loads(store.read_bytes("federation", name)))
+    except NotFound:
+        raise FailedPrecondition(f"this state directory holds no federation {role}: run "
+                                 f"`hearth fed {'init' if role == 'coordinator' else 'enroll'}`"
+                                 " first") from None
+
+
+def _key(store: SealedStore, name: str) -> bytes:
+    return store.read_bytes("key", name)
+
+
+# ---- the coordinator ------------------------------------------------------------------------
+
+@dataclass
+class CoordinatorRecord:
+    settings: FederationSettings
+    base_model_path: str
+    ca_cert_pem: str
+    sites: dict[str, str] = field(default_factory=dict)     # name -> b64 raw Ed25519
+    version: int = 0
+    rounds_done: int = 0
+    rdp: list[float] = field(default_factory=list)
+    open_plan: str = ""                                     # b64 envelope of the open round
+
+    def dumps(self) -> bytes:
+        return json.dumps(asdict(self), sort_keys=True).encode()
+
+    @classmethod
+    def loads(cls, data: bytes) -> CoordinatorRecord:
+        doc = json.loads(data)
+        s = doc.pop("settings")
+        s["trainer"] = TrainerSettings(**s["trainer"])
+        return cls(settings=FederationSettings(**s), **doc)
+
+
+def save_coordinator_record(store: SealedStore, record: CoordinatorRecord) -> None:
+    store.put_bytes("federation", "coordinator", record.dumps())
+
+
+def load_coordinator_record(store: SealedStore) -> CoordinatorRecord:
+    _get_json(store, "coordinator", "coordinator")
+    return CoordinatorRecord.loads(store.read_bytes("federation", "coordinator"))
+
+
+def coordinator_keys(store: SealedStore) -> tuple[Ed25519PrivateKey, X25519PrivateKey, bytes]:
+    """(federation signing key, update exchange key, release key)."""
+    return (Ed25519PrivateKey.from_private_bytes(_key(store, "fed-signing")),
+            X25519PrivateKey.from_private_bytes(_key(store, "fed-exchange")),
+            _key(store, "fed-release"))
+
+
+def save_coordinator_keys(store: SealedStore, signing: Ed25519PrivateKey,
+                          exchange: X25519PrivateKey, release_key: bytes, ca_key_pem: bytes
+                          ) -> None:
+    store.put_bytes("key", "fed-signing", signing.private_bytes(*_PRIVATE_RAW))
+    store.put_bytes("key", "fed-exchange", exchange.private_bytes(*_PRIVATE_RAW))
+    store.put_bytes("key", "fed-release", release_key)
+    store.put_bytes("key", "fed-ca", ca_key_pem)
+
+
+def build_coordinator(store: SealedStore, record: CoordinatorRecord) -> Coordinator:
+    from runtime.federation.train import (
+        LoraSpec,
+        adapter_from_trainable,
+        lora_layout,
+        trainable_from_adapter,
+    )
+
+    signing, exchange, release_key = coordinator_keys(store)
+    t = record.settings.trainer
+    spec = LoraSpec(rank=t.rank, scheme=t.scheme, seed=t.seed)
+    layout = lora_layout(record.base_model_path, spec)
+    trainable = None
+    if record.version:
+        _, adapter = open_release_file(
+            store.read_bytes("release", record.settings.federation, record.version),
+            release_key)
+        trainable = trainable_from_adapter(layout, spec, adapter)
+    accountant = PrivacyAccountant(delta=record.settings.delta,
+                                   epsilon_budget=record.settings.epsilon_budget)
+    if record.rdp:
+        accountant.rdp = list(record.rdp)
+        accountant.rounds = record.rounds_done
+    sites = {name: Ed25519PublicKey.from_public_bytes(unb64(key, "site key"))
+             for name, key in record.sites.items()}
+    return Coordinator(record.settings, signing, exchange, sites,
+                       lambda v: adapter_from_trainable(layout, spec, v),
+                       version=record.version, global_trainable=trainable,
+                       accountant=accountant, rounds_done=record.rounds_done)
+
+
+def record_progress(record: CoordinatorRecord, c: Coordinator) -> None:
+    assert c.accountant is not None
+    record.version, record.rounds_done = c.version, c.rounds_done
+    record.rdp = list(c.accountant.rdp)
+
+
+# ---- a site ---------------------------------------------------------------------------------
+
+@dataclass
+class SiteRecord:
+    site: str
+    federation: str = ""            # "" until the kit is joined
+    kit: str = ""                   # the kit's JSON
+    base_model_path: str = ""
+    high_water: int = 0             # highest release version accepted
+    applied_version: int = 0        # the release being served (below high_water after rollback)
+
+    def dumps(self) -> bytes:
+        return json.dumps(asdict(self), sort_keys=True).encode()
+
+
+def load_site_record(store: SealedStore) -> SiteRecord:
+    return SiteRecord(**_get_json(store, "site", "site"))
+
+
+def save_site_record(store: SealedStore, record: SiteRecord) -> None:
+    store.put_bytes("federation", "site", record.dumps())
+
+
+@dataclass
+class SiteContext:
+    """A joined site: its kit, keys and release decisions."""
+
+    store: SealedStore
+    record: SiteRecord
+    kit: SiteKit
+    signing_key: Ed25519PrivateKey
+    release_key: bytes
+    base_model_sha256: str
+
+    @classmethod
+    def open(cls, store: SealedStore) -> SiteContext:
+        record = load_site_record(store)
+        if not record.kit:
+            raise FailedPrecondition(f"site {record.site} has enrolled but not joined: run "
+                                     "`hearth fed join KIT`")
+        kit = SiteKit.loads(record.kit.encode())
+        signing = Ed25519PrivateKey.from_private_bytes(_key(store, "fed-site-signing"))
+        return cls(store, record, kit, signing, _key(store, "fed-release"),
+                   kit.base_model_sha256)
+
+    def federation_keys(self) -> dict[str, Ed25519PublicKey]:
+        key = Ed25519PublicKey.from_public_bytes(unb64(self.kit.federation_key,
+                                                       "federation key"))
+        return {key_fingerprint(key): key}
+
+    def coordinator_exchange(self) -> X25519PublicKey:
+        return X25519PublicKey.from_public_bytes(unb64(self.kit.coordinator_exchange_key,
+                                                       "coordinator key"))
+
+    def trusted(self) -> TrustedReleases:
+        return TrustedReleases(self.kit.federation, self.federation_keys(),
+                               self.base_model_sha256, self.record.high_water)
+
+    def tls_material(self) -> tuple[bytes, bytes, bytes]:
+        """(CA cert, site cert, site key) PEMs for the mTLS channel."""
+        return (self.kit.ca_cert_pem.encode(), self.kit.site_cert_pem.encode(),
+                _key(self.store, "fed-site-tls"))
+
+    def import_release(self, blob: bytes) -> ReleaseManifest:
+        """Every check, then the release and its adapter go into the store
+        and the high-water mark rises (SECURITY-CASES 9, 10)."""
+        envelope, adapter = open_release_file(blob, self.release_key)
+        trusted = self.trusted()
+        manifest = trusted.accept(envelope, adapter)
+        self.store.put_bytes("release", self.kit.federation, blob)
+        self.store.put_bytes("adapter", adapter_name(self.kit.federation), adapter)
+        trusted.applied(manifest)
+        self.record.high_water = trusted.high_water
+        self.record.applied_version = manifest.version
+        save_site_record(self.store, self.record)
+        return manifest
+
+    def stored_release(self, version: int) -> tuple[bytes, bytes]:
+        for obj in self.store.list("release"):
+            if obj.name != self.kit.federation:
+                continue
+            blob = self.store.read_bytes("release", obj.name, obj.version)
+            envelope, adapter = open_release_file(blob, self.release_key)
+            if self.trusted().verify(envelope).version == version:
+                return envelope, adapter
+        raise NotFound(f"rollback: no stored release of version {version}")
+
+    def rollback(self, version: int) -> ReleaseManifest:
+        envelope, adapter = self.stored_release(version)
+        manifest = self.trusted().rollback(envelope, adapter)
+        self.store.put_bytes("adapter", adapter_name(self.kit.federation), adapter)
+        self.record.applied_version = manifest.version
+        save_site_record(self.store, self.record)
+        return manifest
+
+    def global_adapter(self) -> bytes | None:
+        """The adapter of the applied release, None before the first."""
+        if not self.record.applied_version:
+            return None
+        return self.stored_release(self.record.applied_version)[1]
+
+    def check_base_model(self, path: str) -> None:
+        digest = file_sha256(path)
+        if digest != self.base_model_sha256:
+            raise InvalidArgument(f"base model {path}: SHA-256 {digest[:12]}..., the "
+                                  f"federation trains {self.base_model_sha256[:12]}...")
