@@ -20,7 +20,7 @@ from typing import Any
 from runtime.cli.client import add_common, connect
 from runtime.cli.exit_codes import ExitCode
 from runtime.cli.storage import add_state_options, open_store
-from runtime.errors import ConfigError
+from runtime.errors import ConfigError, FailedPrecondition
 from runtime.storage.store import SealedStore
 
 
@@ -148,13 +148,13 @@ def cmd_status(args: argparse.Namespace) -> int:
             doc["coordinator"] = {"federation": r.settings.federation, "version": r.version,
                                   "rounds": r.rounds_done, "sites": sorted(r.sites),
                                   "round_open": bool(r.open_plan)}
-        except Exception:
+        except FailedPrecondition:
             pass
         try:
             s = load_site_record(store)
             doc["site"] = {"site": s.site, "federation": s.federation,
                            "high_water": s.high_water, "applied_version": s.applied_version}
-        except Exception:
+        except FailedPrecondition:
             pass
     finally:
         store.close()

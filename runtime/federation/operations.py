@@ -200,10 +200,11 @@ def site_trainer(site: SiteContext, plan_trainer: TrainerSettings, threads: int 
 
 def global_trainable(site: SiteContext, trainer: Trainer) -> np.ndarray:
     from runtime.federation.train import trainable_from_adapter
+    from runtime.federation.train.adapter import initial_trainable
 
     adapter = site.global_adapter()
     if adapter is None:
-        return np.zeros(trainer.trainable_size, dtype=np.float32)
+        return initial_trainable(trainer.layout, trainer.spec)  # type: ignore[attr-defined]
     return trainable_from_adapter(trainer.layout, trainer.spec, adapter)  # type: ignore[attr-defined]
 
 

@@ -111,12 +111,14 @@ def build_coordinator(store: SealedStore, record: CoordinatorRecord) -> Coordina
         lora_layout,
         trainable_from_adapter,
     )
+    from runtime.federation.train.adapter import initial_trainable
 
     signing, exchange, release_key = coordinator_keys(store)
     t = record.settings.trainer
     spec = LoraSpec(rank=t.rank, scheme=t.scheme, seed=t.seed)
     layout = lora_layout(record.base_model_path, spec)
-    trainable = None
+    # B = 0 (the adapter starts as a no-op); A from the seed for fedavg
+    trainable = initial_trainable(layout, spec)
     if record.version:
         _, adapter = open_release_file(
             store.read_bytes("release", record.settings.federation, record.version),
