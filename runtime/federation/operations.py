@@ -81,11 +81,11 @@ def private_write(path: Path, data: bytes) -> Path:
 def init_coordinator(store: SealedStore, settings: FederationSettings, base_model_path: str
                      ) -> CoordinatorRecord:
     try:
-        load_coordinator_record(store)
+        store.read_bytes("federation", "coordinator")
+    except NotFound:
+        pass
+    else:
         raise FailedPrecondition("this state directory already holds a federation coordinator")
-    except FailedPrecondition as exc:
-        if "already" in str(exc):
-            raise
     authority = FederationAuthority.create(settings.federation)
     save_coordinator_keys(store, authority.signing_key, X25519PrivateKey.generate(),
                           secrets.token_bytes(32), pem_key(authority.ca_key))
@@ -204,8 +204,8 @@ def global_trainable(site: SiteContext, trainer: Trainer) -> np.ndarray:
 
     adapter = site.global_adapter()
     if adapter is None:
-        return initial_trainable(trainer.layout, trainer.spec)  # type: ignore[attr-defined]
-    return trainable_from_adapter(trainer.layout, trainer.spec, adapter)  # type: ignore[attr-defined]
+        return initial_trainable(trainer.layout, trainer.spec)
+    return trainable_from_adapter(trainer.layout, trainer.spec, adapter)
 
 
 def accept_site_plan(site: SiteContext, envelope: bytes) -> RoundPlan:

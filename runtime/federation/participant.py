@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -24,6 +24,9 @@ class TrainResultLike(Protocol):
 
 
 class Trainer(Protocol):
+    layout: Any          # runtime.federation.train.LoraLayout
+    spec: Any            # runtime.federation.train.LoraSpec
+
     @property
     def trainable_size(self) -> int: ...
     def get_trainable(self) -> np.ndarray: ...
