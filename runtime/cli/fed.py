@@ -85,7 +85,9 @@ def cmd_issue(args: argparse.Namespace) -> int:
 
 def cmd_coordinator(args: argparse.Namespace) -> int:
     from runtime.federation.serve import serve_rounds
+    from runtime.logs import setup_logging
 
+    setup_logging("info", "text")      # the rounds' progress, on stderr
     store = open_store(args)
     try:
         summary = asyncio.run(serve_rounds(store, args.listen, args.rounds, args.step_seconds,
@@ -147,7 +149,10 @@ def cmd_status(args: argparse.Namespace) -> int:
             r = load_coordinator_record(store)
             doc["coordinator"] = {"federation": r.settings.federation, "version": r.version,
                                   "rounds": r.rounds_done, "sites": sorted(r.sites),
-                                  "round_open": bool(r.open_plan)}
+                                  "round_open": bool(r.open_plan),
+                                  "values": r.settings.trainable_size,
+                                  "secure_aggregation": r.settings.secure_aggregation,
+                                  "noise_multiplier": r.settings.noise_multiplier}
         except FailedPrecondition:
             pass
         try:
@@ -201,7 +206,9 @@ def cmd_participate(args: argparse.Namespace) -> int:
 
     from runtime.federation.online_site import SiteClient, participate
     from runtime.federation.operations import site_data
+    from runtime.logs import setup_logging
 
+    setup_logging("info", "text")
     store = open_store(args)
     try:
         site = _site(store)

@@ -43,6 +43,13 @@ from runtime.storage.store import SealedStore
 log = logging.getLogger("hearth.federation")
 T = TypeVar("T")
 
+# A round's messages grow with the adapter: Gemma 270M's FFA-LoRA rank 8 is
+# 1M values, 8 MB masked, and its release file holds A and B.  gRPC's 4 MiB
+# default would refuse them; both ends use this bound instead.
+MAX_MESSAGE_BYTES = 512 << 20
+CHANNEL_OPTIONS = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                   ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)]
+
 
 class Phase:
     """Messages from sites for one step, until all expected sites sent or
@@ -192,10 +199,7 @@ class RoundDriver:
             await asyncio.wait_for(self.round_changed.wait_for(
                 lambda: self.finished or (self.round is not None and self.round.number > after)),
                 timeout)
-            if self.round is not None and self.round.number > after and (
-                    self.round.number > self.c.rounds_done or not self.finished):
-                return self.round
-            return None
+            return None if self.finished else self.round
 
     async def wait_release(self, after: int, timeout: float) -> tuple[int, bytes] | None:
         async with self.round_changed:

@@ -15,6 +15,7 @@ from runtime import errors
 from runtime._proto.hearth.federation.v1 import federation_pb2 as fpb
 from runtime._proto.hearth.federation.v1 import federation_pb2_grpc as fgrpc
 from runtime.federation.aggregate import SiteUpdate
+from runtime.federation.online import CHANNEL_OPTIONS
 from runtime.federation.operations import (
     SiteData,
     accept_site_plan,
@@ -50,7 +51,9 @@ class SiteClient:
         if not target:
             raise errors.ConfigError("no coordinator address: the kit has none; pass "
                                      "--coordinator HOST:PORT")
-        options = [("grpc.ssl_target_name_override", server_name)] if server_name else []
+        options: list[tuple[str, str | int]] = list(CHANNEL_OPTIONS)
+        if server_name:
+            options.append(("grpc.ssl_target_name_override", server_name))
         self.channel = grpc.secure_channel(
             target, grpc.ssl_channel_credentials(ca, key, cert), options=options)
         self.stub = fgrpc.FederationStub(self.channel)
@@ -100,6 +103,7 @@ def participate(site: SiteContext, data: SiteData, client: SiteClient,
                 ) -> SiteRun:
     """Takes part in rounds until the coordinator says it has finished."""
     run = SiteRun(site.record.site)
+    trainer = None
     after_round = 0
     while True:
         reply = client.call("GetPlan", fpb.GetPlanRequest(after_round=after_round), wait_s)
@@ -111,7 +115,7 @@ def participate(site: SiteContext, data: SiteData, client: SiteClient,
             # Missed a release (joined late, or was down): catch up first.
             fetch_release(client, site, site.record.applied_version, wait_s)
         plan = accept_site_plan(site, envelope)
-        upd, _ = train_for_plan(site, plan, data, threads, seed)
+        upd, trainer = train_for_plan(site, plan, data, threads, seed, trainer)
         if run.ppl_before is None:
             run.ppl_before = upd.ppl_start
         log.info("round %d: trained on %d tokens, held-out perplexity %.3f -> %.3f locally, "
@@ -129,6 +133,6 @@ def participate(site: SiteContext, data: SiteData, client: SiteClient,
         run.rounds.append(plan.round)
         run.releases.append(manifest.version)
         after_round = plan.round
-    run.ppl_after = evaluate_site(site, data, threads)
+    run.ppl_after = evaluate_site(site, data, threads, trainer)
     run.bytes_sent = client.bytes_sent
     return run

@@ -189,12 +189,16 @@ def site_data(store: SealedStore, data: str, heldout: str | None) -> SiteData:
     return SiteData(train, held)
 
 
-def site_trainer(site: SiteContext, plan_trainer: TrainerSettings, threads: int | None
-                 ) -> Trainer:
+def site_trainer(site: SiteContext, plan_trainer: TrainerSettings, threads: int | None,
+                 reuse: Trainer | None = None) -> Trainer:
+    """A trainer for the plan's adapter shape; `reuse` when it has that shape
+    already (loading the base weights is the slow part: seconds for Gemma)."""
     from runtime.federation.train import LoraSpec, LoraTrainer
 
     t = plan_trainer
     spec = LoraSpec(rank=t.rank, scheme=t.scheme, seed=t.seed)
+    if reuse is not None and reuse.spec == spec:
+        return reuse
     return LoraTrainer(site.record.base_model_path, spec, threads=threads)  # type: ignore[return-value]
 
 
@@ -218,8 +222,9 @@ def accept_site_plan(site: SiteContext, envelope: bytes) -> RoundPlan:
 
 
 def train_for_plan(site: SiteContext, plan: RoundPlan, data: SiteData, threads: int | None,
-                   seed: int | None = None) -> tuple[LocalUpdate, Trainer]:
-    trainer = site_trainer(site, plan.trainer, threads)
+                   seed: int | None = None, reuse: Trainer | None = None
+                   ) -> tuple[LocalUpdate, Trainer]:
+    trainer = site_trainer(site, plan.trainer, threads, reuse)
     start = global_trainable(site, trainer)
     rng = np.random.default_rng(seed if seed is not None else secrets.randbits(63))
     return local_update(plan, trainer, start, data.train, data.heldout, rng), trainer
@@ -240,10 +245,11 @@ def export_update(site: SiteContext, plan_envelope: bytes, data: SiteData, out_d
     return private_write(out_dir / name, blob), upd
 
 
-def evaluate_site(site: SiteContext, data: SiteData, threads: int | None = None) -> float:
+def evaluate_site(site: SiteContext, data: SiteData, threads: int | None = None,
+                  reuse: Trainer | None = None) -> float:
     """Held-out perplexity with the applied release (the base model before
     one), under the trainer settings of the last plan the site took part in."""
-    trainer = site_trainer(site, last_trainer_settings(site), threads)
+    trainer = site_trainer(site, last_trainer_settings(site), threads, reuse)
     trainer.set_trainable(global_trainable(site, trainer))
     return trainer.perplexity(data.heldout)
 

@@ -11,7 +11,12 @@ import grpc
 
 from runtime import errors
 from runtime._proto.hearth.federation.v1 import federation_pb2_grpc as fgrpc
-from runtime.federation.online import FederationServicer, RoundDriver, server_credentials
+from runtime.federation.online import (
+    CHANNEL_OPTIONS,
+    FederationServicer,
+    RoundDriver,
+    server_credentials,
+)
 from runtime.federation.operations import coordinator_authority
 from runtime.federation.pki import pem_cert, pem_key
 from runtime.federation.state import build_coordinator, coordinator_keys, load_coordinator_record
@@ -41,7 +46,7 @@ async def serve_rounds(store: SealedStore, listen: str, rounds: int, step_second
     # The server's certificate lives as long as the process: the CA key in the
     # store can always issue another, and sites trust the CA, not this key.
     key, cert = authority.issue_server([_host(listen)])
-    server = grpc.aio.server()
+    server = grpc.aio.server(options=CHANNEL_OPTIONS)
     driver = RoundDriver(store, record, coordinator, release_key, rounds, step_seconds)
     fgrpc.add_FederationServicer_to_server(FederationServicer(driver), server)
     creds = server_credentials(pem_cert(authority.ca_cert), pem_key(key), pem_cert(cert))

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from runtime._proto.hearth.federation.v1 import federation_pb2 as fpb
 from runtime.federation.corpus import write_corpus
 from tests.integration.conftest import start_daemon
 
@@ -171,6 +172,59 @@ def test_a_site_of_another_federation_is_refused_online(tmp_path: Path, tiny_mod
         server.communicate()
 
 
+@pytest.mark.gemma
+def test_gemma_sized_updates_and_releases_cross_the_online_transport(
+        tmp_path: Path, gemma_model: Path) -> None:
+    """Gemma 270M's FFA-LoRA is 1M values: an 8 MB masked vector and a
+    release file of A and B, both over gRPC's 4 MiB default."""
+    import numpy as np
+
+    from runtime.federation.coordinator import SiteEval
+    from runtime.federation.online_site import SiteClient, fetch_release, secure_exchange
+    from runtime.federation.operations import accept_site_plan
+    from runtime.federation.participant import LocalUpdate
+    from runtime.federation.state import SiteContext
+    from runtime.storage.keys import key_from_file
+    from runtime.storage.store import SealedStore
+
+    coordinator, (site,) = federation(tmp_path, gemma_model, extra=("--secagg", "--rank", "8"))
+    ready = tmp_path / "addr"
+    server = subprocess.Popen([sys.executable, "-m", "runtime.cli.main", "fed", "coordinator",
+                               "--listen", "127.0.0.1:0", "--rounds", "1", "--ready-file",
+                               str(ready), *coordinator.opts],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not ready.exists():
+            assert server.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        store = SealedStore.open(Path(site.opts[1]), key_from_file(site.opts[3]))
+        try:
+            ctx = SiteContext.open(store)
+            client = SiteClient(ctx, ready.read_text())
+            reply = client.call("GetPlan", fpb.GetPlanRequest(after_round=0), 60)
+            plan = accept_site_plan(ctx, bytes(reply.envelope))
+            n = json.loads(coordinator("fed", "status").stdout)["coordinator"]["values"]
+            assert n > 900_000
+            delta = np.full(n, 1e-4, np.float32)
+            upd = LocalUpdate(delta, 100, SiteEval(500.0, 100.0), 150.0, 140.0, 0.1)
+            secure_exchange(client, "ward-0", plan, bytes(reply.envelope), upd, 120)
+            assert client.bytes_sent > 8 * n
+            manifest = fetch_release(client, ctx, 0, 120)
+            assert manifest.version == 1 and manifest.adapter_bytes > 4 << 20
+            client.close()
+        finally:
+            store.close()
+        out, err = server.communicate(timeout=120)
+        assert server.returncode == 0, err[-3000:]
+        assert json.loads(out.strip().splitlines()[-1])["versions"] == [1]
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.communicate()
+
+
+@pytest.mark.timeout(900)
 @pytest.mark.parametrize("flags", [["--secagg"], ["--transport", "bundle"]],
                          ids=["grpc-secagg", "bundle"])
 def test_simulate_three_sites_two_rounds(tmp_path: Path, flags: list[str]) -> None:
