@@ -13,6 +13,7 @@ Needs numpy and gguf (the `test` extra).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 CHATML_TEMPLATE = (
     "{% for message in messages %}"
@@ -69,6 +70,24 @@ def _vocab(extra_tokens: int = 0, rename: dict[int, str] | None = None
     return tokens, scores, [int(t) for t in types]
 
 
+def add_tiny_tokenizer(w: Any, extra_tokens: int = 0,
+                       rename_tokens: dict[int, str] | None = None) -> int:
+    """The tiny models' tokenizer (byte pieces, words, ChatML markers) into a
+    GGUFWriter; returns the vocabulary size."""
+    tokens, scores, types = _vocab(extra_tokens, rename_tokens)
+    w.add_tokenizer_model("llama")
+    w.add_token_list(tokens)
+    w.add_token_scores(scores)
+    w.add_token_types(types)
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
+    w.add_unk_token_id(0)
+    w.add_add_bos_token(True)
+    w.add_add_eos_token(False)
+    w.add_chat_template(CHATML_TEMPLATE)
+    return len(tokens)
+
+
 def write_tiny_model(path: str | Path, *, seed: int = 0, n_layer: int = 2, n_embd: int = 64,
                      n_head: int = 4, n_head_kv: int = 2, n_ff: int = 128,
                      n_ctx_train: int = 4096, weight_scale: float = 0.5,
@@ -85,8 +104,6 @@ def write_tiny_model(path: str | Path, *, seed: int = 0, n_layer: int = 2, n_emb
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tokens, scores, types = _vocab(extra_tokens, rename_tokens)
-    n_vocab = len(tokens)
     head_dim = n_embd // n_head
     rng = np.random.default_rng(seed)
 
@@ -105,16 +122,7 @@ def write_tiny_model(path: str | Path, *, seed: int = 0, n_layer: int = 2, n_emb
     w.add_layer_norm_rms_eps(1e-5)
     w.add_rope_freq_base(10000.0)
     w.add_file_type(gguf.LlamaFileType.ALL_F32)
-    w.add_tokenizer_model("llama")
-    w.add_token_list(tokens)
-    w.add_token_scores(scores)
-    w.add_token_types(types)
-    w.add_bos_token_id(1)
-    w.add_eos_token_id(2)
-    w.add_unk_token_id(0)
-    w.add_add_bos_token(True)
-    w.add_add_eos_token(False)
-    w.add_chat_template(CHATML_TEMPLATE)
+    n_vocab = add_tiny_tokenizer(w, extra_tokens, rename_tokens)
 
     w.add_tensor("token_embd.weight", mat(n_vocab, n_embd, 1.0))
     w.add_tensor("output_norm.weight", np.ones(n_embd, dtype=np.float32))

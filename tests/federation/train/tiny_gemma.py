@@ -12,14 +12,13 @@ from pathlib import Path
 import gguf
 import numpy as np
 
-from runtime.models.tiny import CHATML_TEMPLATE, _vocab
+from runtime.models.tiny import add_tiny_tokenizer
 
 N_SWA = 8
 
 
 def write_tiny_gemma(path: Path, *, n_layer: int = 3, n_embd: int = 64, n_head: int = 4,
                      n_head_kv: int = 2, head_dim: int = 32, n_ff: int = 128) -> Path:
-    tokens, scores, types = _vocab()
     rng = np.random.default_rng(7)
 
     def mat(rows: int, cols: int) -> np.ndarray:
@@ -43,18 +42,9 @@ def write_tiny_gemma(path: Path, *, n_layer: int = 3, n_embd: int = 64, n_head: 
     w.add_uint32("gemma3.attention.sliding_window_pattern", 2)   # local, global, local
     w.add_float32("gemma3.final_logit_softcapping", 10.0)
     w.add_file_type(gguf.LlamaFileType.ALL_F32)
-    w.add_tokenizer_model("llama")
-    w.add_token_list(tokens)
-    w.add_token_scores(scores)
-    w.add_token_types(types)
-    w.add_bos_token_id(1)
-    w.add_eos_token_id(2)
-    w.add_unk_token_id(0)
-    w.add_add_bos_token(True)
-    w.add_add_eos_token(False)
-    w.add_chat_template(CHATML_TEMPLATE)
+    n_vocab = add_tiny_tokenizer(w)
 
-    w.add_tensor("token_embd.weight", mat(len(tokens), n_embd))
+    w.add_tensor("token_embd.weight", mat(n_vocab, n_embd))
     w.add_tensor("output_norm.weight", norm(n_embd))
     for i in range(n_layer):
         w.add_tensor(f"blk.{i}.attn_norm.weight", norm(n_embd))
