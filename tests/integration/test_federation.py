@@ -54,6 +54,21 @@ def federation(root: Path, model: Path, name: str = "clinics", sites: int = 1,
     return coordinator, members
 
 
+def start_coordinator(coordinator: Party, ready: Path) -> tuple[subprocess.Popen, str]:
+    """`hearth fed coordinator` for one round on a free loopback port."""
+    server = subprocess.Popen([sys.executable, "-m", "runtime.cli.main", "fed", "coordinator",
+                               "--listen", "127.0.0.1:0", "--rounds", "1", "--ready-file",
+                               str(ready), *coordinator.opts],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not ready.exists():
+        if server.poll() is not None or time.monotonic() > deadline:
+            server.kill()
+            raise AssertionError(f"coordinator did not start: {server.communicate()[1]}")
+        time.sleep(0.05)
+    return server, ready.read_text()
+
+
 def air_gapped_round(coordinator: Party, site: Party, media: Path) -> str:
     plan = coordinator.json("fed", "plan", "--out", str(media))["plan"]
     out = site.json("fed", "export-update", "--plan", plan, "--out", str(media / "up"),
@@ -152,19 +167,11 @@ def test_a_site_of_another_federation_is_refused_online(tmp_path: Path, tiny_mod
                                                         ) -> None:
     coordinator, _ = federation(tmp_path, tiny_model, "clinics")
     _, (stranger,) = federation(tmp_path / "other", tiny_model, "banks")
-    ready = tmp_path / "addr"
-    server = subprocess.Popen([sys.executable, "-m", "runtime.cli.main", "fed", "coordinator",
-                               "--listen", "127.0.0.1:0", "--rounds", "1", "--ready-file",
-                               str(ready), *coordinator.opts],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    server, address = start_coordinator(coordinator, tmp_path / "addr")
     try:
-        deadline = time.monotonic() + 60
-        while not ready.exists():
-            assert server.poll() is None and time.monotonic() < deadline
-            time.sleep(0.05)
         # its certificate comes from the other federation's CA: no TLS session
         out = stranger("fed", "participate", "--data", "notes", "--coordinator",
-                       ready.read_text(), "--wait", "10", check=False)
+                       address, "--wait", "10", check=False)
         assert out.returncode != 0
         assert "UNAVAILABLE" in out.stderr or "handshake" in out.stderr.lower(), out.stderr
     finally:
@@ -188,20 +195,12 @@ def test_gemma_sized_updates_and_releases_cross_the_online_transport(
     from runtime.storage.store import SealedStore
 
     coordinator, (site,) = federation(tmp_path, gemma_model, extra=("--secagg", "--rank", "8"))
-    ready = tmp_path / "addr"
-    server = subprocess.Popen([sys.executable, "-m", "runtime.cli.main", "fed", "coordinator",
-                               "--listen", "127.0.0.1:0", "--rounds", "1", "--ready-file",
-                               str(ready), *coordinator.opts],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    server, address = start_coordinator(coordinator, tmp_path / "addr")
     try:
-        deadline = time.monotonic() + 60
-        while not ready.exists():
-            assert server.poll() is None and time.monotonic() < deadline
-            time.sleep(0.05)
         store = SealedStore.open(Path(site.opts[1]), key_from_file(site.opts[3]))
         try:
             ctx = SiteContext.open(store)
-            client = SiteClient(ctx, ready.read_text())
+            client = SiteClient(ctx, address)
             reply = client.call("GetPlan", fpb.GetPlanRequest(after_round=0), 60)
             plan = accept_site_plan(ctx, bytes(reply.envelope))
             n = json.loads(coordinator("fed", "status").stdout)["coordinator"]["values"]
