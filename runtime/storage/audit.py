@@ -249,17 +249,21 @@ class AuditLog:
         self.seq, self.head, broken = verify_lines(self.path, self.public_key(), self.anchor())
         return broken
 
-    def start(self) -> None:
-        """Checks the whole chain, then starts the writer thread.  A broken
-        chain is refused: nothing is appended until `hearth audit repair`."""
+    def _open_chain(self, refusal: str) -> None:
+        """Verifies the chain (a broken one is refused with `refusal`) and
+        starts it with a genesis record when the log is empty."""
         broken = self.verify()
         if broken is not None:
-            raise IntegrityError(f"the audit log is broken at {broken}; the daemon will not "
-                                 "append to it: run `hearth audit verify`, then "
-                                 "`hearth audit repair`")
+            raise IntegrityError(f"the audit log is broken at {broken}; {refusal}: run "
+                                 "`hearth audit verify`, then `hearth audit repair`")
         if self.seq == 0:
             self._append_now([(time.time(), {"genesis": True, "created": time.time()})],
                              rtype="genesis")
+
+    def start(self) -> None:
+        """Checks the whole chain, then starts the writer thread.  A broken
+        chain is refused: nothing is appended until `hearth audit repair`."""
+        self._open_chain("the daemon will not append to it")
         self._thread = threading.Thread(target=self._run, name="hearth-audit", daemon=True)
         self._thread.start()
 
@@ -313,14 +317,7 @@ class AuditLog:
         back), appended now, from whichever process took it: the log's file
         lock orders writers, and each picks up the chain where the last one
         left it."""
-        broken = self.verify()
-        if broken is not None:
-            raise IntegrityError(f"the audit log is broken at {broken}; `{action}` was not "
-                                 "recorded: run `hearth audit verify`, then `hearth audit "
-                                 "repair`")
-        if self.seq == 0:
-            self._append_now([(time.time(), {"genesis": True, "created": time.time()})],
-                             rtype="genesis")
+        self._open_chain(f"`{action}` was not recorded")
         now = time.time()
         self._append_now([(now, {"action": action, "time": now, **detail})], rtype="admin")
         self._append_now([], rtype="checkpoint")
