@@ -14,7 +14,7 @@ from typing import Any
 
 from runtime import errors
 from runtime.cli.exit_codes import ExitCode
-from runtime.cli.storage import add_state_options
+from runtime.cli.state import add_state_options, keyed
 from runtime.config import (
     Config,
     ModelConfig,
@@ -145,8 +145,7 @@ def build_config(args: argparse.Namespace) -> tuple[Config, list[ModelConfig]]:
 
 def open_store(args: argparse.Namespace, models: list[ModelConfig]) -> SealedStore | None:
     """The sealed store, when a model comes from it or a master key is given."""
-    keyed = bool(args.key_file or args.passphrase_file or args.credential)
-    if not keyed and not any(m.store for m in models):
+    if not keyed(args) and not any(m.store for m in models):
         return None
     directory = state_dir(args.state_dir)
     return SealedStore.open(directory, key_source(args.key_file, args.passphrase_file,
