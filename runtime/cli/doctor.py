@@ -5,11 +5,11 @@ import argparse
 import json
 from dataclasses import asdict
 
-from runtime.cli.exit_codes import ExitCode
 from runtime.cli.state import add_state_options, keyed, source_of
 from runtime.config import Config, load_config
 from runtime.doctor import DoctorInput, Finding, Status, find_unit, run_checks
 from runtime.errors import ConfigError
+from runtime.exit_codes import ExitCode
 from runtime.storage.paths import state_dir
 
 

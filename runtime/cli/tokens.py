@@ -6,9 +6,9 @@ import sys
 from datetime import UTC, datetime
 
 from runtime.auth.tokens import TokenStore
-from runtime.cli.exit_codes import ExitCode
 from runtime.cli.state import opened_store
 from runtime.cli.storage import command
+from runtime.exit_codes import ExitCode
 
 
 def cmd_create(args: argparse.Namespace) -> int:
