@@ -14,7 +14,6 @@ runtime/daemon.py, which also runs its life:
 """
 from __future__ import annotations
 
-import logging
 import os
 import shutil
 import tempfile
@@ -37,8 +36,6 @@ from runtime.server.health import NOT_SERVING, HealthTracker
 from runtime.server.kserve import KServeServicer
 from runtime.server.registry import add_service
 from runtime.server.servicers import InferenceServicer, ModelsServicer
-
-log = logging.getLogger("hearth.server")
 
 INFERENCE = inference_pb2.DESCRIPTOR.services_by_name["Inference"]
 MODELS = models_pb2.DESCRIPTOR.services_by_name["Models"]
