@@ -104,3 +104,18 @@ def test_no_import_reaches_a_lower_layer() -> None:
                 upward.append(f"{path.relative_to(ROOT)}:{line}: {importer} (layer "
                               f"{order[importer]}) imports {module} (layer {order[target]})")
     assert not upward, "imports from a lower layer:\n" + "\n".join(upward)
+
+
+def test_the_grpc_face_composes_nothing() -> None:
+    """server/ serves gRPC over parts it is given: building the store, the
+    token store, the HTTP face, logging and systemd belong to daemon.py.
+    Fails on e3a5e70: server/app.py imported runtime.http,
+    runtime.storage.store and runtime.auth.tokens, server/reload.py
+    runtime.logs and runtime.systemd (checked by running it there)."""
+    composing = ("runtime.http", "runtime.storage", "runtime.auth.tokens", "runtime.systemd",
+                 "runtime.logs", "runtime.daemon", "runtime.reload")
+    found = [f"{path.relative_to(ROOT)}:{line} imports {module}"
+             for path in sources() if path.is_relative_to(RUNTIME / "server")
+             for line, module in imported_modules(path)
+             if any(module == c or module.startswith(c + ".") for c in composing)]
+    assert not found, "\n".join(found)
