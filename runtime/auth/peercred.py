@@ -49,6 +49,11 @@ def peer_uid(peer: str) -> tuple[int, int, int] | None:
     return int(m.group(2)), int(m.group(3)), int(m.group(4))
 
 
+# sun_path holds 107 bytes and a NUL; the longest relay name must fit
+_MAX_SOCKET_PATH = 107
+_LONGEST_RELAY_NAME = len(f"/peer-{2**32 - 1}-{2**32 - 1}-{2**32 - 1}-{10**12}")
+
+
 def check_private_dir(path: str) -> None:
     """The relay directory must be ours and closed to everyone else, or
     another user could connect to gRPC or squat on a relay name."""
@@ -57,6 +62,9 @@ def check_private_dir(path: str) -> None:
             or stat.S_IMODE(info.st_mode) & 0o077):
         raise Unavailable(f"{path}: the private socket directory must be a directory owned "
                           f"by uid {os.geteuid()} with mode 0700")
+    if len(os.fsencode(path)) + _LONGEST_RELAY_NAME > _MAX_SOCKET_PATH:
+        raise Unavailable(f"{path}: too long a path for the unix socket front's relay "
+                          "sockets; set RUNTIME_DIRECTORY (or TMPDIR) to a shorter folder")
 
 
 class UnixPeerFront:
