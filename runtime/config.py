@@ -29,6 +29,7 @@ ConfigError whose message starts with the dotted path of the key, e.g.
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import os
 import re
 import tomllib
@@ -36,9 +37,9 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from runtime.errors import ConfigError
+from runtime.errors import ConfigError, InvalidArgument
+from runtime.names import check_name
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 DEFAULT_LISTEN = "127.0.0.1:50051"
 
 
@@ -49,13 +50,13 @@ def default_threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def check_model_name(name: str, what: str = "model name") -> str:
-    """Model names are identifiers, never paths: no '/', no NUL, no leading
-    dot, at most 64 characters."""
-    if not isinstance(name, str) or not NAME_RE.match(name):
-        raise ConfigError(f"{what}: {name!r} is not a valid name (letters, digits, '.', '_' "
-                          "and '-', starting with a letter or digit, at most 64 characters)")
-    return name
+def check_config_name(name: str, where: str) -> str:
+    """runtime.names.check_name for a name read from the config or the
+    command line: a bad one is a ConfigError naming the key or option."""
+    try:
+        return check_name(name, where)
+    except InvalidArgument as exc:
+        raise ConfigError(str(exc)) from None
 
 
 @dataclass(frozen=True)
@@ -186,9 +187,9 @@ def _check_value(path: str, key: str, value: Any, default: Any) -> Any:
                 isinstance(v, str) and v for v in value.values()):
             raise ConfigError(f"{where}: must be a table of adapter name = \"path.gguf\"")
         for name, source in value.items():
-            check_model_name(name, f"{where}.{name}")
+            check_config_name(name, f"{where}.{name}")
             if source.startswith("store:"):
-                check_model_name(source[len("store:"):], f"{where}.{name}")
+                check_config_name(source[len("store:"):], f"{where}.{name}")
         return tuple(sorted(value.items()))
     if key == "admins":
         if not isinstance(value, list) or not all(isinstance(x, str) and x for x in value):
@@ -221,6 +222,12 @@ def _check_value(path: str, key: str, value: Any, default: Any) -> Any:
 
 
 def check_listen_address(addr: str, where: str = "listen") -> str:
+    if addr.startswith("unix-abstract:"):
+        # Abstract socket names have no owner and no permissions: any local
+        # user can bind one first, or connect from a socket bound to any name.
+        raise ConfigError(f"{where}: {addr!r}: abstract unix sockets are refused (any local "
+                          "user could claim the name); use unix:PATH, whose directory and "
+                          "auth.socket_mode decide who may connect")
     if addr.startswith("unix:"):
         if len(addr) <= len("unix:") or "\0" in addr:
             raise ConfigError(f"{where}: {addr!r} is not a unix socket path")
@@ -229,6 +236,43 @@ def check_listen_address(addr: str, where: str = "listen") -> str:
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ConfigError(f"{where}: {addr!r} is not HOST:PORT or unix:PATH")
     return addr
+
+
+def is_local_address(addr: str) -> bool:
+    """unix sockets and loopback hosts; anything else needs authentication."""
+    if addr.startswith("unix:"):
+        return True
+    host = addr.rpartition(":")[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_listeners(config: Config) -> None:
+    """Plain TCP beyond loopback needs tokens to be required; TLS needs client
+    certificates or required tokens.  Checked at start and on every reload
+    (which must not loosen authentication under a listener already bound)."""
+    auth, tls = config.auth, config.tls
+    for addr in config.server.listen:
+        if not addr.startswith("unix:") and not is_local_address(addr) and not auth.require:
+            raise ConfigError(
+                f"server.listen: refusing to listen on {addr} without authentication: "
+                "set auth.require = true (bearer tokens), serve it with TLS and client "
+                "certificates ([tls] listen, client_ca_file), or use 127.0.0.1:PORT or "
+                "unix:PATH")
+    http = config.server.http_listen
+    if http and not is_local_address(http) and not auth.require:
+        # HTTP has only bearer tokens (no client certificates, no socket uid)
+        raise ConfigError(
+            f"server.http_listen: refusing to listen on {http} without authentication: "
+            "set auth.require = true (bearer tokens) or use 127.0.0.1:PORT")
+    if tls.listen and not tls.client_ca_file and not auth.require:
+        raise ConfigError(
+            "tls: without client_ca_file (mTLS), TLS listeners need auth.require = "
+            "true, or anyone who reaches the port could call")
 
 
 def _build(cls: type, path: str, table: dict[str, Any], **fixed: Any) -> Any:
@@ -264,7 +308,7 @@ def parse_config(data: dict[str, Any], base_dir: Path | None = None) -> Config:
     if not isinstance(tables, dict):
         raise ConfigError("models: must be a table of [models.NAME] tables")
     for name, table in tables.items():
-        check_model_name(name, f"models.{name}")
+        check_config_name(name, f"models.{name}")
         model = _build(ModelConfig, f"models.{name}.", table, name=name)
         if not model.path and not model.store:
             raise ConfigError(f"models.{name}.path: missing (the GGUF file to serve, or set "
@@ -298,7 +342,7 @@ def _acl(table: Any) -> dict[str, tuple[str, ...]]:
             raise ConfigError(f"acl.{identity}: must be a list of model names (or [\"*\"])")
         for m in models:
             if m != "*":
-                check_model_name(m, f"acl.{identity}")
+                check_config_name(m, f"acl.{identity}")
         acl[identity] = tuple(models)
     return acl
 
@@ -316,7 +360,7 @@ def validate_model(m: ModelConfig, path: str) -> None:
     if not 1 <= m.n_draft <= 16:
         raise ConfigError(f"{path}n_draft: must be in 1..16, got {m.n_draft}")
     if m.draft.startswith("store:"):
-        check_model_name(m.draft[len("store:"):], f"{path}draft")
+        check_config_name(m.draft[len("store:"):], f"{path}draft")
 
 
 def load_config(path: str | Path) -> Config:

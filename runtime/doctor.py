@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from runtime import errors
-from runtime.config import Config, ModelConfig
+from runtime.config import Config, ModelConfig, check_listeners
 from runtime.storage.keys import KeySource
 
 GIB = 1 << 30
@@ -62,8 +62,6 @@ class DoctorInput:
 # ---- configuration ------------------------------------------------------------------------
 
 def check_config(inp: DoctorInput) -> Iterator[Finding]:
-    from runtime.server.app import check_listeners
-
     try:
         check_listeners(inp.config)
     except errors.ConfigError as exc:

@@ -1,9 +1,13 @@
 """In-process events: what happened, for whoever needs to know.
 
-The engine layer publishes typed events; health, logs, and later metrics,
-the audit log, drift monitoring and energy accounting subscribe.  Handlers
-run synchronously on the event loop and must be quick; an exception in one
-is logged and never reaches the publisher or the other handlers.
+The core publishes RequestFinished for every request and the model manager
+ModelStateChanged for every state change.  Subscribers today: the request
+log line (daemon.py), gRPC health (server/health.py), Prometheus metrics
+(server/metrics.py), KServe statistics and the audit log
+(storage/audit.py); drift monitoring and energy accounting would subscribe
+the same way.  Handlers run synchronously on the event loop and must be
+quick; an exception in one is logged and never reaches the publisher or the
+other handlers.
 """
 from __future__ import annotations
 

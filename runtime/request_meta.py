@@ -3,18 +3,18 @@ metadata, HTTP headers): its request id and the data subject for the audit
 log.  Both end up in logs and replies, so they are short and plain."""
 from __future__ import annotations
 
-import re
 from typing import TypeGuard
+
+from runtime.names import has_control, is_request_id
 
 REQUEST_ID_KEY = "x-request-id"
 SUBJECT_KEY = "x-hearth-subject"
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 MAX_SUBJECT = 256
 
 
 def sane_request_id(value: object) -> TypeGuard[str]:
-    return isinstance(value, str) and _REQUEST_ID.match(value) is not None
+    return is_request_id(value)
 
 
 def sane_subject(value: object) -> TypeGuard[str]:
-    return isinstance(value, str) and 0 < len(value) <= MAX_SUBJECT
+    return isinstance(value, str) and 0 < len(value) <= MAX_SUBJECT and not has_control(value)

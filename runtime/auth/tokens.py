@@ -19,8 +19,8 @@ import time
 from dataclasses import dataclass
 
 from runtime.auth.principal import Principal, models_from_list
-from runtime.config import check_model_name
 from runtime.errors import AlreadyExists, InvalidArgument, NotFound, Unauthenticated
+from runtime.names import check_name
 from runtime.storage.store import SealedStore
 
 PREFIX = "hth_"
@@ -53,12 +53,12 @@ class TokenStore:
         return hmac.new(self._key, secret.encode(), "sha256").digest()
 
     def create(self, name: str, models: list[str], admin: bool = False) -> str:
-        check_model_name(name, "token name")
+        check_name(name, "token name")
         if not models:
             raise InvalidArgument("--models: name at least one model, or * for all")
         for m in models:
             if m != "*":
-                check_model_name(m, "--models")
+                check_name(m, "--models")
         token_id = secrets.token_hex(6)
         secret = base64.urlsafe_b64encode(secrets.token_bytes(32)).decode().rstrip("=")
         db = self.store.catalog

@@ -1,12 +1,18 @@
-"""The `hearth` command.
+"""The `hearth` command (main.py): one module per group of subcommands.
 
-  hearth serve        run the daemon (serve.py)
-  hearth generate     stream a completion          \
-  hearth chat         interactive chat REPL         |
-  hearth models ...   list, get, load, unload       |  client.py: talk to a
-  hearth embed        print embeddings as JSON      |  running daemon over gRPC
-  hearth tokenize     print token ids               /
-  hearth devices      what ggml sees (CPU, GPUs)
-  hearth default-model   assemble the default model file
-  hearth exit-codes   what each exit status means
+  serve.py     hearth serve: arguments -> Config; runtime/daemon.py runs it
+  client.py    generate, chat, models list|get|load|unload, embed, tokenize:
+               talk to a running daemon over gRPC
+  storage.py   keys init|status|rotate, models import, data add,
+               store list|verify, audit verify|export|erase|repair: local
+               commands on the sealed state directory
+  tokens.py    tokens create|list|revoke: bearer tokens in the store
+  fed.py       fed ...: the federation, coordinator and site commands
+  bundle.py    bundle keygen|build|verify: the signed offline install bundle
+  doctor.py    doctor: check the installation, one line per check
+  main.py      the parser, devices, default-model, exit-codes, and the one
+               mapping from exception family to exit status
+  state.py     --state-dir and the key options; opened_store(args), the one
+               way a command opens (and closes) the sealed store
+  exit_codes.py  the name commands import runtime/exit_codes.py by
 """

@@ -9,7 +9,7 @@ from pathlib import Path
 from runtime.bundle.build import BundleBuilder, BundleSpec, read_info, unpack
 from runtime.bundle.manifest import create_signing_key, fingerprint, verify_bundle
 from runtime.cli.exit_codes import ExitCode
-from runtime.config import check_model_name
+from runtime.config import check_config_name
 from runtime.errors import ConfigError
 
 SOURCE = Path(__file__).resolve().parents[2]
@@ -36,7 +36,7 @@ def _models(args: argparse.Namespace) -> list[tuple[str, Path]]:
         name, sep, path = spec.partition("=")
         if not sep:
             raise ConfigError(f"--model {spec}: expected NAME=PATH")
-        check_model_name(name, "--model")
+        check_config_name(name, "--model")
         out.append((name, Path(path)))
     if args.default_model:
         from runtime.models.default_model import DEFAULT_MODEL_NAME, prepare_default_model

@@ -11,8 +11,8 @@ import grpc
 
 from runtime._proto.hearth.v1 import inference_pb2 as ipb
 from runtime._proto.hearth.v1 import models_pb2 as mpb
-from runtime.cli.exit_codes import ExitCode
 from runtime.client import Credentials, HearthClient
+from runtime.exit_codes import ExitCode
 
 DEFAULT_ADDR = "127.0.0.1:50051"
 _STATES = {0: "unspecified", 1: "loading", 2: "ready", 3: "draining", 4: "failed", 5: "unloaded"}

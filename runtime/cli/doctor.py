@@ -5,11 +5,11 @@ import argparse
 import json
 from dataclasses import asdict
 
-from runtime.cli.exit_codes import ExitCode
-from runtime.cli.storage import add_state_options, source_of
+from runtime.cli.state import add_state_options, keyed, source_of
 from runtime.config import Config, load_config
 from runtime.doctor import DoctorInput, Finding, Status, find_unit, run_checks
 from runtime.errors import ConfigError
+from runtime.exit_codes import ExitCode
 from runtime.storage.paths import state_dir
 
 
@@ -23,10 +23,9 @@ def cmd_doctor(args: argparse.Namespace) -> int:
             findings.append(Finding("config", Status.FAIL, str(exc), "fix the file"))
             if not args.json:
                 print(findings[-1].line(), flush=True)
-    keyed = bool(args.key_file or args.passphrase_file or args.credential)
     inp = DoctorInput(config=config, models=[m for m in config.models.values() if m.load],
                       state_dir=state_dir(args.state_dir),
-                      key=(lambda: source_of(args)) if keyed else None,
+                      key=(lambda: source_of(args)) if keyed(args) else None,
                       unit=find_unit(args.unit))
     for finding in run_checks(inp):
         findings.append(finding)

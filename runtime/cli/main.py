@@ -8,7 +8,7 @@ import grpc
 
 from runtime import __version__, errors
 from runtime.cli import bundle, client, doctor, fed, serve, storage, tokens, transparency
-from runtime.cli.exit_codes import HELP, ExitCode
+from runtime.exit_codes import HELP, ExitCode
 
 
 def cmd_devices(args: argparse.Namespace) -> int:

@@ -1,39 +1,27 @@
-"""`hearth serve`: the daemon's main loop."""
+"""`hearth serve`: the command line to a Config and the models to load;
+runtime/daemon.py runs the daemon from there."""
 from __future__ import annotations
 
 import argparse
-import asyncio
-import json
 import logging
 import os
-import resource
-import signal
-from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
 from runtime import errors
-from runtime.cli.exit_codes import ExitCode
-from runtime.cli.storage import add_state_options
+from runtime.cli.state import add_state_options, keyed, open_store
 from runtime.config import (
     Config,
     ModelConfig,
+    check_config_name,
     check_listen_address,
-    check_model_name,
     load_config,
     validate_model,
 )
-from runtime.events import EventBus, RequestFinished
+from runtime.daemon import disable_core_dumps, serve
+from runtime.exit_codes import ExitCode
 from runtime.logs import setup_logging
-from runtime.server import HearthServer, create_server
-from runtime.server.app import is_local_address
-from runtime.server.metrics import Metrics
-from runtime.server.reload import Reloader
-from runtime.storage.audit import AuditLog
-from runtime.storage.keys import key_source
-from runtime.storage.paths import state_dir
 from runtime.storage.store import SealedStore
-from runtime.systemd import Notifier, watchdog
 
 log = logging.getLogger("hearth.serve")
 
@@ -124,7 +112,7 @@ def build_config(args: argparse.Namespace) -> tuple[Config, list[ModelConfig]]:
     models = {n: m for n, m in config.models.items() if m.load}
     for spec in args.model:
         name, sep, path = spec.partition("=")
-        check_model_name(name, "--model")
+        check_config_name(name, "--model")
         if sep:
             base = ModelConfig(name=name, path=path)
         elif name in config.models:
@@ -143,136 +131,20 @@ def build_config(args: argparse.Namespace) -> tuple[Config, list[ModelConfig]]:
     return replace(config, server=server), list(models.values())
 
 
-def open_store(args: argparse.Namespace, models: list[ModelConfig]) -> SealedStore | None:
+def store_for(args: argparse.Namespace, models: list[ModelConfig]) -> SealedStore | None:
     """The sealed store, when a model comes from it or a master key is given."""
-    keyed = bool(args.key_file or args.passphrase_file or args.credential)
-    if not keyed and not any(m.store for m in models):
+    if not keyed(args) and not any(m.store for m in models):
         return None
-    directory = state_dir(args.state_dir)
-    return SealedStore.open(directory, key_source(args.key_file, args.passphrase_file,
-                                                  args.credential))
-
-
-def _write_ready_file(path: str, addresses: list[str], metrics: str, http: str = "") -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump({"pid": os.getpid(), "addresses": addresses, "metrics": metrics,
-                   "http": http}, f)
-    os.replace(tmp, path)
-
-
-def start_metrics(config: Config, events: EventBus, server: HearthServer,
-                  audit: AuditLog | None) -> str:
-    addr = config.server.metrics_listen
-    if not addr:
-        return ""
-    if not is_local_address(addr):
-        raise errors.ConfigError(f"server.metrics_listen: {addr} is not a loopback address")
-    metrics = Metrics(events, server.models, (lambda: audit.lag_s) if audit else None,
-                      server.core.cache)
-    port = metrics.serve(addr)
-    return f"{addr.rpartition(':')[0]}:{port}"
-
-
-def engine_heartbeats(server: HearthServer) -> dict[str, int]:
-    beats = {}
-    for handle in server.models.handles():
-        stats = handle.engine.stats_if_open() if handle.engine is not None else None
-        if stats is not None:
-            beats[handle.name] = stats.last_heartbeat_ns
-    return beats
-
-
-async def run(config: Config, models: list[ModelConfig], ready_file: str | None = None,
-              store: SealedStore | None = None, audit: AuditLog | None = None,
-              reload_config: Callable[[], tuple[Config, list[ModelConfig]]] | None = None
-              ) -> int:
-    notifier = Notifier()
-    events = EventBus()
-    server = create_server(config, events, store=store)
-    if audit is not None:
-        events.subscribe(audit.record, RequestFinished)
-        server.core.collect_content = audit.content
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    reloader = Reloader(server, reload_config or (lambda: (config, models)), models, notifier)
-    # SIGHUP's default action would kill the daemon; from here on it reloads
-    loop.add_signal_handler(signal.SIGHUP, reloader.request)
-    try:
-        await server.start()
-        metrics_addr = start_metrics(config, events, server, audit)
-    except errors.ConfigError as exc:
-        log.error("%s", exc)
-        return ExitCode.CONFIG
-    except errors.Unavailable as exc:
-        log.error("%s", exc)
-        return ExitCode.LISTEN
-    pinger = asyncio.ensure_future(watchdog(notifier, lambda: engine_heartbeats(server), stop))
-    try:
-        for model in models:
-            notifier.status(f"loading model {model.name}")
-            load = asyncio.ensure_future(server.models.load(model))
-            done, _ = await asyncio.wait({load, asyncio.ensure_future(stop.wait())},
-                                         return_when=asyncio.FIRST_COMPLETED)
-            if load not in done:
-                load.cancel()
-                break
-            load.result()
-    except (errors.ModelLoadError, errors.IntegrityError) as exc:
-        log.error("%s", exc)
-        notifier.stopping(f"failed: {exc}")
-        stop.set()
-        await server.drain(0.0)
-        await pinger
-        return ExitCode.INTEGRITY if isinstance(exc, errors.IntegrityError) \
-            else ExitCode.MODEL_LOAD
-    if not stop.is_set():
-        await server.mark_serving()
-        log.info("serving %d model(s) on %s", len(models), ", ".join(server.bound))
-        if ready_file:
-            _write_ready_file(ready_file, server.bound, metrics_addr, server.http_bound)
-        notifier.ready(f"serving {len(models)} model(s) on {', '.join(server.bound)}")
-        reloader.started()
-        await stop.wait()
-        await reloader.wait()
-    notifier.stopping("draining")
-    await server.drain(config.server.grace_period_s)
-    await pinger
-    return ExitCode.OK
+    return open_store(args)
 
 
 def main(args: argparse.Namespace) -> int:
-    # Decrypted weights and the master key live in this process; a core dump
-    # would write them to disk in the clear.  The unit says LimitCORE=0 too,
-    # but the daemon must not depend on how it was started.
-    if resource.getrlimit(resource.RLIMIT_CORE) != (0, 0):
-        try:
-            resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-        except OSError as exc:   # a seccomp filter without @resources, say
-            log.warning("could not disable core dumps: %s", exc)
+    disable_core_dumps()     # first: nothing secret is read before it
     try:
         config, models = build_config(args)
     except errors.ConfigError as exc:
         setup_logging()
         log.error("%s", exc)
         return ExitCode.CONFIG
-    setup_logging(config.server.log_level, config.server.log_format)
-    store = open_store(args, models)
-    audit = None
-    try:
-        if store is not None and config.server.audit:
-            audit = AuditLog(store, content=config.server.audit_content)
-            audit.start()
-            log.info("audit log: %s (content %s)", audit.path,
-                     "on" if audit.content else "off")
-        elif store is None:
-            log.info("no master key given: serving plaintext models only, no audit log")
-        return asyncio.run(run(config, models, args.ready_file, store, audit,
-                               reload_config=lambda: build_config(args)))
-    finally:
-        if audit is not None:
-            audit.close()
-        if store is not None:
-            store.close()
+    return serve(config, models, lambda: store_for(args, models), args.ready_file,
+                 reload_config=lambda: build_config(args))

@@ -14,29 +14,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from runtime.cli.exit_codes import ExitCode
+from runtime.cli.state import add_state_options, open_store, source_of
 from runtime.errors import ConfigError
 from runtime.storage.audit import AuditLog, verify_state_dir
 from runtime.storage.catalog import Catalog
-from runtime.storage.keys import Keyring, KeySource, create_key_file, key_source
+from runtime.storage.keys import Keyring, create_key_file, key_source
 from runtime.storage.paths import state_dir
 from runtime.storage.store import SealedStore
-
-
-def add_state_options(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("state and master key")
-    g.add_argument("--state-dir", help="state directory (default: $HEARTH_STATE_DIR, "
-                                       "~/.local/share/hearth, or /var/lib/hearth under systemd)")
-    g.add_argument("--key-file", help="master key file (mode 0600)")
-    g.add_argument("--passphrase-file", help="file holding the master passphrase")
-    g.add_argument("--credential", help="systemd credential holding the master key")
-
-
-def source_of(args: argparse.Namespace, confirm: bool = False) -> KeySource:
-    return key_source(args.key_file, args.passphrase_file, args.credential, confirm)
-
-
-def open_store(args: argparse.Namespace) -> SealedStore:
-    return SealedStore.open(state_dir(args.state_dir), source_of(args))
 
 
 class ProgressBar:

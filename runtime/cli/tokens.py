@@ -6,15 +6,15 @@ import sys
 from datetime import UTC, datetime
 
 from runtime.auth.tokens import TokenStore
-from runtime.cli.exit_codes import ExitCode
-from runtime.cli.storage import command, open_store
+from runtime.cli.state import opened_store
+from runtime.cli.storage import command
+from runtime.exit_codes import ExitCode
 
 
 def cmd_create(args: argparse.Namespace) -> int:
-    store = open_store(args)
     models = [m.strip() for m in args.models.split(",") if m.strip()]
-    token = TokenStore(store).create(args.name, models, admin=args.admin)
-    store.close()
+    with opened_store(args) as store:
+        token = TokenStore(store).create(args.name, models, admin=args.admin)
     print(token)
     print(f"token {args.name!r} may use {', '.join(models)}"
           f"{' and load/unload models' if args.admin else ''}; it is shown only now, "
@@ -23,20 +23,19 @@ def cmd_create(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    store = open_store(args)
-    for t in TokenStore(store).list():
+    with opened_store(args) as store:
+        listed = TokenStore(store).list()
+    for t in listed:
         created = datetime.fromtimestamp(t.created_at, UTC).strftime("%Y-%m-%d %H:%M")
         state = "revoked" if t.revoked_at else "live"
         print(f"{t.name:20} {state:8} models {','.join(t.models):30} "
               f"{'admin ' if t.admin else ''}created {created}  id {t.id}")
-    store.close()
     return ExitCode.OK
 
 
 def cmd_revoke(args: argparse.Namespace) -> int:
-    store = open_store(args)
-    done = TokenStore(store).revoke(args.name)
-    store.close()
+    with opened_store(args) as store:
+        done = TokenStore(store).revoke(args.name)
     print(f"revoked {args.name!r}" if done else f"no live token named {args.name!r}")
     return ExitCode.OK if done else ExitCode.REQUEST_FAILED
 

@@ -5,7 +5,7 @@ import argparse
 from pathlib import Path
 
 from runtime.cli.client import add_common, connect
-from runtime.cli.exit_codes import ExitCode
+from runtime.exit_codes import ExitCode
 
 
 def cmd_eval_bias(args: argparse.Namespace) -> int:

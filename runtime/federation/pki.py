@@ -26,8 +26,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from runtime.config import check_model_name
 from runtime.errors import ConfigError, InvalidArgument, Unauthenticated
+from runtime.names import check_name
 
 CA_YEARS = 10
 
@@ -61,7 +61,7 @@ class FederationAuthority:
 
     @classmethod
     def create(cls, name: str) -> FederationAuthority:
-        check_model_name(name, "federation name")
+        check_name(name, "federation name")
         key = ec.generate_private_key(ec.SECP256R1())
         now = _now()
         subject = _name(f"{name} federation CA", name)
@@ -105,7 +105,7 @@ class FederationAuthority:
         names = csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
         if len(names) != 1 or not isinstance(names[0].value, str):
             raise InvalidArgument("certificate request: needs exactly one common name")
-        site = check_model_name(names[0].value, "site name")
+        site = check_name(names[0].value, "site name")
         public = csr.public_key()
         if not isinstance(public, ec.EllipticCurvePublicKey):
             raise InvalidArgument("certificate request: the key must be ECDSA")
@@ -130,7 +130,7 @@ class FederationAuthority:
 
 def make_site_request(site: str) -> tuple[ec.EllipticCurvePrivateKey, bytes]:
     """`hearth fed enroll`: the site's own key and its certificate request."""
-    check_model_name(site, "site name")
+    check_name(site, "site name")
     key = ec.generate_private_key(ec.SECP256R1())
     csr = (x509.CertificateSigningRequestBuilder().subject_name(_name(site))
            .sign(key, hashes.SHA256()))

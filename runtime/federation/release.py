@@ -32,10 +32,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from runtime.errors import FailedPrecondition, IntegrityError
+from runtime.names import is_name
 
 FORMAT = "hearth-release/1"
-_HEX64 = re.compile(r"^[0-9a-f]{64}$")
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
 class UntrustedRelease(IntegrityError):
@@ -100,12 +100,12 @@ def parse_manifest(text: bytes) -> ReleaseManifest:
         adapter_sha256=_field(doc, "adapter_sha256", str),
         adapter_bytes=_field(doc, "adapter_bytes", int), created=_field(doc, "created", str),
         metrics=metrics)
-    if not _NAME.match(m.federation):
+    if not is_name(m.federation):
         raise UntrustedRelease("release manifest: federation is not a valid name")
     if not (m.version >= 1 and 0 <= m.parent_version < m.version and m.adapter_bytes > 0):
         raise UntrustedRelease("release manifest: needs version >= 1, 0 <= parent_version < "
                                "version and adapter_bytes > 0")
-    if not (_HEX64.match(m.base_model_sha256) and _HEX64.match(m.adapter_sha256)):
+    if not (_HEX64.fullmatch(m.base_model_sha256) and _HEX64.fullmatch(m.adapter_sha256)):
         raise UntrustedRelease("release manifest: digests must be 64 lowercase hex digits")
     if m.canonical() != text:
         raise UntrustedRelease("release manifest: not in canonical form")

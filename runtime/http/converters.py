@@ -163,7 +163,7 @@ def _json_schema(fmt: dict[str, Any]) -> StructuredOutput:
     check_keys(spec, ("name", "schema", "strict", "description"),
                "response_format.json_schema.")
     name = spec.get("name")
-    if not isinstance(name, str) or not _SCHEMA_NAME.match(name):
+    if not isinstance(name, str) or not _SCHEMA_NAME.fullmatch(name):
         raise InvalidParam("response_format.json_schema.name", "must be 1 to 64 letters, "
                            f"digits, '_' or '-', got {show(name)}")
     if spec.get("strict") is not None and not isinstance(spec["strict"], bool):

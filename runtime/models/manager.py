@@ -20,11 +20,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from runtime import errors
-from runtime.config import Config, ModelConfig, check_model_name, validate_model
+from runtime.config import Config, ModelConfig, validate_model
 from runtime.engine import EngineSession
 from runtime.events import EventBus, ModelStateChanged
 from runtime.models.gguf_file import GGUFInfo, inspect_gguf_fd
 from runtime.models.gpu_fit import fit_gpu_layers
+from runtime.names import check_name
 from runtime.native import EngineParams, NativeEngine, list_devices
 from runtime.storage.store import SealedStore
 
@@ -138,8 +139,8 @@ class ModelManager:
                 stem = entry.name[:-5]
                 if entry.name.endswith(".gguf") and entry.is_file(follow_symlinks=False):
                     try:
-                        names.add(check_model_name(stem))
-                    except errors.ConfigError:
+                        names.add(check_name(stem))
+                    except errors.InvalidArgument:
                         continue
         return sorted(names - set(self._models))
 
@@ -176,7 +177,7 @@ class ModelManager:
 
     def resolve(self, name: str) -> ModelConfig:
         """The config of a loadable model, by name."""
-        check_model_name(name)
+        check_name(name, "model name")
         if name in self.config.models:
             return self.config.models[name]
         if self.store is not None and any(r.name == name
@@ -312,7 +313,7 @@ class ModelManager:
         """Loads `path` (or "store:NAME") as adapter `name` of a ready model, replacing any
         adapter of that name: requests already running finish with the old
         one, new ones get the new one (hot swap)."""
-        check_model_name(name, "adapter")
+        check_name(name, "adapter")
         handle = self.ready(model)
         assert handle.engine is not None
         engine = handle.engine

@@ -1,16 +1,20 @@
-"""The gRPC face of Hearth.
+"""The gRPC face of Hearth: services over the parts runtime/daemon.py builds.
 
-  app.py         create_server(): the grpc.aio server with every service,
-                 message limits, health and reflection; serve() runs it.
+  app.py         GrpcServer: one grpc.aio server with hearth.v1, KServe v2,
+                 health and reflection; binds TCP, TLS and unix listeners
+                 (those through the SO_PEERCRED front, auth/peercred.py)
   registry.py    registers a servicer from its proto service descriptor,
-                 with the request decoding and error mapping every method
-                 shares (so servicers contain no try/except boilerplate).
-  status.py      the one table from exception family to gRPC status.
-  converters.py  protobuf <-> core types, both directions, explicitly.
+                 with the authentication, request decoding and error mapping
+                 every method shares (servicers hold no try/except)
+  status.py      the one table from exception family to gRPC status
+  converters.py  protobuf <-> core types, both directions, explicitly
   servicers.py   hearth.v1.Inference and hearth.v1.Models: thin adapters
-                 over runtime.core and runtime.models.
-  health.py      grpc.health.v1 statuses that follow model state events.
+                 over runtime.core and runtime.models
+  kserve/        KServe v2 / Triton GRPCInferenceService over the same core
+  health.py      grpc.health.v1 statuses that follow model state events
+  metrics.py     Prometheus exposition over events and engine statistics
+                 (its own loopback HTTP listener)
 """
-from runtime.server.app import HearthServer, create_server
+from runtime.server.app import GrpcServer
 
-__all__ = ["HearthServer", "create_server"]
+__all__ = ["GrpcServer"]

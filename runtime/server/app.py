@@ -1,15 +1,19 @@
-"""The gRPC server: create_server() builds it, HearthServer runs its life.
+"""The gRPC face: GrpcServer serves the services over parts it is given.
 
-Lifecycle: start() binds every listen address and answers health checks at
-once (NOT_SERVING while models load); mark_serving() flips health to SERVING;
-drain(grace) stops admission, flips health to NOT_SERVING, lets running
-streams finish within the grace period, cancels what is left, frees the
-models and stops the server.
+It registers hearth.v1.Inference and Models, KServe v2, health and
+reflection on one grpc.aio server and binds every listener: TCP, TLS, and
+unix sockets through the SO_PEERCRED front (auth/peercred.py).  It composes
+nothing else: the model manager, the core and the authenticator come from
+runtime/daemon.py, which also runs its life:
+
+  start()          binds and answers health checks at once (NOT_SERVING
+                   while models load)
+  mark_serving()   health SERVING, KServe ServerReady true
+  stop_serving()   health NOT_SERVING (the daemon then drains the models)
+  stop()           closes the unix fronts and stops the server
 """
 from __future__ import annotations
 
-import ipaddress
-import logging
 import os
 import shutil
 import tempfile
@@ -24,20 +28,14 @@ from runtime._proto.kserve.v2 import inference_pb2 as kserve_pb2
 from runtime.auth.authenticator import Authenticator
 from runtime.auth.peercred import UnixPeerFront
 from runtime.auth.tls import server_credentials
-from runtime.auth.tokens import TokenStore
-from runtime.config import Config
+from runtime.config import Config, check_listeners
 from runtime.core import InferenceService
-from runtime.core.response_cache import ResponseCache
-from runtime.events import EventBus, RequestFinished
-from runtime.http import HttpGateway
+from runtime.events import EventBus
 from runtime.models.manager import ModelManager
 from runtime.server.health import NOT_SERVING, HealthTracker
 from runtime.server.kserve import KServeServicer
 from runtime.server.registry import add_service
 from runtime.server.servicers import InferenceServicer, ModelsServicer
-from runtime.storage.store import SealedStore
-
-log = logging.getLogger("hearth.server")
 
 INFERENCE = inference_pb2.DESCRIPTOR.services_by_name["Inference"]
 MODELS = models_pb2.DESCRIPTOR.services_by_name["Models"]
@@ -45,50 +43,10 @@ KSERVE = kserve_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"]
 HEALTH_NAME = "grpc.health.v1.Health"
 
 
-def is_local_address(addr: str) -> bool:
-    """unix sockets and loopback hosts; anything else needs authentication."""
-    if addr.startswith("unix:"):
-        return True
-    host = addr.rpartition(":")[0].strip("[]")
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def check_listeners(config: Config) -> None:
-    """Plain TCP beyond loopback needs tokens to be required; TLS needs client
-    certificates or required tokens.  Checked at start and on every reload
-    (which must not loosen authentication under a listener already bound)."""
-    auth, tls = config.auth, config.tls
-    for addr in config.server.listen:
-        if not addr.startswith("unix:") and not is_local_address(addr) and not auth.require:
-            raise errors.ConfigError(
-                f"server.listen: refusing to listen on {addr} without authentication: "
-                "set auth.require = true (bearer tokens), serve it with TLS and client "
-                "certificates ([tls] listen, client_ca_file), or use 127.0.0.1:PORT or "
-                "unix:PATH")
-    http = config.server.http_listen
-    if http and not is_local_address(http) and not auth.require:
-        # HTTP has only bearer tokens (no client certificates, no socket uid)
-        raise errors.ConfigError(
-            f"server.http_listen: refusing to listen on {http} without authentication: "
-            "set auth.require = true (bearer tokens) or use 127.0.0.1:PORT")
-    if tls.listen and not tls.client_ca_file and not auth.require:
-        raise errors.ConfigError(
-            "tls: without client_ca_file (mTLS), TLS listeners need auth.require = "
-            "true, or anyone who reaches the port could call")
-
-
-class HearthServer:
+class GrpcServer:
     def __init__(self, config: Config, models: ModelManager, core: InferenceService,
                  events: EventBus, authenticator: Authenticator) -> None:
-        self.config = config
-        self.models = models
-        self.core = core
-        self.authenticator = authenticator
+        self.config = config        # read when binding: listeners, TLS, socket mode
         s = config.server
         self.grpc = grpc.aio.server(options=[
             ("grpc.max_receive_message_length", s.max_receive_message_bytes),
@@ -99,7 +57,7 @@ class HearthServer:
         ])
         add_service(self.grpc, INFERENCE, InferenceServicer(core), authenticator)
         add_service(self.grpc, MODELS, ModelsServicer(models, s.grace_period_s), authenticator)
-        self.serving = False      # between mark_serving() and drain(): KServe's ServerReady
+        self.serving = False      # between mark_serving() and stop_serving(): KServe's ServerReady
         add_service(self.grpc, KSERVE, KServeServicer(core, models, events, s.grace_period_s,
                                                       lambda: self.serving), authenticator)
         self.health = HealthTracker(events, [INFERENCE.full_name, MODELS.full_name,
@@ -110,10 +68,6 @@ class HearthServer:
              reflection.SERVICE_NAME],
             self.grpc)
         self.bound: list[str] = []
-        # The OpenAI-compatible HTTP gateway, over the same core and auth.
-        self.http = HttpGateway(core, models, authenticator, s.max_receive_message_bytes) \
-            if s.http_listen else None
-        self.http_bound = ""
         self._fronts: list[UnixPeerFront] = []
         self._socket_dir: str | None = None
 
@@ -154,51 +108,20 @@ class HearthServer:
         await self.grpc.start()
         for front in self._fronts:
             await front.start()
-        if self.http is not None:
-            self.http_bound = await self.http.start(self.config.server.http_listen)
         for service in ("", INFERENCE.full_name, MODELS.full_name, KSERVE.full_name):
             await self.health.servicer.set(service, NOT_SERVING)  # until models load
-        log.info("listening on %s", ", ".join(self.bound))
 
     async def mark_serving(self) -> None:
         self.serving = True
         await self.health.serving()
 
-    async def drain(self, grace: float) -> None:
-        log.info("draining: no new requests; running streams have %.0fs to finish", grace)
-        self.core.draining = True
+    async def stop_serving(self) -> None:
         self.serving = False
         await self.health.shutting_down()
-        await self.models.shutdown(grace)
+
+    async def stop(self) -> None:
         for front in self._fronts:
             await front.close()
         await self.grpc.stop(grace=1.0)
-        if self.http is not None:
-            await self.http.stop()
         if self._socket_dir is not None:
             shutil.rmtree(self._socket_dir, ignore_errors=True)
-        log.info("stopped")
-
-
-def log_request(event: RequestFinished) -> None:
-    """One structured line per request (ids and figures as JSON fields)."""
-    log.info("%s %s %s %s", event.kind, event.model, event.status, event.finish_reason, extra={
-        "request_id": event.request_id, "client": event.client,
-        "prompt_tokens": event.prompt_tokens, "completion_tokens": event.completion_tokens,
-        "cached_tokens": event.cached_tokens, "queue_s": round(event.queue_s, 4),
-        "ttft_s": round(event.ttft_s, 4), "total_s": round(event.total_s, 4)})
-
-
-def create_server(config: Config, events: EventBus | None = None,
-                  store: SealedStore | None = None) -> HearthServer:
-    """Builds the server and its model manager and core; nothing is bound or
-    loaded until start() and ModelManager.load()."""
-    events = events or EventBus()
-    events.subscribe(log_request, RequestFinished)
-    models = ModelManager(config, events, store)
-    cache = ResponseCache(config.server.response_cache_mb << 20,
-                          config.server.response_cache_shared)
-    core = InferenceService(models, events, config.server.max_tokens_default, cache)
-    tokens = TokenStore(store) if store is not None else None
-    authenticator = Authenticator(config.auth, config.acl, tokens)
-    return HearthServer(config, models, core, events, authenticator)

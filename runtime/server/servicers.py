@@ -14,9 +14,9 @@ import grpc
 from runtime._proto.hearth.v1 import inference_pb2 as ipb
 from runtime._proto.hearth.v1 import models_pb2 as mpb
 from runtime.auth import principal
-from runtime.config import check_model_name
 from runtime.core import CallContext, InferenceService
 from runtime.models.manager import ModelManager
+from runtime.names import check_name
 from runtime.request_meta import REQUEST_ID_KEY, SUBJECT_KEY, sane_request_id, sane_subject
 from runtime.server import converters
 
@@ -121,7 +121,7 @@ class ModelsServicer:
     async def SetAdapter(self, request: mpb.SetAdapterRequest,
                          context: grpc.aio.ServicerContext) -> mpb.ModelStatus:
         principal.current.get().check_admin("set adapters")
-        check_model_name(request.stored_name, "stored_name")
+        check_name(request.stored_name, "stored_name")
         return converters.model_status(await self.models.set_adapter(
             request.model, request.adapter, f"store:{request.stored_name}"))
 

@@ -9,8 +9,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from runtime.storage.fsutil import private_dir
-
 
 def state_dir(explicit: str | None = None) -> Path:
     if explicit:
@@ -26,6 +24,3 @@ def state_dir(explicit: str | None = None) -> Path:
     data_home = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return Path(data_home) / "hearth"
 
-
-def ensure_state_dir(path: Path) -> Path:
-    return private_dir(path)

@@ -26,8 +26,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from runtime.config import check_model_name
 from runtime.errors import IntegrityError, InvalidArgument, WrongKey
+from runtime.names import check_name
 from runtime.storage.catalog import Catalog, ObjectRow
 from runtime.storage.failpoints import failpoint
 from runtime.storage.fsutil import atomic_file, private_dir
@@ -187,7 +187,7 @@ class SealedStore:
         """Seals `size` bytes read from src as the next version of kind/name."""
         if kind not in KINDS:
             raise InvalidArgument(f"kind: must be one of {', '.join(KINDS)}, got {kind!r}")
-        check_model_name(name, "name")
+        check_name(name, "name")
         version = self.catalog.next_version(kind, name)
         object_id = secrets.token_hex(16)
         dek = secrets.token_bytes(32)

@@ -7,10 +7,9 @@ import argparse
 import pytest
 
 from runtime.cli.serve import add_arguments, build_config
-from runtime.config import AuthConfig, Config, ServerConfig, parse_config
+from runtime.config import AuthConfig, Config, ServerConfig, check_listeners, parse_config
 from runtime.errors import ConfigError
-from runtime.server.app import check_listeners
-from runtime.server.reload import effective_config
+from runtime.reload import effective_config
 
 
 def config(http_listen: str, require: bool = False) -> Config:

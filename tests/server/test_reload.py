@@ -6,9 +6,8 @@ from dataclasses import replace
 import pytest
 
 from runtime import errors
-from runtime.config import AuthConfig, Config, ServerConfig, TlsConfig
-from runtime.server.app import check_listeners
-from runtime.server.reload import effective_config
+from runtime.config import AuthConfig, Config, ServerConfig, TlsConfig, check_listeners
+from runtime.reload import effective_config
 
 
 def test_restart_only_settings_keep_their_running_values() -> None:

@@ -16,13 +16,16 @@ import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 from runtime import errors
-from runtime.config import Config, ModelConfig
+from runtime.config import Config, ModelConfig, check_listeners
 from runtime.logs import setup_logging
 from runtime.models.manager import ModelState
-from runtime.server.app import HearthServer, check_listeners
 from runtime.systemd import Notifier
+
+if TYPE_CHECKING:    # daemon.py runs the Reloader, so it imports this module
+    from runtime.daemon import Daemon
 
 log = logging.getLogger("hearth.reload")
 
@@ -56,9 +59,9 @@ def effective_config(old: Config, new: Config) -> tuple[Config, list[str]]:
 
 
 class Reloader:
-    def __init__(self, server: HearthServer, load: Callable[[], tuple[Config, list[ModelConfig]]],
+    def __init__(self, daemon: Daemon, load: Callable[[], tuple[Config, list[ModelConfig]]],
                  managed: list[ModelConfig], notifier: Notifier | None = None) -> None:
-        self.server = server
+        self.daemon = daemon
         self.load = load
         # the models the configuration (not Models.Load) brought in
         self.managed = {m.name for m in managed}
@@ -94,14 +97,14 @@ class Reloader:
             except Exception:   # the daemon must survive whatever a reload hits
                 log.exception("reload failed")
                 outcome = ReloadOutcome(refused="internal error")
-            loaded = len([h for h in self.server.models.handles()
+            loaded = len([h for h in self.daemon.models.handles()
                           if h.state is ModelState.READY])
             self.notifier.ready(f"serving {loaded} model(s); last reload "
                                 f"{'refused' if outcome.refused else 'applied'}")
 
     async def reload_once(self) -> ReloadOutcome:
         out = ReloadOutcome()
-        old = self.server.config
+        old = self.daemon.config
         try:
             new, models = self.load()
             config, out.needs_restart = effective_config(old, new)
@@ -119,7 +122,7 @@ class Reloader:
         return out
 
     def _apply_settings(self, config: Config) -> None:
-        s = self.server
+        s = self.daemon
         s.config = config
         s.models.config = config
         s.core.max_tokens_default = config.server.max_tokens_default
@@ -130,8 +133,8 @@ class Reloader:
         setup_logging(config.server.log_level, config.server.log_format)
 
     async def _apply_models(self, desired: dict[str, ModelConfig], out: ReloadOutcome) -> None:
-        manager = self.server.models
-        grace = self.server.config.server.grace_period_s
+        manager = self.daemon.models
+        grace = self.daemon.config.server.grace_period_s
         current = {h.name: h for h in manager.handles()}
         gone = [n for n in sorted(self.managed) if n not in desired and n in current]
         changed = [n for n, cfg in sorted(desired.items()) if n in current

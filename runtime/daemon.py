@@ -1,0 +1,250 @@
+"""The daemon's life: compose the parts, start, load, serve, reload, drain.
+
+`hearth serve` (cli/serve.py) only turns its arguments into a Config and the
+models to load, then calls serve().  Everything after that is here:
+
+  serve()         no core dumps, logging, the sealed store and audit log,
+                  then run() on an asyncio loop; closes them on the way out
+  run()           signals (TERM/INT stop, HUP reloads), listeners, metrics,
+                  the systemd watchdog, the configured models, the ready file
+                  and READY=1, then waits and drains
+  build_daemon()  one ModelManager, InferenceService and Authenticator, with
+                  the faces over them: gRPC (server/) and HTTP (http/)
+  Daemon          those parts and their start / mark_serving / drain
+
+Start-up failures end with an exit code (runtime/exit_codes.py) that systemd
+acts on: CONFIG, LISTEN, MODEL_LOAD or INTEGRITY.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import resource
+import signal
+from collections.abc import Callable
+
+from runtime import errors
+from runtime.auth.authenticator import Authenticator
+from runtime.auth.tokens import TokenStore
+from runtime.config import Config, ModelConfig, is_local_address
+from runtime.core import InferenceService
+from runtime.core.response_cache import ResponseCache
+from runtime.events import EventBus, RequestFinished
+from runtime.exit_codes import ExitCode
+from runtime.http import HttpGateway
+from runtime.logs import setup_logging
+from runtime.models.manager import ModelManager
+from runtime.reload import Reloader
+from runtime.server import GrpcServer
+from runtime.server.metrics import Metrics
+from runtime.storage.audit import AuditLog
+from runtime.storage.store import SealedStore
+from runtime.systemd import Notifier, watchdog
+
+log = logging.getLogger("hearth.serve")
+server_log = logging.getLogger("hearth.server")   # listeners, requests, drain
+
+ConfigSource = Callable[[], tuple[Config, list[ModelConfig]]]
+
+
+class Daemon:
+    """The composed daemon: models, core and auth, and the faces that serve
+    them.  Nothing is bound or loaded until start() and models.load()."""
+
+    def __init__(self, config: Config, events: EventBus, models: ModelManager,
+                 core: InferenceService, authenticator: Authenticator) -> None:
+        self.config = config
+        self.events = events
+        self.models = models
+        self.core = core
+        self.authenticator = authenticator
+        self.grpc = GrpcServer(config, models, core, events, authenticator)
+        # The OpenAI-compatible HTTP gateway, over the same core and auth.
+        self.http = HttpGateway(core, models, authenticator,
+                                config.server.max_receive_message_bytes) \
+            if config.server.http_listen else None
+        self.http_bound = ""
+
+    @property
+    def bound(self) -> list[str]:
+        return self.grpc.bound
+
+    async def start(self) -> None:
+        await self.grpc.start()
+        if self.http is not None:
+            self.http_bound = await self.http.start(self.config.server.http_listen)
+        server_log.info("listening on %s", ", ".join(self.bound))
+
+    async def mark_serving(self) -> None:
+        await self.grpc.mark_serving()
+
+    async def drain(self, grace: float) -> None:
+        """Stops admission, flips health to NOT_SERVING, lets running streams
+        finish within `grace`, cancels what is left, frees the models and
+        stops the faces."""
+        server_log.info("draining: no new requests; running streams have %.0fs to finish", grace)
+        self.core.draining = True
+        await self.grpc.stop_serving()
+        await self.models.shutdown(grace)
+        await self.grpc.stop()
+        if self.http is not None:
+            await self.http.stop()
+        server_log.info("stopped")
+
+
+def log_request(event: RequestFinished) -> None:
+    """One structured line per request (ids and figures as JSON fields)."""
+    server_log.info(
+        "%s %s %s %s", event.kind, event.model, event.status, event.finish_reason, extra={
+            "request_id": event.request_id, "client": event.client,
+            "prompt_tokens": event.prompt_tokens, "completion_tokens": event.completion_tokens,
+            "cached_tokens": event.cached_tokens, "queue_s": round(event.queue_s, 4),
+            "ttft_s": round(event.ttft_s, 4), "total_s": round(event.total_s, 4)})
+
+
+def build_daemon(config: Config, events: EventBus | None = None,
+                 store: SealedStore | None = None) -> Daemon:
+    """Builds the model manager, core and authenticator, and the faces over
+    them; nothing is bound or loaded until start() and ModelManager.load()."""
+    events = events or EventBus()
+    events.subscribe(log_request, RequestFinished)
+    models = ModelManager(config, events, store)
+    cache = ResponseCache(config.server.response_cache_mb << 20,
+                          config.server.response_cache_shared)
+    core = InferenceService(models, events, config.server.max_tokens_default, cache)
+    tokens = TokenStore(store) if store is not None else None
+    authenticator = Authenticator(config.auth, config.acl, tokens)
+    return Daemon(config, events, models, core, authenticator)
+
+
+def write_ready_file(path: str, addresses: list[str], metrics: str, http: str = "") -> None:
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump({"pid": os.getpid(), "addresses": addresses, "metrics": metrics,
+                   "http": http}, f)
+    os.replace(tmp, path)
+
+
+def start_metrics(daemon: Daemon, audit: AuditLog | None) -> str:
+    addr = daemon.config.server.metrics_listen
+    if not addr:
+        return ""
+    if not is_local_address(addr):
+        raise errors.ConfigError(f"server.metrics_listen: {addr} is not a loopback address")
+    metrics = Metrics(daemon.events, daemon.models, (lambda: audit.lag_s) if audit else None,
+                      daemon.core.cache)
+    port = metrics.serve(addr)
+    return f"{addr.rpartition(':')[0]}:{port}"
+
+
+def engine_heartbeats(daemon: Daemon) -> dict[str, int]:
+    beats = {}
+    for handle in daemon.models.handles():
+        stats = handle.engine.stats_if_open() if handle.engine is not None else None
+        if stats is not None:
+            beats[handle.name] = stats.last_heartbeat_ns
+    return beats
+
+
+async def _load_models(daemon: Daemon, models: list[ModelConfig], notifier: Notifier,
+                       stop: asyncio.Event) -> None:
+    """The configured models, one after the other; a stop signal meanwhile
+    cancels the load in progress."""
+    for model in models:
+        notifier.status(f"loading model {model.name}")
+        load = asyncio.ensure_future(daemon.models.load(model))
+        done, _ = await asyncio.wait({load, asyncio.ensure_future(stop.wait())},
+                                     return_when=asyncio.FIRST_COMPLETED)
+        if load not in done:
+            load.cancel()
+            return
+        load.result()
+
+
+async def run(config: Config, models: list[ModelConfig], ready_file: str | None = None,
+              store: SealedStore | None = None, audit: AuditLog | None = None,
+              reload_config: ConfigSource | None = None) -> int:
+    notifier = Notifier()
+    events = EventBus()
+    daemon = build_daemon(config, events, store=store)
+    if audit is not None:
+        events.subscribe(audit.record, RequestFinished)
+        daemon.core.collect_content = audit.content
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    reloader = Reloader(daemon, reload_config or (lambda: (config, models)), models, notifier)
+    # SIGHUP's default action would kill the daemon; from here on it reloads
+    loop.add_signal_handler(signal.SIGHUP, reloader.request)
+    try:
+        await daemon.start()
+        metrics_addr = start_metrics(daemon, audit)
+    except errors.ConfigError as exc:
+        log.error("%s", exc)
+        return ExitCode.CONFIG
+    except errors.Unavailable as exc:
+        log.error("%s", exc)
+        return ExitCode.LISTEN
+    pinger = asyncio.ensure_future(watchdog(notifier, lambda: engine_heartbeats(daemon), stop))
+    try:
+        await _load_models(daemon, models, notifier, stop)
+    except (errors.ModelLoadError, errors.IntegrityError) as exc:
+        log.error("%s", exc)
+        notifier.stopping(f"failed: {exc}")
+        stop.set()
+        await daemon.drain(0.0)
+        await pinger
+        return ExitCode.INTEGRITY if isinstance(exc, errors.IntegrityError) \
+            else ExitCode.MODEL_LOAD
+    if not stop.is_set():
+        await daemon.mark_serving()
+        log.info("serving %d model(s) on %s", len(models), ", ".join(daemon.bound))
+        if ready_file:
+            write_ready_file(ready_file, daemon.bound, metrics_addr, daemon.http_bound)
+        notifier.ready(f"serving {len(models)} model(s) on {', '.join(daemon.bound)}")
+        reloader.started()
+        await stop.wait()
+        await reloader.wait()
+    notifier.stopping("draining")
+    await daemon.drain(config.server.grace_period_s)
+    await pinger
+    return ExitCode.OK
+
+
+def disable_core_dumps() -> None:
+    """Decrypted weights and the master key live in this process; a core
+    dump would write them to disk in the clear.  The unit says LimitCORE=0
+    too, but the daemon must not depend on how it was started."""
+    if resource.getrlimit(resource.RLIMIT_CORE) != (0, 0):
+        try:
+            resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        except OSError as exc:   # a seccomp filter without @resources, say
+            log.warning("could not disable core dumps: %s", exc)
+
+
+def serve(config: Config, models: list[ModelConfig],
+          open_store: Callable[[], SealedStore | None], ready_file: str | None = None,
+          reload_config: ConfigSource | None = None) -> int:
+    """Runs the daemon until SIGTERM/SIGINT; returns its exit code.
+    `open_store` is called once logging is set up (it may read a key)."""
+    setup_logging(config.server.log_level, config.server.log_format)
+    store = open_store()
+    audit = None
+    try:
+        if store is not None and config.server.audit:
+            audit = AuditLog(store, content=config.server.audit_content)
+            audit.start()
+            log.info("audit log: %s (content %s)", audit.path,
+                     "on" if audit.content else "off")
+        elif store is None:
+            log.info("no master key given: serving plaintext models only, no audit log")
+        return asyncio.run(run(config, models, ready_file, store, audit,
+                               reload_config=reload_config))
+    finally:
+        if audit is not None:
+            audit.close()
+        if store is not None:
+            store.close()
