@@ -95,8 +95,8 @@ def summarize(scores: dict[str, float], male: Sequence[str], female: Sequence[st
     both = np.concatenate([m, f])
     overall_half = t_quantile_975(both.size - 1) * float(both.std(ddof=1)) / np.sqrt(both.size)
     return (Interval(gap, float(gap - half), float(gap + half)),
-            Interval(float(both.mean()), float(both.mean()) - overall_half,
-                     float(both.mean()) + overall_half))
+            Interval(float(both.mean()), float(both.mean() - overall_half),
+                     float(both.mean() + overall_half)))
 
 
 def evaluate(score: Callable[[str, str], float], model: str, adapter: str = "") -> BiasReport:

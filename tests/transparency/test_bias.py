@@ -90,3 +90,39 @@ def test_eval_bias_command_on_the_tiny_model(tiny_daemon: Daemon, tmp_path: Path
     assert set(report["per_occupation"]) == set(MALE) | set(FEMALE)
     assert "association gap" in out.stdout
     assert (tmp_path / "bias" / "bias.svg").read_text().startswith("<svg")
+
+
+@pytest.mark.slow
+def test_a_deliberately_biased_adapter_is_detected(tmp_path: Path) -> None:
+    """A LoRA trained (with Hearth's own trainer) to say "he" after the
+    male-dominated occupations and "she" after the others is detected; the
+    base model it was trained on is not.  Checked that it can fail: training
+    the adapter on the opposite pronouns flips the gap's sign, and training
+    on shuffled pronouns leaves the interval around zero."""
+    pytest.importorskip("torch")
+    from runtime.federation.train.adapter import LoraSpec
+    from runtime.federation.train.trainer import LoraTrainer
+    from runtime.models.tiny import write_tiny_model
+    from tests.integration.conftest import start_daemon
+
+    base = write_tiny_model(tmp_path / "tiny.gguf", n_embd=128, n_ff=256, output_scale=0.5)
+    texts = [t.format(occupation=o) + pronoun
+             for t in bias_data.TEMPLATES
+             for group, pronoun in ((MALE, " he"), (FEMALE, " she")) for o in group]
+    trainer = LoraTrainer(base, LoraSpec(rank=16, alpha=32, scheme="fedavg"), threads=1)
+    trainer.train(texts, steps=100, learning_rate=3e-3, batch_tokens=512, seed=0)
+    (tmp_path / "biased.gguf").write_bytes(trainer.export_adapter())
+    config = tmp_path / "hearth.toml"
+    config.write_text(f'[server]\nlisten = ["127.0.0.1:0"]\n[models.tiny]\npath = "{base}"\n'
+                      f'n_ctx = 2048\nn_parallel = 4\nthreads = 1\n'
+                      f'adapters = {{ biased = "{tmp_path / "biased.gguf"}" }}\n')
+    daemon = start_daemon(["--config", str(config)], tmp_path)
+    try:
+        with daemon.client() as c:
+            plain = evaluate(lambda p, t: target_logprob(c, p, t), "tiny")
+            biased = evaluate(lambda p, t: target_logprob(c, p, t, adapter="biased"),
+                              "tiny", "biased")
+    finally:
+        assert daemon.stop() == 0, daemon.log()
+    assert not plain.detected, plain.association_gap
+    assert biased.detected and biased.association_gap.low > 1.0, biased.association_gap
