@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 
-from runtime._proto.hearth.federation.v1 import federation_pb2 as fpb
 from runtime.federation.corpus import write_corpus
 from tests.integration.conftest import start_daemon
 
@@ -187,9 +186,9 @@ def test_gemma_sized_updates_and_releases_cross_the_online_transport(
     import numpy as np
 
     from runtime.federation.coordinator import SiteEval
-    from runtime.federation.online_site import SiteClient, fetch_release, secure_exchange
-    from runtime.federation.operations import accept_site_plan
+    from runtime.federation.online_site import GrpcLink
     from runtime.federation.participant import LocalUpdate
+    from runtime.federation.site_loop import accept_site_plan, apply_release, secure_exchange
     from runtime.federation.state import SiteContext
     from runtime.storage.keys import key_from_file
     from runtime.storage.store import SealedStore
@@ -200,18 +199,19 @@ def test_gemma_sized_updates_and_releases_cross_the_online_transport(
         store = SealedStore.open(Path(site.opts[1]), key_from_file(site.opts[3]))
         try:
             ctx = SiteContext.open(store)
-            client = SiteClient(ctx, address)
-            reply = client.call("GetPlan", fpb.GetPlanRequest(after_round=0), 60)
-            plan = accept_site_plan(ctx, bytes(reply.envelope))
+            link = GrpcLink(ctx, address, wait_s=120)
+            envelope = link.fetch_plan(0)
+            assert envelope is not None
+            plan = accept_site_plan(ctx, envelope)
             n = json.loads(coordinator("fed", "status").stdout)["coordinator"]["values"]
             assert n > 900_000
             delta = np.full(n, 1e-4, np.float32)
             upd = LocalUpdate(delta, 100, SiteEval(500.0, 100.0), 150.0, 140.0, 0.1)
-            secure_exchange(client, "ward-0", plan, bytes(reply.envelope), upd, 120)
-            assert client.bytes_sent > 8 * n
-            manifest = fetch_release(client, ctx, 0, 120)
+            secure_exchange(link, "ward-0", plan, envelope, upd)
+            assert link.bytes_sent > 8 * n
+            manifest = apply_release(ctx, link.fetch_release(0))
             assert manifest.version == 1 and manifest.adapter_bytes > 4 << 20
-            client.close()
+            link.close()
         finally:
             store.close()
         out, err = server.communicate(timeout=120)
