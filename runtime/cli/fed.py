@@ -158,7 +158,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         try:
             s = load_site_record(store)
             doc["site"] = {"site": s.site, "federation": s.federation,
-                           "high_water": s.high_water, "applied_version": s.applied_version}
+                           "high_water": s.high_water, "applied_version": s.applied_version,
+                           "plans_answered": len(s.answered)}
         except FailedPrecondition:
             pass
     finally:
