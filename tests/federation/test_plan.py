@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import math
+from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -141,3 +142,19 @@ def test_the_policy_comes_from_the_federation_table_of_hearth_toml() -> None:
     assert site_policy(parse_config({}).federation) == NO_FLOOR
     with pytest.raises(ConfigError, match=r"federation\.max_rounds: unknown key"):
         parse_config({"federation": {"max_rounds": 3}})
+
+
+@pytest.mark.parametrize("command", ["participate", "export-update"])
+def test_the_site_commands_take_the_floor_from_config(tmp_path: Path, command: str) -> None:
+    from runtime.cli.fed import _site_policy
+    from runtime.cli.main import parser
+
+    config = tmp_path / "hearth.toml"
+    config.write_text("[federation]\nmin_noise_multiplier = 1.0\nmax_epsilon = 8.0\n"
+                      "max_rounds_per_day = 4\n")
+    extra = ["--plan", "p", "--out", "o"] if command == "export-update" else []
+    args = parser().parse_args(["fed", command, "--data", "notes", *extra,
+                                "--config", str(config)])
+    assert _site_policy(args) == SitePolicy(1.0, 8.0, 4)
+    args = parser().parse_args(["fed", command, "--data", "notes", *extra])
+    assert _site_policy(args) == NO_FLOOR
