@@ -25,11 +25,17 @@ ConfigError whose message starts with the dotted path of the key, e.g.
     draft = "/var/lib/hearth/models/draft.gguf" # speculative decoding (optional)
     adapters = { clinic = "clinic-lora.gguf" } # LoRA adapters requests may name
     cache_type_k = "q8_0"                     # KV-cache quantization (f16, q8_0, q4_0)
+
+    [federation]                              # a site's privacy floor (docs/federation.md)
+    min_noise_multiplier = 1.0                # plans with less DP noise are refused
+    max_epsilon = 8.0                         # over every plan this site answered
+    max_rounds_per_day = 4                    # 0 = no limit
 """
 from __future__ import annotations
 
 import difflib
 import ipaddress
+import math
 import os
 import re
 import tomllib
@@ -128,12 +134,23 @@ class TlsConfig:
 
 
 @dataclass(frozen=True)
+class FederationConfig:
+    """A federation site's privacy floor: `hearth fed participate` and
+    `export-update` refuse weaker plans before any training."""
+
+    min_noise_multiplier: float = 0.0
+    max_epsilon: float = math.inf
+    max_rounds_per_day: int = 0     # 0 = no limit
+
+
+@dataclass(frozen=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     models: dict[str, ModelConfig] = field(default_factory=dict)
     auth: AuthConfig = field(default_factory=AuthConfig)
     tls: TlsConfig = field(default_factory=TlsConfig)
     acl: dict[str, tuple[str, ...]] = field(default_factory=dict)  # identity -> models
+    federation: FederationConfig = field(default_factory=FederationConfig)
 
 
 _INT_RANGES: dict[str, tuple[int, int]] = {
@@ -142,7 +159,7 @@ _INT_RANGES: dict[str, tuple[int, int]] = {
     "threads": (1, 1024), "threads_batch": (0, 1024), "main_gpu": (0, 64),
     "max_receive_message_bytes": (1024, 1 << 30), "max_send_message_bytes": (1024, 1 << 30),
     "max_tokens_default": (1, 1 << 24), "burst_window_us": (0, 1_000_000),
-    "response_cache_mb": (0, 1 << 20), "n_draft": (1, 16),
+    "response_cache_mb": (0, 1 << 20), "n_draft": (1, 16), "max_rounds_per_day": (0, 1_000_000),
 }
 _CHOICES: dict[str, tuple[str, ...]] = {
     "flash_attn": ("auto", "on", "off"), "cache_type_k": ("f16", "f32", "q8_0", "q4_0"),
@@ -291,7 +308,7 @@ def _build(cls: type, path: str, table: dict[str, Any], **fixed: Any) -> Any:
 def parse_config(data: dict[str, Any], base_dir: Path | None = None) -> Config:
     """Validates a parsed TOML document.  Relative model paths are resolved
     against base_dir (the config file's folder)."""
-    tables = ["server", "models", "auth", "tls", "acl"]
+    tables = ["server", "models", "auth", "tls", "acl", "federation"]
     for key in data:
         if key not in tables:
             raise _unknown("", key, tables)
@@ -303,6 +320,7 @@ def parse_config(data: dict[str, Any], base_dir: Path | None = None) -> Config:
                               for k in ("cert_file", "key_file", "client_ca_file")
                               if getattr(tls, k) and not os.path.isabs(getattr(tls, k))})
     acl = _acl(data.get("acl", {}))
+    federation = _build(FederationConfig, "federation.", data.get("federation", {}))
     models: dict[str, ModelConfig] = {}
     tables = data.get("models", {})
     if not isinstance(tables, dict):
@@ -330,7 +348,8 @@ def parse_config(data: dict[str, Any], base_dir: Path | None = None) -> Config:
         models[name] = model
     if server.models_dir and base_dir is not None and not os.path.isabs(server.models_dir):
         server = replace(server, models_dir=str((base_dir / server.models_dir).resolve()))
-    return Config(server=server, models=models, auth=auth, tls=tls, acl=acl)
+    return Config(server=server, models=models, auth=auth, tls=tls, acl=acl,
+                  federation=federation)
 
 
 def _acl(table: Any) -> dict[str, tuple[str, ...]]:

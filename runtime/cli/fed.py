@@ -42,7 +42,7 @@ def _json(doc: dict[str, Any]) -> None:
 
 def cmd_init(args: argparse.Namespace) -> int:
     from runtime.federation.coordinator import FederationSettings
-    from runtime.federation.operations import init_coordinator
+    from runtime.federation.enrollment import init_coordinator
     from runtime.federation.plan import TrainerSettings
     from runtime.federation.state import file_sha256
     from runtime.federation.train import LoraSpec, lora_layout, trainable_size
@@ -71,7 +71,8 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def cmd_issue(args: argparse.Namespace) -> int:
-    from runtime.federation.operations import issue_kit, private_write
+    from runtime.federation.enrollment import issue_kit
+    from runtime.federation.files import private_write
 
     store = open_store(args)
     try:
@@ -99,20 +100,19 @@ def cmd_coordinator(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from runtime.federation.operations import PLAN_FILE, open_plan, private_write
+    from runtime.federation.files import open_plan
 
     store = open_store(args)
     try:
-        _, record, envelope = open_plan(store)
+        plan, path = open_plan(store, Path(args.out))
     finally:
         store.close()
-    path = private_write(Path(args.out) / PLAN_FILE, envelope)
-    _json({"round": record.rounds_done + 1, "plan": str(path)})
+    _json({"round": plan.round, "plan": str(path)})
     return ExitCode.OK
 
 
 def cmd_collect(args: argparse.Namespace) -> int:
-    from runtime.federation.operations import collect_updates
+    from runtime.federation.files import collect_updates
 
     store = open_store(args)
     try:
@@ -126,7 +126,7 @@ def cmd_collect(args: argparse.Namespace) -> int:
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
-    from runtime.federation.operations import publish_round
+    from runtime.federation.files import publish_round
 
     store = open_store(args)
     try:
@@ -158,7 +158,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         try:
             s = load_site_record(store)
             doc["site"] = {"site": s.site, "federation": s.federation,
-                           "high_water": s.high_water, "applied_version": s.applied_version}
+                           "high_water": s.high_water, "applied_version": s.applied_version,
+                           "plans_answered": len(s.answered)}
         except FailedPrecondition:
             pass
     finally:
@@ -170,7 +171,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 # ---- site ----------------------------------------------------------------------------------
 
 def cmd_enroll(args: argparse.Namespace) -> int:
-    from runtime.federation.operations import enroll_site, private_write
+    from runtime.federation.enrollment import enroll_site
+    from runtime.federation.files import private_write
 
     store = open_store(args)
     try:
@@ -184,7 +186,7 @@ def cmd_enroll(args: argparse.Namespace) -> int:
 
 
 def cmd_join(args: argparse.Namespace) -> int:
-    from runtime.federation.operations import join_site
+    from runtime.federation.enrollment import join_site
 
     store = open_store(args)
     try:
@@ -201,23 +203,34 @@ def _site(store: SealedStore) -> Any:
     return SiteContext.open(store)
 
 
+def _site_policy(args: argparse.Namespace) -> Any:
+    """The site's privacy floor: [federation] of the hearth.toml given, or
+    none (SitePolicy's defaults)."""
+    from runtime.config import load_config
+    from runtime.federation.plan import SitePolicy, site_policy
+
+    return site_policy(load_config(args.config).federation) if args.config else SitePolicy()
+
+
 def cmd_participate(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
-    from runtime.federation.online_site import SiteClient, participate
-    from runtime.federation.operations import site_data
+    from runtime.federation.online_site import GrpcLink
+    from runtime.federation.site_loop import participate
+    from runtime.federation.site_training import site_data
     from runtime.logs import setup_logging
 
     setup_logging("info", "text")
+    policy = _site_policy(args)
     store = open_store(args)
     try:
         site = _site(store)
         data = site_data(store, args.data, args.heldout)
-        client = SiteClient(site, args.coordinator, args.server_name)
+        link = GrpcLink(site, args.coordinator, args.server_name, args.wait)
         try:
-            run = participate(site, data, client, args.threads, args.wait)
+            run = participate(site, link, data, policy, args.threads)
         finally:
-            client.close()
+            link.close()
     finally:
         store.close()
     _json(asdict(run))
@@ -225,14 +238,16 @@ def cmd_participate(args: argparse.Namespace) -> int:
 
 
 def cmd_export_update(args: argparse.Namespace) -> int:
-    from runtime.federation.operations import export_update, site_data
+    from runtime.federation.files import export_update
+    from runtime.federation.site_training import site_data
 
+    policy = _site_policy(args)
     store = open_store(args)
     try:
         site = _site(store)
         data = site_data(store, args.data, args.heldout)
         path, upd = export_update(site, Path(args.plan).read_bytes(), data, Path(args.out),
-                                  args.threads)
+                                  policy, args.threads)
     finally:
         store.close()
     _json({"update": str(path), "bytes": path.stat().st_size, "tokens": upd.tokens,
@@ -260,10 +275,12 @@ def _audit(store: SealedStore, action: str, detail: dict[str, Any]) -> None:
 
 
 def cmd_import_release(args: argparse.Namespace) -> int:
+    from runtime.federation.site_loop import apply_release
+
     store = open_store(args)
     try:
         site = _site(store)
-        manifest = site.import_release(Path(args.file).read_bytes())
+        manifest = apply_release(site, Path(args.file).read_bytes())
         _audit(store, "federation.release_applied",
                {"federation": manifest.federation, "version": manifest.version,
                 "adapter_sha256": manifest.adapter_sha256})
@@ -292,7 +309,7 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from runtime.federation.operations import evaluate_site, site_data
+    from runtime.federation.site_training import evaluate_site, site_data
 
     store = open_store(args)
     try:
@@ -326,6 +343,12 @@ def _data_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--heldout", help="sealed data set for held-out perplexity (default: every "
                                      "10th note of --data, not trained on)")
     p.add_argument("--threads", type=int, help="trainer threads (default: all cores)")
+
+
+def _policy_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="the site's hearth.toml: its [federation] table is the "
+                                    "privacy floor every plan must meet (default: no floor; "
+                                    "a plan is still answered at most once)")
 
 
 def _daemon_options(p: argparse.ArgumentParser) -> None:
@@ -403,6 +426,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--base-model", required=True)
     p = _store_command(fsub, "participate", "take part in online rounds", cmd_participate)
     _data_options(p)
+    _policy_option(p)
     p.add_argument("--coordinator", help="HOST:PORT (default: the kit's)")
     p.add_argument("--server-name", help="the name in the coordinator's certificate, when "
                                          "the address differs")
@@ -410,6 +434,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = _store_command(fsub, "export-update", "train for a plan; write the update file",
                        cmd_export_update)
     _data_options(p)
+    _policy_option(p)
     p.add_argument("--plan", required=True)
     p.add_argument("--out", required=True)
     p = _store_command(fsub, "import-release", "verify and apply a release file",

@@ -1,20 +1,42 @@
-"""Federated updates: the decision core of Hearth's federation.
+"""Federated adapter training: sites improve the adapter they serve from
+their own text, which never leaves them; a coordinator combines their
+clipped, noised updates into a signed release (docs/federation.md).
 
-Sites train small adapters on data that never leaves them; a coordinator
-combines their updates into a new global adapter.  This package holds the
-parts that decide and compute, with no I/O of their own, so that the same
-logic runs over gRPC, over bundles on removable media, and in tests:
+The parts that decide what to trust and compute do no I/O, so the same
+logic runs over gRPC, over files on removable media, and in tests:
 
-* `dp`      - clipping, Gaussian noise and the Rényi-DP accountant that says
-              what epsilon a run of rounds has spent, and refuses a round
-              that would exceed the budget;
-* `secagg`  - secure aggregation (Bonawitz et al., CCS 2017): pairwise masks
-              from X25519 agreement that cancel in the sum, with the mask
-              secrets shared by Shamir's scheme so that the sum survives
-              sites that drop out, and the coordinator sees only the sum;
-* `aggregate` - token-weighted FedAvg and the checks an update must pass;
-* `plan`    - signed round plans and a site's decision to take part;
-* `release` - signed release manifests and a site's accept/rollback decision;
-* `update_bundle` - air-gapped site updates and the coordinator's checks;
-* `pki`     - the federation's signing key and CA, site enrollment.
+* `coordinator` - a round from the coordinator's side: signed plan,
+                  the updates that count, FedAvg, privacy budget, release;
+* `participant` - a site's update: train, clip, add noise, lay it out;
+* `plan`        - signed round plans, and a site's decision to answer one:
+                  its privacy floor (`SitePolicy`) and its ledger of answered
+                  plans (each is answered at most once);
+* `release`     - signed release manifests, a site's accept/rollback
+                  decision and high-water mark;
+* `dp`          - clipping, Gaussian noise, the Rényi-DP accountant;
+* `secagg`      - secure aggregation (Bonawitz et al., CCS 2017): pairwise
+                  masks that cancel in the sum, Shamir-shared so that the sum
+                  survives sites that drop out;
+* `aggregate`   - token-weighted FedAvg and the checks an update must pass;
+* `update_bundle`, `documents` - sealed update files, release files, site
+                  requests and kits;
+* `pki`         - the federation's signing key and CA, site certificates.
+
+Around them, written once for every transport:
+
+* `site_loop`   - the site's round (accept -> record -> train -> send ->
+                  apply the release) against `CoordinatorLink`;
+* `rounds`      - the coordinator's round steps on its store
+                  (`CoordinatorRounds`) and `drive_round`, against
+                  `SiteExchange`;
+* `site_training` - a site's data sets, trainer and evaluation;
+* `state`       - every key, record, ledger, release and update, sealed in
+                  the store; `enrollment` - init, enroll, issue, join.
+
+The transports implement the two protocols: `online` (coordinator:
+GrpcExchange and the Federation service, mTLS site identity) with
+`online_site` (site: GrpcLink), `serve` (`hearth fed coordinator`); and
+`files` (FileLink, FileExchange, the plan/collect/publish commands).
+`train/` is the PyTorch LoRA trainer (the `hearth[train]` extra);
+`simulate` and `corpus` run a whole federation on one machine.
 """

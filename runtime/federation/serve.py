@@ -1,25 +1,22 @@
-"""`hearth fed coordinator`: the gRPC server around the round driver."""
+"""`hearth fed coordinator`: online rounds, the gRPC server around
+rounds.drive_round and online.GrpcExchange."""
 from __future__ import annotations
 
 import asyncio
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Any
 
 import grpc
 
 from runtime import errors
-from runtime._proto.hearth.federation.v1 import federation_pb2_grpc as fgrpc
-from runtime.federation.online import (
-    CHANNEL_OPTIONS,
-    FederationServicer,
-    RoundDriver,
-    server_credentials,
-)
-from runtime.federation.operations import coordinator_authority
+from runtime.federation.enrollment import coordinator_authority
+from runtime.federation.online import GrpcExchange, add_federation_service, server_credentials
+from runtime.federation.online_site import CHANNEL_OPTIONS
 from runtime.federation.pki import pem_cert, pem_key
-from runtime.federation.state import build_coordinator, coordinator_keys, load_coordinator_record
+from runtime.federation.rounds import CoordinatorRounds, drive_round
 from runtime.storage.store import SealedStore
 
 log = logging.getLogger("hearth.federation")
@@ -36,19 +33,17 @@ async def serve_rounds(store: SealedStore, listen: str, rounds: int, step_second
                        ready_file: str | None, linger: float) -> dict[str, Any]:
     if rounds < 1:
         raise errors.ConfigError("--rounds: must be >= 1")
-    record = load_coordinator_record(store)
-    if record.open_plan:
+    steps = CoordinatorRounds(store)
+    if steps.record.open_plan:
         raise errors.FailedPrecondition("an air-gapped round is open (`hearth fed plan`); "
                                         "publish it before running online rounds")
-    coordinator = build_coordinator(store, record)
-    _, _, release_key = coordinator_keys(store)
-    authority = coordinator_authority(store, record)
+    authority = coordinator_authority(store, steps.record)
     # The server's certificate lives as long as the process: the CA key in the
     # store can always issue another, and sites trust the CA, not this key.
     key, cert = authority.issue_server([_host(listen)])
     server = grpc.aio.server(options=CHANNEL_OPTIONS)
-    driver = RoundDriver(store, record, coordinator, release_key, rounds, step_seconds)
-    fgrpc.add_FederationServicer_to_server(FederationServicer(driver), server)
+    exchange = GrpcExchange()
+    add_federation_service(server, exchange, steps.c.sites)
     creds = server_credentials(pem_cert(authority.ca_cert), pem_key(key), pem_cert(cert))
     port = server.add_secure_port(listen, creds)
     if port == 0:
@@ -59,15 +54,22 @@ async def serve_rounds(store: SealedStore, listen: str, rounds: int, step_second
         tmp = Path(f"{ready_file}.{os.getpid()}.tmp")
         tmp.write_text(address)
         tmp.replace(ready_file)
-    log.info("federation %s: coordinator on %s, %d sites enrolled",
-             record.settings.federation, address, len(coordinator.sites))
+    log.info("federation %s: coordinator on %s, %d sites enrolled", steps.federation, address,
+             len(steps.c.sites))
+    published, round_seconds = [], []
     try:
-        await driver.run()
+        try:
+            for _ in range(rounds):
+                started = time.monotonic()
+                published.append(await drive_round(steps, exchange, step_seconds))
+                round_seconds.append(time.monotonic() - started)
+        finally:
+            await exchange.finish()
         await asyncio.sleep(linger)     # sites fetch the last release
     finally:
         await server.stop(grace=1.0)
-    return {"federation": record.settings.federation, "address": address,
-            "versions": [p.version for p in driver.published],
-            "round_seconds": [round(s, 3) for s in driver.round_seconds],
-            "epsilon": coordinator.epsilon(),
-            "metrics": [p.manifest.metrics for p in driver.published]}
+    return {"federation": steps.federation, "address": address,
+            "versions": [p.version for p in published],
+            "round_seconds": [round(s, 3) for s in round_seconds],
+            "epsilon": steps.c.epsilon(),
+            "metrics": [p.manifest.metrics for p in published]}

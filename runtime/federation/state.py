@@ -17,11 +17,11 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
-from runtime.errors import FailedPrecondition, InvalidArgument, NotFound
+from runtime.errors import FailedPrecondition, NotFound
 from runtime.federation.coordinator import Coordinator, FederationSettings
 from runtime.federation.documents import SiteKit, open_release_file, unb64
 from runtime.federation.dp import PrivacyAccountant
-from runtime.federation.plan import TrainerSettings
+from runtime.federation.plan import AnsweredPlan, RoundPlan, TrainerSettings, plan_id
 from runtime.federation.release import ReleaseManifest, TrustedReleases, key_fingerprint
 from runtime.storage.store import SealedStore
 
@@ -153,13 +153,18 @@ class SiteRecord:
     base_model_path: str = ""
     high_water: int = 0             # highest release version accepted
     applied_version: int = 0        # the release being served (below high_water after rollback)
+    # Every plan this site trained for, recorded before training: a plan is
+    # answered at most once, and the floor counts rounds and epsilon from it.
+    answered: list[AnsweredPlan] = field(default_factory=list)
 
     def dumps(self) -> bytes:
         return json.dumps(asdict(self), sort_keys=True).encode()
 
 
 def load_site_record(store: SealedStore) -> SiteRecord:
-    return SiteRecord(**_get_json(store, "site", "site"))
+    doc = _get_json(store, "site", "site")
+    answered = [AnsweredPlan(**a) for a in doc.pop("answered", [])]
+    return SiteRecord(**doc, answered=answered)
 
 
 def save_site_record(store: SealedStore, record: SiteRecord) -> None:
@@ -206,6 +211,14 @@ class SiteContext:
         return (self.kit.ca_cert_pem.encode(), self.kit.site_cert_pem.encode(),
                 _key(self.store, "fed-site-tls"))
 
+    def record_answer(self, plan: RoundPlan, now: float) -> None:
+        """Enters `plan` in the site's sealed ledger; done before training,
+        so that a crash after the update left cannot lead to a second
+        answer."""
+        self.record.answered.append(AnsweredPlan(plan_id(plan), plan.round, now,
+                                                 plan.noise_multiplier))
+        save_site_record(self.store, self.record)
+
     def import_release(self, blob: bytes) -> ReleaseManifest:
         """Every check, then the release and its adapter go into the store
         and the high-water mark rises (SECURITY-CASES 9, 10)."""
@@ -243,9 +256,3 @@ class SiteContext:
         if not self.record.applied_version:
             return None
         return self.stored_release(self.record.applied_version)[1]
-
-    def check_base_model(self, path: str) -> None:
-        digest = file_sha256(path)
-        if digest != self.base_model_sha256:
-            raise InvalidArgument(f"base model {path}: SHA-256 {digest[:12]}..., the "
-                                  f"federation trains {self.base_model_sha256[:12]}...")

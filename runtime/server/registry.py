@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
@@ -25,10 +25,16 @@ from google.protobuf.message import DecodeError, Message
 
 from runtime import errors
 from runtime.auth import principal
-from runtime.auth.authenticator import Authenticator
 from runtime.server.status import abort_args
 
 log = logging.getLogger("hearth.server")
+
+
+class Authenticator(Protocol):
+    """Who the caller is: auth/authenticator.py's for the daemon's services,
+    federation/online.py's SiteAuthenticator for the federation's."""
+
+    def authenticate(self, context: grpc.aio.ServicerContext) -> principal.Principal: ...
 
 
 @dataclass(frozen=True)

@@ -15,8 +15,13 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from runtime import errors
 from runtime.federation.aggregate import SiteUpdate
-from runtime.federation.coordinator import EVAL_FIELDS, Coordinator, FederationSettings
-from runtime.federation.participant import heldout_split, split_notes
+from runtime.federation.coordinator import EVAL_FIELDS, Coordinator, FederationSettings, SiteEval
+from runtime.federation.participant import (
+    LocalUpdate,
+    heldout_split,
+    secagg_payload,
+    split_notes,
+)
 from runtime.federation.plan import TrainerSettings, accept_plan, read_plan, site_noise_std
 from runtime.federation.release import TrustedReleases, key_fingerprint
 from runtime.federation.secagg import SecAggSite
@@ -151,6 +156,52 @@ def test_secure_round_matches_the_plain_mean_with_a_dropped_site(layout) -> None
     # the coordinator held masked vectors only: none is any site's input
     for s, y in agg.masked.items():
         assert not np.allclose(y[:n].view(np.int64) / 2**24, deltas[s] * weights[s], atol=1.0)
+
+
+def test_uniform_weights_when_dp_is_on_plain_round(layout) -> None:  # type: ignore[no-untyped-def]
+    """With DP on, three sites with 100, 200 and 700 training tokens count
+    equally (a token weight would let one site's influence exceed the clip
+    bound the accountant assumes).  Fails when the coordinator's `weight =
+    1 if noise_multiplier > 0 else tokens` takes the tokens always (tried:
+    the mean comes out 0.1/0.2/0.7)."""
+    c = coordinator(layout, min_sites=2, noise_multiplier=1.0, clip_norm=1.0)
+    n = c.settings.trainable_size
+    rng = np.random.default_rng(4)
+    deltas = [rng.standard_normal(n).astype(np.float32) * 0.01 for _ in range(3)]
+    c.open_round(time.time())
+    for (site, _), d, tokens in zip(SITES.items(), deltas, (100, 200, 700), strict=True):
+        c.submit_update(sealed(c, site, payload(d), tokens), site)
+    published = c.close_round(time.time())
+    got = trainable_from_adapter(layout, SPEC, published.adapter)
+    np.testing.assert_allclose(got, (deltas[0] + deltas[1] + deltas[2]) / 3, atol=1e-6)
+    assert published.manifest.metrics["sites"] == 3 and "epsilon" in published.manifest.metrics
+
+
+def test_uniform_weights_when_dp_is_on_secure_round(layout) -> None:  # type: ignore[no-untyped-def]
+    """The same under secure aggregation, where the weight travels inside
+    the masked vector (`secagg_payload`): three sites with different token
+    counts give the plain mean of their noised updates.  Fails when
+    `secagg_payload` weighs by tokens with DP on (tried)."""
+    c = coordinator(layout, min_sites=2, secure_aggregation=True, noise_multiplier=1.0,
+                    clip_norm=1.0)
+    n = c.settings.trainable_size
+    envelope = c.open_round(time.time())
+    assert c.current is not None and c.current.secagg is not None
+    plan, agg = c.current.plan, c.current.secagg
+    parties = {s: SecAggSite(s, hashlib.sha256(envelope).digest(), 2) for s in SITES}
+    roster = agg.collect_keys([p.advertise() for p in parties.values()])
+    inbox = agg.route([p.share(roster) for p in parties.values()])
+    rng = np.random.default_rng(5)
+    updates = {s: LocalUpdate((rng.standard_normal(n) * 0.01).astype(np.float32), tokens,
+                              SiteEval(10.0, 5.0), 9.0, 8.0, 0.1)
+               for s, tokens in zip(SITES, (100, 200, 700), strict=True)}
+    masked = [parties[s].mask(secagg_payload(u, plan), inbox[s]) for s, u in updates.items()]
+    survivors, dropped = agg.collect_masked(masked)
+    responses = [parties[s].unmask(survivors, dropped) for s in survivors]
+    published = c.close_round(time.time(), agg.finish(responses))
+    expected = sum(u.delta.astype(np.float64) for u in updates.values()) / 3
+    np.testing.assert_allclose(trainable_from_adapter(layout, SPEC, published.adapter),
+                               expected, atol=1e-6)
 
 
 def test_the_privacy_budget_refuses_the_round_that_would_exceed_it(layout) -> None:  # type: ignore[no-untyped-def]

@@ -5,16 +5,18 @@ load, rollback, and the simulation that `make test` runs."""
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from runtime._proto.hearth.federation.v1 import federation_pb2 as fpb
+from runtime.client import HearthClient
 from runtime.federation.corpus import write_corpus
 from tests.integration.conftest import start_daemon
 
@@ -69,6 +71,74 @@ def start_coordinator(coordinator: Party, ready: Path) -> tuple[subprocess.Popen
     return server, ready.read_text()
 
 
+def probe(c: HearthClient) -> list[float]:
+    """Greedy log-probabilities of 8 tokens with the federation's adapter:
+    which version of it the daemon serves."""
+    return [lp.logprob for chunk in c.generate("the patient", max_tokens=8, temperature=0.0,
+                                               ignore_eos=True, adapter="fed-clinics",
+                                               logprobs=True)
+            for lp in chunk.logprobs]
+
+
+@dataclass
+class Call:
+    start: float
+    first: float = math.inf         # when the first chunk arrived
+    end: float = math.inf
+    tokens: int = 0
+    error: BaseException | None = None
+
+
+class StreamLoad:
+    """Clients streaming with the federation's adapter, one call after the
+    other until stopped, each call's first-chunk and end times recorded (as
+    test_reload.py proves overlap with a reload)."""
+
+    def __init__(self, addr: str, clients: int, max_tokens: int) -> None:
+        self.calls: list[Call] = []
+        self.lock = threading.Lock()
+        self.stopped = threading.Event()
+        self.threads = [threading.Thread(target=self._run, args=(addr, max_tokens), daemon=True)
+                        for _ in range(clients)]
+        for t in self.threads:
+            t.start()
+
+    def _run(self, addr: str, max_tokens: int) -> None:
+        with HearthClient(addr, timeout=300) as c:
+            while not self.stopped.is_set():
+                call = Call(time.monotonic())
+                with self.lock:
+                    self.calls.append(call)
+                try:
+                    for chunk in c.generate("the patient", max_tokens=max_tokens,
+                                            temperature=0.8, ignore_eos=True,
+                                            adapter="fed-clinics"):
+                        call.first = min(call.first, time.monotonic())
+                        call.tokens += len(chunk.token_ids)
+                except Exception as exc:
+                    call.error = exc
+                call.end = time.monotonic()
+
+    def wait_until_streaming(self, started_after: float = 0.0) -> None:
+        """Until every client has a call, started after `started_after`, that
+        has sent its first chunk."""
+        deadline = time.monotonic() + 120
+        while True:
+            with self.lock:
+                streaming = sum(1 for k in self.calls
+                                if k.start > started_after and k.first < math.inf)
+            if streaming >= len(self.threads):
+                return
+            assert time.monotonic() < deadline, "the streams did not start"
+            time.sleep(0.01)
+
+    def stop(self) -> list[Call]:
+        self.stopped.set()
+        for t in self.threads:
+            t.join(300)
+        return self.calls
+
+
 def air_gapped_round(coordinator: Party, site: Party, media: Path) -> str:
     plan = coordinator.json("fed", "plan", "--out", str(media))["plan"]
     out = site.json("fed", "export-update", "--plan", plan, "--out", str(media / "up"),
@@ -80,6 +150,15 @@ def air_gapped_round(coordinator: Party, site: Party, media: Path) -> str:
 
 def test_air_gapped_rounds_hot_swap_under_load_and_rollback(tmp_path: Path,
                                                             tiny_model: Path) -> None:
+    """Two air-gapped rounds; release v2 hot-swapped into a daemon while 8
+    clients stream with the adapter: streams that had their first chunk
+    before the swap end after it without error, streams begun after it run,
+    and later requests are served by v2 (other log-probabilities than v1's;
+    v1's again after the rollback).  Checked that it can fail: without the
+    set_adapter call the probe's numbers move by 2e-6 only and the v2
+    assertion fails; `across` is empty when no stream ran during the swap.
+    (On e3a5e70 the streams were started and the swap made with nothing
+    proving that they overlapped, nor which version later requests got.)"""
     coordinator, (site,) = federation(tmp_path, tiny_model)
     v1 = air_gapped_round(coordinator, site, tmp_path / "media-1")
     assert site.json("fed", "import-release", v1)["version"] == 1
@@ -115,30 +194,30 @@ fed-clinics = "store:fed-clinics"
 ''')
     d = start_daemon(["--config", str(config), *site.opts], tmp_path)
     try:
-        errors: list[BaseException] = []
-        done: list[int] = []
-
-        def stream() -> None:
-            try:
-                with d.client() as c:
-                    _, tokens, _ = c.complete("the patient", max_tokens=300, temperature=0.0,
-                                              ignore_eos=True, adapter="fed-clinics")
-                done.append(len(tokens))
-            except BaseException as exc:
-                errors.append(exc)
-
-        threads = [threading.Thread(target=stream) for _ in range(8)]
-        for t in threads:
-            t.start()
-        time.sleep(0.5)
-        # the release goes into the store and into the running engine
-        out = site.json("fed", "import-release", v2, "--daemon", d.tcp, "--daemon-model", "tiny")
-        assert out == {"metrics": out["metrics"], "swapped_as": "fed-clinics", "version": 2}
-        for t in threads:
-            t.join(timeout=300)
-        assert not errors and done == [300] * 8, errors
+        with d.client() as c:
+            v1_probe = probe(c)                 # the daemon loaded v1 from the store at start
+        # v2 goes into the store; the daemon keeps serving v1 until told
+        out = site.json("fed", "import-release", v2)
+        assert out == {"metrics": out["metrics"], "swapped_as": None, "version": 2}
+        load = StreamLoad(d.tcp, clients=8, max_tokens=400)
+        load.wait_until_streaming()
+        with d.client() as c:
+            swap_start = time.monotonic()
+            c.set_adapter("tiny", "fed-clinics", "fed-clinics")   # what --daemon calls
+            swap_done = time.monotonic()
+        load.wait_until_streaming(started_after=swap_done)
+        calls = load.stop()
+        assert calls and all(k.error is None and k.tokens == 400 for k in calls), calls
+        # streams were running across the swap (first chunk before, last after) ...
+        across = [k for k in calls if k.first < swap_start and k.end > swap_done]
+        assert across, "no stream was running during the swap"
+        # ... and streams started after it finished too
+        assert [k for k in calls if k.start > swap_done]
         with d.client() as c:
             assert list(c.get_model("tiny").adapters) == ["fed-clinics"]
+            v2_probe = probe(c)
+        # later requests use the new version: other numbers than v1's ...
+        assert max(abs(a - b) for a, b in zip(v1_probe, v2_probe, strict=True)) > 1e-4
         assert "adapter fed-clinics loaded from store:fed-clinics" in d.log()
 
         # SECURITY-CASES 9: an older release is refused ...
@@ -150,8 +229,9 @@ fed-clinics = "store:fed-clinics"
         assert back["version"] == 1 and back["from_version"] == 2
         status = json.loads(site("fed", "status").stdout)["site"]
         assert status["applied_version"] == 1 and status["high_water"] == 2
+        # ... and v1's numbers again once rolled back to it
         with d.client() as c:
-            c.complete("the patient", max_tokens=4, adapter="fed-clinics")
+            assert probe(c) == pytest.approx(v1_probe, abs=3e-5)
     finally:
         assert d.stop() == 0, d.log()
     records = [json.loads(line) for line in site("audit", "export").stdout.splitlines()]
@@ -187,9 +267,9 @@ def test_gemma_sized_updates_and_releases_cross_the_online_transport(
     import numpy as np
 
     from runtime.federation.coordinator import SiteEval
-    from runtime.federation.online_site import SiteClient, fetch_release, secure_exchange
-    from runtime.federation.operations import accept_site_plan
+    from runtime.federation.online_site import GrpcLink
     from runtime.federation.participant import LocalUpdate
+    from runtime.federation.site_loop import accept_site_plan, apply_release, secure_exchange
     from runtime.federation.state import SiteContext
     from runtime.storage.keys import key_from_file
     from runtime.storage.store import SealedStore
@@ -200,18 +280,19 @@ def test_gemma_sized_updates_and_releases_cross_the_online_transport(
         store = SealedStore.open(Path(site.opts[1]), key_from_file(site.opts[3]))
         try:
             ctx = SiteContext.open(store)
-            client = SiteClient(ctx, address)
-            reply = client.call("GetPlan", fpb.GetPlanRequest(after_round=0), 60)
-            plan = accept_site_plan(ctx, bytes(reply.envelope))
+            link = GrpcLink(ctx, address, wait_s=120)
+            envelope = link.fetch_plan(0)
+            assert envelope is not None
+            plan = accept_site_plan(ctx, envelope)
             n = json.loads(coordinator("fed", "status").stdout)["coordinator"]["values"]
             assert n > 900_000
             delta = np.full(n, 1e-4, np.float32)
             upd = LocalUpdate(delta, 100, SiteEval(500.0, 100.0), 150.0, 140.0, 0.1)
-            secure_exchange(client, "ward-0", plan, bytes(reply.envelope), upd, 120)
-            assert client.bytes_sent > 8 * n
-            manifest = fetch_release(client, ctx, 0, 120)
+            secure_exchange(link, "ward-0", plan, envelope, upd)
+            assert link.bytes_sent > 8 * n
+            manifest = apply_release(ctx, link.fetch_release(0))
             assert manifest.version == 1 and manifest.adapter_bytes > 4 << 20
-            client.close()
+            link.close()
         finally:
             store.close()
         out, err = server.communicate(timeout=120)
