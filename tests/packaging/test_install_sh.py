@@ -16,7 +16,7 @@ from runtime.bundle.manifest import MANIFEST, SIGNATURE
 from tests.bundle.helpers import signed_tree, tar_of, truncated
 
 INSTALL = Path(__file__).resolve().parents[2] / "packaging" / "install.sh"
-pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is missing")
+pytestmark = pytest.mark.usefixtures("openssl")       # tests/conftest.py: fails in CI
 
 
 def verify(bundle: Path, *fingerprints: str) -> subprocess.CompletedProcess:
