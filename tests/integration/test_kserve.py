@@ -25,6 +25,7 @@ from runtime._proto.kserve.v2 import inference_pb2 as kpb
 from runtime._proto.kserve.v2 import inference_pb2_grpc as kgrpc
 from runtime.server.kserve.tensors import deserialize_bytes, serialize_bytes
 from tests.integration.conftest import Daemon, start_daemon, wait_for
+from tests.integration.test_limits import ASKED, assert_stopped_early
 from tests.integration.test_sealed_serving import hearth
 
 SCRIPT = Path(__file__).with_name("triton_client_script.py")
@@ -291,20 +292,50 @@ def test_health_and_reflection_include_the_kserve_service(tiny_daemon: Daemon) -
         assert desc.package == "inference"
 
 
-def test_cancelling_the_stream_frees_the_slot(daemon_factory: Callable[..., Daemon],
-                                              tiny_model: Path) -> None:
-    d = daemon_factory("--model", f"tiny={tiny_model}", "--listen", "127.0.0.1:0",
-                       "--parallel", "1", "--ctx", "1024", "--threads", "1")
-    with grpc.insecure_channel(d.tcp) as channel, d.client() as hearth_client:
+@pytest.fixture
+def one_slot(daemon_factory: Callable[..., Daemon], tiny_model: Path) -> Daemon:
+    return daemon_factory("--model", f"tiny={tiny_model}", "--listen", "127.0.0.1:0",
+                          "--parallel", "1", "--ctx", "4096", "--threads", "1",
+                          "--log-format", "json")
+
+
+def test_cancelling_the_stream_stops_the_generation(one_slot: Daemon) -> None:
+    """Fails if the server ignored the cancel (the stream's request not
+    freed in the KServe servicer): the server's own count then reaches all
+    4000 tokens asked for instead of a small fraction."""
+    with grpc.insecure_channel(one_slot.tcp) as channel, one_slot.client() as hearth_client:
         stub = kgrpc.GRPCInferenceServiceStub(channel)
+        before = hearth_client.get_model().tokens_generated
         call = stub.ModelStreamInfer(iter([text_request(
-            "hello", "long", stream=True, max_tokens=900, temperature=0.0, ignore_eos=True)]))
+            "hello", "long", stream=True, max_tokens=ASKED, temperature=0.0, ignore_eos=True)]))
         next(call)
         assert hearth_client.get_model().slots_busy == 1
         call.cancel()
-        assert wait_for(lambda: hearth_client.get_model().slots_busy == 0, 10.0)
+        assert_stopped_early(hearth_client, before)
         again = stub.ModelInfer(text_request("again", max_tokens=3), timeout=60)
         assert again.parameters["completion_tokens"].int64_param == 3
+
+
+def test_timeout_parameter_stops_the_generation_on_the_server(one_slot: Daemon) -> None:
+    """Triton's `timeout` parameter (microseconds) is the server's alone:
+    the client waits 60 s, so the DEADLINE_EXCEEDED it gets, the early stop
+    in the server's token count and the request record ending in the
+    engine's "deadline" all come from the server.  With the parameter
+    ignored (kserve/servicer.py's call_context not applying timeout_s) the
+    call answers with 4000 tokens and this fails."""
+    with grpc.insecure_channel(one_slot.tcp) as channel, one_slot.client() as hearth_client:
+        stub = kgrpc.GRPCInferenceServiceStub(channel)
+        before = hearth_client.get_model().tokens_generated
+        request = text_request("hello", "timed", max_tokens=ASKED, ignore_eos=True,
+                               temperature=0.0, timeout=300_000)
+        with pytest.raises(grpc.RpcError) as err:
+            stub.ModelInfer(request, timeout=60)
+        assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        generated = assert_stopped_early(hearth_client, before)
+    records = [json.loads(line) for line in one_slot.log().splitlines()
+               if line.startswith("{") and '"timed"' in line]
+    assert [r["msg"] for r in records] == ["generate tiny DeadlineExceeded deadline"], records
+    assert 0 < records[0]["completion_tokens"] <= generated
 
 
 # ---- authentication ------------------------------------------------------------
