@@ -24,7 +24,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 from runtime._proto.kserve.v2 import inference_pb2 as kpb
 from runtime._proto.kserve.v2 import inference_pb2_grpc as kgrpc
 from runtime.server.kserve.tensors import deserialize_bytes, serialize_bytes
-from tests.integration.conftest import Daemon, start_daemon, wait_for
+from tests.integration.conftest import Daemon, start_daemon
 from tests.integration.test_limits import ASKED, assert_stopped_early
 from tests.integration.test_sealed_serving import hearth
 
@@ -300,9 +300,9 @@ def one_slot(daemon_factory: Callable[..., Daemon], tiny_model: Path) -> Daemon:
 
 
 def test_cancelling_the_stream_stops_the_generation(one_slot: Daemon) -> None:
-    """Fails if the server ignored the cancel (the stream's request not
-    freed in the KServe servicer): the server's own count then reaches all
-    4000 tokens asked for instead of a small fraction."""
+    """Fails if the server ignored the cancel: with NativeRequest.free not
+    freeing (so not cancelling) the request in runtime/native/engine.py,
+    the server's own count reached all 4000 tokens asked for."""
     with grpc.insecure_channel(one_slot.tcp) as channel, one_slot.client() as hearth_client:
         stub = kgrpc.GRPCInferenceServiceStub(channel)
         before = hearth_client.get_model().tokens_generated
@@ -320,9 +320,9 @@ def test_timeout_parameter_stops_the_generation_on_the_server(one_slot: Daemon) 
     """Triton's `timeout` parameter (microseconds) is the server's alone:
     the client waits 60 s, so the DEADLINE_EXCEEDED it gets, the early stop
     in the server's token count and the request record ending in the
-    engine's "deadline" all come from the server.  With the parameter
-    ignored (kserve/servicer.py's call_context not applying timeout_s) the
-    call answers with 4000 tokens and this fails."""
+    engine's "deadline" all come from the server.  Checked that it fails:
+    with native/engine.py passing deadline_ns=0 the call answered with all
+    4000 tokens."""
     with grpc.insecure_channel(one_slot.tcp) as channel, one_slot.client() as hearth_client:
         stub = kgrpc.GRPCInferenceServiceStub(channel)
         before = hearth_client.get_model().tokens_generated
