@@ -1,15 +1,19 @@
 """What docs/operations.md promises an operator, on the real daemon: the
 metrics port stays on loopback, JSON logs, SIGHUP applying changed model
-settings, retrying a failed load and dropping cached token lookups, and
-streams cut off once the grace period is over."""
+settings, retrying a failed load and dropping cached token lookups,
+streams cut off once the grace period is over, and who may administer
+models over the unix socket (root, the daemon's uid, `[auth] admins`)."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -194,3 +198,108 @@ def test_streams_still_running_after_the_grace_period_are_cut_off(
                                grpc.StatusCode.ABORTED), outcome
     assert after_term > 0 and tokens < 4000, (after_term, tokens)
     assert "draining" in d.log()
+
+
+NOBODY = 65534
+
+
+def connect_as(uid: int, path: str) -> socket.socket:
+    """A unix socket connected by a child process running as `uid`, so the
+    server's SO_PEERCRED sees that uid; the parent keeps the connection."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    pid = os.fork()
+    if pid == 0:                                   # only setuid and connect, then leave
+        try:
+            os.setgroups([])
+            os.setgid(uid)
+            os.setuid(uid)
+            sock.connect(path)
+            os._exit(0)
+        except BaseException:
+            os._exit(1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, f"could not connect as uid {uid}"
+    return sock
+
+
+class RelayAs:
+    """A unix socket of our own whose every connection is relayed over a
+    connection to `target` made as `uid`: a gRPC client of this process
+    reaches the daemon as that user."""
+
+    def __init__(self, directory: Path, target: str, uid: int) -> None:
+        self.path = directory / f"as-{uid}.sock"
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.listener.bind(str(self.path))
+        self.listener.listen()
+        self.target, self.uid = target, uid
+        self.sockets = [self.listener]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                down, _ = self.listener.accept()
+                up = connect_as(self.uid, self.target)
+                self.sockets += [down, up]
+                for a, b in ((down, up), (up, down)):
+                    threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := src.recv(65536):
+                dst.sendall(data)
+        with contextlib.suppress(OSError):
+            dst.shutdown(socket.SHUT_WR)
+
+    def close(self) -> None:
+        for sock in self.sockets:
+            sock.close()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to connect as another uid")
+def test_admins_and_the_socket_rule_for_root(tiny_model: Path) -> None:
+    """Over the unix socket, root (here also the daemon's own uid) may load
+    and unload models without being listed; another uid may not, until
+    `[auth] admins` names it, which a SIGHUP applies at once.  Checked: with
+    the authenticator granting admin to every socket uid the first
+    PERMISSION_DENIED is not raised; with `admins` ignored the last load is
+    refused."""
+    directory = Path(tempfile.mkdtemp(prefix="hearth-admins-"))
+    try:
+        directory.chmod(0o755)           # the other uid must reach the socket
+        sock = directory / "hearth.sock"
+        config = directory / "hearth.toml"
+
+        def write(admins: str) -> None:
+            config.write_text(f'[server]\nlisten = ["127.0.0.1:0", "unix:{sock}"]\n\n'
+                              f'[auth]\nsocket_mode = "0666"\nadmins = [{admins}]\n\n'
+                              f'[models.tiny]\npath = "{tiny_model}"\nn_ctx = 512\n'
+                              "n_parallel = 1\nthreads = 1\n")
+
+        write("")
+        d = start_daemon(["--config", str(config)], directory)
+        relay = RelayAs(directory, str(sock), NOBODY)
+        try:
+            with HearthClient(f"unix:{relay.path}", timeout=30) as nobody:
+                # the other uid may use the model, not administer it
+                assert nobody.complete("hi", max_tokens=1)[2].usage.completion_tokens == 1
+                with pytest.raises(grpc.RpcError) as err:
+                    nobody.unload_model("tiny")
+                assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+                assert err.value.details().startswith(f"uid:{NOBODY} may not ")
+            with HearthClient(f"unix:{sock}", timeout=60) as root:
+                assert root.unload_model("tiny").state == mpb.MODEL_STATE_UNLOADED
+                assert root.load_model("tiny").state == mpb.MODEL_STATE_READY
+            write(f'"uid:{NOBODY}"')
+            hup_and_wait(d)
+            with HearthClient(f"unix:{relay.path}", timeout=60) as nobody:
+                assert nobody.unload_model("tiny").state == mpb.MODEL_STATE_UNLOADED
+                assert nobody.load_model("tiny").state == mpb.MODEL_STATE_READY
+            assert f"client=uid:{NOBODY}" in d.log()
+        finally:
+            relay.close()
+            assert d.stop() == 0, d.log()
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
