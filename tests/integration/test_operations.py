@@ -303,3 +303,37 @@ def test_admins_and_the_socket_rule_for_root(tiny_model: Path) -> None:
             assert d.stop() == 0, d.log()
     finally:
         shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to connect as another uid")
+def test_the_daemons_own_uid_may_administer_over_the_socket(tiny_model: Path) -> None:
+    """The rule's other half: the uid the daemon runs as may administer
+    without being listed.  The daemon cannot run as another user here (the
+    interpreter lives under /root), so it is told it runs as 65534 (its
+    os.getuid, by a sitecustomize) and 65534 connects.  Checked: with the
+    authenticator's `uid in (0, os.getuid())` reduced to `uid == 0` the
+    unload is PERMISSION_DENIED."""
+    directory = Path(tempfile.mkdtemp(prefix="hearth-own-uid-"))
+    try:
+        directory.chmod(0o755)
+        sock = directory / "hearth.sock"
+        site = directory / "site"
+        site.mkdir()
+        (site / "sitecustomize.py").write_text(f"import os\nos.getuid = lambda: {NOBODY}\n")
+        config = directory / "hearth.toml"
+        config.write_text(f'[server]\nlisten = ["127.0.0.1:0", "unix:{sock}"]\n\n'
+                          '[auth]\nsocket_mode = "0666"\n\n'
+                          f'[models.tiny]\npath = "{tiny_model}"\nn_ctx = 512\n'
+                          "n_parallel = 1\nthreads = 1\n")
+        path = os.pathsep.join(p for p in (str(site), os.environ.get("PYTHONPATH", "")) if p)
+        d = start_daemon(["--config", str(config)], directory, env={"PYTHONPATH": path})
+        relay = RelayAs(directory, str(sock), NOBODY)
+        try:
+            with HearthClient(f"unix:{relay.path}", timeout=60) as own:
+                assert own.unload_model("tiny").state == mpb.MODEL_STATE_UNLOADED
+                assert own.load_model("tiny").state == mpb.MODEL_STATE_READY
+        finally:
+            relay.close()
+            assert d.stop() == 0, d.log()
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
