@@ -34,9 +34,28 @@ STAMP := $(VENV)/.setup-$(FLAVOUR)
 SOURCES := setup.py pyproject.toml CMakeLists.txt native/CMakeLists.txt native/llama-cpp-pin.json \
            $(wildcard native/include/*.h native/src/*.c native/src/*.h proto/*/*/*.proto proto/*/*/*/*.proto)
 
-.PHONY: setup run test lint unit bench bundle model clean
+.PHONY: setup host-tools run test lint unit bench bundle model clean
 
-setup: $(STAMP)
+setup: host-tools $(STAMP)
+
+# Host tools some tests need (tool:Debian package).  In CI (CI=true) a test
+# whose tool is missing fails instead of skipping (tests/conftest.py), so
+# setup installs them where it can: as root with apt-get.
+HOST_TOOLS := openssl:openssl systemd-analyze:systemd unshare:util-linux cmake:cmake
+APT_GET    ?= apt-get
+
+host-tools:
+	@missing=""; for pair in $(HOST_TOOLS); do \
+	    command -v "$${pair%%:*}" >/dev/null 2>&1 || missing="$$missing $${pair#*:}"; done; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v $(APT_GET) >/dev/null 2>&1; then \
+	    echo "installing host tools for the tests:$$missing"; \
+	    $(APT_GET) update -q && DEBIAN_FRONTEND=noninteractive \
+	        $(APT_GET) install -y -q --no-install-recommends $$missing; \
+	else \
+	    echo "note: some tests need the Debian packages$$missing; they skip without them" \
+	         "(and fail in CI); install them as root: apt-get install$$missing"; \
+	fi
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)

@@ -107,7 +107,7 @@ def check_gpu(_: DoctorInput) -> Iterator[Finding]:
 
     nodes = nvidia_nodes()
     gpus = [d for d in list_devices() if d.type in ("gpu", "igpu")]
-    cuda_core = "cuda" in build_info().lower()
+    cuda_core = "cuda=1" in build_info().split()    # the core says "cuda=0" or "cuda=1"
     if gpus:
         names = ", ".join(f"{d.description or d.name} ({d.free_bytes / GIB:.1f}/"
                           f"{d.total_bytes / GIB:.1f} GiB free)" for d in gpus)

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +14,7 @@ from runtime.config import Config, ModelConfig
 from runtime.doctor import DoctorInput, Finding, Status, mem_available, model_bytes, run_checks
 from runtime.storage.keys import create_key_file, key_from_file
 from runtime.storage.store import SealedStore
+from tests.conftest import have_tool
 
 UNIT = Path(__file__).resolve().parents[1] / "packaging" / "systemd" / "hearth.service"
 
@@ -57,7 +57,7 @@ def test_a_healthy_site(site: dict) -> None:
     assert found["memory"][0]["status"] == "ok"
     assert found["key"][0]["status"] == "ok" and "opens the store" in found["key"][0]["detail"]
     assert found["store"][0]["detail"] == "1 sealed objects, all present"
-    if shutil.which("systemd-analyze"):
+    if have_tool("systemd-analyze"):
         unit = found["unit"][0]
         assert unit["status"] == "ok" and "GPU access kept" in unit["detail"]
     # every finding is one line with a fix where it is not fine
@@ -110,7 +110,7 @@ def test_not_enough_memory_for_the_configured_models(tiny_model: Path, tmp_path:
     assert memory.status is Status.FAIL and "lower n_ctx" in memory.fix
 
 
-@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="no systemd-analyze")
+@pytest.mark.usefixtures("systemd_analyze")
 def test_a_weak_unit_fails(tmp_path: Path) -> None:
     unit = tmp_path / "hearth.service"
     unit.write_text("[Service]\nExecStart=/bin/true\nPrivateDevices=yes\n")

@@ -81,11 +81,10 @@ def cmd_keys_status(args: argparse.Namespace) -> int:
 
 
 def cmd_keys_rotate(args: argparse.Namespace) -> int:
+    if args.new_key_file and not Path(args.new_key_file).exists():
+        create_key_file(args.new_key_file)       # "created if missing", before reading it
     new = key_source(args.new_key_file, args.new_passphrase_file, args.new_credential,
                      confirm=True)
-    if args.new_key_file and not Path(args.new_key_file).exists():
-        create_key_file(args.new_key_file)
-        new = key_source(args.new_key_file, None, None)
     store = open_store(args)
     old = store.master.id
     count = len(store.catalog.rows())

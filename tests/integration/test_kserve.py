@@ -24,7 +24,10 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 from runtime._proto.kserve.v2 import inference_pb2 as kpb
 from runtime._proto.kserve.v2 import inference_pb2_grpc as kgrpc
 from runtime.server.kserve.tensors import deserialize_bytes, serialize_bytes
-from tests.integration.conftest import Daemon, start_daemon, wait_for
+from tests.integration.conftest import Daemon, start_daemon
+from tests.integration.near_tie import top2_gap
+from tests.integration.test_concurrency import NEAR_TIE
+from tests.integration.test_limits import ASKED, assert_stopped_early
 from tests.integration.test_sealed_serving import hearth
 
 SCRIPT = Path(__file__).with_name("triton_client_script.py")
@@ -232,7 +235,12 @@ def test_typed_contents_and_a_batch_shape_read_like_raw_contents(
 
 
 def test_requests_on_one_stream_run_concurrently_and_keep_their_ids(
-        stub: kgrpc.GRPCInferenceServiceStub) -> None:
+        stub: kgrpc.GRPCInferenceServiceStub, tiny_daemon: Daemon, tiny_model: Path) -> None:
+    """Each id's text is its own prompt's greedy continuation, computed
+    alone.  Run together, the batch shapes differ, so the texts may part
+    where the top two logits tie (as tests/integration/test_concurrency.py
+    allows; seen here at token 99 of b with a gap of 0.0), never elsewhere;
+    two answers swapped between ids would diverge at once."""
     prompts = {"a": "hello world", "b": "the patient has"}
     requests = [text_request(p, rid, stream=True, temperature=0.0, max_tokens=200,
                              ignore_eos=True, triton_enable_empty_final_response=True)
@@ -250,10 +258,19 @@ def test_requests_on_one_stream_run_concurrently_and_keep_their_ids(
     assert sorted(finals) == ["a", "b"]
     # Concurrent, not one after the other: b was answered while a was running.
     assert order.index("b") < len(order) - 1 - order[::-1].index("a")
-    for rid, prompt in prompts.items():
-        whole = stub.ModelInfer(text_request(prompt, temperature=0.0, max_tokens=200,
-                                             ignore_eos=True), timeout=60)
-        assert prompt + texts[rid] == output_text(whole)
+    with tiny_daemon.client() as c:
+        for rid, prompt in prompts.items():
+            whole = stub.ModelInfer(text_request(prompt, temperature=0.0, max_tokens=200,
+                                                 ignore_eos=True), timeout=60)
+            alone, tokens, _ = c.complete(prompt, max_tokens=200, temperature=0.0,
+                                          ignore_eos=True)
+            assert output_text(whole) == prompt + alone
+            if texts[rid] == alone:
+                continue
+            k = next(i for i in range(len(tokens))
+                     if not texts[rid].startswith(c.detokenize(tokens[:i + 1])))
+            gap = top2_gap(tiny_model, [*c.tokenize(prompt), *tokens[:k]])
+            assert k > 0 and gap < NEAR_TIE, (rid, k, gap)
 
 
 def test_malformed_message_on_the_stream_is_answered_and_the_stream_goes_on(
@@ -291,20 +308,50 @@ def test_health_and_reflection_include_the_kserve_service(tiny_daemon: Daemon) -
         assert desc.package == "inference"
 
 
-def test_cancelling_the_stream_frees_the_slot(daemon_factory: Callable[..., Daemon],
-                                              tiny_model: Path) -> None:
-    d = daemon_factory("--model", f"tiny={tiny_model}", "--listen", "127.0.0.1:0",
-                       "--parallel", "1", "--ctx", "1024", "--threads", "1")
-    with grpc.insecure_channel(d.tcp) as channel, d.client() as hearth_client:
+@pytest.fixture
+def one_slot(daemon_factory: Callable[..., Daemon], tiny_model: Path) -> Daemon:
+    return daemon_factory("--model", f"tiny={tiny_model}", "--listen", "127.0.0.1:0",
+                          "--parallel", "1", "--ctx", "4096", "--threads", "1",
+                          "--log-format", "json")
+
+
+def test_cancelling_the_stream_stops_the_generation(one_slot: Daemon) -> None:
+    """Fails if the server ignored the cancel: with NativeRequest.free not
+    freeing (so not cancelling) the request in runtime/native/engine.py,
+    the server's own count reached all 4000 tokens asked for."""
+    with grpc.insecure_channel(one_slot.tcp) as channel, one_slot.client() as hearth_client:
         stub = kgrpc.GRPCInferenceServiceStub(channel)
+        before = hearth_client.get_model().tokens_generated
         call = stub.ModelStreamInfer(iter([text_request(
-            "hello", "long", stream=True, max_tokens=900, temperature=0.0, ignore_eos=True)]))
+            "hello", "long", stream=True, max_tokens=ASKED, temperature=0.0, ignore_eos=True)]))
         next(call)
         assert hearth_client.get_model().slots_busy == 1
         call.cancel()
-        assert wait_for(lambda: hearth_client.get_model().slots_busy == 0, 10.0)
+        assert_stopped_early(hearth_client, before)
         again = stub.ModelInfer(text_request("again", max_tokens=3), timeout=60)
         assert again.parameters["completion_tokens"].int64_param == 3
+
+
+def test_timeout_parameter_stops_the_generation_on_the_server(one_slot: Daemon) -> None:
+    """Triton's `timeout` parameter (microseconds) is the server's alone:
+    the client waits 60 s, so the DEADLINE_EXCEEDED it gets, the early stop
+    in the server's token count and the request record ending in the
+    engine's "deadline" all come from the server.  Checked that it fails:
+    with native/engine.py passing deadline_ns=0 the call answered with all
+    4000 tokens."""
+    with grpc.insecure_channel(one_slot.tcp) as channel, one_slot.client() as hearth_client:
+        stub = kgrpc.GRPCInferenceServiceStub(channel)
+        before = hearth_client.get_model().tokens_generated
+        request = text_request("hello", "timed", max_tokens=ASKED, ignore_eos=True,
+                               temperature=0.0, timeout=300_000)
+        with pytest.raises(grpc.RpcError) as err:
+            stub.ModelInfer(request, timeout=60)
+        assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        generated = assert_stopped_early(hearth_client, before)
+    records = [json.loads(line) for line in one_slot.log().splitlines()
+               if line.startswith("{") and '"timed"' in line]
+    assert [r["msg"] for r in records] == ["generate tiny DeadlineExceeded deadline"], records
+    assert 0 < records[0]["completion_tokens"] <= generated
 
 
 # ---- authentication ------------------------------------------------------------

@@ -64,3 +64,57 @@ def test_off_by_default(tiny_daemon) -> None:  # type: ignore[no-untyped-def]
         c.complete("cache me", max_tokens=4, temperature=0.0)
         _, _, last = c.complete("cache me", max_tokens=4, temperature=0.0)
     assert not last.cached and last.finish_reason != ipb.FINISH_REASON_UNSPECIFIED
+
+
+def test_an_adapter_swap_is_never_answered_from_the_old_versions_cache(
+        tmp_path: Path, tiny_model: Path) -> None:
+    """Answers cached under adapter `clinic` v1 are not served once
+    Models.SetAdapter has put v2 in its place: the first request after the
+    swap is computed (not cached) and is v2's text, the same as v2 served
+    under a name of its own; the one after it is cached again.  Checked
+    that it fails with the cache key built from the adapter's name alone
+    (core/inference.py's `engine.serial * 100003 + adapter_id` without
+    `+ adapter_id`): the old version's answer came back cached."""
+    from runtime.models.tiny import write_tiny_lora
+    from tests.integration.test_sealed_serving import hearth
+
+    state, key = tmp_path / "state", tmp_path / "master.key"
+    common = ["--state-dir", str(state), "--key-file", str(key)]
+    hearth("keys", "init", *common)
+    for name, seed in (("clinic-v1", 1), ("clinic-v2", 2)):
+        lora = write_tiny_lora(tmp_path / f"{name}.gguf", seed=seed)
+        hearth("models", "import", str(lora), "--name", name, "--kind", "adapter", *common)
+    config = tmp_path / "hearth.toml"
+    config.write_text(f'''
+[server]
+listen = ["127.0.0.1:0"]
+response_cache_mb = 16
+
+[models.tiny]
+path = "{tiny_model}"
+n_ctx = 2048
+n_parallel = 2
+threads = 1
+
+[models.tiny.adapters]
+clinic = "store:clinic-v1"
+v2-alone = "store:clinic-v2"
+''')
+    d = start_daemon(["--config", str(config), *common], tmp_path)
+    ask = {"max_tokens": 30, "temperature": 0.0, "ignore_eos": True}
+    try:
+        with d.client() as c:
+            v1_first = c.complete("the patient", adapter="clinic", **ask)
+            v1_again = c.complete("the patient", adapter="clinic", **ask)
+            assert not v1_first[2].cached and v1_again[2].cached
+            assert v1_again[0] == v1_first[0]
+            v2_alone = c.complete("the patient", adapter="v2-alone", **ask)
+            assert v2_alone[0] != v1_first[0]
+            c.set_adapter("tiny", "clinic", "clinic-v2")
+            swapped = c.complete("the patient", adapter="clinic", **ask)
+            assert not swapped[2].cached
+            assert swapped[0] == v2_alone[0]
+            swapped_again = c.complete("the patient", adapter="clinic", **ask)
+            assert swapped_again[2].cached and swapped_again[0] == v2_alone[0]
+    finally:
+        assert d.stop() == 0, d.log()

@@ -3,7 +3,10 @@ test: no input may crash it, hang it, or get past it malformed."""
 from __future__ import annotations
 
 import contextlib
+import math
+import random
 import struct
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -11,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from runtime.errors import ModelLoadError
-from runtime.models.gguf_file import GGML_TYPES, inspect_gguf, parse_gguf_header
+from runtime.models.gguf_file import GGML_TYPES, GGUFInfo, inspect_gguf, parse_gguf_header
 
 
 def gguf_bytes(n_tensors: int = 1, n_kv: int = 1, version: int = 3,
@@ -41,9 +44,13 @@ def test_minimal_file_parses() -> None:
     assert info.data_offset % 32 == 0
 
 
-def test_real_models_parse(tiny_model: Path, gemma_model: Path) -> None:
+def test_the_tiny_model_parses(tiny_model: Path) -> None:
     tiny = inspect_gguf(tiny_model)
     assert tiny.architecture == "llama" and len(tiny.tensors) == 21
+
+
+@pytest.mark.gemma
+def test_gemma_parses(gemma_model: Path) -> None:
     gemma = inspect_gguf(gemma_model)
     assert gemma.architecture == "gemma3"
     assert gemma.arch_int("block_count") == 18
@@ -105,17 +112,61 @@ def test_fuzz_random_bytes_never_crash(data: bytes) -> None:
         check(data)
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.data())
-def test_fuzz_mutated_real_header(tiny_model: Path, data: st.DataObject) -> None:
-    original = bytearray(tiny_model.read_bytes()[:4096])
-    for _ in range(data.draw(st.integers(1, 8))):
-        pos = data.draw(st.integers(0, len(original) - 1))
-        original[pos] = data.draw(st.integers(0, 255))
-    try:
-        info = check(bytes(original))
-    except ModelLoadError:
-        return
-    # Whatever passes must be self-consistent.
+BLOCKS = {name: (block, size) for name, block, size in GGML_TYPES.values()}
+
+
+def tensor_info_start(data: bytes, info: GGUFInfo) -> int:
+    """Where the tensor infos begin: the first tensor's name, length-prefixed."""
+    name = info.tensors[0].name.encode()
+    return data.index(struct.pack("<Q", len(name)) + name)
+
+
+def assert_self_consistent(info: GGUFInfo, size: int) -> None:
+    assert info.data_offset % info.alignment == 0 and info.data_offset <= size
+    assert len({t.name for t in info.tensors}) == len(info.tensors)
     for t in info.tensors:
-        assert info.data_offset + t.offset + t.nbytes <= len(original)
+        assert t.offset % info.alignment == 0
+        assert 1 <= len(t.dims) <= 4 and all(d > 0 for d in t.dims)
+        block, block_bytes = BLOCKS[t.type_name]
+        assert t.dims[0] % block == 0 and t.nbytes == math.prod(t.dims) // block * block_bytes
+        assert info.data_offset + t.offset + t.nbytes <= size
+
+
+def test_fuzz_mutated_real_header(tiny_model: Path) -> None:
+    """Byte mutations anywhere in the real model's header (metadata and
+    tensor infos, about 14 KB), the file whole behind it: every mutant is
+    refused with a ModelLoadError or parses into something self-consistent,
+    and both outcomes occur often.  The generator is seeded, so the counts
+    are the same on every run.  Checked that it can fail: with only the
+    first 4 KB mutated and kept (the old test) "parsed" is 0; deleting the
+    alignment check or the zero-dimension check in gguf_file.py fails
+    assert_self_consistent (seen: offset 452936, dims (0,))."""
+    whole = tiny_model.read_bytes()
+    info = inspect_gguf(tiny_model)
+    header_end = info.data_offset
+    tensors_at = tensor_info_start(whole, info)
+    assert 10_000 < header_end < len(whole) and 0 < tensors_at < header_end
+    rng = random.Random(20261201)
+    outcomes: Counter[str] = Counter()
+    for _ in range(2000):
+        mutant = bytearray(whole)
+        # Half of the mutants aim at the tensor infos, the rest anywhere.
+        start = tensors_at if rng.random() < 0.5 else 0
+        for _ in range(rng.randint(1, 4)):
+            pos = rng.randrange(start, header_end)
+            if rng.random() < 0.5:
+                mutant[pos] ^= 1 << rng.randrange(8)      # one bit flipped
+            else:
+                mutant[pos] = rng.randrange(256)
+        try:
+            parsed = check(bytes(mutant))
+        except ModelLoadError:
+            outcomes["refused"] += 1
+            continue
+        outcomes["parsed"] += 1
+        if mutant[tensors_at:header_end] != whole[tensors_at:header_end]:
+            outcomes["parsed with changed tensor infos"] += 1
+        assert_self_consistent(parsed, len(mutant))
+    assert outcomes["refused"] >= 200, outcomes
+    assert outcomes["parsed"] >= 200, outcomes
+    assert outcomes["parsed with changed tensor infos"] >= 100, outcomes

@@ -11,8 +11,8 @@ import pytest
 
 from runtime import errors
 from runtime.models.tiny import write_tiny_lora, write_tiny_model
-from runtime.native import EngineParams, NativeEngine, RequestParams, Sampling
-from tests.native.helpers import collect
+from runtime.native import EngineParams, NativeEngine, NativeRequest, RequestParams, Sampling
+from tests.native.helpers import collect, wait_ready
 
 GREEDY = Sampling(temperature=0.0)
 
@@ -72,30 +72,62 @@ def test_mixed_adapters_in_one_engine_match_running_alone(engine: NativeEngine, 
             r.free()
 
 
+def run_until_each_has_output(engine: NativeEngine, requests: list[NativeRequest],
+                              acc: dict[int, list[int]]) -> None:
+    """Drives the engine until every request has produced a token (so all
+    are running, none merely queued) and none has finished."""
+    by_id = {r.id: r for r in requests}
+    while not all(acc[r.id] for r in requests):
+        for rid in wait_ready(engine):
+            if rid in by_id:
+                out = by_id[rid].take()
+                assert not out.finished, "a request finished before the swap"
+                acc[rid].extend(out.tokens)
+
+
 def test_swap_under_load_and_unload_while_in_use(engine: NativeEngine, lora: Path,
-                                                 tmp_path: Path) -> None:
+                                                 tmp_path: Path, tiny_model: Path) -> None:
+    """Three requests are proven running on v1 (each has output, none has
+    finished) when v2 is loaded and v1 unloaded; they end with exactly v1's
+    output, and requests after the swap get v2's.  Checked that it fails
+    when unloading frees an adapter still in use (adapters.c's
+    collect_retired without `a->users == 0`)."""
     v1 = engine.load_adapter(str(lora))
     expected_v1 = greedy(engine, "bank account", 300, adapter=v1)
     running = [engine.submit(RequestParams(prompt=engine.tokenize("bank account"),
                                            max_tokens=300, sampling=GREEDY, ignore_eos=True,
                                            adapter=v1)) for _ in range(3)]
-    # A new version arrives and the old one is retired while they run.
-    v2 = engine.load_adapter(str(write_tiny_lora(tmp_path / "v2.gguf", seed=5)))
-    engine.unload_adapter(v1)
-    with pytest.raises(errors.NotFound, match=f"no adapter with id {v1}"):
-        engine.submit(RequestParams(prompt=[1, 2], max_tokens=2, adapter=v1))
+    acc: dict[int, list[int]] = {r.id: [] for r in running}
     try:
+        run_until_each_has_output(engine, running, acc)
+        assert all(0 < len(acc[r.id]) < 300 for r in running)
+        # A new version arrives and the old one is retired while they run.
+        v2_file = write_tiny_lora(tmp_path / "v2.gguf", seed=5)
+        v2 = engine.load_adapter(str(v2_file))
+        engine.unload_adapter(v1)
+        with pytest.raises(errors.NotFound, match=f"no adapter with id {v1}"):
+            engine.submit(RequestParams(prompt=[1, 2], max_tokens=2, adapter=v1))
         res = collect(engine, running)
         for r in running:
-            assert res[r.id][0] == expected_v1 and res[r.id][2].finish_reason.name == "LENGTH"
+            assert acc[r.id] + res[r.id][0] == expected_v1
+            assert res[r.id][2].finish_reason.name == "LENGTH"
     finally:
         for r in running:
             r.free()
-    assert greedy(engine, "bank account", 10, adapter=v2)
+    after = greedy(engine, "bank account", 300, adapter=v2)
+    assert after != expected_v1
     greedy(engine, "x", 1)     # a step after the last user: v1 is freed
     assert engine.adapter_count() == 1
     with pytest.raises(errors.NotFound):
         engine.unload_adapter(v1)
+    # The new version is v2 itself: a fresh engine with only v2 agrees.
+    fresh = NativeEngine(EngineParams(model_path=str(tiny_model), n_ctx=1024,
+                                      n_parallel=1, n_threads=2, n_threads_batch=2))
+    try:
+        assert greedy(fresh, "bank account", 300, adapter=fresh.load_adapter(str(v2_file))) \
+            == after
+    finally:
+        fresh.close()
 
 
 def test_concurrent_loads_while_decoding(engine: NativeEngine, lora: Path) -> None:

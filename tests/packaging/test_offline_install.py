@@ -13,6 +13,7 @@ import pytest
 
 from runtime.bundle.build import BundleBuilder, BundleSpec
 from runtime.bundle.manifest import create_signing_key
+from tests.conftest import host_tool_missing
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -57,7 +58,8 @@ def test_bundle_installs_and_serves_with_the_network_cut_off(tiny_model: Path,
                                                              tmp_path: Path) -> None:
     netns = netns_prefix()
     if netns is None:
-        pytest.skip("no network namespace can be created here (unshare -n / -rn)")
+        host_tool_missing("no network namespace can be created here (unshare -n / -rn, "
+                          "util-linux)")
     key = tmp_path / "signing.pem"
     create_signing_key(key)
     built = BundleBuilder(BundleSpec(out=tmp_path / "dist", source=ROOT, signing_key=key,

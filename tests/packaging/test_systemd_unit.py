@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -12,8 +11,7 @@ from runtime.cli.exit_codes import ExitCode
 
 UNIT = Path(__file__).resolve().parents[2] / "packaging" / "systemd" / "hearth.service"
 README = UNIT.parents[2] / "README.md"
-needs_analyze = pytest.mark.skipif(shutil.which("systemd-analyze") is None,
-                                   reason="systemd-analyze is not installed")
+needs_analyze = pytest.mark.usefixtures("systemd_analyze")   # fails in CI if missing
 
 
 def directives() -> dict[str, list[str]]:
