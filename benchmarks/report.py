@@ -93,9 +93,11 @@ def ratios(results: list[PeerResult]) -> list[Ratio]:
 def reference_line(results: list[PeerResult], ns: list[int]) -> str | None:
     """Whether llama-batched-bench is above Hearth, N by N: it is a ceiling only where it is."""
     peers = {p.key: p for p in results}
-    pairs = [(n, _figure(peers, "batched-bench", n, "agg_tok_s"),
-              _figure(peers, "hearth", n, "agg_tok_s")) for n in ns]
-    pairs = [(n, ref, h) for n, ref, h in pairs if ref is not None and h is not None]
+    pairs: list[tuple[int, float, float]] = []
+    for n in ns:
+        ref, h = (_figure(peers, k, n, "agg_tok_s") for k in ("batched-bench", "hearth"))
+        if ref is not None and h is not None:
+            pairs.append((n, ref, h))
     if not pairs:
         return None
     above = [str(n) for n, ref, h in pairs if ref > h]
