@@ -241,6 +241,9 @@ def _sse_stream(host: str, port: int, api: SseApi, prompt: str, max_tokens: int,
             if total is not None:
                 rec.tokens = total
                 break
+        else:
+            # the connection closed before the stream's last event: a server that died
+            rec.error = "the stream ended before its final event"
     except (OSError, http.client.HTTPException, ValueError) as exc:
         rec.error = f"{type(exc).__name__}: {exc}"
     finally:

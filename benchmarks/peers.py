@@ -6,16 +6,18 @@ and goes on with the rest.  Command lines and log parsing live in `lineup`.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from benchmarks import load
 from benchmarks.lineup import (
@@ -118,15 +120,31 @@ def ensure_llama_tools() -> Path:
              ["cmake", "--build", str(build), "--target", *LLAMA_TOOLS, "-j"]]
     with log.open("w") as out:
         for step in steps:
-            try:
-                subprocess.run(step, check=True, stdout=out, stderr=subprocess.STDOUT)
-            except (subprocess.CalledProcessError, OSError) as exc:
-                raise PeerUnavailable(f"building the llama.cpp peers failed ({exc}); "
-                                      f"see {log}") from exc
+            _build_step(step, out, log)
     missing = [t for t in LLAMA_TOOLS if not (build / "bin" / t).exists()]
     if missing:
         raise PeerUnavailable(f"the build made no {', '.join(missing)}; see {log}")
     return build / "bin"
+
+
+def _build_step(step: list[str], out: IO[str], log: Path) -> None:
+    """One build command in its own process group, so a benchmark that is stopped while
+    it builds stops the compilers too."""
+    try:
+        build = subprocess.Popen(step, stdout=out, stderr=subprocess.STDOUT,
+                                 start_new_session=True)
+    except OSError as exc:
+        raise PeerUnavailable(f"cannot run {step[0]}: {exc}") from exc
+    try:
+        code = build.wait()
+    finally:
+        if build.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(build.pid, signal.SIGKILL)
+            build.wait()
+    if code != 0:
+        raise PeerUnavailable(f"building the llama.cpp peers failed ({step[:2]} exited with "
+                              f"{code}); see {log}")
 
 
 class BatchedBenchPeer(Peer):
@@ -214,9 +232,13 @@ class ServerPeer(Peer):
         self.launch()
         assert self.server is not None
         self.result.info["idle_rss_mb"] = RssSampler(self.server.pid).sample() / MB
-        warm_up = self.drive([WARM_UP_PROMPT], 8)
-        if not warm_up[0].arrivals:
-            raise PeerUnavailable(f"the warm-up request failed: {warm_up[0].error}")
+        warm_up = self.drive([WARM_UP_PROMPT], 8)[0]
+        if not warm_up.arrivals or warm_up.error:
+            died = ("" if self.server.alive()
+                    else f"; the server exited with {self.server.proc.returncode}")
+            raise PeerUnavailable(f"the warm-up request failed "
+                                  f"({warm_up.error or 'no token'}){died}:\n"
+                                  f"{self.server.log_tail()}")
 
     def run(self, n: int, rep: int) -> load.LevelResult:
         assert self.server is not None
