@@ -26,7 +26,7 @@ STREAMS: dict[str, list[str]] = {
                         "[DONE]"],
     # a server that dies mid-stream: two tokens, then the connection closes
     "/dies": [json.dumps({"choices": [{"text": "a", "finish_reason": None}]}),
-          json.dumps({"choices": [{"text": "b", "finish_reason": None}]})],
+              json.dumps({"choices": [{"text": "b", "finish_reason": None}]})],
 }
 
 
