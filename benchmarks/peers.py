@@ -7,9 +7,11 @@ and goes on with the rest.  Command lines and log parsing live in `lineup`.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib.util
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -91,9 +93,18 @@ class Peer:
 
 # -- llama.cpp's own tools ------------------------------------------------------------------
 
+def peers_cmake_args() -> list[str]:
+    """CMAKE_ARGS, the variable llama-cpp-python's own build reads: the peers are built
+    with the same llama.cpp options as the library Hearth runs on (a CUDA build, AMX off)."""
+    return shlex.split(os.environ.get("CMAKE_ARGS", ""))
+
+
 def peers_build_dir() -> Path:
-    default = Path.home() / ".cache" / "hearth" / "peers-build"
-    return Path(os.environ.get("HEARTH_PEERS_BUILD") or default)
+    """HEARTH_PEERS_BUILD, else a cache folder, one per set of CMAKE_ARGS."""
+    args = peers_cmake_args()
+    name = "peers-build" + (f"-{hashlib.sha256(' '.join(args).encode()).hexdigest()[:8]}"
+                            if args else "")
+    return Path(os.environ.get("HEARTH_PEERS_BUILD") or Path.home() / ".cache/hearth" / name)
 
 
 LLAMA_TOOLS = ("llama-batched-bench", "llama-server")
@@ -111,12 +122,13 @@ def ensure_llama_tools() -> Path:
                              cwd=REPO).stdout.strip().splitlines()[-1]
     except (subprocess.CalledProcessError, IndexError, OSError) as exc:
         raise PeerUnavailable(f"no llama.cpp source from llama_dist.py: {exc}") from exc
-    log = build.parent / "peers-build.log"
+    log = build.parent / f"{build.name}.log"
     build.mkdir(parents=True, exist_ok=True)
     print(f"building {', '.join(LLAMA_TOOLS)} from {src} into {build} (log: {log}) ...",
           file=sys.stderr, flush=True)
     steps = [["cmake", "-S", src, "-B", str(build), "-DCMAKE_BUILD_TYPE=Release",
-              "-DLLAMA_CURL=OFF", "-DLLAMA_OPENSSL=OFF", "-DLLAMA_BUILD_TESTS=OFF"],
+              "-DLLAMA_CURL=OFF", "-DLLAMA_OPENSSL=OFF", "-DLLAMA_BUILD_TESTS=OFF",
+              *peers_cmake_args()],
              ["cmake", "--build", str(build), "--target", *LLAMA_TOOLS, "-j"]]
     with log.open("w") as out:
         for step in steps:

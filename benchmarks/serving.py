@@ -29,7 +29,16 @@ import psutil
 
 from benchmarks import load, report
 from benchmarks.lineup import PEERS, HearthSettings, Setup
-from benchmarks.peers import REPO, Peer, PeerResult, finish_memory, make_peer, probe_hearth
+from benchmarks.peers import (
+    REPO,
+    Peer,
+    PeerResult,
+    finish_memory,
+    make_peer,
+    peers_build_dir,
+    peers_cmake_args,
+    probe_hearth,
+)
 from benchmarks.procs import PeerSkipped, PeerUnavailable
 
 DEFAULT_MODEL = "models/gemma-3-270m-q4_k_m.gguf"
@@ -149,6 +158,7 @@ def describe(args: argparse.Namespace, model: Path, prompt_tokens: dict[int, lis
                 "dirty": bool(_git("status", "--porcelain", "--", ".",
                                    ":(exclude)benchmarks/results"))},
         "llama_cpp_python": metadata.version("llama-cpp-python"),
+        "peers_build": {"dir": str(peers_build_dir()), "cmake_args": peers_cmake_args()},
         "model": {"path": str(model), "name": model.name, "bytes": model.stat().st_size,
                   "sha256_prefix": digest.hexdigest()[:16]},
         "parameters": {"concurrency": args.concurrency, "max_tokens": args.max_tokens,

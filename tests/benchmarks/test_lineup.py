@@ -207,3 +207,23 @@ def test_every_serving_peer_runs_as_users_run_it_and_tuned() -> None:
         assert PEERS[f"{family}-tuned"].variant == TUNED
         assert PEERS[family].ns == PEERS[f"{family}-tuned"].ns
     assert not any("ceiling" in s.label for s in PEERS.values())
+
+
+def test_the_peers_build_with_the_same_cmake_args_as_llama_cpp_python(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """CMAKE_ARGS (what llama-cpp-python's build reads) reaches the peers' build, in a
+    build folder of its own.  Checked to fail: ignoring CMAKE_ARGS keeps one folder for a
+    CUDA and a CPU build."""
+    from benchmarks.peers import peers_build_dir, peers_cmake_args
+
+    monkeypatch.delenv("HEARTH_PEERS_BUILD", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("CMAKE_ARGS", raising=False)
+    plain = peers_build_dir()
+    assert plain == tmp_path / ".cache/hearth/peers-build" and peers_cmake_args() == []
+    monkeypatch.setenv("CMAKE_ARGS", "-DGGML_CUDA=on -DGGML_AMX_INT8=OFF")
+    assert peers_cmake_args() == ["-DGGML_CUDA=on", "-DGGML_AMX_INT8=OFF"]
+    assert peers_build_dir() != plain
+    assert peers_build_dir().name.startswith("peers-build-")
+    monkeypatch.setenv("HEARTH_PEERS_BUILD", str(tmp_path / "mine"))
+    assert peers_build_dir() == tmp_path / "mine"
