@@ -113,6 +113,8 @@ def test_hearth_settings_from_its_log() -> None:
     assert (s.flash_attn, s.kv_unified, s.kv_buffer_mib, s.source) == ("off", True, 60.25,
                                                                          "probe")
     assert parse_kv_unified(LLAMA_SERVER_LOG) is False
+    split = HearthSettings.from_log(LLAMA_SERVER_LOG, source="probe")
+    assert (split.kv_unified, split.flash_attn, split.kv_buffer_mib) == (False, "on", 85.5)
     empty = HearthSettings.from_log("", source="probe")
     assert (empty.flash_attn, empty.kv_unified, empty.kv_buffer_mib) == ("auto", True, None)
 
