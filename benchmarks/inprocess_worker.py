@@ -1,6 +1,9 @@
 """llama-cpp-python in process, one stream: run in its own process by the benchmark.
 
-    python -m benchmarks.inprocess_worker MODEL THREADS N_CTX MAX_TOKENS < prompt
+    python -m benchmarks.inprocess_worker MODEL THREADS N_CTX MAX_TOKENS [--flash-attn on|off]
+        < prompt
+
+Without --flash-attn, Llama's own default (off) applies: the peer as users run it.
 
 Prints one JSON line, a StreamRecord, on stdout (its times on this process's clock).
 `create_completion` has no ignore_eos, so the record holds the tokens actually produced.
@@ -18,11 +21,14 @@ from benchmarks.load import StreamRecord
 
 def main(argv: list[str]) -> int:
     model, threads, n_ctx, max_tokens = argv[0], int(argv[1]), int(argv[2]), int(argv[3])
+    options: dict[str, Any] = {}
+    if argv[4:5] == ["--flash-attn"]:
+        options["flash_attn"] = {"on": True, "off": False}[argv[5]]
     prompt = sys.stdin.read()
     from llama_cpp import Llama
 
     llm = Llama(model_path=model, n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads,
-                verbose=False)
+                verbose=False, **options)
     for _ in llm.create_completion("Warm-up request: say hello.", max_tokens=8,
                                    temperature=0, stream=True):
         pass

@@ -8,6 +8,7 @@ once, then k-1 gaps of zero.  The first token's gap is the TTFT, not an ITL samp
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import http.client
 import itertools
 import json
@@ -114,17 +115,30 @@ def _pct(values: list[float], q: float) -> float | None:
     return float(np.percentile(values, q)) if values else None
 
 
+def inter_token_gaps(arrivals: list[tuple[float, int]]) -> list[float]:
+    """One stream's inter-token latencies: a chunk of k tokens is k arrivals at one
+    instant, so it gives the gap since the previous arrival once, then k-1 zeros. The
+    first token's gap is the TTFT, not an ITL sample; chunks without tokens are not
+    arrivals."""
+    arrivals = [(t, k) for t, k in arrivals if k > 0]
+    if not arrivals:
+        return []
+    gaps = [0.0] * (arrivals[0][1] - 1)
+    for (prev, _), (t, k) in itertools.pairwise(arrivals):
+        gaps.append(t - prev)
+        gaps += [0.0] * (k - 1)
+    return gaps
+
+
 def summarize(n: int, records: list[StreamRecord], max_tokens: int) -> LevelResult:
+    """The figures of one run of N streams (see the module docstring for the counting)."""
     ttfts, itls = [], []
     for r in records:
-        arrivals = [(t, k) for t, k in r.arrivals if k > 0]
-        if not arrivals:
+        first = next((t for t, k in r.arrivals if k > 0), None)
+        if first is None:
             continue
-        ttfts.append(arrivals[0][0] - r.sent)
-        itls += [0.0] * (arrivals[0][1] - 1)
-        for (prev, _), (t, k) in itertools.pairwise(arrivals):
-            itls.append(t - prev)
-            itls += [0.0] * (k - 1)
+        ttfts.append(first - r.sent)
+        itls += inter_token_gaps(r.arrivals)
     total = sum(r.generated for r in records)
     wall = (max(r.end for r in records) - min(r.sent for r in records)) if records else 0.0
     reasons: dict[str, int] = {}
@@ -137,6 +151,23 @@ def summarize(n: int, records: list[StreamRecord], max_tokens: int) -> LevelResu
         completed=sum(1 for r in records if r.error is None and r.generated >= max_tokens),
         streams=len(records), finish_reasons=reasons,
         errors=sorted({r.error for r in records if r.error}))
+
+
+def median_run(runs: list[LevelResult]) -> LevelResult:
+    """The repetition with the median throughput (the lower middle one of an even count),
+    its figures kept together; `extra` lists every repetition's throughput, TTFT p50 and
+    completed streams, and peak RSS is the highest of any repetition."""
+    if not runs:
+        raise ValueError("no runs to take the median of")
+    ordered = sorted(runs, key=lambda lv: lv.agg_tok_s if lv.agg_tok_s is not None else -1.0)
+    chosen = dataclasses.replace(ordered[(len(ordered) - 1) // 2])
+    chosen.extra = {**chosen.extra, "repetitions": len(runs),
+                    "runs_agg_tok_s": [lv.agg_tok_s for lv in runs],
+                    "runs_ttft_p50_s": [lv.ttft_p50_s for lv in runs],
+                    "runs_completed": [lv.completed for lv in runs]}
+    peaks = [lv.peak_rss_mb for lv in runs if lv.peak_rss_mb is not None]
+    chosen.peak_rss_mb = max(peaks) if peaks else None
+    return chosen
 
 
 # -- HTTP server-sent events (llama-server, llama-cpp-python's server) ----------------------
@@ -210,6 +241,9 @@ def _sse_stream(host: str, port: int, api: SseApi, prompt: str, max_tokens: int,
             if total is not None:
                 rec.tokens = total
                 break
+        else:
+            # the connection closed before the stream's last event: a server that died
+            rec.error = "the stream ended before its final event"
     except (OSError, http.client.HTTPException, ValueError) as exc:
         rec.error = f"{type(exc).__name__}: {exc}"
     finally:

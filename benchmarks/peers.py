@@ -1,23 +1,43 @@
-"""The peers: each one is started by the benchmark, measured at every N, and stopped.
+"""The peers as running things: each is started once, measured one repetition at a time
+(so the orchestrator can interleave them), and stopped.
 
-Each `run_*` returns a PeerResult; one that cannot start raises PeerUnavailable and the
-orchestrator records why and goes on with the rest.
+A peer that cannot start or dies raises PeerUnavailable; the orchestrator records why
+and goes on with the rest.  Command lines and log parsing live in `lineup`.
 """
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import importlib.util
 import json
 import os
-import re
+import shlex
+import signal
 import subprocess
 import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from benchmarks import load
+from benchmarks.lineup import (
+    DEFAULTS,
+    HOST,
+    SUBJECT,
+    TUNED,
+    HearthSettings,
+    PeerSpec,
+    Setup,
+    batched_bench_command,
+    hearth_command,
+    inprocess_command,
+    llama_cpp_server_command,
+    llama_server_command,
+    parse_batched_bench,
+    parse_kv_buffer_mib,
+)
 from benchmarks.procs import (
     MB,
     ManagedProcess,
@@ -29,28 +49,15 @@ from benchmarks.procs import (
 )
 
 REPO = Path(__file__).resolve().parent.parent
-HOST = "127.0.0.1"
 READY_TIMEOUT_S = 300.0
-
-
-@dataclass(frozen=True)
-class Setup:
-    """What every peer shares in one run."""
-
-    model: Path
-    threads: int
-    max_tokens: int
-    ns: list[int]
-    prompts: dict[int, list[list[str]]]  # N -> one list of N distinct prompts per repetition
-    log_dir: Path
-    n_ctx: int = 8192
-    n_parallel: int = 32
+WARM_UP_PROMPT = "Warm-up request: say hello."
 
 
 @dataclass
 class PeerResult:
     key: str
     label: str
+    variant: str = ""
     status: str = "ok"  # ok | skipped | failed
     reason: str | None = None
     command: list[str] = field(default_factory=list)
@@ -67,54 +74,47 @@ class PeerResult:
         return text if len(text) <= width else text[:width - 1] + "…"
 
 
-Driver = Callable[[list[str], int], list[load.StreamRecord]]  # (prompts, max_tokens)
-WARM_UP_PROMPT = "Warm-up request: say hello."
+class Peer:
+    """Start once, `run` one repetition at one N, stop once."""
 
+    def __init__(self, spec: PeerSpec, setup: Setup, settings: HearthSettings) -> None:
+        self.spec, self.setup, self.settings = spec, setup, settings
+        self.result = PeerResult(key=spec.key, label=spec.label, variant=spec.variant)
 
-def _measure(server: ManagedProcess, setup: Setup, ns: list[int], drive: Driver,
-             result: PeerResult) -> None:
-    """One short warm-up request, then every N, sampling the server tree's RSS all along."""
-    with RssSampler(server.pid) as rss:
-        result.info["idle_rss_mb"] = rss.sample() / MB
-        warm_up = drive([WARM_UP_PROMPT], 8)
-        if not warm_up[0].arrivals:
-            raise PeerUnavailable(f"the warm-up request failed: {warm_up[0].error}")
-        for n in ns:
-            rss.reset()
-            print(f"  {result.key}: N={n} ...", file=sys.stderr, flush=True)
-            # Shared machines are noisy: measure every repetition (each with its own
-            # prompts) and keep the one with the median throughput.
-            runs = []
-            for prompts in setup.prompts[n]:
-                records = drive(prompts, setup.max_tokens)
-                runs.append((load.summarize(n, records, setup.max_tokens), records))
-            runs.sort(key=lambda run: run[0].agg_tok_s or 0.0)
-            level, records = runs[len(runs) // 2]
-            level.extra["runs_agg_tok_s"] = [lv.agg_tok_s for lv, _ in runs]
-            level.extra["runs_ttft_p50_s"] = [lv.ttft_p50_s for lv, _ in runs]
-            level.peak_rss_mb = rss.window_peak() / MB
-            server_ttft = load.server_ttft_p50(records)
-            if server_ttft is not None:
-                level.extra["server_ttft_p50_s"] = server_ttft
-            result.levels.append(level)
-            if not server.alive():
-                raise PeerUnavailable(f"{server.name} died at N={n}:\n{server.log_tail()}")
-        result.info["peak_rss_mb"] = rss.overall_peak / MB
+    def start(self) -> None:
+        """Raises PeerUnavailable (PeerSkipped) when the peer cannot (need not) run here."""
+
+    def run(self, n: int, rep: int) -> load.LevelResult:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        """Idempotent; records what the peer's log says once it is over."""
 
 
 # -- llama.cpp's own tools ------------------------------------------------------------------
 
+def peers_cmake_args() -> list[str]:
+    """CMAKE_ARGS, the variable llama-cpp-python's own build reads: the peers are built
+    with the same llama.cpp options as the library Hearth runs on (a CUDA build, AMX off)."""
+    return shlex.split(os.environ.get("CMAKE_ARGS", ""))
+
+
 def peers_build_dir() -> Path:
-    default = Path.home() / ".cache" / "hearth" / "peers-build"
-    return Path(os.environ.get("HEARTH_PEERS_BUILD") or default)
+    """HEARTH_PEERS_BUILD, else a cache folder, one per set of CMAKE_ARGS."""
+    args = peers_cmake_args()
+    name = "peers-build" + (f"-{hashlib.sha256(' '.join(args).encode()).hexdigest()[:8]}"
+                            if args else "")
+    return Path(os.environ.get("HEARTH_PEERS_BUILD") or Path.home() / ".cache/hearth" / name)
+
+
+LLAMA_TOOLS = ("llama-batched-bench", "llama-server")
 
 
 def ensure_llama_tools() -> Path:
     """The bin dir holding llama-batched-bench and llama-server, built once from the pinned
     llama-cpp-python sdist's vendor/llama.cpp (outside the repository)."""
     build = peers_build_dir()
-    tools = ["llama-batched-bench", "llama-server"]
-    if all((build / "bin" / t).exists() for t in tools):
+    if all((build / "bin" / t).exists() for t in LLAMA_TOOLS):
         return build / "bin"
     try:
         src = subprocess.run([sys.executable, str(REPO / "native/tools/llama_dist.py"),
@@ -122,173 +122,258 @@ def ensure_llama_tools() -> Path:
                              cwd=REPO).stdout.strip().splitlines()[-1]
     except (subprocess.CalledProcessError, IndexError, OSError) as exc:
         raise PeerUnavailable(f"no llama.cpp source from llama_dist.py: {exc}") from exc
-    log = build.parent / "peers-build.log"
+    log = build.parent / f"{build.name}.log"
     build.mkdir(parents=True, exist_ok=True)
-    print(f"building {', '.join(tools)} from {src} into {build} (log: {log}) ...",
+    print(f"building {', '.join(LLAMA_TOOLS)} from {src} into {build} (log: {log}) ...",
           file=sys.stderr, flush=True)
     steps = [["cmake", "-S", src, "-B", str(build), "-DCMAKE_BUILD_TYPE=Release",
-              "-DLLAMA_CURL=OFF", "-DLLAMA_OPENSSL=OFF", "-DLLAMA_BUILD_TESTS=OFF"],
-             ["cmake", "--build", str(build), "--target", *tools, "-j"]]
+              "-DLLAMA_CURL=OFF", "-DLLAMA_OPENSSL=OFF", "-DLLAMA_BUILD_TESTS=OFF",
+              *peers_cmake_args()],
+             ["cmake", "--build", str(build), "--target", *LLAMA_TOOLS, "-j"]]
     with log.open("w") as out:
         for step in steps:
-            try:
-                subprocess.run(step, check=True, stdout=out, stderr=subprocess.STDOUT)
-            except (subprocess.CalledProcessError, OSError) as exc:
-                raise PeerUnavailable(f"building the llama.cpp peers failed ({exc}); "
-                                      f"see {log}") from exc
-    missing = [t for t in tools if not (build / "bin" / t).exists()]
+            _build_step(step, out, log)
+    missing = [t for t in LLAMA_TOOLS if not (build / "bin" / t).exists()]
     if missing:
         raise PeerUnavailable(f"the build made no {', '.join(missing)}; see {log}")
     return build / "bin"
 
 
-_ROW = re.compile(r"^\|\s*\d+\s*\|")
-_COLUMNS = ["PP", "TG", "B", "N_KV", "T_PP s", "S_PP t/s", "T_TG s", "S_TG t/s", "T s", "S t/s"]
-
-
-def parse_batched_bench(text: str) -> dict[int, dict[str, float]]:
-    """Its markdown table, by B (the number of parallel sequences)."""
-    rows = {}
-    for line in text.splitlines():
-        if _ROW.match(line.strip()):
-            cells = [c.strip() for c in line.strip().strip("|").split("|")]
-            row = dict(zip(_COLUMNS, map(float, cells), strict=True))
-            rows[int(row["B"])] = row
-    return rows
-
-
-def run_batched_bench(setup: Setup, result: PeerResult) -> None:
-    tool = ensure_llama_tools() / "llama-batched-bench"
-    result.command = [str(tool), "-m", str(setup.model), "-c", str(setup.n_ctx), "-b", "2048",
-                      "-ub", "512", "-npp", "64", "-ntg", str(setup.max_tokens),
-                      "-npl", ",".join(map(str, setup.ns)), "-t", str(setup.threads)]
-    bench = ManagedProcess("llama-batched-bench", result.command, setup.log_dir)
+def _build_step(step: list[str], out: IO[str], log: Path) -> None:
+    """One build command in its own process group, so a benchmark that is stopped while
+    it builds stops the compilers too."""
     try:
-        with RssSampler(bench.pid) as rss:
-            bench.proc.wait()
-            result.info["peak_rss_mb"] = rss.overall_peak / MB
+        build = subprocess.Popen(step, stdout=out, stderr=subprocess.STDOUT,
+                                 start_new_session=True)
+    except OSError as exc:
+        raise PeerUnavailable(f"cannot run {step[0]}: {exc}") from exc
+    try:
+        code = build.wait()
     finally:
-        bench.stop()
-    if bench.proc.returncode != 0:
-        raise PeerUnavailable(f"llama-batched-bench exited with {bench.proc.returncode}:\n"
-                              f"{bench.log_tail()}")
-    rows = parse_batched_bench(bench.log_path.read_text(errors="replace"))
-    for n in setup.ns:
-        if n in rows:
-            result.levels.append(load.LevelResult(n=n, agg_tok_s=rows[n]["S_TG t/s"],
-                                                  extra={"table_row": rows[n]}))
-    if not result.levels:
-        raise PeerUnavailable(f"no table in llama-batched-bench's output:\n{bench.log_tail()}")
+        if build.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(build.pid, signal.SIGKILL)
+            build.wait()
+    if code != 0:
+        raise PeerUnavailable(f"building the llama.cpp peers failed ({step[:2]} exited with "
+                              f"{code}); see {log}")
 
 
-def run_llama_server(setup: Setup, result: PeerResult) -> None:
-    tool = ensure_llama_tools() / "llama-server"
-    port = free_port()
-    t = str(setup.threads)
-    result.command = [str(tool), "-m", str(setup.model), "--host", HOST, "--port", str(port),
-                      "-np", str(setup.n_parallel), "-c", str(setup.n_ctx), "-t", t, "-tb", t,
-                      "--no-webui"]
-    _run_http(setup, result, port, "/health", load.LLAMA_SERVER, setup.ns)
+class BatchedBenchPeer(Peer):
+    """llama-batched-bench, one process per N and repetition; its S_TG column (decode
+    only) is the figure, so there is no TTFT."""
 
+    def start(self) -> None:
+        self.tool = ensure_llama_tools() / "llama-batched-bench"
+        self.result.command = batched_bench_command(self.tool, self.setup, 0, self.settings)
+        self.result.command[self.result.command.index("-npl") + 1] = "N"
 
-# -- llama-cpp-python ------------------------------------------------------------------------
-
-def run_llama_cpp_inprocess(setup: Setup, result: PeerResult) -> None:
-    """N=1 only: Llama.create_completion streams one request at a time."""
-    result.command = [sys.executable, "-m", "benchmarks.inprocess_worker", str(setup.model),
-                      str(setup.threads), str(setup.n_ctx), str(setup.max_tokens)]
-    if 1 not in setup.ns:
-        raise PeerSkipped("measured at N=1 only, which this run leaves out")
-    out = setup.log_dir / "llama-cpp-python-inprocess.out"
-    with tempfile.TemporaryFile("w+") as prompt_file, out.open("w") as stdout:
-        prompt_file.write(setup.prompts[1][0][0])
-        prompt_file.seek(0)
-        worker = subprocess.Popen(result.command, stdin=prompt_file, stdout=stdout,
-                                  stderr=subprocess.DEVNULL, cwd=REPO, start_new_session=True)
+    def run(self, n: int, rep: int) -> load.LevelResult:
+        cmd = batched_bench_command(self.tool, self.setup, n, self.settings)
+        bench = ManagedProcess(f"batched-bench-{n}-{rep}", cmd, self.setup.log_dir)
         try:
-            with RssSampler(worker.pid) as rss:
-                worker.wait(timeout=load.STREAM_TIMEOUT_S)
+            with RssSampler(bench.pid) as rss:
+                bench.proc.wait()
                 peak = rss.overall_peak
         finally:
-            if worker.poll() is None:
-                worker.kill()
-                worker.wait()
-    lines = out.read_text().strip().splitlines()
-    if worker.returncode != 0 or not lines:
-        raise PeerUnavailable(f"the worker exited with {worker.returncode}: {lines[-3:]}")
-    record = load.StreamRecord.from_json(json.loads(lines[-1]))
-    level = load.summarize(1, [record], setup.max_tokens)
-    level.peak_rss_mb = peak / MB
-    result.levels.append(level)
-    result.info["peak_rss_mb"] = peak / MB
+            bench.stop()
+        text = bench.log_path.read_text(errors="replace")
+        if bench.proc.returncode != 0:
+            raise PeerUnavailable(f"llama-batched-bench exited with {bench.proc.returncode}:"
+                                  f"\n{bench.log_tail()}")
+        row = parse_batched_bench(text).get(n)
+        if row is None:
+            raise PeerUnavailable(f"no row for B={n} in llama-batched-bench's output:\n"
+                                  f"{bench.log_tail()}")
+        self.result.info.setdefault("kv_allocated_mb", parse_kv_buffer_mib(text))
+        return load.LevelResult(n=n, agg_tok_s=row["S_TG t/s"], peak_rss_mb=peak / MB,
+                                extra={"table_row": row})
+
+
+# -- llama-cpp-python in process -------------------------------------------------------------
+
+class InProcessPeer(Peer):
+    """Llama.create_completion in a worker process, one stream, a fresh worker per run."""
+
+    def start(self) -> None:
+        self.result.command = inprocess_command(self.setup, self.spec.variant == TUNED,
+                                                self.settings)
+
+    def run(self, n: int, rep: int) -> load.LevelResult:
+        out = self.setup.log_dir / f"{self.spec.key}-{rep}.out"
+        with tempfile.TemporaryFile("w+") as prompt_file, out.open("w") as stdout:
+            prompt_file.write(self.setup.prompts[1][rep][0])
+            prompt_file.seek(0)
+            worker = subprocess.Popen(self.result.command, stdin=prompt_file, stdout=stdout,
+                                      stderr=subprocess.DEVNULL, cwd=REPO,
+                                      start_new_session=True)
+            try:
+                with RssSampler(worker.pid) as rss:
+                    worker.wait(timeout=load.STREAM_TIMEOUT_S)
+                    peak = rss.overall_peak
+            finally:
+                if worker.poll() is None:
+                    worker.kill()
+                    worker.wait()
+        lines = out.read_text().strip().splitlines()
+        if worker.returncode != 0 or not lines:
+            raise PeerUnavailable(f"the worker exited with {worker.returncode}: {lines[-3:]}")
+        record = load.StreamRecord.from_json(json.loads(lines[-1]))
+        level = load.summarize(1, [record], self.setup.max_tokens)
+        level.peak_rss_mb = peak / MB
+        return level
+
+
+# -- servers ---------------------------------------------------------------------------------
+
+Driver = Callable[[list[str], int], list[load.StreamRecord]]  # (prompts, max_tokens)
+
+
+class ServerPeer(Peer):
+    """A server started once and left idle while the others run; each repetition drives
+    N concurrent streams at it while its process tree's RSS is sampled."""
+
+    server: ManagedProcess | None = None
+    drive: Driver
+
+    def launch(self) -> None:
+        """Starts the server, waits until it is ready and sets `drive`."""
+        raise NotImplementedError
+
+    def start(self) -> None:
+        self.launch()
+        assert self.server is not None
+        self.result.info["idle_rss_mb"] = RssSampler(self.server.pid).sample() / MB
+        warm_up = self.drive([WARM_UP_PROMPT], 8)[0]
+        if not warm_up.arrivals or warm_up.error:
+            died = ("" if self.server.alive()
+                    else f"; the server exited with {self.server.proc.returncode}")
+            raise PeerUnavailable(f"the warm-up request failed "
+                                  f"({warm_up.error or 'no token'}){died}:\n"
+                                  f"{self.server.log_tail()}")
+
+    def run(self, n: int, rep: int) -> load.LevelResult:
+        assert self.server is not None
+        with RssSampler(self.server.pid) as rss:
+            records = self.drive(self.setup.prompts[n][rep], self.setup.max_tokens)
+            peak = rss.window_peak()
+        level = load.summarize(n, records, self.setup.max_tokens)
+        level.peak_rss_mb = peak / MB
+        server_ttft = load.server_ttft_p50(records)
+        if server_ttft is not None:
+            level.extra["server_ttft_p50_s"] = server_ttft
+        if not self.server.alive():
+            raise PeerUnavailable(f"{self.server.name} died at N={n}:\n"
+                                  f"{self.server.log_tail()}")
+        return level
+
+    def stop(self) -> None:
+        if self.server is None:
+            return
+        self.server.stop()
+        kv = parse_kv_buffer_mib(self.server.log_path.read_text(errors="replace"))
+        self.result.info.setdefault("kv_allocated_mb", kv)
+        self.server = None
+
+    def _http(self, health: str, api: load.SseApi) -> None:
+        port = int(self.result.command[self.result.command.index("--port") + 1])
+        self.server = ManagedProcess(self.spec.key, self.result.command, self.setup.log_dir)
+        self.server.wait_until(lambda: http_status(HOST, port, health) == 200,
+                               READY_TIMEOUT_S, f"200 from GET {health}")
+        self.drive = lambda prompts, max_tokens: load.drive_sse(HOST, port, api, prompts,
+                                                                max_tokens)
+
+
+class LlamaServerPeer(ServerPeer):
+    def launch(self) -> None:
+        tool = ensure_llama_tools() / "llama-server"
+        self.result.command = llama_server_command(tool, self.setup, free_port(),
+                                                   self.spec.variant == TUNED, self.settings)
+        self._http("/health", load.LLAMA_SERVER)
 
 
 LLAMA_CPP_SERVER_DEPS = ["uvicorn", "fastapi", "sse_starlette", "starlette_context",
                          "pydantic_settings"]
-LLAMA_CPP_SERVER_NS = (1, 4, 8)
 
 
-def run_llama_cpp_server(setup: Setup, result: PeerResult, interrupt: bool) -> None:
-    port = free_port()
-    t = str(setup.threads)
-    result.command = [sys.executable, "-m", "llama_cpp.server", "--model", str(setup.model),
-                      "--n_ctx", str(setup.n_ctx), "--n_threads", t, "--n_threads_batch", t,
-                      "--host", HOST, "--port", str(port)]
-    if not interrupt:
-        result.command += ["--interrupt_requests", "False"]
-    missing = [m for m in LLAMA_CPP_SERVER_DEPS if importlib.util.find_spec(m) is None]
-    if missing:
-        raise PeerSkipped(f"missing {', '.join(missing)} "
-                          f"(pip install 'llama-cpp-python[server]')")
-    ns = [n for n in setup.ns if n in LLAMA_CPP_SERVER_NS]
-    if not ns:
-        raise PeerSkipped("measured at N in {1, 4, 8} only, which this run leaves out")
-    _run_http(setup, result, port, "/v1/models", load.OPENAI_COMPLETIONS, ns)
+class LlamaCppServerPeer(ServerPeer):
+    def launch(self) -> None:
+        self.result.command = llama_cpp_server_command(self.setup, free_port(),
+                                                       self.spec.variant == TUNED,
+                                                       self.settings)
+        missing = [m for m in LLAMA_CPP_SERVER_DEPS if importlib.util.find_spec(m) is None]
+        if missing:
+            raise PeerSkipped(f"missing {', '.join(missing)} "
+                              f"(pip install 'llama-cpp-python[server]')")
+        self._http("/v1/models", load.OPENAI_COMPLETIONS)
 
 
-def _run_http(setup: Setup, result: PeerResult, port: int, health: str, api: load.SseApi,
-              ns: list[int]) -> None:
-    server = ManagedProcess(result.key, result.command, setup.log_dir)
-    try:
-        server.wait_until(lambda: http_status(HOST, port, health) == 200, READY_TIMEOUT_S,
-                          f"200 from GET {health}")
+class HearthPeer(ServerPeer):
+    """The daemon over gRPC through its own client.  Memory: the KV llama.cpp allocated
+    comes from `settings` (read from a probe start's log, see `probe_hearth`)."""
 
-        def drive(prompts: list[str], max_tokens: int) -> list[load.StreamRecord]:
-            return load.drive_sse(HOST, port, api, prompts, max_tokens)
-
-        _measure(server, setup, ns, drive, result)
-    finally:
-        server.stop()
-
-
-# -- Hearth ------------------------------------------------------------------------------------
-
-def run_hearth(setup: Setup, result: PeerResult) -> None:
-    ready = setup.log_dir / "hearth-ready.json"
-    result.command = [sys.executable, "-m", "runtime.cli.main", "serve",
-                      "--model", f"bench={setup.model}", "--listen", f"{HOST}:0",
-                      "--parallel", str(setup.n_parallel), "--ctx", str(setup.n_ctx),
-                      "--threads", str(setup.threads), "--ready-file", str(ready)]
-    server = ManagedProcess("hearth", result.command, setup.log_dir)
-    try:
-        server.wait_until(ready.exists, READY_TIMEOUT_S, "ready file")
+    def launch(self) -> None:
+        ready = self.setup.log_dir / "hearth-ready.json"
+        self.result.command = hearth_command(self.setup, ready)
+        self.server = ManagedProcess("hearth", self.result.command, self.setup.log_dir)
+        self.server.wait_until(ready.exists, READY_TIMEOUT_S, "ready file")
         addr = json.loads(ready.read_text())["addresses"][0]
         from runtime.client import HearthClient
 
         with HearthClient(addr, timeout=30) as client:
             status = client.get_model("bench")
-        result.info.update(address=addr, weights_bytes=status.weights_bytes,
-                           kv_cache_bytes=status.kv_cache_bytes, n_ctx=status.n_ctx,
-                           slots=status.slots_total, load_seconds=status.load_seconds)
+        self.result.info.update(address=addr, weights_bytes=status.weights_bytes,
+                                kv_upper_bound_mb=status.kv_cache_bytes / MB,
+                                n_ctx=status.n_ctx, slots=status.slots_total,
+                                load_seconds=status.load_seconds,
+                                kv_allocated_mb=self.settings.kv_buffer_mib,
+                                kv_allocated_source=self.settings.source)
+        self.drive = lambda prompts, max_tokens: load.drive_hearth(addr, "bench", prompts,
+                                                                   max_tokens)
 
-        def drive(prompts: list[str], max_tokens: int) -> list[load.StreamRecord]:
-            return load.drive_hearth(addr, "bench", prompts, max_tokens)
 
-        _measure(server, setup, setup.ns, drive, result)
+def probe_hearth(setup: Setup) -> HearthSettings:
+    """Starts Hearth once with llama.cpp's info lines on (`--log-level debug`), reads the
+    settings its context runs with and the KV buffers it allocated, and stops it.  The
+    measured Hearth then runs at its default log level; nothing else differs."""
+    ready = setup.log_dir / "hearth-probe-ready.json"
+    probe = ManagedProcess("hearth-probe", hearth_command(setup, ready, log_level="debug"),
+                           setup.log_dir)
+    try:
+        probe.wait_until(ready.exists, READY_TIMEOUT_S, "ready file")
     finally:
-        server.stop()
-    model_and_kv = (setup.model.stat().st_size + result.info["kv_cache_bytes"]) / MB
-    result.info["model_file_mb"] = setup.model.stat().st_size / MB
-    result.info["kv_cache_mb"] = result.info["kv_cache_bytes"] / MB
-    result.info["rss_beyond_model_kv_idle_mb"] = result.info["idle_rss_mb"] - model_and_kv
-    result.info["rss_beyond_model_kv_peak_mb"] = result.info["peak_rss_mb"] - model_and_kv
+        probe.stop()
+    return HearthSettings.from_log(probe.log_path.read_text(errors="replace"),
+                                   source="llama.cpp's log of a Hearth start "
+                                          "with --log-level debug")
+
+
+PEER_CLASSES: dict[str, type[Peer]] = {
+    "batched-bench": BatchedBenchPeer,
+    "llama-cpp-python": InProcessPeer,
+    "llama-server": LlamaServerPeer,
+    "llama-cpp-python-server": LlamaCppServerPeer,
+    "hearth": HearthPeer,
+}
+
+
+def make_peer(spec: PeerSpec, setup: Setup, settings: HearthSettings) -> Peer:
+    return PEER_CLASSES[spec.family](spec, setup, settings)
+
+
+def finish_memory(result: PeerResult, model_bytes: int) -> None:
+    """RSS beyond the model file and the KV llama.cpp actually allocated, idle and at peak,
+    where the peer's log gave the KV figure."""
+    info = result.info
+    info["model_file_mb"] = model_bytes / MB
+    kv = info.get("kv_allocated_mb")
+    peaks = [lv.peak_rss_mb for lv in result.levels if lv.peak_rss_mb is not None]
+    if peaks:
+        info["peak_rss_mb"] = max(peaks)
+    if kv is None or result.variant not in (DEFAULTS, TUNED, SUBJECT):
+        return
+    base = info["model_file_mb"] + kv
+    if "idle_rss_mb" in info:
+        info["rss_beyond_model_kv_idle_mb"] = info["idle_rss_mb"] - base
+    if peaks:
+        info["rss_beyond_model_kv_peak_mb"] = info["peak_rss_mb"] - base

@@ -1,12 +1,16 @@
 """Serving benchmark: Hearth against llama.cpp peers, side by side in one run.
 
-    python -m benchmarks.serving [--quick] [--peers hearth,llama-server] ...
+    python -m benchmarks.serving [--quick] [--peers hearth,llama-server-tuned] ...
 
-See benchmarks/README.md for what is measured and how.
+Every peer is started once; then, for each N and each repetition (fresh prompts each
+time), every peer runs once, in an order that rotates from round to round, so a noisy
+minute on the shared machine does not land on one peer.  Each figure is the median
+repetition.  See benchmarks/README.md for what is measured and how.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import os
 import platform
@@ -17,7 +21,6 @@ import tempfile
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from functools import partial
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -25,32 +28,20 @@ from typing import Any
 import psutil
 
 from benchmarks import load, report
+from benchmarks.lineup import PEERS, HearthSettings, Setup
 from benchmarks.peers import (
     REPO,
+    Peer,
     PeerResult,
-    Setup,
-    run_batched_bench,
-    run_hearth,
-    run_llama_cpp_inprocess,
-    run_llama_cpp_server,
-    run_llama_server,
+    finish_memory,
+    make_peer,
+    peers_build_dir,
+    peers_cmake_args,
+    probe_hearth,
 )
 from benchmarks.procs import PeerSkipped, PeerUnavailable
 
 DEFAULT_MODEL = "models/gemma-3-270m-q4_k_m.gguf"
-
-# key -> (label, runner), in the order they run
-PEERS: dict[str, tuple[str, Callable[[Setup, PeerResult], None]]] = {
-    "batched-bench": ("llama-batched-bench (decode only)", run_batched_bench),
-    "llama-cpp-python": ("llama-cpp-python in-process", run_llama_cpp_inprocess),
-    "llama-server": ("llama-server", run_llama_server),
-    "llama-cpp-python-server": ("llama-cpp-python server",
-                                partial(run_llama_cpp_server, interrupt=True)),
-    "llama-cpp-python-server-no-interrupt": ("llama-cpp-python server, "
-                                             "--interrupt_requests False",
-                                             partial(run_llama_cpp_server, interrupt=False)),
-    "hearth": ("Hearth", run_hearth),
-}
 
 
 def _int_list(text: str) -> list[int]:
@@ -83,8 +74,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=Path("benchmarks/results"),
                    help="results folder (default: %(default)s)")
     p.add_argument("--repeat", type=int, default=3,
-                   help="runs per N and server, each with fresh prompts; the median by "
-                        "throughput is reported (default: %(default)s)")
+                   help="runs per N and peer, interleaved, each with fresh prompts; the "
+                        "median by throughput is reported (default: %(default)s; fewer "
+                        "than 3 is a smoke run, not a result)")
     p.add_argument("--quick", action="store_true",
                    help="smoke test: N in {1, 4} only, one run each")
     args = p.parse_args(argv)
@@ -128,6 +120,16 @@ def _git(*args: str) -> str:
         return ""
 
 
+def _accelerator() -> str | None:
+    """The GPUs nvidia-smi lists, if any (every peer here runs on the CPU unless told)."""
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=10, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return ", ".join(line.strip() for line in out.splitlines() if line.strip()) or None
+
+
 def describe_machine() -> dict[str, Any]:
     cpu = next((line.split(":", 1)[1].strip() for line in
                 Path("/proc/cpuinfo").read_text().splitlines()
@@ -136,61 +138,120 @@ def describe_machine() -> dict[str, Any]:
             "usable_cores": len(os.sched_getaffinity(0)),
             "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
             "kernel": platform.release(), "python": platform.python_version(),
+            "accelerator": _accelerator(),
             "git_commit": _git("rev-parse", "HEAD"),
             "git_dirty": bool(_git("status", "--porcelain", "--", ".",
                                    ":(exclude)benchmarks/results"))}
 
 
-def describe(args: argparse.Namespace, model: Path, prompt_tokens: dict[int, list[int]]
-             ) -> dict[str, Any]:
+def describe(args: argparse.Namespace, model: Path, prompt_tokens: dict[int, list[list[int]]],
+             settings: HearthSettings) -> dict[str, Any]:
     digest = hashlib.sha256()
     with model.open("rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return {
-        "schema": "hearth-serving-benchmark/1",
+        "schema": "hearth-serving-benchmark/2",
         "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": describe_machine(),
         "git": {"commit": _git("rev-parse", "HEAD"),
                 "dirty": bool(_git("status", "--porcelain", "--", ".",
                                    ":(exclude)benchmarks/results"))},
         "llama_cpp_python": metadata.version("llama-cpp-python"),
+        "peers_build": {"dir": str(peers_build_dir()), "cmake_args": peers_cmake_args()},
         "model": {"path": str(model), "name": model.name, "bytes": model.stat().st_size,
                   "sha256_prefix": digest.hexdigest()[:16]},
         "parameters": {"concurrency": args.concurrency, "max_tokens": args.max_tokens,
                        "threads": args.threads, "peers": args.peers, "quick": args.quick,
                        "repeat": args.repeat,
                        "n_ctx": 8192, "n_parallel": 32, "prompt_tokens": prompt_tokens,
-                       "itl_counting": "a chunk of k tokens: its gap once, then k-1 zeros"},
+                       "itl_counting": "a chunk of k tokens: its gap once, then k-1 zeros",
+                       "order": "every peer once per (N, repetition), rotated each round",
+                       "figure": "the repetition with the median aggregate tok/s"},
+        "hearth_settings": dataclasses.asdict(settings),
+        "tuned_peers_copy": {"flash_attn": settings.flash_attn,
+                             "kv_unified": settings.kv_unified,
+                             "llama_server": "--swa-checkpoints 0 --cache-ram 0",
+                             "llama_cpp_python_server": "--interrupt_requests False"},
     }
 
 
-def run_peer(key: str, setup: Setup) -> PeerResult:
-    label, runner = PEERS[key]
-    result = PeerResult(key=key, label=label)
-    print(f"== {label}", file=sys.stderr, flush=True)
-    start = time.monotonic()
-    try:
-        runner(setup, result)
-    except PeerSkipped as exc:
-        result.status, result.reason = "skipped", str(exc)
-    except PeerUnavailable as exc:
-        result.status, result.reason = "failed", str(exc)
-    except Exception as exc:
-        result.status, result.reason = "failed", f"{type(exc).__name__}: {exc}"
-    result.info["seconds"] = round(time.monotonic() - start, 1)
-    if result.status != "ok":
-        print(f"   {label}: {result.status}: {result.reason}", file=sys.stderr, flush=True)
-    return result
+def schedule(keys: list[str], ns: list[int], repeat: int,
+             measured_at: Callable[[str, int], bool]) -> list[tuple[int, int, str]]:
+    """(N, repetition, peer) in the order they run.  Each (N, repetition) is a round in
+    which every peer measured at N runs once; the order rotates by one from round to
+    round (A B C, B C A, C A B, …), so no peer always goes first or after the same peer."""
+    plan: list[tuple[int, int, str]] = []
+    rounds = 0
+    for n in ns:
+        here = [k for k in keys if measured_at(k, n)]
+        for rep in range(repeat):
+            if here:
+                shift = rounds % len(here)
+                plan += [(n, rep, k) for k in here[shift:] + here[:shift]]
+                rounds += 1
+    return plan
+
+
+def _fail(result: PeerResult, exc: BaseException) -> None:
+    result.status = "skipped" if isinstance(exc, PeerSkipped) else "failed"
+    result.reason = (str(exc) if isinstance(exc, PeerUnavailable)
+                     else f"{type(exc).__name__}: {exc}")
+    print(f"   {result.label}: {result.status}: {result.short_reason()}", file=sys.stderr,
+          flush=True)
+
+
+def start_peers(peers: dict[str, Peer], ns: list[int]) -> list[str]:
+    """Starts every peer (servers stay up, idle, until the end); the keys that started."""
+    live = []
+    for key, peer in peers.items():
+        spec = peer.spec
+        print(f"== starting {spec.label}", file=sys.stderr, flush=True)
+        try:
+            if not any(spec.measured_at(n) for n in ns):
+                raise PeerSkipped(f"measured at N in {set(spec.ns or ())} only, which this "
+                                  "run leaves out")
+            peer.start()
+            live.append(key)
+        except Exception as exc:
+            _fail(peer.result, exc)
+            peer.stop()
+    return live
+
+
+def measure(peers: dict[str, Peer], live: list[str], ns: list[int], repeat: int
+            ) -> dict[str, dict[int, list[load.LevelResult]]]:
+    """Runs the schedule; a peer that fails is stopped and left out of later rounds."""
+    runs: dict[str, dict[int, list[load.LevelResult]]] = {k: {} for k in peers}
+    plan = schedule(live, ns, repeat, lambda k, n: peers[k].spec.measured_at(n))
+    for step, (n, rep, key) in enumerate(plan, 1):
+        peer = peers[key]
+        if peer.result.status != "ok":
+            continue
+        started = time.monotonic()
+        try:
+            level = peer.run(n, rep)
+        except Exception as exc:
+            _fail(peer.result, exc)
+            peer.stop()
+            continue
+        seconds = time.monotonic() - started
+        peer.result.info["seconds_measured"] = round(
+            peer.result.info.get("seconds_measured", 0.0) + seconds, 1)
+        runs[key].setdefault(n, []).append(level)
+        tok_s = "—" if level.agg_tok_s is None else f"{level.agg_tok_s:.1f} tok/s"
+        print(f"  [{step}/{len(plan)}] N={n} run {rep + 1}/{repeat} {key}: {tok_s}",
+              file=sys.stderr, flush=True)
+    return runs
 
 
 def print_table(results: list[PeerResult], ns: list[int]) -> None:
-    w = max(len(p.label) for p in results) if results else 4
+    w = max(len(p.key) for p in results) if results else 4
     print(f"\n{'peer':<{w}} {'N':>3} {'tok/s':>8} {'TTFT50':>7} {'TTFT99':>7} {'ITL50':>7} "
           f"{'ITL99':>7} {'done':>6} {'RSS MB':>7}")
     for p in results:
         if p.status != "ok":
-            print(f"{p.label:<{w}} {p.status}: {p.short_reason()}")
+            print(f"{p.key:<{w}} {p.status}: {p.short_reason()}")
         for n in ns:
             lv = p.level(n)
             if lv is None:
@@ -199,7 +260,7 @@ def print_table(results: list[PeerResult], ns: list[int]) -> None:
             cells = [_f(lv.agg_tok_s, 8, ".1f"), _f(lv.ttft_p50_s, 7, ".3f"),
                      _f(lv.ttft_p99_s, 7, ".3f"), _f(lv.itl_p50_s, 7, ".3f"),
                      _f(lv.itl_p99_s, 7, ".3f"), f"{done:>6}", _f(lv.peak_rss_mb, 7, ".0f")]
-            print(f"{p.label:<{w}} {n:>3} " + " ".join(cells))
+            print(f"{p.key:<{w}} {n:>3} " + " ".join(cells))
 
 
 def _f(value: float | None, width: int, fmt: str) -> str:
@@ -214,24 +275,46 @@ def main(argv: list[str] | None = None) -> int:
     count = token_counter(model)
     prompts = {n: [load.make_prompts(n, count, rep=r) for r in range(args.repeat)]
                for n in args.concurrency}
-    lengths = {n: [count(p) for p in reps[0]] for n, reps in prompts.items()}
-    meta = describe(args, model, lengths)
+    lengths = {n: [[count(p) for p in rep] for rep in reps] for n, reps in prompts.items()}
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    results = []
+    started = time.monotonic()
+    load_start = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="hearth-bench-") as logs:
         setup = Setup(model=model, threads=args.threads, max_tokens=args.max_tokens,
                       ns=args.concurrency, prompts=prompts, log_dir=Path(logs))
-        for key in PEERS:
-            if key in args.peers:
-                results.append(run_peer(key, setup))
+        print("== reading Hearth's settings (a start with llama.cpp's log on)",
+              file=sys.stderr, flush=True)
+        try:
+            settings = probe_hearth(setup)
+        except Exception as exc:
+            settings = HearthSettings(source=f"Hearth's defaults: the probe start failed "
+                                             f"({type(exc).__name__}: {exc})")
+        print(f"   flash attention {settings.flash_attn}, unified KV {settings.kv_unified}, "
+              f"KV buffers {settings.kv_buffer_mib} MiB ({settings.source})",
+              file=sys.stderr, flush=True)
+        peers = {k: make_peer(PEERS[k], setup, settings) for k in PEERS if k in args.peers}
+        try:
+            live = start_peers(peers, args.concurrency)
+            runs = measure(peers, live, args.concurrency, args.repeat)
+        finally:
+            for peer in peers.values():
+                peer.stop()
+    results = []
+    for key, peer in peers.items():
+        peer.result.levels = [load.median_run(runs[key][n]) for n in args.concurrency
+                              if runs.get(key, {}).get(n)]
+        finish_memory(peer.result, model.stat().st_size)
+        results.append(peer.result)
+    meta = describe(args, model, lengths, settings)
+    meta["elapsed_s"] = round(time.monotonic() - started, 1)
+    meta["loadavg_1m"] = {"start": load_start, "end": os.getloadavg()[0]}
     print_table(results, args.concurrency)
     goals = report.write_all(args.out, stamp, meta, results)
-    print("\nGoals (ratios from this run):")
+    print("\nGoals (judged on the tuned peers; the defaults' ratios for reference):")
     for goal in goals:
         print(f"  {goal.line()}")
-    memory = report.hearth_memory_line(results)
-    if memory:
-        print(f"  {memory}")
+    for line in report.memory_lines(results):
+        print(f"  {line}")
     print(f"\nwrote {args.out}/serving-{stamp}.json, serving-latest.{{json,md,png}}")
     return 0
 
