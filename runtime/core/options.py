@@ -3,8 +3,9 @@
 Every option a request may set is one field of `GenerationOptions` below,
 and the field's `option(...)` is its row in the table: its kind, its range
 (for lists: how many items and how long each may be), the server default,
-its OpenAI and KServe spellings, and whether it is copied into the C struct
-`hearth_sampling` (a field of the same name).  The hearth.v1 protos spell
+its OpenAI and KServe spellings, and where it goes in the C request
+(`hearth_request_params`; the "sampling" ones are copied by name into its
+`hearth_sampling`).  The hearth.v1 protos spell
 every option as its name.
 
 Derived from the table, and spelling no option themselves:
@@ -62,8 +63,13 @@ class Option:
     default: Any = None                # the server default, used when a request sends none
     openai: str | None = None          # the OpenAI request field; None: not a plain field
     kserve: str | None = None          # the KServe sampling key; None: not a plain key
-    kserve_aliases: tuple[tuple[Any, Any], ...] = ()   # KServe values meaning ours
-    sampling: bool = False             # copied into hearth_sampling's field of this name
+    # Values KServe clients write for ours (vLLM's "no top-k" is -1, ours 0).
+    kserve_aliases: tuple[tuple[Any, Any], ...] = ()
+    # Where it ends up in the C request (hearth_request_params): "sampling"
+    # options are copied by the binding into hearth_sampling's field of the
+    # same name; the others are set by the core from the resolved request.
+    c_field: str = ""
+    cli: bool = False                  # a flag of `hearth generate` and `hearth chat`
     empty: Any = None                  # the value of an option a request does not set
     doc: str = ""
 
@@ -92,67 +98,68 @@ class GenerationOptions:
     is a row of the table (see the module docstring)."""
 
     max_tokens: int | None = field(default=None, metadata=row(
-        Kind.INT, lo=1, openai="max_tokens", kserve="max_tokens",
+        Kind.INT, cli=True, lo=1, openai="max_tokens", kserve="max_tokens",
+        c_field="max_tokens",
         doc="most tokens to generate; default: the config's max_tokens_default, at most "
-            "what the request's context leaves (C: hearth_request_params.max_tokens)"))
+            "what the request's context leaves"))
     temperature: float | None = field(default=None, metadata=row(
-        Kind.FLOAT, lo=0.0, hi=100.0, default=0.8, openai="temperature",
-        kserve="temperature", sampling=True, doc="0 = greedy"))
+        Kind.FLOAT, cli=True, lo=0.0, hi=100.0, default=0.8, openai="temperature",
+        kserve="temperature", c_field="sampling", doc="0 = greedy"))
     top_p: float | None = field(default=None, metadata=row(
-        Kind.FLOAT, lo=0.0, lo_open=True, hi=1.0, default=0.95, openai="top_p",
-        kserve="top_p", sampling=True, doc="nucleus sampling; 1 disables"))
+        Kind.FLOAT, cli=True, lo=0.0, lo_open=True, hi=1.0, default=0.95, openai="top_p",
+        kserve="top_p", c_field="sampling", doc="nucleus sampling; 1 disables"))
     top_k: int | None = field(default=None, metadata=row(
-        Kind.INT, lo=0, hi=INT32_MAX, default=40, openai="top_k", kserve="top_k",
-        kserve_aliases=((-1, 0),), sampling=True,
-        doc="0 disables (vLLM's -1 is read as 0)"))
+        Kind.INT, cli=True, lo=0, hi=INT32_MAX, default=40, openai="top_k", kserve="top_k",
+        kserve_aliases=((-1, 0),), c_field="sampling", doc="0 disables"))
     seed: int | None = field(default=None, metadata=row(
-        Kind.INT, lo=0, hi=SEED_MAX, openai="seed", kserve="seed", sampling=True,
-        doc="a fixed seed for reproducible sampling; unset: random (C: HEARTH_SEED_RANDOM)"))
+        Kind.INT, cli=True, lo=0, hi=SEED_MAX, openai="seed", kserve="seed", c_field="sampling",
+        doc="a fixed seed for reproducible sampling; unset: random"))
     stop: tuple[str, ...] = field(default=(), metadata=row(
-        Kind.TEXT_LIST, default=(), max_items=16, max_bytes=256, openai="stop",
+        Kind.TEXT_LIST, cli=True, default=(), max_items=16, max_bytes=256, openai="stop",
         kserve="stop",
-        doc="generation stops before the first of these strings "
-            "(C: hearth_request_params.stop)"))
+        c_field="stop", doc="generation stops before the first of these strings"))
     min_p: float | None = field(default=None, metadata=row(
         Kind.FLOAT, lo=0.0, hi=1.0, default=0.05, openai="min_p", kserve="min_p",
-        sampling=True, doc="0 disables"))
+        c_field="sampling", doc="0 disables"))
     repeat_penalty: float | None = field(default=None, metadata=row(
         Kind.FLOAT, lo=0.0, lo_open=True, hi=100.0, default=1.0, openai="repeat_penalty",
-        kserve="repetition_penalty", sampling=True, doc="1 disables"))
+        kserve="repetition_penalty", c_field="sampling", doc="1 disables"))
     frequency_penalty: float | None = field(default=None, metadata=row(
         Kind.FLOAT, lo=-2.0, hi=2.0, default=0.0, openai="frequency_penalty",
-        kserve="frequency_penalty", sampling=True, doc="0 disables"))
+        kserve="frequency_penalty", c_field="sampling", doc="0 disables"))
     presence_penalty: float | None = field(default=None, metadata=row(
         Kind.FLOAT, lo=-2.0, hi=2.0, default=0.0, openai="presence_penalty",
-        kserve="presence_penalty", sampling=True, doc="0 disables"))
+        kserve="presence_penalty", c_field="sampling", doc="0 disables"))
     # llama.cpp allocates (and zero-fills) 4 bytes per unit of the window
     # when the request is submitted, on the server's event loop: the bound
     # keeps that to 512 KiB.  A window longer than a request's context holds
     # the same tokens as the whole context, which -1 asks for.
     penalty_last_n: int | None = field(default=None, metadata=row(
         Kind.INT, lo=-1, hi=131072, default=64, openai="penalty_last_n",
-        kserve="penalty_last_n", sampling=True,
+        kserve="penalty_last_n", c_field="sampling",
         doc="tokens the three penalties look back over; -1: the whole context"))
     ignore_eos: bool = field(default=False, metadata=row(
         Kind.BOOL, default=False, openai="ignore_eos", kserve="ignore_eos",
-        doc="never stop at an end-of-generation token (C: hearth_request_params.ignore_eos)"))
+        c_field="ignore_eos", doc="never stop at an end-of-generation token"))
     structured: StructuredOutput | None = field(default=None, metadata=row(
         Kind.STRUCTURED,
+        c_field="grammar (GBNF from core/grammar.py)",
         doc="JSON object, JSON schema or GBNF grammar (OpenAI and KServe: response_format "
-            "or grammar; C: hearth_request_params.grammar, via core/grammar.py)"))
+            "or grammar)"))
     logprobs: bool = field(default=False, metadata=row(
         Kind.BOOL, default=False, kserve="logprobs",
+        c_field="logprobs (-1: off, else top_logprobs)",
         doc="the log-probability of each chosen token (OpenAI: chat's logprobs, or "
-            "completions' logprobs=N; KServe: also vLLM's logprobs=N; C: "
-            "hearth_request_params.logprobs, with top_logprobs)"))
+            "completions' logprobs=N; KServe: also vLLM's logprobs=N)"))
     top_logprobs: int = field(default=0, metadata=row(
         Kind.INT, lo=0, hi=20, default=0, kserve="top_logprobs",
+        c_field="logprobs",
         doc="and of the k most likely tokens at each position (OpenAI: chat's "
             "top_logprobs, completions' logprobs=N)"))
     adapter: str = field(default="", metadata=row(
         Kind.TEXT, max_bytes=256, default="", openai="adapter", kserve="adapter",
-        doc="a LoRA adapter loaded for the model, by name; \"\": none "
-            "(C: hearth_request_params.adapter, its id)"))
+        c_field="adapter (the loaded adapter's id)",
+        doc="a LoRA adapter loaded for the model, by name; \"\": none"))
 
 
 def _rows() -> tuple[Option, ...]:
@@ -165,7 +172,8 @@ def _rows() -> tuple[Option, ...]:
 
 OPTIONS: tuple[Option, ...] = _rows()
 BY_NAME: dict[str, Option] = {o.name: o for o in OPTIONS}
-SAMPLING: tuple[Option, ...] = tuple(o for o in OPTIONS if o.sampling)
+SAMPLING: tuple[Option, ...] = tuple(o for o in OPTIONS if o.c_field == "sampling")
+CLI_OPTIONS: tuple[Option, ...] = tuple(o for o in OPTIONS if o.cli)
 
 
 def is_deterministic(opts: GenerationOptions) -> bool:

@@ -1,7 +1,7 @@
 """An in-memory LRU of finished deterministic generations.
 
 Clinics and help desks send the same question many times.  When a request
-is deterministic (greedy, or sampled with a fixed seed), the same model with
+is deterministic (greedy, or seeded sampling), the same model with
 the same prompt tokens and the same options produces the same tokens, so the
 answer can be streamed from memory instead of computed again.
 

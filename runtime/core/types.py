@@ -70,7 +70,7 @@ class TopLogprob:
 @dataclass(frozen=True)
 class TokenLogprob:
     """One generated token: its log-probability under the model's
-    distribution before sampling transformations (temperature, top-k/p), and
+    distribution before the sampler chain transforms it, and
     the top_logprobs most likely alternatives, most likely first."""
 
     token_id: int

@@ -9,8 +9,8 @@ different generation than the caller asked for.
 Numbers and booleans may also be written as strings ("0.7", "true"): the
 vLLM backend's own examples send them that way.  The keys, their types and
 their vLLM forms come from the option table (core/options.py); ranges are
-checked by the core, which names the Hearth field (`repetition_penalty` is
-the core's `repeat_penalty`).
+checked by the core, which names the Hearth field (the table's name, where a
+KServe key spells it differently).
 """
 from __future__ import annotations
 
