@@ -8,12 +8,12 @@ from typing import TypeGuard
 
 REQUEST_ID_KEY = "x-request-id"
 SUBJECT_KEY = "x-hearth-subject"
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")  # fullmatch: `$` passes a trailing newline
 MAX_SUBJECT = 256
 
 
 def sane_request_id(value: object) -> TypeGuard[str]:
-    return isinstance(value, str) and _REQUEST_ID.match(value) is not None
+    return isinstance(value, str) and _REQUEST_ID.fullmatch(value) is not None
 
 
 def sane_subject(value: object) -> TypeGuard[str]:

@@ -31,7 +31,8 @@ from runtime.core import (
     StructuredOutput,
 )
 from runtime.core.options import OPTIONS, Kind, Option
-from runtime.core.validation import OptionError, check_options
+from runtime.core.validation import OptionError, check_options, check_printable
+from runtime.errors import InvalidArgument
 from runtime.http.errors import InvalidParam
 from runtime.http.fields import (
     check_keys,
@@ -105,9 +106,10 @@ class EmbeddingCall:
 def model_name(body: dict[str, Any]) -> str:
     """The Hearth model name; "" (or no field) means the only loaded model."""
     name = opt_text(body, "model") or ""
-    if len(name) > MAX_MODEL_NAME:
-        raise InvalidParam("model", f"longer than {MAX_MODEL_NAME} characters")
-    return name
+    try:
+        return check_printable("model", name, MAX_MODEL_NAME)
+    except InvalidArgument as exc:
+        raise InvalidParam("model", str(exc).removeprefix("model: ")) from None
 
 
 def _streaming(body: dict[str, Any]) -> Streaming:

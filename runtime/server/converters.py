@@ -17,6 +17,7 @@ from runtime.core import (
 )
 from runtime.core.options import OPTIONS, Kind
 from runtime.core.types import EmbedResult
+from runtime.core.validation import check_printable
 from runtime.errors import InvalidArgument
 from runtime.models.manager import ModelHandle
 
@@ -26,6 +27,8 @@ from runtime.models.manager import ModelHandle
 _OPTIONAL = tuple(o.name for o in OPTIONS if o.empty is None and o.kind is not Kind.STRUCTURED)
 _PLAIN = tuple(o.name for o in OPTIONS if o.empty is not None and o.kind is not Kind.TEXT_LIST)
 _LISTS = tuple(o.name for o in OPTIONS if o.kind is Kind.TEXT_LIST)
+# Model names are echoed into replies and logs (SECURITY-CASES 33).
+MAX_MODEL_NAME = 256
 
 FINISH_REASONS = {
     "stop": ipb.FINISH_REASON_STOP, "length": ipb.FINISH_REASON_LENGTH,
@@ -67,19 +70,24 @@ def options_from(msg: Any) -> GenerationOptions:
     return GenerationOptions(structured=structured_from(msg), **values)
 
 
+def model_name(msg: Any) -> str:
+    return check_printable("model", msg.model, MAX_MODEL_NAME)
+
+
 def generate_request(msg: ipb.GenerateRequest) -> GenerateRequest:
-    return GenerateRequest(model=msg.model, prompt=msg.prompt,
+    return GenerateRequest(model=model_name(msg), prompt=msg.prompt,
                            prompt_tokens=tuple(msg.prompt_tokens), options=options_from(msg))
 
 
 def chat_request(msg: ipb.ChatRequest) -> ChatRequest:
-    return ChatRequest(model=msg.model,
+    return ChatRequest(model=model_name(msg),
                        messages=tuple(ChatMessage(m.role, m.content) for m in msg.messages),
                        options=options_from(msg))
 
 
 def embed_request(msg: ipb.EmbedRequest) -> EmbedRequest:
-    return EmbedRequest(model=msg.model, inputs=tuple(msg.input), normalize=msg.normalize)
+    return EmbedRequest(model=model_name(msg), inputs=tuple(msg.input),
+                        normalize=msg.normalize)
 
 
 def generate_response(chunk: GenerateChunk) -> ipb.GenerateResponse:
