@@ -78,6 +78,15 @@ class Sampling:
             (name, value) for name, value in values.items() if value is not None)))
 
 
+def copy_sampling(sampling: Sampling, into: Any) -> None:
+    """Into a `hearth_sampling` (cdata), by name."""
+    for name, value in sampling.values:
+        try:
+            setattr(into, name, value)
+        except (OverflowError, TypeError) as exc:
+            raise errors.InvalidArgument(f"{name}: {exc}") from None
+
+
 @dataclass(frozen=True)
 class RequestParams:
     prompt: Sequence[int]
@@ -452,11 +461,7 @@ class NativeEngine:
         p.prompt = prompt
         p.n_prompt = len(params.prompt)
         p.max_tokens = params.max_tokens
-        for name, value in params.sampling.values:
-            try:
-                setattr(p.sampling, name, value)
-            except (OverflowError, TypeError) as exc:
-                raise errors.InvalidArgument(f"{name}: {exc}") from None
+        copy_sampling(params.sampling, p.sampling)
         stops = [ffi.new("char[]", x.encode("utf-8")) for x in params.stop]
         stop_arr = ffi.new("char *[]", stops) if stops else ffi.NULL
         p.stop = stop_arr
