@@ -64,9 +64,9 @@ _SAMPLING_FIELDS = frozenset(name for name, _ in ffi.typeof("hearth_sampling").f
 class Sampling:
     """Values for fields of `hearth_sampling`, by their C names as keyword
     arguments.  A field left out (or None) keeps its C default from
-    hearth_sampling_init.  The binding copies by name and knows
-    no option: the daemon's core names them and gives every one its server
-    default (runtime/core/options.py)."""
+    hearth_sampling_init.  The binding copies by name and knows no option:
+    the daemon's core names them and gives every one its server default
+    (runtime/core/options.py)."""
 
     values: tuple[tuple[str, float | int], ...]
 
