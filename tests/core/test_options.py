@@ -75,9 +75,11 @@ def test_server_defaults_win_over_the_c_defaults() -> None:
     never sees hearth_sampling_init's defaults (temperature 1, top-k, top-p
     and min-p off); these are the defaults effective on e3a5e70."""
     resolved = dict(sampling_from(GenerationOptions()).values)
-    assert resolved == {"temperature": 0.8, "top_k": 40, "top_p": 0.95, "min_p": 0.05,
-                        "repeat_penalty": 1.0, "frequency_penalty": 0.0,
-                        "presence_penalty": 0.0, "penalty_last_n": 64}
+    assert resolved == {o.name: o.default for o in SAMPLING if o.default is not None}
+    on_e3a5e70 = {"temperature": 0.8, "top_k": 40, "top_p": 0.95, "min_p": 0.05,
+                  "repeat_penalty": 1.0, "frequency_penalty": 0.0, "presence_penalty": 0.0,
+                  "penalty_last_n": 64}
+    assert {name: resolved[name] for name in on_e3a5e70} == on_e3a5e70
     assert "seed" not in resolved           # unset: the C default, a random seed
 
 
