@@ -157,7 +157,15 @@ def native_logprobs(opts: GenerationOptions) -> int:
 
 
 def check_structured(opts: GenerationOptions) -> None:
-    if opts.structured is not None and opts.ignore_eos:
+    """What structured output needs before core/grammar.py reads it."""
+    if opts.structured is None:
+        return
+    try:
+        opts.structured.spec.encode("utf-8")
+    except UnicodeEncodeError:          # JSON's \ud800 escapes can carry one in
+        field = "grammar" if opts.structured.kind == "grammar" else "json_schema"
+        raise InvalidArgument(f"{field}: is not valid Unicode (a lone surrogate)") from None
+    if opts.ignore_eos:
         raise OptionError("ignore_eos", "cannot be combined with structured output (a "
                           "finished grammar allows only the end of generation)")
 

@@ -100,3 +100,18 @@ def test_echoed_names_and_ids_must_be_plain(value: str) -> None:
     with pytest.raises(InvalidArgument, match=r"^id: "):
         check_printable("id", value, 64)
     assert check_printable("id", "req-42.a:b", 64) == "req-42.a:b"
+
+
+@pytest.mark.parametrize(("kind", "field"), [("grammar", "grammar"),
+                                             ("json_schema", "json_schema")])
+def test_a_lone_surrogate_in_structured_output_is_invalid_argument(kind: str,
+                                                                   field: str) -> None:
+    """KServe's sampling_parameters and OpenAI's response_format are JSON,
+    whose \\ud800 escapes give lone surrogates.  Fails on e3a5e70:
+    grammar_for raised UnicodeEncodeError (INTERNAL)."""
+    from runtime.core.types import StructuredOutput
+    from runtime.core.validation import check_structured
+
+    spec = 'root ::= "\ud800"' if kind == "grammar" else '{"enum": ["\ud800"]}'
+    with pytest.raises(InvalidArgument, match=f"^{field}: is not valid Unicode"):
+        check_structured(GenerationOptions(structured=StructuredOutput(kind, spec)))

@@ -322,3 +322,15 @@ def test_completion_logprobs_errors_keep_the_openai_spelling() -> None:
 def test_model_names_with_control_characters_are_refused() -> None:
     """SECURITY-CASES 33.  Fails on e3a5e70: only the length was checked."""
     assert refused(chat_call, {"messages": USER, "model": "tiny\n"})["param"] == "model"
+
+
+def test_a_lone_surrogate_in_a_schema_names_the_schema() -> None:
+    """Fails on e3a5e70: the schema went to grammar_for, whose encode raised
+    UnicodeEncodeError (a 500)."""
+    from runtime.errors import InvalidArgument
+
+    with pytest.raises(InvalidArgument) as err:
+        chat(response_format={"type": "json_schema", "json_schema": {
+            "name": "r", "schema": {"enum": ["\ud800"]}}})
+    status, reply, _ = error_reply(err.value)
+    assert (status, reply["error"]["param"]) == (400, "response_format.json_schema.schema")
