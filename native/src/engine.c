@@ -376,9 +376,7 @@ hearth_status hearth_engine_submit(hearth_engine *e, const hearth_request_params
         hearth_request_discard(r);
         return st;
     }
-    int32_t window = p->sampling.penalty_last_n < 0 ? p->n_prompt : p->sampling.penalty_last_n;
-    int32_t from = p->n_prompt > window ? p->n_prompt - window : 0;
-    hearth_sampler_prime(&r->sampler, p->prompt + from, p->n_prompt - from);
+    hearth_sampler_prime(&r->sampler, p->prompt, p->n_prompt);
 
     pthread_mutex_lock(&e->mu);
     if (!e->admission_open) {

@@ -78,12 +78,14 @@ typedef struct hearth_sampler {
     const uint8_t *eog_mask;     /* borrowed from the engine; NULL unless
                                     end-of-generation tokens are banned */
     int32_t n_vocab;
+    int32_t penalty_window;      /* tokens the penalties see; < 0: all */
 } hearth_sampler;
 
 bool hearth_sampler_init(hearth_sampler *s, const hearth_sampling *cfg,
                          const struct llama_vocab *vocab,
                          const uint8_t *eog_mask, const int32_t *eog_ids,
                          int32_t n_eog, bool ignore_eos);
+/* Feeds the prompt's last penalty_window tokens to the penalties. */
 void hearth_sampler_prime(hearth_sampler *s, const int32_t *tokens, int32_t n);
 /* Picks the next token from logits row idx.  With a grammar, `scratch`
  * (n_vocab entries, engine-owned) holds the candidates and tokens marked in

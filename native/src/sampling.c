@@ -76,6 +76,7 @@ bool hearth_sampler_init(hearth_sampler *s, const hearth_sampling *cfg,
     s->utf8 = (utf8_state){0, 0, 0};
     s->eog_mask = ignore_eos ? eog_mask : NULL;
     s->n_vocab = llama_vocab_n_tokens(vocab);
+    s->penalty_window = cfg->penalty_last_n;
     bool greedy = cfg->temperature <= 0.0f;
     if (greedy && !has_penalties(cfg)) {
         return true;
@@ -130,7 +131,8 @@ void hearth_sampler_prime(hearth_sampler *s, const int32_t *tokens, int32_t n) {
     if (!s->chain) {
         return;
     }
-    for (int32_t i = 0; i < n; i++) {
+    int32_t window = s->penalty_window;
+    for (int32_t i = window >= 0 && n > window ? n - window : 0; i < n; i++) {
         llama_sampler_accept(s->chain, tokens[i]);
     }
 }

@@ -12,6 +12,7 @@ import grpc
 from runtime._proto.hearth.v1 import inference_pb2 as ipb
 from runtime._proto.hearth.v1 import models_pb2 as mpb
 from runtime.client import Credentials, HearthClient
+from runtime.core.options import CLI_OPTIONS, Kind
 from runtime.exit_codes import ExitCode
 
 DEFAULT_ADDR = "127.0.0.1:50051"
@@ -38,18 +39,19 @@ def connect(args: argparse.Namespace) -> HearthClient:
 
 
 def add_sampling(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--max-tokens", type=int)
-    p.add_argument("--temperature", type=float)
-    p.add_argument("--top-p", type=float)
-    p.add_argument("--top-k", type=int)
-    p.add_argument("--seed", type=int)
-    p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+    """A flag for each generation option the table gives one (--max-tokens
+    for max_tokens); a list option's flag repeats."""
+    for row in CLI_OPTIONS:
+        flag = "--" + row.name.replace("_", "-")
+        if row.kind is Kind.TEXT_LIST:
+            p.add_argument(flag, action="append", default=[], help=f"{row.doc} (repeatable)")
+        else:
+            p.add_argument(flag, type=int if row.kind is Kind.INT else float, help=row.doc)
     p.add_argument("--stats", action="store_true", help="print usage and timings to stderr")
 
 
 def _options(args: argparse.Namespace) -> dict:
-    return {"max_tokens": args.max_tokens, "temperature": args.temperature,
-            "top_p": args.top_p, "top_k": args.top_k, "seed": args.seed, "stop": args.stop}
+    return {row.name: getattr(args, row.name) for row in CLI_OPTIONS}
 
 
 def _print_stats(last: ipb.GenerateResponse) -> None:

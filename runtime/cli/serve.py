@@ -49,7 +49,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n-draft", type=int, metavar="N",
                    help="tokens the draft proposes per step (default 4, at most 16)")
     p.add_argument("--response-cache-mb", type=int, metavar="MB",
-                   help="keep deterministic answers (temperature 0 or a fixed seed) in an "
+                   help="keep deterministic answers (greedy or seeded requests) in an "
                    "in-memory LRU of this size, per caller (default 0: off)")
     p.add_argument("--metrics-listen", metavar="HOST:PORT",
                    help="serve Prometheus metrics here (loopback only)")

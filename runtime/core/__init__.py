@@ -4,6 +4,10 @@ InferenceService validates requests, resolves the model, tokenizes, runs the
 engine and turns its output into typed chunks; it knows nothing of gRPC.
 The gRPC servicers (and any later transport, such as an HTTP gateway) are
 thin adapters over it, so every transport shares one code path.
+
+options.py is the one table of generation options (name, type, range,
+budget, server default, OpenAI and KServe spellings); validation.py checks
+requests against it, and the transports' converters read requests by it.
 """
 from runtime.core.inference import InferenceService
 from runtime.core.types import (

@@ -27,6 +27,7 @@ from runtime.core.types import (
 from runtime.core.validation import (
     check_max_tokens,
     check_messages,
+    check_prompt_tokens,
     check_stops,
     check_structured,
     native_logprobs,
@@ -111,12 +112,9 @@ class InferenceService:
         if req.prompt and req.prompt_tokens:
             raise errors.InvalidArgument("prompt: set either prompt or prompt_tokens, not both")
         if req.prompt_tokens:
+            info = handle.engine.info
+            check_prompt_tokens(req.prompt_tokens, info.n_vocab, info.n_ctx_slot)
             tokens = list(req.prompt_tokens)
-            n_vocab = handle.engine.info.n_vocab
-            for i, t in enumerate(tokens):
-                if not 0 <= t < n_vocab:
-                    raise errors.InvalidArgument(
-                        f"prompt_tokens[{i}]: {t} is outside the vocabulary (0..{n_vocab - 1})")
         elif req.prompt:
             tokens = await self._tokenize(handle.engine, req.prompt, True, True)
         else:
@@ -159,7 +157,7 @@ class InferenceService:
                                ignore_eos=opts.ignore_eos, grammar=grammar, logprobs=logprobs,
                                adapter=adapter_id)
         key = None
-        if self.cache.enabled and is_deterministic(opts, sampling.temperature):
+        if self.cache.enabled and is_deterministic(opts):
             # The adapter's load id, not only its name: a new version is a
             # new key space.
             key = self.cache.key(handle.name, engine.serial * 100003 + adapter_id,

@@ -1,15 +1,16 @@
 """An in-memory LRU of finished deterministic generations.
 
 Clinics and help desks send the same question many times.  When a request
-is deterministic (greedy, or sampled with a fixed seed), the same model with
+is deterministic (greedy, or seeded sampling), the same model with
 the same prompt tokens and the same options produces the same tokens, so the
 answer can be streamed from memory instead of computed again.
 
 Keys hash everything that decides the output: the model and the identity of
 its loaded engine (a reload or a new adapter is a different model), the
-prompt tokens, every generation option, and the caller's identity unless the
-configuration shares answers across clients (it does not by default: a
-cached answer would tell one client what another asked).  Only complete,
+prompt tokens, every generation option (each row of core/options.py's
+table), and the caller's identity unless the configuration shares answers
+across clients (it does not by default: a cached answer would tell one
+client what another asked).  Only complete,
 successful generations are stored, under a byte bound; least recently used
 entries go first.
 """
@@ -19,18 +20,16 @@ import hashlib
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
-from runtime.core.types import GenerateChunk, GenerationOptions
+from runtime.core.options import OPTIONS, GenerationOptions
+from runtime.core.options import is_deterministic as is_deterministic
+from runtime.core.types import GenerateChunk
 
 # Python object overhead per stored chunk and per entry, so that many tiny
 # answers cannot exceed the bound by hiding behind small payloads.
 _CHUNK_OVERHEAD = 200
 _ENTRY_OVERHEAD = 400
-
-
-def is_deterministic(opts: GenerationOptions, temperature: float) -> bool:
-    return temperature <= 0.0 or opts.seed is not None
 
 
 @dataclass(frozen=True)
@@ -72,9 +71,10 @@ class ResponseCache:
             h.update(part.encode("utf-8", "surrogatepass") + b"\0")
         h.update(len(prompt).to_bytes(4, "little"))
         h.update(b"".join(t.to_bytes(4, "little", signed=True) for t in prompt))
-        for f in fields(opts):
-            if f.name != "max_tokens":
-                h.update(f"{f.name}={getattr(opts, f.name)!r}\0".encode("utf-8", "surrogatepass"))
+        for row in OPTIONS:             # every option; max_tokens as resolved, above
+            if row.name != "max_tokens":
+                value = getattr(opts, row.name)
+                h.update(f"{row.name}={value!r}\0".encode("utf-8", "surrogatepass"))
         return h.digest()
 
     def get(self, key: bytes) -> tuple[GenerateChunk, ...] | None:

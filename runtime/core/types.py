@@ -5,6 +5,11 @@ from dataclasses import dataclass, field
 
 from runtime.auth.principal import ANONYMOUS, Principal
 
+# The options are the table of core/options.py; re-exported here with the
+# other request types.
+from runtime.core.options import GenerationOptions as GenerationOptions
+from runtime.core.options import StructuredOutput as StructuredOutput
+
 
 @dataclass(frozen=True)
 class CallContext:
@@ -15,39 +20,6 @@ class CallContext:
     deadline: float | None = None        # time.monotonic() seconds
     subject: str = ""                    # data subject, for the audit log (default: client)
     principal: Principal = ANONYMOUS     # what the caller may use
-
-
-@dataclass(frozen=True)
-class StructuredOutput:
-    """A constraint on what the model may write, enforced by the grammar
-    sampler.  kind: "json_object" (any JSON object; spec unused),
-    "json_schema" (spec: the schema as JSON text) or "grammar" (spec: GBNF
-    text whose start rule is `root`)."""
-
-    kind: str
-    spec: str = ""
-
-
-@dataclass(frozen=True)
-class GenerationOptions:
-    """Sampling and stopping; None means "the server default"."""
-
-    max_tokens: int | None = None
-    temperature: float | None = None
-    top_p: float | None = None
-    top_k: int | None = None
-    seed: int | None = None
-    stop: tuple[str, ...] = ()
-    min_p: float | None = None
-    repeat_penalty: float | None = None
-    frequency_penalty: float | None = None
-    presence_penalty: float | None = None
-    penalty_last_n: int | None = None
-    ignore_eos: bool = False
-    structured: StructuredOutput | None = None
-    logprobs: bool = False               # log-probability of each chosen token
-    top_logprobs: int = 0                # and of the k most likely (0..20)
-    adapter: str = ""                    # a LoRA adapter loaded for the model; "" none
 
 
 @dataclass(frozen=True)
@@ -98,7 +70,7 @@ class TopLogprob:
 @dataclass(frozen=True)
 class TokenLogprob:
     """One generated token: its log-probability under the model's
-    distribution before sampling transformations (temperature, top-k/p), and
+    distribution before the sampler chain transforms it, and
     the top_logprobs most likely alternatives, most likely first."""
 
     token_id: int

@@ -1,15 +1,18 @@
 """OpenAI request JSON to core request types, explicitly and strictly.
 
-Every field is read with its type checked (fields.py); ranges are left to
-the core, whose errors name the field too.  Beyond the fields listed here:
+The generation options, their OpenAI spellings and types come from the
+option table (core/options.py).  Every field is read with its type checked
+(fields.py); ranges and budgets are the core's (validation.check_options),
+run here before anything else so that a 400 names the field as the request
+spelled it.  Beyond the fields listed here:
   * fields OpenAI defines that change nothing here (user, metadata, store,
     ...) are accepted and ignored;
   * fields Hearth does not implement (tools, functions, audio, logit_bias,
     n > 1, ...) are a 400 naming them, never silently dropped;
   * anything else is a 400 "unrecognized request argument", as OpenAI's
     own API answers.
-Hearth extensions: top_k, min_p, repeat_penalty, penalty_last_n,
-ignore_eos, grammar (GBNF) on both generation endpoints, response_format on
+Hearth extensions: the table's options that OpenAI does not define,
+grammar (GBNF) on both generation endpoints, response_format on
 /v1/completions too, and normalize (default true) on /v1/embeddings.
 """
 from __future__ import annotations
@@ -27,6 +30,9 @@ from runtime.core import (
     GenerationOptions,
     StructuredOutput,
 )
+from runtime.core.options import OPTIONS, Kind, Option
+from runtime.core.validation import OptionError, check_options, check_printable
+from runtime.errors import InvalidArgument
 from runtime.http.errors import InvalidParam
 from runtime.http.fields import (
     check_keys,
@@ -40,15 +46,14 @@ from runtime.http.fields import (
     text,
 )
 
-MAX_TOP_LOGPROBS = 20
 MAX_MODEL_NAME = 64
 _SCHEMA_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
-_SAMPLING = ("max_tokens", "temperature", "top_p", "seed", "stop", "frequency_penalty",
-             "presence_penalty", "n", "response_format", "stream", "stream_options",
-             # Hearth extensions
-             "top_k", "min_p", "repeat_penalty", "penalty_last_n", "ignore_eos", "grammar",
-             "adapter")
+# Options read by their row alone; the logprobs pair and structured output
+# are spelled differently per endpoint, and read below.
+_PLAIN: tuple[Option, ...] = tuple(o for o in OPTIONS if o.openai is not None)
+_SAMPLING = (*(o.openai for o in _PLAIN if o.openai is not None), "n", "response_format",
+             "stream", "stream_options", "grammar")
 _IGNORED = ("user", "metadata", "store", "service_tier", "safety_identifier",
             "prompt_cache_key", "parallel_tool_calls")
 _NO_TOOLS = "tool and function calling are not implemented"
@@ -101,9 +106,10 @@ class EmbeddingCall:
 def model_name(body: dict[str, Any]) -> str:
     """The Hearth model name; "" (or no field) means the only loaded model."""
     name = opt_text(body, "model") or ""
-    if len(name) > MAX_MODEL_NAME:
-        raise InvalidParam("model", f"longer than {MAX_MODEL_NAME} characters")
-    return name
+    try:
+        return check_printable("model", name, MAX_MODEL_NAME)
+    except InvalidArgument as exc:
+        raise InvalidParam("model", str(exc).removeprefix("model: ")) from None
 
 
 def _streaming(body: dict[str, Any]) -> Streaming:
@@ -120,15 +126,26 @@ def _streaming(body: dict[str, Any]) -> Streaming:
     return Streaming(True, bool(include))
 
 
-def _stop(body: dict[str, Any]) -> tuple[str, ...]:
-    value = body.get("stop")
+def _texts(body: dict[str, Any], key: str) -> tuple[str, ...] | None:
+    """A string or a list of strings (OpenAI's `stop`)."""
+    value = body.get(key)
     if value is None:
-        return ()
+        return None
     if isinstance(value, str):
-        return (text(value, "stop"),)
+        return (text(value, key),)
     if not isinstance(value, list):
-        raise InvalidParam("stop", f"must be a string or a list of strings, got {show(value)}")
-    return tuple(text(s, f"stop[{i}]") for i, s in enumerate(value))
+        raise InvalidParam(key, f"must be a string or a list of strings, got {show(value)}")
+    return tuple(text(s, f"{key}[{i}]") for i, s in enumerate(value))
+
+
+_READERS = {Kind.INT: opt_int, Kind.FLOAT: opt_number, Kind.BOOL: opt_bool,
+            Kind.TEXT: opt_text, Kind.TEXT_LIST: _texts}
+
+
+def _read(body: dict[str, Any], row: Option) -> Any:
+    assert row.openai is not None
+    value = _READERS[row.kind](body, row.openai)
+    return row.empty if value is None else value
 
 
 def _structured(body: dict[str, Any]) -> StructuredOutput | None:
@@ -183,29 +200,27 @@ def _single_choice(body: dict[str, Any], key: str) -> None:
         raise InvalidParam(key, f"only 1 is supported, got {count}", "unsupported_value")
 
 
-def _options(body: dict[str, Any], max_tokens: int | None, logprobs: bool,
-             top_logprobs: int) -> GenerationOptions:
+def _options(body: dict[str, Any], spelling: dict[str, str], **given: Any
+             ) -> GenerationOptions:
+    """The request's options, checked by the core.  `given`: options this
+    endpoint reads its own way, by name; `spelling`: the request's field for
+    an option where it is not the table's OpenAI spelling, so that an error
+    names the field the request used."""
     _single_choice(body, "n")
-    if max_tokens is not None and max_tokens < 1:
-        raise InvalidParam("max_tokens", f"must be >= 1, got {max_tokens}")
-    return GenerationOptions(
-        max_tokens=max_tokens,
-        temperature=opt_number(body, "temperature"),
-        top_p=opt_number(body, "top_p"),
-        top_k=opt_int(body, "top_k"),
-        seed=opt_int(body, "seed"),
-        stop=_stop(body),
-        min_p=opt_number(body, "min_p"),
-        repeat_penalty=opt_number(body, "repeat_penalty"),
-        frequency_penalty=opt_number(body, "frequency_penalty"),
-        presence_penalty=opt_number(body, "presence_penalty"),
-        penalty_last_n=opt_int(body, "penalty_last_n"),
-        ignore_eos=bool(opt_bool(body, "ignore_eos")),
-        structured=_structured(body),
-        logprobs=logprobs,
-        top_logprobs=top_logprobs,
-        adapter=opt_text(body, "adapter") or "",
-    )
+    values = {row.name: _read(body, row) for row in _PLAIN}
+    values.update(given)
+    options = GenerationOptions(structured=_structured(body), **values)
+    try:
+        check_options(options)
+    except OptionError as exc:
+        field = spelling.get(exc.option) or _openai_name(exc.option)
+        raise InvalidParam(field if exc.index is None else f"{field}[{exc.index}]",
+                           exc.detail) from None
+    return options
+
+
+def _openai_name(option: str) -> str:
+    return next((o.openai for o in _PLAIN if o.name == option and o.openai), option)
 
 
 def _refuse_logit_bias(body: dict[str, Any]) -> None:
@@ -230,14 +245,13 @@ def chat_call(body: dict[str, Any]) -> ChatCall:
     if max_tokens is not None and max_completion is not None and max_tokens != max_completion:
         raise InvalidParam("max_completion_tokens", "set either max_completion_tokens or "
                            "max_tokens, not both")
-    if max_completion is not None and max_completion < 1:
-        raise InvalidParam("max_completion_tokens", f"must be >= 1, got {max_completion}")
     logprobs = bool(opt_bool(body, "logprobs"))
-    top = opt_int(body, "top_logprobs", 0, MAX_TOP_LOGPROBS) or 0
-    if top and not logprobs:
-        raise InvalidParam("top_logprobs", "needs logprobs set to true")
-    options = _options(body, max_completion if max_completion is not None else max_tokens,
-                       logprobs, top)
+    given = {"logprobs": logprobs, "top_logprobs": opt_int(body, "top_logprobs") or 0}
+    spelling = {}
+    if max_completion is not None:      # OpenAI's newer name for max_tokens
+        given["max_tokens"] = max_completion
+        spelling["max_tokens"] = "max_completion_tokens"
+    options = _options(body, spelling, **given)
     messages = body.get("messages")
     if not isinstance(messages, list):
         raise InvalidParam("messages", f"must be a list of messages, got {show(messages)}")
@@ -297,8 +311,9 @@ def completion_call(body: dict[str, Any]) -> CompletionCall:
         raise InvalidParam("echo", "not supported by this server", "unsupported_value")
     if opt_text(body, "suffix"):
         raise InvalidParam("suffix", "not supported by this server", "unsupported_value")
-    top = opt_int(body, "logprobs", 0, MAX_TOP_LOGPROBS)
-    options = _options(body, opt_int(body, "max_tokens"), top is not None, top or 0)
+    top = opt_int(body, "logprobs")     # logprobs=N: N alternatives (0 or more)
+    options = _options(body, {"top_logprobs": "logprobs"}, logprobs=top is not None,
+                       top_logprobs=top or 0)
     prompt, tokens = _prompt(body.get("prompt"))
     request = GenerateRequest(model=model_name(body), prompt=prompt, prompt_tokens=tokens,
                               options=options)

@@ -49,8 +49,8 @@ HTTP_ERROR_OF: list[tuple[type[BaseException], HttpError]] = [
     (errors.InternalError, INTERNAL),
 ]
 
-# Core messages start with the field they are about ("temperature: must be
-# in ...", "messages[2].role: ..."), which becomes `param`.
+# Core messages start with the field they are about ("max_tokens: must be
+# >= 1 ...", "messages[2].role: ..."), which becomes `param`.
 _LEADING_FIELD = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*(?:\[\d+\]|\.[A-Za-z_][A-Za-z0-9_]*)*): ")
 # Core field names that an OpenAI request spells differently.
 _PARAM_ALIASES = {"prompt_tokens": "prompt", "json_schema": "response_format.json_schema.schema"}

@@ -15,7 +15,6 @@ from runtime.native._ffi import check, ffi, lib
 # ggml_type values of the KV cache types the engine accepts.
 _SERIALS = itertools.count(1)
 KV_CACHE_TYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q8_0": 8}
-SEED_RANDOM = lib.HEARTH_SEED_RANDOM
 
 
 class FinishReason(enum.IntEnum):
@@ -58,17 +57,34 @@ class EngineParams:
     draft_n_gpu_layers: int = 0
 
 
-@dataclass(frozen=True)
+_SAMPLING_FIELDS = frozenset(name for name, _ in ffi.typeof("hearth_sampling").fields)
+
+
+@dataclass(frozen=True, init=False)
 class Sampling:
-    temperature: float = 0.8
-    top_k: int = 40
-    top_p: float = 0.95
-    min_p: float = 0.05
-    repeat_penalty: float = 1.0
-    frequency_penalty: float = 0.0
-    presence_penalty: float = 0.0
-    penalty_last_n: int = 64
-    seed: int | None = None
+    """Values for fields of `hearth_sampling`, by their C names as keyword
+    arguments.  A field left out (or None) keeps its C default from
+    hearth_sampling_init.  The binding copies by name and knows no option:
+    the daemon's core names them and gives every one its server default
+    (runtime/core/options.py)."""
+
+    values: tuple[tuple[str, float | int], ...]
+
+    def __init__(self, **values: float | int | None) -> None:
+        unknown = sorted(set(values) - _SAMPLING_FIELDS)
+        if unknown:
+            raise TypeError(f"Sampling: hearth_sampling has no field {', '.join(unknown)}")
+        object.__setattr__(self, "values", tuple(sorted(
+            (name, value) for name, value in values.items() if value is not None)))
+
+
+def copy_sampling(sampling: Sampling, into: Any) -> None:
+    """Into a `hearth_sampling` (cdata), by name."""
+    for name, value in sampling.values:
+        try:
+            setattr(into, name, value)
+        except (OverflowError, TypeError) as exc:
+            raise errors.InvalidArgument(f"{name}: {exc}") from None
 
 
 @dataclass(frozen=True)
@@ -445,16 +461,7 @@ class NativeEngine:
         p.prompt = prompt
         p.n_prompt = len(params.prompt)
         p.max_tokens = params.max_tokens
-        s = params.sampling
-        p.sampling.temperature = s.temperature
-        p.sampling.top_k = s.top_k
-        p.sampling.top_p = s.top_p
-        p.sampling.min_p = s.min_p
-        p.sampling.repeat_penalty = s.repeat_penalty
-        p.sampling.frequency_penalty = s.frequency_penalty
-        p.sampling.presence_penalty = s.presence_penalty
-        p.sampling.penalty_last_n = s.penalty_last_n
-        p.sampling.seed = SEED_RANDOM if s.seed is None else s.seed
+        copy_sampling(params.sampling, p.sampling)
         stops = [ffi.new("char[]", x.encode("utf-8")) for x in params.stop]
         stop_arr = ffi.new("char *[]", stops) if stops else ffi.NULL
         p.stop = stop_arr

@@ -15,12 +15,20 @@ from runtime.core import (
     GenerationOptions,
     StructuredOutput,
 )
+from runtime.core.options import OPTIONS, Kind
 from runtime.core.types import EmbedResult
+from runtime.core.validation import check_printable
 from runtime.errors import InvalidArgument
 from runtime.models.manager import ModelHandle
 
-_OPTIONAL = ("max_tokens", "temperature", "top_p", "top_k", "seed", "min_p", "repeat_penalty",
-             "frequency_penalty", "presence_penalty", "penalty_last_n")
+# hearth.v1 spells each option as its name (core/options.py).  Options whose
+# "not set" is None are `optional` fields there: unset means the server
+# default, which only presence can tell from a zero.
+_OPTIONAL = tuple(o.name for o in OPTIONS if o.empty is None and o.kind is not Kind.STRUCTURED)
+_PLAIN = tuple(o.name for o in OPTIONS if o.empty is not None and o.kind is not Kind.TEXT_LIST)
+_LISTS = tuple(o.name for o in OPTIONS if o.kind is Kind.TEXT_LIST)
+# Model names are echoed into replies and logs (SECURITY-CASES 33).
+MAX_MODEL_NAME = 256
 
 FINISH_REASONS = {
     "stop": ipb.FINISH_REASON_STOP, "length": ipb.FINISH_REASON_LENGTH,
@@ -55,25 +63,31 @@ def structured_from(msg: Any) -> StructuredOutput | None:
 
 def options_from(msg: Any) -> GenerationOptions:
     """GenerateRequest and ChatRequest share these fields and numbers."""
-    values = {name: getattr(msg, name) if msg.HasField(name) else None for name in _OPTIONAL}
-    return GenerationOptions(stop=tuple(msg.stop), ignore_eos=msg.ignore_eos,
-                             structured=structured_from(msg), logprobs=msg.logprobs,
-                             top_logprobs=msg.top_logprobs, adapter=msg.adapter, **values)
+    values: dict[str, Any] = {
+        name: getattr(msg, name) if msg.HasField(name) else None for name in _OPTIONAL}
+    values.update((name, getattr(msg, name)) for name in _PLAIN)
+    values.update((name, tuple(getattr(msg, name))) for name in _LISTS)
+    return GenerationOptions(structured=structured_from(msg), **values)
+
+
+def model_name(msg: Any) -> str:
+    return check_printable("model", msg.model, MAX_MODEL_NAME)
 
 
 def generate_request(msg: ipb.GenerateRequest) -> GenerateRequest:
-    return GenerateRequest(model=msg.model, prompt=msg.prompt,
+    return GenerateRequest(model=model_name(msg), prompt=msg.prompt,
                            prompt_tokens=tuple(msg.prompt_tokens), options=options_from(msg))
 
 
 def chat_request(msg: ipb.ChatRequest) -> ChatRequest:
-    return ChatRequest(model=msg.model,
+    return ChatRequest(model=model_name(msg),
                        messages=tuple(ChatMessage(m.role, m.content) for m in msg.messages),
                        options=options_from(msg))
 
 
 def embed_request(msg: ipb.EmbedRequest) -> EmbedRequest:
-    return EmbedRequest(model=msg.model, inputs=tuple(msg.input), normalize=msg.normalize)
+    return EmbedRequest(model=model_name(msg), inputs=tuple(msg.input),
+                        normalize=msg.normalize)
 
 
 def generate_response(chunk: GenerateChunk) -> ipb.GenerateResponse:

@@ -14,9 +14,12 @@ def answer(text: str) -> list[GenerateChunk]:
 
 
 def test_determinism() -> None:
-    assert is_deterministic(GenerationOptions(), 0.0)
-    assert is_deterministic(GenerationOptions(seed=3), 0.8)
-    assert not is_deterministic(GenerationOptions(), 0.8)
+    """Greedy or seeded; the server default temperature (0.8) samples."""
+    assert is_deterministic(GenerationOptions(temperature=0.0))
+    assert is_deterministic(GenerationOptions(seed=3))
+    assert is_deterministic(GenerationOptions(temperature=0.8, seed=3))
+    assert not is_deterministic(GenerationOptions(temperature=0.8))
+    assert not is_deterministic(GenerationOptions())
 
 
 def test_keys_separate_everything_that_decides_the_output() -> None:

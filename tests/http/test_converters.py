@@ -296,3 +296,41 @@ def test_embedding_inputs() -> None:
 def test_bad_embedding_requests(body: dict[str, Any], param: str, code: str | None) -> None:
     err = refused(embedding_call, body)
     assert (err["param"], err["code"]) == (param, code)
+
+
+@pytest.mark.parametrize(("field", "value", "limit"), [
+    ("penalty_last_n", 2**28, "131072"), ("top_k", 2**40, "2147483647"),
+    ("seed", 2**32 - 1, "4294967294"), ("stop", ["s"] * 17, "16"),
+])
+def test_budgets_are_the_cores_and_name_the_field_and_limit(field: str, value: Any,
+                                                            limit: str) -> None:
+    """The ranges come from the core's table, checked before the request
+    goes anywhere.  Fails on e3a5e70 for penalty_last_n and top_k: the
+    gateway passed them on (one to llama.cpp's allocation of 4 bytes per
+    unit, the other to an OverflowError in the binding)."""
+    err = refused(chat_call, {"messages": USER, field: value})
+    assert err["param"] == field and limit in err["message"]
+
+
+def test_completion_logprobs_errors_keep_the_openai_spelling() -> None:
+    err = refused(completion_call, {"prompt": "x", "logprobs": -1})
+    assert err["param"] == "logprobs" and "[0, 20]" in err["message"]
+    err = refused(chat_call, {"messages": USER, "max_completion_tokens": 0})
+    assert err["param"] == "max_completion_tokens"
+
+
+def test_model_names_with_control_characters_are_refused() -> None:
+    """SECURITY-CASES 33.  Fails on e3a5e70: only the length was checked."""
+    assert refused(chat_call, {"messages": USER, "model": "tiny\n"})["param"] == "model"
+
+
+def test_a_lone_surrogate_in_a_schema_names_the_schema() -> None:
+    """Fails on e3a5e70: the schema went to grammar_for, whose encode raised
+    UnicodeEncodeError (a 500)."""
+    from runtime.errors import InvalidArgument
+
+    with pytest.raises(InvalidArgument) as err:
+        chat(response_format={"type": "json_schema", "json_schema": {
+            "name": "r", "schema": {"enum": ["\ud800"]}}})
+    status, reply, _ = error_reply(err.value)
+    assert (status, reply["error"]["param"]) == (400, "response_format.json_schema.schema")

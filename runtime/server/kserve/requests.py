@@ -25,6 +25,7 @@ from typing import Any
 
 from runtime._proto.kserve.v2 import inference_pb2 as kpb
 from runtime.core import GenerationOptions
+from runtime.core.validation import check_printable
 from runtime.errors import InvalidArgument, NotFound
 from runtime.server.kserve.sampling import generation_options, parameter_value, parse_sampling_json
 from runtime.server.kserve.tensors import TensorSpec, read_tensor
@@ -40,6 +41,9 @@ _INPUTS_BY_NAME = {spec.name: spec for spec in INPUTS}
 _ACCEPTED_SHAPES = ([1], [1, 1])
 
 MODEL_VERSION = "1"
+# Ids and names are echoed into replies and logs: plain text, and short.
+MAX_ID_CHARS = 256
+MAX_NAME_CHARS = 256
 EMPTY_FINAL_KEY = "triton_enable_empty_final_response"
 TIMEOUT_KEY = "timeout"
 _UNSUPPORTED = {
@@ -74,6 +78,7 @@ def check_version(where: str, model: str, version: str) -> None:
 def check_model_name(where: str, name: str) -> None:
     if not name:
         raise InvalidArgument(f"{where}: required")
+    check_printable(where, name, MAX_NAME_CHARS)
 
 
 def _read_inputs(msg: kpb.ModelInferRequest) -> dict[str, list[Any]]:
@@ -144,6 +149,7 @@ def _split_parameters(msg: kpb.ModelInferRequest) -> tuple[dict[str, Any], bool,
 
 
 def infer_call(msg: kpb.ModelInferRequest) -> InferCall:
+    check_printable("id", msg.id, MAX_ID_CHARS)
     check_model_name("model_name", msg.model_name)
     check_version("model_version", msg.model_name, msg.model_version)
     _check_outputs(msg)

@@ -7,9 +7,10 @@ refused by name, because a misspelt key that is silently ignored gives a
 different generation than the caller asked for.
 
 Numbers and booleans may also be written as strings ("0.7", "true"): the
-vLLM backend's own examples send them that way.  Ranges are checked by the
-core, which names the Hearth field (`repetition_penalty` is the core's
-`repeat_penalty`).
+vLLM backend's own examples send them that way.  The keys, their types and
+their vLLM forms come from the option table (core/options.py); ranges are
+checked by the core, which names the Hearth field (the table's name, where a
+KServe key spells it differently).
 """
 from __future__ import annotations
 
@@ -19,8 +20,18 @@ from typing import Any
 
 from runtime._proto.kserve.v2 import inference_pb2 as kpb
 from runtime.core import GenerationOptions
+from runtime.core.options import OPTIONS, Kind, Option
 from runtime.core.types import StructuredOutput
 from runtime.errors import InvalidArgument
+
+
+def _show(value: Any) -> str:
+    """A value for an error message: scalars shown cut short, containers
+    only named (their repr could be huge, or nested past the stack)."""
+    if isinstance(value, str | int | float | bool) or value is None:
+        text = repr(value)
+        return text if len(text) <= 80 else text[:80] + "..."
+    return "an object" if isinstance(value, dict) else f"a {type(value).__name__}"
 
 
 def _float(where: str, value: Any) -> float:
@@ -30,8 +41,11 @@ def _float(where: str, value: Any) -> float:
         except ValueError:
             pass
     elif isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
-    raise InvalidArgument(f"{where}: must be a number, got {value!r}")
+        try:
+            return float(value)
+        except OverflowError:           # an integer too large for a float
+            raise InvalidArgument(f"{where}: must be a finite number") from None
+    raise InvalidArgument(f"{where}: must be a number, got {_show(value)}")
 
 
 def _int(where: str, value: Any) -> int:
@@ -42,7 +56,7 @@ def _int(where: str, value: Any) -> int:
             pass
     elif isinstance(value, int) and not isinstance(value, bool):
         return value
-    raise InvalidArgument(f"{where}: must be an integer, got {value!r}")
+    raise InvalidArgument(f"{where}: must be an integer, got {_show(value)}")
 
 
 def _bool(where: str, value: Any) -> bool:
@@ -50,18 +64,13 @@ def _bool(where: str, value: Any) -> bool:
         return value
     if isinstance(value, str) and value.lower() in ("true", "false"):
         return value.lower() == "true"
-    raise InvalidArgument(f"{where}: must be true or false, got {value!r}")
+    raise InvalidArgument(f"{where}: must be true or false, got {_show(value)}")
 
 
 def _text(where: str, value: Any) -> str:
     if not isinstance(value, str):
-        raise InvalidArgument(f"{where}: must be a string, got {value!r}")
+        raise InvalidArgument(f"{where}: must be a string, got {_show(value)}")
     return value
-
-
-def _top_k(where: str, value: Any) -> int:
-    k = _int(where, value)
-    return 0 if k == -1 else k      # vLLM's "no top-k" is -1, llama.cpp's is 0
 
 
 def _stops(where: str, value: Any) -> tuple[str, ...]:
@@ -70,30 +79,20 @@ def _stops(where: str, value: Any) -> tuple[str, ...]:
     if isinstance(value, list):
         for i, item in enumerate(value):
             if not isinstance(item, str):
-                raise InvalidArgument(f"{where}[{i}]: must be a string, got {item!r}")
+                raise InvalidArgument(f"{where}[{i}]: must be a string, got {_show(item)}")
         return tuple(value)
-    raise InvalidArgument(f"{where}: must be a string or a list of strings, got {value!r}")
+    raise InvalidArgument(f"{where}: must be a string or a list of strings, got {_show(value)}")
 
 
-# key -> (GenerationOptions field, conversion)
-_SIMPLE: dict[str, tuple[str, Callable[[str, Any], Any]]] = {
-    "max_tokens": ("max_tokens", _int),
-    "temperature": ("temperature", _float),
-    "top_p": ("top_p", _float),
-    "top_k": ("top_k", _top_k),
-    "min_p": ("min_p", _float),
-    "seed": ("seed", _int),
-    "stop": ("stop", _stops),
-    "repetition_penalty": ("repeat_penalty", _float),
-    "frequency_penalty": ("frequency_penalty", _float),
-    "presence_penalty": ("presence_penalty", _float),
-    "penalty_last_n": ("penalty_last_n", _int),
-    "ignore_eos": ("ignore_eos", _bool),
-    "top_logprobs": ("top_logprobs", _int),
-    "adapter": ("adapter", _text),
+_CONVERT: dict[Kind, Callable[[str, Any], Any]] = {
+    Kind.INT: _int, Kind.FLOAT: _float, Kind.BOOL: _bool, Kind.TEXT: _text,
+    Kind.TEXT_LIST: _stops,
 }
 # Handled below: they set more than one field, or depend on each other.
 _SPECIAL = ("logprobs", "response_format", "grammar")
+# key -> its row of the table
+_SIMPLE: dict[str, Option] = {o.kserve: o for o in OPTIONS
+                              if o.kserve is not None and o.kserve not in _SPECIAL}
 KNOWN_KEYS = tuple(sorted((*_SIMPLE, *_SPECIAL)))
 
 
@@ -105,8 +104,10 @@ def _json_object(where: str, value: Any) -> dict[str, Any]:
             value = json.loads(value)
         except ValueError as exc:
             raise InvalidArgument(f"{where}: not valid JSON: {exc}") from None
+        except RecursionError:
+            raise InvalidArgument(f"{where}: nested too deeply") from None
     if not isinstance(value, dict):
-        raise InvalidArgument(f"{where}: must be a JSON object, got {str(value)[:80]!r}")
+        raise InvalidArgument(f"{where}: must be a JSON object, got {_show(value)}")
     return value
 
 
@@ -122,9 +123,12 @@ def _response_format(where: str, value: Any) -> StructuredOutput | None:
         schema = spec.get("schema") if isinstance(spec, dict) else None
         if not isinstance(schema, dict):
             raise InvalidArgument(f"{where}.json_schema.schema: must be a JSON object")
-        return StructuredOutput("json_schema", json.dumps(schema))
+        try:
+            return StructuredOutput("json_schema", json.dumps(schema))
+        except RecursionError:
+            raise InvalidArgument(f"{where}.json_schema.schema: nested too deeply") from None
     raise InvalidArgument(f"{where}.type: must be text, json_object or json_schema, "
-                          f"got {kind!r}")
+                          f"got {_show(kind)}")
 
 
 def parse_sampling_json(raw: bytes) -> dict[str, Any]:
@@ -149,7 +153,9 @@ def generation_options(from_json: dict[str, Any], from_parameters: dict[str, Any
     for source, given in (("sampling_parameters", from_json),
                           ("parameters", from_parameters)):
         for key, value in given.items():
-            where = f"{source}.{key}"
+            # A key is echoed in errors (and their logs) only when it is plain.
+            where = (f"{source}.{key}" if key.isascii() and key.isidentifier()
+                     else f"{source}[{key!r:.80}]")
             if key not in _SIMPLE and key not in _SPECIAL:
                 raise InvalidArgument(f"{where}: unknown sampling parameter (known: "
                                       f"{', '.join(KNOWN_KEYS)})")
@@ -160,8 +166,10 @@ def generation_options(from_json: dict[str, Any], from_parameters: dict[str, Any
     fields: dict[str, Any] = {}
     for key, (where, value) in values.items():
         if key in _SIMPLE:
-            field, convert = _SIMPLE[key]
-            fields[field] = convert(where, value)
+            row = _SIMPLE[key]
+            value = _CONVERT[row.kind](where, value)
+            # vLLM's spellings of our values (its "no top-k" is -1, ours 0)
+            fields[row.name] = dict(row.kserve_aliases).get(value, value)
     if "logprobs" in values:
         where, value = values["logprobs"]
         if isinstance(value, bool | str):

@@ -7,6 +7,7 @@ import pytest
 
 from runtime._proto.kserve.v2 import inference_pb2 as kpb
 from runtime.errors import InvalidArgument, NotFound
+from runtime.request_meta import sane_request_id
 from runtime.server.kserve.requests import infer_call
 from runtime.server.kserve.tensors import serialize_bytes
 
@@ -162,3 +163,24 @@ def test_bad_requests_name_the_field(msg: kpb.ModelInferRequest, error: type,
 
 def test_requesting_text_output_explicitly_is_fine() -> None:
     assert infer_call(_requested("text_output")).prompt == "hello"
+
+
+@pytest.mark.parametrize("bad", ["r-1\n", "r\r1", "r\x001", "r\x1b[31m", "r\u2028", "r\u202e",
+                                 "x" * 257])
+def test_request_ids_that_would_split_a_log_line_are_refused(bad: str) -> None:
+    """SECURITY-CASES 33.  Fails on e3a5e70: the id was accepted, echoed in
+    replies, and "r-1\\n" passed the log-safe check (`$` matches before a
+    trailing newline), splitting a log line."""
+    with pytest.raises(InvalidArgument, match=r"^id: "):
+        infer_call(request(id=bad))
+    assert infer_call(request(id="req-7:a.b")).id == "req-7:a.b"
+    assert not sane_request_id("r-1\n")          # a log-safe id is the whole string
+
+
+@pytest.mark.parametrize("bad", ["tiny\n", "ti\0ny", "t\x7f"])
+def test_model_names_are_plain_text(bad: str) -> None:
+    """Fails on e3a5e70: any non-empty name was looked up (and echoed)."""
+    msg = request()
+    msg.model_name = bad
+    with pytest.raises(InvalidArgument, match=r"^model_name: "):
+        infer_call(msg)

@@ -8,6 +8,7 @@ import pytest
 from runtime._proto.kserve.v2 import inference_pb2 as kpb
 from runtime.core import GenerationOptions
 from runtime.core.types import StructuredOutput
+from runtime.core.validation import check_options, check_stops, sampling_from
 from runtime.errors import InvalidArgument
 from runtime.server.kserve.sampling import (
     KNOWN_KEYS,
@@ -127,3 +128,48 @@ def test_parameter_values_of_every_kind() -> None:
     assert parameter_value(kpb.InferParameter(double_param=0.5)) == 0.5
     assert parameter_value(kpb.InferParameter(string_param="s")) == "s"
     assert parameter_value(kpb.InferParameter()) is None
+
+
+def test_json_nested_past_the_stack_is_invalid_argument() -> None:
+    """Fails on e3a5e70: json.loads raised RecursionError, an INTERNAL
+    error, for sampling_parameters nested 100,000 deep."""
+    deep = b'{"response_format": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    with pytest.raises(InvalidArgument, match="sampling_parameters: nested too deeply"):
+        parse_sampling_json(deep)
+    with pytest.raises(InvalidArgument, match=r"parameters\.response_format: nested too deeply"):
+        generation_options({}, {"response_format": "[" * 100_000 + "]" * 100_000})
+
+
+def test_a_lone_surrogate_in_stop_is_invalid_argument() -> None:
+    """JSON's \\ud800 escape puts a lone surrogate in a Python string.
+    Fails on e3a5e70: the core's stop check raised UnicodeEncodeError
+    (INTERNAL)."""
+    opts = generation_options(parse_sampling_json(b'{"stop": ["ok", "\\ud800"]}'), {})
+    with pytest.raises(InvalidArgument, match=r"stop\[1\]: is not valid Unicode"):
+        check_stops(opts.stop)
+
+
+def test_an_integer_too_large_for_a_float_is_invalid_argument() -> None:
+    """Fails on e3a5e70: float() raised OverflowError (INTERNAL)."""
+    with pytest.raises(InvalidArgument, match=r"sampling_parameters\.temperature: must be a "
+                                              "finite number"):
+        generation_options(parse_sampling_json(b'{"temperature": 1' + b"0" * 400 + b"}"), {})
+
+
+def test_unknown_keys_are_echoed_only_when_plain() -> None:
+    """An unknown key goes into the error message: one with a newline (or a
+    lone surrogate, which no gRPC status can carry) is shown escaped."""
+    with pytest.raises(InvalidArgument) as err:
+        generation_options({"a\nb": 1}, {})
+    assert "\n" not in str(err.value) and r"sampling_parameters['a\nb']" in str(err.value)
+    with pytest.raises(InvalidArgument) as err:
+        generation_options(parse_sampling_json(b'{"\\udc00": 1}'), {})
+    str(err.value).encode("utf-8")
+
+
+def test_budgets_name_the_hearth_field_and_the_limit() -> None:
+    opts = generation_options({"penalty_last_n": 2**28, "repetition_penalty": 1.1}, {})
+    with pytest.raises(InvalidArgument, match=r"penalty_last_n: must be in \[-1, 131072\]"):
+        sampling_from(opts)
+    with pytest.raises(InvalidArgument, match=r"top_logprobs: must be in \[0, 20\]"):
+        check_options(generation_options({"logprobs": 10**6}, {}))
