@@ -39,7 +39,7 @@ extern "C" {
 /* HEARTH_CDEF_BEGIN */
 
 /* Bumped whenever a struct layout or a signature below changes. */
-#define HEARTH_CORE_ABI_VERSION 3
+#define HEARTH_CORE_ABI_VERSION 4
 
 /* Seed value that asks for a random seed. */
 #define HEARTH_SEED_RANDOM 4294967295
@@ -144,6 +144,11 @@ typedef struct hearth_engine_params {
     int32_t draft_fd;          /* or an fd to load it from (dup'ed), or -1 */
     int32_t n_draft;           /* tokens proposed per step (1..16) */
     int32_t draft_n_gpu_layers;
+    /* Drift signals: logits rows per step for scoring prompt positions of
+     * requests that ask for drift_signals (0..256, default 0: their prompt
+     * NLL is then NaN).  Each row reserves n_vocab floats twice (logits and
+     * compute buffer); a prompt has at most this many positions scored. */
+    int32_t drift_rows;
 } hearth_engine_params;
 
 /* Fill *p with defaults (n_ctx 4096, n_parallel 4, ...). */
@@ -289,6 +294,9 @@ typedef struct hearth_request_params {
                                   one (output is unchanged either way) */
     int32_t adapter;           /* a loaded LoRA adapter's id, 0 for none */
     float adapter_scale;       /* its strength (default 1) */
+    bool drift_signals;        /* compute the drift signals (hearth_output's
+                                  drift_* fields): costs logits rows for a
+                                  bounded sample of prompt positions */
 } hearth_request_params;
 
 HEARTH_API void hearth_request_params_init(hearth_request_params *p);
@@ -353,6 +361,16 @@ typedef struct hearth_output {
     int64_t t_admit_ns;        /* 0 while queued */
     int64_t t_first_token_ns;  /* 0 before the first token */
     int64_t t_finish_ns;       /* 0 while running */
+    /* Drift signals, once finished, of a request that asked for them: */
+    float drift_prompt_nll;    /* mean negative log-likelihood (nats/token)
+                                  of the prompt positions scored; NaN if none */
+    int32_t drift_nll_positions; /* how many were scored */
+    float drift_first_entropy; /* entropy (nats) of the first generated
+                                  token's distribution; NaN if none */
+    const float *drift_prompt_pool; /* mean of the model's input token
+                                  embeddings over the prompt, or NULL; valid
+                                  until the request is freed */
+    int32_t drift_n_pool;
 } hearth_output;
 
 /* Moves the output produced since the last take into *out.  The pointers in

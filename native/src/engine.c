@@ -45,6 +45,10 @@ void hearth_request_params_init(hearth_request_params *p) {
 }
 
 static hearth_status validate_params(const hearth_engine_params *p) {
+    if (p->drift_rows < 0 || p->drift_rows > 256) {
+        return hearth_fail(HEARTH_E_INVALID_ARGUMENT, "drift_rows must be in 0..256, got %d",
+                           p->drift_rows);
+    }
     if (p->n_parallel < 1 || p->n_parallel > 256) {
         return hearth_fail(HEARTH_E_INVALID_ARGUMENT, "n_parallel must be in 1..256, got %d",
                            p->n_parallel);
@@ -108,6 +112,7 @@ static void engine_destroy(hearth_engine *e) {
     free(e->eog_ids);
     free(e->candidates);
     hearth_utf8_index_free(&e->utf8);
+    hearth_drift_engine_free(e);
     free((char *)e->params.model_path);
     free((char *)e->params.draft_path);
     if (e->event_fd >= 0) close(e->event_fd);
@@ -143,7 +148,8 @@ hearth_status hearth_engine_create(const hearth_engine_params *p, hearth_engine 
     e->next_id = 1;
     atomic_init(&e->heartbeat_ns, hearth_now_ns());
 
-    if ((st = hearth_model_load(e)) != HEARTH_OK || (st = hearth_model_create_context(e)) != HEARTH_OK ||
+    if ((st = hearth_drift_engine_init(e)) != HEARTH_OK ||
+        (st = hearth_model_load(e)) != HEARTH_OK || (st = hearth_model_create_context(e)) != HEARTH_OK ||
         (hearth_engine_has_draft(p) && (st = hearth_draft_create(e)) != HEARTH_OK)) {
         engine_destroy(e);
         return st;
@@ -365,6 +371,7 @@ hearth_status hearth_engine_submit(hearth_engine *e, const hearth_request_params
     r->n_logprobs = p->logprobs;
     r->speculate = p->speculate;
     r->adapter_scale = p->adapter_scale;
+    hearth_drift_request_init(e, r, p->drift_signals);
     if ((st = copy_stops(r, p->stop, p->n_stop)) != HEARTH_OK ||
         !hearth_sampler_init(&r->sampler, &p->sampling, e->vocab, e->eog_mask, e->eog_ids,
                              e->n_eog, p->ignore_eos)) {

@@ -262,6 +262,7 @@ static void propose(hearth_engine *e, int32_t n_plan) {
 static void run_step(hearth_engine *e, int32_t n_plan) {
     struct llama_batch *b = &e->batch;
     b->n_tokens = 0;
+    hearth_drift_step_begin(e);
     if (e->draft) {
         propose(e, n_plan);
     }
@@ -279,7 +280,8 @@ static void run_step(hearth_engine *e, int32_t n_plan) {
         }
         for (int32_t j = 0; j < ent->n_tokens; j++) {
             bool last = ent->completes_prompt && j == ent->n_tokens - 1;
-            hearth_batch_add(b, r->prompt.data[r->n_past + j], r->n_past + j, r->slot, last);
+            bool out = last || hearth_drift_want_logits(e, r, r->n_past + j, b->n_tokens);
+            hearth_batch_add(b, r->prompt.data[r->n_past + j], r->n_past + j, r->slot, out);
         }
         if (ent->completes_prompt) {
             r->batch_index = b->n_tokens - 1;
@@ -320,6 +322,7 @@ static void run_step(hearth_engine *e, int32_t n_plan) {
     pthread_mutex_unlock(&e->mu);
 
     /* Sampling reads only this step's logits and request-private state. */
+    hearth_drift_score_prompt(e);
     uint64_t n_sampled = 0;
     for (int32_t i = 0; i < n_plan; i++) {
         hearth_request *r = e->plan_reqs[i];
@@ -331,6 +334,7 @@ static void run_step(hearth_engine *e, int32_t n_plan) {
             r->pending_finish = HEARTH_FINISH_CANCELLED;
             continue;
         }
+        hearth_drift_first_token(e, r);
         if (r->drafts.len > 0) {
             n_sampled += (uint64_t)verify_drafts(e, r);
             continue;

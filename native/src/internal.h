@@ -106,6 +106,18 @@ void hearth_logprobs_compute(const float *logits, int32_t n_vocab,
 void hearth_sampler_free(hearth_sampler *s);
 hearth_status hearth_sampling_validate(const hearth_sampling *s);
 
+/* ---- signals.c: a request's drift signals (engine thread until it
+ * finishes; read by take once finished) ---- */
+typedef struct drift_signals {
+    bool on;               /* asked for (hearth_request_params.drift_signals) */
+    int32_t stride;        /* every stride-th prompt position is scored */
+    double nll_sum;        /* negative log-likelihood of the scored positions */
+    int32_t nll_n;
+    float entropy;         /* first generated token's; NaN until then */
+    float *pool;           /* mean input embedding of the prompt, or NULL */
+    int32_t n_pool;
+} drift_signals;
+
 /* ---- requests ---- */
 typedef enum request_kind { REQ_GENERATE = 0, REQ_EMBED = 1 } request_kind;
 
@@ -151,6 +163,7 @@ struct hearth_request {
     htokens drafts;        /* this step's proposals from the draft model */
     int32_t n_drafted;
     int32_t n_draft_accepted;
+    drift_signals drift;
     hearth_finish_reason pending_finish; /* decided during a step */
     bool finished_engine;  /* engine has finished it (publish pending) */
     hearth_finish_reason finish_reason;
@@ -220,6 +233,8 @@ struct hearth_engine {
     int32_t steps_in_group;
     bool retire_pending;         /* guarded by mu: wake the idle loop to free */
     draft_model *draft;    /* NULL without a draft model */
+    struct drift_table *drift_table; /* signals.c: token embeddings, mapped lazily */
+    struct drift_step *drift_step;   /* signals.c: this step's prompt rows to score */
     struct llama_model *model;
     struct llama_context *ctx;
     struct llama_context *embd_ctx; /* created on first embedding request */
@@ -309,5 +324,22 @@ void hearth_draft_free(draft_model *d, int32_t n_slots);
  * at most `room` proposals in all. */
 void hearth_draft_propose(struct hearth_engine *e, hearth_request **reqs, int32_t n,
                           int32_t room);
+
+/* signals.c: drift signals (see the file's comment) */
+hearth_status hearth_drift_engine_init(struct hearth_engine *e);
+void hearth_drift_engine_free(struct hearth_engine *e);
+/* At submit, on the caller's thread: pools the prompt's input embeddings. */
+void hearth_drift_request_init(struct hearth_engine *e, hearth_request *r, bool on);
+void hearth_drift_request_free(hearth_request *r);
+/* Engine thread, per step: start the step's list of rows to score; whether
+ * the prompt token at `pos` (batch row `batch_row`) needs its logits; score
+ * the listed rows once llama_decode has run; the first token's entropy. */
+void hearth_drift_step_begin(struct hearth_engine *e);
+bool hearth_drift_want_logits(struct hearth_engine *e, hearth_request *r, int32_t pos,
+                              int32_t batch_row);
+void hearth_drift_score_prompt(struct hearth_engine *e);
+void hearth_drift_first_token(struct hearth_engine *e, hearth_request *r);
+/* r->mu held: the signals into a finished request's output. */
+void hearth_drift_output(const hearth_request *r, hearth_output *out);
 
 #endif

@@ -175,6 +175,7 @@ hearth_status hearth_model_create_context(hearth_engine *e) {
         cp.n_outputs_max = (uint32_t)(p->n_parallel * (1 + p->n_draft));
         cp.swa_full = true;
     }
+    cp.n_outputs_max += (uint32_t)p->drift_rows; /* signals.c: prompt rows scored */
     cp.no_perf = true;
     cp.embeddings = false;
     e->ctx = llama_init_from_model(e->model, cp);

@@ -48,6 +48,7 @@ void hearth_request_unref(hearth_request *r) {
     hearth_sampler_free(&r->sampler);
     hearth_textstream_free(r->text);
     free(r->error);
+    hearth_drift_request_free(r);
     output_free(&r->pending);
     output_free(&r->taken);
     pthread_mutex_destroy(&r->mu);
@@ -121,6 +122,7 @@ hearth_status hearth_request_take(hearth_request *r, hearth_output *out) {
     out->t_admit_ns = r->t_admit_ns;
     out->t_first_token_ns = r->t_first_token_ns;
     out->t_finish_ns = r->t_finish_ns;
+    hearth_drift_output(r, out);
     pthread_mutex_unlock(&r->mu);
     return HEARTH_OK;
 }

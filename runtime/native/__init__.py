@@ -7,6 +7,7 @@ and the cdef; `check()` is the only place a C status becomes an exception.
 from runtime.native._ffi import check, ffi, lib, library_path
 from runtime.native.engine import (
     DeviceInfo,
+    DriftSignals,
     EngineParams,
     EngineStats,
     FinishReason,
@@ -24,6 +25,7 @@ from runtime.native.textstream import TextStream
 
 __all__ = [
     "DeviceInfo",
+    "DriftSignals",
     "EngineParams",
     "EngineStats",
     "FinishReason",

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import enum
 import itertools
+import math
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -55,6 +56,7 @@ class EngineParams:
     draft_fd: int = -1                   # ... or an fd to load it from
     n_draft: int = 4
     draft_n_gpu_layers: int = 0
+    drift_rows: int = 0                  # logits rows per step for drift prompt NLL
 
 
 _SAMPLING_FIELDS = frozenset(name for name, _ in ffi.typeof("hearth_sampling").fields)
@@ -100,6 +102,18 @@ class RequestParams:
     speculate: bool = True               # use the draft model, if there is one
     adapter: int = 0                     # a loaded LoRA adapter's id; 0 none
     adapter_scale: float = 1.0
+    drift_signals: bool = False          # compute DriftSignals (sampled requests)
+
+
+@dataclass(frozen=True)
+class DriftSignals:
+    """What the drift monitor learns about a finished request (signals.c);
+    no text.  A signal the engine could not compute is None."""
+
+    prompt_nll: float | None             # nats/token over the scored prompt positions
+    nll_positions: int
+    first_token_entropy: float | None    # nats
+    prompt_pool: tuple[float, ...] | None  # mean input embedding of the prompt
 
 
 @dataclass(frozen=True)
@@ -133,6 +147,7 @@ class Output:
     logprobs: list[TokenLogprobs] = field(default_factory=list)
     n_drafted: int = 0
     n_draft_accepted: int = 0
+    drift: DriftSignals | None = None    # finished requests that asked for them
 
 
 @dataclass(frozen=True)
@@ -212,6 +227,17 @@ def list_devices() -> list[DeviceInfo]:
     return out
 
 
+def _finite(x: float) -> float | None:
+    return float(x) if math.isfinite(x) else None
+
+
+def _drift_signals(o: Any) -> DriftSignals:
+    pool = (tuple(ffi.unpack(o.drift_prompt_pool, o.drift_n_pool))
+            if o.drift_n_pool > 0 else None)
+    return DriftSignals(_finite(o.drift_prompt_nll), o.drift_nll_positions,
+                        _finite(o.drift_first_entropy), pool)
+
+
 def _logprobs(arr: Any, n: int) -> list[TokenLogprobs]:
     out = []
     for i in range(n):
@@ -235,12 +261,13 @@ class NativeRequest:
     """A submitted request.  take() is not thread-safe against itself: one
     consumer (the engine session) reads each request."""
 
-    __slots__ = ("_handle", "_out", "id")
+    __slots__ = ("_drift", "_handle", "_out", "id")
 
-    def __init__(self, handle: object) -> None:
+    def __init__(self, handle: object, drift: bool = False) -> None:
         self._handle = handle
         self._out = ffi.new("hearth_output *")
         self.id: int = lib.hearth_request_id(handle)
+        self._drift = drift
 
     def take(self) -> Output:
         if self._handle is None:
@@ -267,6 +294,7 @@ class NativeRequest:
             logprobs=_logprobs(o.logprobs, o.n_logprobs) if o.n_logprobs else [],
             n_drafted=o.n_drafted,
             n_draft_accepted=o.n_draft_accepted,
+            drift=_drift_signals(o) if o.finished and self._drift else None,
         )
 
     def cancel(self) -> None:
@@ -301,6 +329,7 @@ class NativeEngine:
         p.draft_fd = params.draft_fd
         p.n_draft = params.n_draft
         p.draft_n_gpu_layers = params.draft_n_gpu_layers
+        p.drift_rows = params.drift_rows
         for name in ("n_ctx", "n_parallel", "n_batch", "n_ubatch", "prefill_chunk", "max_queue",
                      "burst_window_us",
                      "n_threads", "n_threads_batch", "n_gpu_layers", "main_gpu", "flash_attn",
@@ -474,10 +503,11 @@ class NativeEngine:
         p.speculate = params.speculate
         p.adapter = params.adapter
         p.adapter_scale = params.adapter_scale
+        p.drift_signals = params.drift_signals
         out = ffi.new("hearth_request **")
         with self._h() as h:
             check(lib.hearth_engine_submit(h, p, out))
-        return NativeRequest(out[0])
+        return NativeRequest(out[0], params.drift_signals)
 
     def load_adapter(self, path: str | None = None, fd: int = -1) -> int:
         """Loads a LoRA adapter GGUF (blocks until the step in progress
