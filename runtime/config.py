@@ -30,6 +30,18 @@ ConfigError whose message starts with the dotted path of the key, e.g.
     min_noise_multiplier = 1.0                # plans with less DP noise are refused
     max_epsilon = 8.0                         # over every plan this site answered
     max_rounds_per_day = 4                    # 0 = no limit
+
+    [drift]                                   # drift watch on live traffic (docs/drift.md)
+    enabled = true                            # or `hearth serve --drift`
+    sample_fraction = 0.25                    # requests whose signals are computed
+    reference_size = 500                      # first sampled requests of a version
+    window = 200                              # live sampled requests compared to it
+    stride = 10                               # evaluate every this many
+    ert_requests = 10000                      # expected requests between false alarms
+    signals = ["prompt_nll", "first_token_entropy", "completion_tokens",
+               "finish_stop", "prompt_embedding"]
+    nll_rows = 32                             # logits rows per step for prompt NLL
+    embedding_dims = 32                       # projected size of the prompt embedding
 """
 from __future__ import annotations
 
@@ -144,6 +156,25 @@ class FederationConfig:
 
 
 @dataclass(frozen=True)
+class DriftConfig:
+    """The drift monitor (runtime/drift/).  The signal names are checked
+    against runtime/drift/signals.py when the daemon builds its monitor
+    (drift sits above config, so the table is not imported here)."""
+
+    enabled: bool = False
+    sample_fraction: float = 0.25
+    reference_size: int = 500
+    window: int = 200
+    stride: int = 10
+    ert_requests: int = 10_000
+    signals: tuple[str, ...] = ("prompt_nll", "first_token_entropy", "completion_tokens",
+                                "finish_stop", "prompt_embedding")
+    nll_rows: int = 32
+    embedding_dims: int = 32
+    queue: int = 10_000             # events waiting for the drift worker; more are dropped
+
+
+@dataclass(frozen=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     models: dict[str, ModelConfig] = field(default_factory=dict)
@@ -151,6 +182,7 @@ class Config:
     tls: TlsConfig = field(default_factory=TlsConfig)
     acl: dict[str, tuple[str, ...]] = field(default_factory=dict)  # identity -> models
     federation: FederationConfig = field(default_factory=FederationConfig)
+    drift: DriftConfig = field(default_factory=DriftConfig)
 
 
 _INT_RANGES: dict[str, tuple[int, int]] = {
@@ -160,6 +192,9 @@ _INT_RANGES: dict[str, tuple[int, int]] = {
     "max_receive_message_bytes": (1024, 1 << 30), "max_send_message_bytes": (1024, 1 << 30),
     "max_tokens_default": (1, 1 << 24), "burst_window_us": (0, 1_000_000),
     "response_cache_mb": (0, 1 << 20), "n_draft": (1, 16), "max_rounds_per_day": (0, 1_000_000),
+    "reference_size": (20, 1 << 20), "window": (10, 1 << 20), "stride": (1, 1 << 16),
+    "ert_requests": (100, 1 << 40), "nll_rows": (0, 256), "embedding_dims": (1, 64),
+    "queue": (1, 1 << 24),
 }
 _CHOICES: dict[str, tuple[str, ...]] = {
     "flash_attn": ("auto", "on", "off"), "cache_type_k": ("f16", "f32", "q8_0", "q4_0"),
@@ -208,6 +243,15 @@ def _check_value(path: str, key: str, value: Any, default: Any) -> Any:
             if source.startswith("store:"):
                 check_config_name(source[len("store:"):], f"{where}.{name}")
         return tuple(sorted(value.items()))
+    if key == "sample_fraction":
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 1:
+            raise ConfigError(f"{where}: must be a number in (0, 1], got {value!r}")
+        return float(value)
+    if key == "signals":
+        if not isinstance(value, list) or not value or not all(
+                isinstance(x, str) and x for x in value):
+            raise ConfigError(f"{where}: must be a non-empty list of signal names")
+        return tuple(value)
     if key == "admins":
         if not isinstance(value, list) or not all(isinstance(x, str) and x for x in value):
             raise ConfigError(f"{where}: must be a list of identities")
@@ -308,7 +352,7 @@ def _build(cls: type, path: str, table: dict[str, Any], **fixed: Any) -> Any:
 def parse_config(data: dict[str, Any], base_dir: Path | None = None) -> Config:
     """Validates a parsed TOML document.  Relative model paths are resolved
     against base_dir (the config file's folder)."""
-    tables = ["server", "models", "auth", "tls", "acl", "federation"]
+    tables = ["server", "models", "auth", "tls", "acl", "federation", "drift"]
     for key in data:
         if key not in tables:
             raise _unknown("", key, tables)
@@ -321,6 +365,10 @@ def parse_config(data: dict[str, Any], base_dir: Path | None = None) -> Config:
                               if getattr(tls, k) and not os.path.isabs(getattr(tls, k))})
     acl = _acl(data.get("acl", {}))
     federation = _build(FederationConfig, "federation.", data.get("federation", {}))
+    drift = _build(DriftConfig, "drift.", data.get("drift", {}))
+    if drift.window > drift.reference_size:
+        raise ConfigError(f"drift.window: must not exceed drift.reference_size "
+                          f"({drift.reference_size}), got {drift.window}")
     models: dict[str, ModelConfig] = {}
     tables = data.get("models", {})
     if not isinstance(tables, dict):
@@ -349,7 +397,7 @@ def parse_config(data: dict[str, Any], base_dir: Path | None = None) -> Config:
     if server.models_dir and base_dir is not None and not os.path.isabs(server.models_dir):
         server = replace(server, models_dir=str((base_dir / server.models_dir).resolve()))
     return Config(server=server, models=models, auth=auth, tls=tls, acl=acl,
-                  federation=federation)
+                  federation=federation, drift=drift)
 
 
 def _acl(table: Any) -> dict[str, tuple[str, ...]]:

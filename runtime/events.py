@@ -1,7 +1,8 @@
 """In-process events: what happened, for whoever needs to know.
 
 The core publishes RequestFinished for every request and the model manager
-ModelStateChanged for every state change.  Subscribers today: the request
+ModelStateChanged for every state change; the drift service DriftDetected
+when a monitor's alarm begins.  Subscribers today: the request
 log line (daemon.py), gRPC health (server/health.py), Prometheus metrics
 (server/metrics.py), KServe statistics and the audit log
 (storage/audit.py); drift monitoring and energy accounting would subscribe
@@ -27,6 +28,30 @@ class ModelStateChanged:
 
 
 @dataclass(frozen=True)
+class RequestSignals:
+    """A sampled request's drift signals, as the engine computed them (no
+    text).  For the drift monitor only: held in memory, never written."""
+
+    prompt_nll: float | None              # nats/token; None if no position was scored
+    first_token_entropy: float | None     # nats
+    prompt_pool: tuple[float, ...] | None  # mean input embedding of the prompt
+
+
+@dataclass(frozen=True)
+class DriftDetected:
+    """A drift monitor's alarm began: live traffic of `model` (under
+    `version`) no longer looks like its reference."""
+
+    model: str
+    version: str                            # the model version measured against
+    signals: dict[str, tuple[float, float]]  # name -> (statistic, p-value)
+    threshold: float                        # the calibrated p-value threshold
+    window: int                             # requests in the live window
+    reference_size: int
+    observed: int                           # requests watched since the reference
+
+
+@dataclass(frozen=True)
 class RequestFinished:
     request_id: str
     model: str
@@ -45,6 +70,8 @@ class RequestFinished:
     response_cache: str = ""                   # "hit" or "miss" when the cache was asked
     draft_tokens: int = 0                      # speculative decoding: proposed ...
     draft_accepted: int = 0                    # ... and accepted by the model
+    adapter: str = ""                          # the LoRA adapter used, "" for none
+    drift: RequestSignals | None = None        # sampled for drift: never persisted
 
 
 Handler = Callable[[Any], None]

@@ -4,7 +4,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import replace
 
 from runtime import errors
@@ -33,7 +33,7 @@ from runtime.core.validation import (
     native_logprobs,
     sampling_from,
 )
-from runtime.events import EventBus, RequestFinished
+from runtime.events import EventBus, RequestFinished, RequestSignals
 from runtime.models.manager import ModelHandle, ModelManager
 from runtime.native import FinishReason, NativeEngine, Output, RequestParams, TokenLogprobs
 
@@ -65,6 +65,15 @@ def usage_of(out: Output) -> Usage:
     )
 
 
+def _never(model: str) -> bool:
+    return False
+
+
+def _signals(final: Output | None) -> RequestSignals | None:
+    d = final.drift if final is not None else None
+    return RequestSignals(d.prompt_nll, d.first_token_entropy, d.prompt_pool) if d else None
+
+
 class InferenceService:
     def __init__(self, models: ModelManager, events: EventBus, max_tokens_default: int,
                  cache: ResponseCache | None = None) -> None:
@@ -76,6 +85,9 @@ class InferenceService:
         # The audit log's content logging wants the prompt and the response
         # text in RequestFinished; nothing else does, so it is opt-in.
         self.collect_content = False
+        # The drift service's sampler: should this request of this model
+        # carry drift signals (RequestFinished.drift)?  Off unless set.
+        self.drift_sample: Callable[[str], bool] = _never
 
     # ---- helpers --------------------------------------------------------
 
@@ -155,7 +167,7 @@ class InferenceService:
         params = RequestParams(prompt=tokens, max_tokens=max_tokens, sampling=sampling,
                                stop=stops, deadline_ns=max(deadline_ns, 0),
                                ignore_eos=opts.ignore_eos, grammar=grammar, logprobs=logprobs,
-                               adapter=adapter_id)
+                               adapter=adapter_id, drift_signals=self.drift_sample(handle.name))
         key = None
         if self.cache.enabled and is_deterministic(opts):
             # The adapter's load id, not only its name: a new version is a
@@ -244,8 +256,9 @@ class InferenceService:
         finally:
             stream.close()
             content = (prompt, "".join(texts)) if texts is not None else None
+            adapter = next((n for n, i in handle.adapters.items() if i == params.adapter), "")
             self._publish(handle.name, ctx, kind, status, final, content,
-                          "miss" if cache_key is not None else "")
+                          "miss" if cache_key is not None else "", adapter)
 
     @staticmethod
     def _logprobs(engine: NativeEngine, entries: list[TokenLogprobs]
@@ -260,7 +273,7 @@ class InferenceService:
 
     def _publish(self, model: str, ctx: CallContext, kind: str, status: str,
                  final: Output | None, content: tuple[str, str] | None,
-                 response_cache: str = "") -> None:
+                 response_cache: str = "", adapter: str = "") -> None:
         usage = usage_of(final) if final else Usage(0, 0, 0, 0.0, 0.0, 0.0)
         reason = _FINISH_NAMES.get(final.finish_reason, "") if final else "cancelled"
         self.events.publish(RequestFinished(
@@ -270,7 +283,8 @@ class InferenceService:
             queue_s=usage.queue_s, ttft_s=usage.ttft_s, total_s=usage.total_s,
             subject=ctx.subject or ctx.client, content=content, response_cache=response_cache,
             draft_tokens=final.n_drafted if final else 0,
-            draft_accepted=final.n_draft_accepted if final else 0))
+            draft_accepted=final.n_draft_accepted if final else 0, adapter=adapter,
+            drift=_signals(final)))
 
     # ---- embeddings and tokens --------------------------------------------
 

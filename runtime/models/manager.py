@@ -266,8 +266,10 @@ class ModelManager:
             params, handle.gpu_reason = engine_params(cfg, info)
             if cfg.draft:
                 draft_fd = self._open_draft(cfg)
+            drift = self.config.drift
             engine = NativeEngine(replace(params, model_path=None, model_fd=fd,
-                                          draft_fd=draft_fd))
+                                          draft_fd=draft_fd,
+                                          drift_rows=drift.nll_rows if drift.enabled else 0))
         except errors.InvalidArgument as exc:  # e.g. a draft with another vocabulary
             raise errors.ModelLoadError(f"{cfg.name}: {exc}") from None
         finally:

@@ -303,6 +303,7 @@ class AuditLog:
         O(1); sealing and writing happen on the writer thread)."""
         entry: dict[str, Any] = asdict(event)
         content = entry.pop("content")
+        entry.pop("drift", None)   # per-request drift signals are never persisted
         # The subject is named only inside its own (erasable) content block.
         entry.pop("subject")
         entry["time"] = time.time()
