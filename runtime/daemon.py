@@ -9,7 +9,8 @@ models to load, then calls serve().  Everything after that is here:
                   the systemd watchdog, the configured models, the ready file
                   and READY=1, then waits and drains
   build_daemon()  one ModelManager, InferenceService and Authenticator, with
-                  the faces over them: gRPC (server/) and HTTP (http/)
+                  the faces over them: gRPC (server/) and HTTP (http/), and the
+                  drift watch (drift/service.py) when [drift] is on
   Daemon          those parts and their start / mark_serving / drain
 
 Start-up failures end with an exit code (runtime/exit_codes.py) that systemd
@@ -31,6 +32,7 @@ from runtime.auth.tokens import TokenStore
 from runtime.config import Config, ModelConfig, is_local_address
 from runtime.core import InferenceService
 from runtime.core.response_cache import ResponseCache
+from runtime.drift.service import DriftService
 from runtime.events import EventBus, RequestFinished
 from runtime.exit_codes import ExitCode
 from runtime.http import HttpGateway
@@ -54,13 +56,15 @@ class Daemon:
     them.  Nothing is bound or loaded until start() and models.load()."""
 
     def __init__(self, config: Config, events: EventBus, models: ModelManager,
-                 core: InferenceService, authenticator: Authenticator) -> None:
+                 core: InferenceService, authenticator: Authenticator,
+                 drift: DriftService | None = None) -> None:
         self.config = config
         self.events = events
         self.models = models
         self.core = core
         self.authenticator = authenticator
-        self.grpc = GrpcServer(config, models, core, events, authenticator)
+        self.drift = drift          # the drift watch, when [drift] is on
+        self.grpc = GrpcServer(config, models, core, events, authenticator, drift)
         # The OpenAI-compatible HTTP gateway, over the same core and auth.
         self.http = HttpGateway(core, models, authenticator,
                                 config.server.max_receive_message_bytes) \
@@ -116,7 +120,11 @@ def build_daemon(config: Config, events: EventBus | None = None,
     core = InferenceService(models, events, config.server.max_tokens_default, cache)
     tokens = TokenStore(store) if store is not None else None
     authenticator = Authenticator(config.auth, config.acl, tokens)
-    return Daemon(config, events, models, core, authenticator)
+    drift = None
+    if config.drift.enabled:
+        drift = DriftService(config.drift, events, store)
+        core.drift_sample = drift.should_sample
+    return Daemon(config, events, models, core, authenticator, drift)
 
 
 def write_ready_file(path: str, addresses: list[str], metrics: str, http: str = "") -> None:
@@ -134,7 +142,7 @@ def start_metrics(daemon: Daemon, audit: AuditLog | None) -> str:
     if not is_local_address(addr):
         raise errors.ConfigError(f"server.metrics_listen: {addr} is not a loopback address")
     metrics = Metrics(daemon.events, daemon.models, (lambda: audit.lag_s) if audit else None,
-                      daemon.core.cache)
+                      daemon.core.cache, daemon.drift)
     port = metrics.serve(addr)
     return f"{addr.rpartition(':')[0]}:{port}"
 
@@ -173,6 +181,22 @@ async def run(config: Config, models: list[ModelConfig], ready_file: str | None 
         events.subscribe(audit.record, RequestFinished)
         daemon.core.collect_content = audit.content
     stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    if daemon.drift is not None:
+        daemon.drift.audit = audit.record_admin if audit is not None else None
+        daemon.drift.start(loop)
+    try:
+        return await _serve(daemon, config, models, ready_file, audit, reload_config,
+                            notifier, stop)
+    finally:
+        if daemon.drift is not None:
+            daemon.drift.close()
+
+
+async def _serve(daemon: Daemon, config: Config, models: list[ModelConfig],
+                 ready_file: str | None, audit: AuditLog | None,
+                 reload_config: ConfigSource | None, notifier: Notifier,
+                 stop: asyncio.Event) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)

@@ -7,7 +7,7 @@ import sys
 import grpc
 
 from runtime import __version__, errors
-from runtime.cli import bundle, client, doctor, fed, serve, storage, tokens, transparency
+from runtime.cli import bundle, client, doctor, drift, fed, serve, storage, tokens, transparency
 from runtime.exit_codes import HELP, ExitCode
 
 
@@ -57,6 +57,7 @@ def parser() -> argparse.ArgumentParser:
     tokens.add_parsers(sub)
     bundle.add_parsers(sub)
     fed.add_parsers(sub)
+    drift.add_parsers(sub)
     transparency.add_parsers(sub)
     doctor.add_parser(sub)
     d = sub.add_parser("devices", help="show the devices ggml can use")

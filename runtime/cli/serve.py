@@ -57,6 +57,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="serve the OpenAI-compatible HTTP API here (/v1/...; beyond "
                         "loopback only with auth.require)")
     add_state_options(p)
+    p.add_argument("--drift", action="store_true",
+                   help="watch live traffic for drift ([drift] with its defaults, "
+                        "unless hearth.toml sets them; docs/drift.md)")
     p.add_argument("--no-audit", action="store_true",
                    help="do not write the audit log (it is on whenever a master key is given)")
     p.add_argument("--audit-content", action="store_true",
@@ -128,6 +131,8 @@ def build_config(args: argparse.Namespace) -> tuple[Config, list[ModelConfig]]:
         model = replace(base, **overrides_here)
         validate_model(model, f"--model {name}: ")
         models[name] = model
+    if args.drift:
+        config = replace(config, drift=replace(config.drift, enabled=True))
     return replace(config, server=server), list(models.values())
 
 

@@ -30,6 +30,7 @@ from runtime.auth.peercred import UnixPeerFront
 from runtime.auth.tls import server_credentials
 from runtime.config import Config, check_listeners
 from runtime.core import InferenceService
+from runtime.drift.service import DriftService
 from runtime.events import EventBus
 from runtime.models.manager import ModelManager
 from runtime.server.health import NOT_SERVING, HealthTracker
@@ -45,7 +46,8 @@ HEALTH_NAME = "grpc.health.v1.Health"
 
 class GrpcServer:
     def __init__(self, config: Config, models: ModelManager, core: InferenceService,
-                 events: EventBus, authenticator: Authenticator) -> None:
+                 events: EventBus, authenticator: Authenticator,
+                 drift: DriftService | None = None) -> None:
         self.config = config        # read when binding: listeners, TLS, socket mode
         s = config.server
         self.grpc = grpc.aio.server(options=[
@@ -56,7 +58,8 @@ class GrpcServer:
             ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
         ])
         add_service(self.grpc, INFERENCE, InferenceServicer(core), authenticator)
-        add_service(self.grpc, MODELS, ModelsServicer(models, s.grace_period_s), authenticator)
+        add_service(self.grpc, MODELS, ModelsServicer(models, s.grace_period_s, drift),
+                    authenticator)
         self.serving = False      # between mark_serving() and stop_serving(): KServe's ServerReady
         add_service(self.grpc, KSERVE, KServeServicer(core, models, events, s.grace_period_s,
                                                       lambda: self.serving), authenticator)

@@ -118,6 +118,18 @@ def embed_response(result: EmbedResult) -> ipb.EmbedResponse:
                     for e in result.embeddings])
 
 
+def drift_summary(d: dict[str, Any]) -> mpb.DriftSummary:
+    """A drift monitor's summary (runtime/drift/service.py: summary())."""
+    threshold = d["threshold"]
+    return mpb.DriftSummary(
+        version=d["version"], phase=d["phase"], reference_size=d["reference_size"],
+        window=d["window"], observed=d["observed"],
+        threshold=float("nan") if threshold is None else threshold, alarm=d["alarm"],
+        signals=[mpb.DriftSignalStatus(signal=name, statistic=s["statistic"],
+                                       p_value=s["p_value"])
+                 for name, s in sorted(d["signals"].items())])
+
+
 def model_status(handle: ModelHandle) -> mpb.ModelStatus:
     out = mpb.ModelStatus(name=handle.name, state=MODEL_STATES[handle.state.value],
                           error=handle.error, load_seconds=handle.load_seconds,

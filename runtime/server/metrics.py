@@ -18,6 +18,7 @@ from prometheus_client.registry import Collector
 
 from runtime import errors
 from runtime.core.response_cache import ResponseCache
+from runtime.drift.service import DriftService
 from runtime.events import EventBus, RequestFinished
 from runtime.models.manager import ModelManager
 
@@ -26,6 +27,31 @@ log = logging.getLogger("hearth.metrics")
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 ITL_BUCKETS = (0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56)
 _STATES = ("loading", "ready", "draining", "failed", "unloaded")
+
+
+class DriftCollector(Collector):
+    """The drift monitors' last evaluation, read at scrape time.  The model
+    label is the monitor's version: the model, or model@adapter."""
+
+    def __init__(self, drift: DriftService) -> None:
+        self.drift = drift
+
+    def collect(self) -> Iterator[Any]:
+        stat = GaugeMetricFamily("hearth_drift_statistic", "Drift statistic of the last "
+                                 "window against the reference", labels=["model", "signal"])
+        pval = GaugeMetricFamily("hearth_drift_p_value", "Calibrated null tail probability "
+                                 "of the drift statistic", labels=["model", "signal"])
+        alarm = GaugeMetricFamily("hearth_drift_alarm", "1 while a drift alarm holds",
+                                  labels=["model"])
+        seen = CounterMetricFamily("hearth_drift_requests_observed", "Requests the drift "
+                                   "monitor observed", labels=["model"])
+        for version, status, observed in self.drift.statuses():
+            for name, s in status.signals.items():
+                stat.add_metric([version, name], s.statistic)
+                pval.add_metric([version, name], s.p_value)
+            alarm.add_metric([version], 1.0 if status.alarm else 0.0)
+            seen.add_metric([version], observed)
+        yield from (stat, pval, alarm, seen)
 
 
 class EngineCollector(Collector):
@@ -97,7 +123,8 @@ class EngineCollector(Collector):
 class Metrics:
     def __init__(self, events: EventBus, models: ModelManager,
                  audit_lag: Callable[[], float] | None = None,
-                 cache: ResponseCache | None = None) -> None:
+                 cache: ResponseCache | None = None,
+                 drift: DriftService | None = None) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter("hearth_requests", "Finished requests", ["model", "kind",
@@ -125,6 +152,8 @@ class Metrics:
         self.draft_accepted = Counter("hearth_speculative_accepted_tokens", "Draft tokens "
                                       "the model accepted", ["model"], registry=r)
         r.register(EngineCollector(models, audit_lag, cache))
+        if drift is not None:
+            r.register(DriftCollector(drift))
         events.subscribe(self.on_request, RequestFinished)
 
     def on_request(self, e: RequestFinished) -> None:

@@ -5,16 +5,19 @@ registry.py, not here.
 """
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
 
 import grpc
 
+from runtime import errors
 from runtime._proto.hearth.v1 import inference_pb2 as ipb
 from runtime._proto.hearth.v1 import models_pb2 as mpb
 from runtime.auth import principal
 from runtime.core import CallContext, InferenceService
+from runtime.drift.service import DriftService
 from runtime.models.manager import ModelManager
 from runtime.names import check_name
 from runtime.request_meta import REQUEST_ID_KEY, SUBJECT_KEY, sane_request_id, sane_subject
@@ -81,9 +84,17 @@ class InferenceServicer:
 
 
 class ModelsServicer:
-    def __init__(self, models: ModelManager, default_grace_s: float) -> None:
+    def __init__(self, models: ModelManager, default_grace_s: float,
+                 drift: DriftService | None = None) -> None:
         self.models = models
         self.default_grace_s = default_grace_s
+        self.drift = drift
+
+    def _with_drift(self, status: mpb.ModelStatus) -> mpb.ModelStatus:
+        if self.drift is not None:
+            status.drift.extend(converters.drift_summary(d)
+                                for d in self.drift.status(status.name))
+        return status
 
     async def List(self, request: mpb.ListModelsRequest, context: grpc.aio.ServicerContext
                    ) -> mpb.ListModelsResponse:
@@ -100,7 +111,20 @@ class ModelsServicer:
             caller.check_model(request.name)
         handle = self.models.get(request.name, caller.may_use)
         caller.check_model(handle.name)
-        return converters.model_status(handle)
+        return self._with_drift(converters.model_status(handle))
+
+    async def ResetDrift(self, request: mpb.ResetDriftRequest,
+                         context: grpc.aio.ServicerContext) -> mpb.ModelStatus:
+        caller = principal.current.get()
+        caller.check_admin("reset drift references")
+        if self.drift is None:
+            raise errors.NotFound("drift: the daemon is not watching drift "
+                                  "(enable [drift] or serve with --drift)")
+        model = request.model.partition("@")[0]
+        caller.check_model(model)
+        await asyncio.get_running_loop().run_in_executor(
+            None, self.drift.reset, request.model, caller.identity)
+        return self._with_drift(converters.model_status(self.models.get(model, caller.may_use)))
 
     async def Load(self, request: mpb.LoadModelRequest, context: grpc.aio.ServicerContext
                    ) -> mpb.ModelStatus:

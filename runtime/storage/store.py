@@ -34,7 +34,7 @@ from runtime.storage.fsutil import atomic_file, private_dir
 from runtime.storage.keys import Keyring, KeySource, MasterKey, new_kek_entry
 from runtime.storage.sealed import Context, SealedReader, SealedWriter, Suite
 
-KINDS = ("model", "adapter", "dataset", "key", "federation", "release", "update")
+KINDS = ("model", "adapter", "dataset", "key", "federation", "release", "update", "drift")
 READ_BLOCK = 1 << 20
 Progress = Callable[[int, int], None]   # (done, total) bytes
 
