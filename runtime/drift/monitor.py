@@ -120,7 +120,8 @@ class DriftMonitor:
 
     # -- reading ---------------------------------------------------------
     def status(self) -> DriftStatus:
-        return self._last
+        """The last evaluation's statistics and alarm, with the counts as of now."""
+        return self._status(self._last.signals, self._last.alarm)
 
     def aggregate(self) -> ReferenceAggregate:
         if self._reference is None:
