@@ -33,7 +33,7 @@ ConfigError whose message starts with the dotted path of the key, e.g.
 
     [drift]                                   # drift watch on live traffic (docs/drift.md)
     enabled = true                            # or `hearth serve --drift`
-    sample_fraction = 0.25                    # requests whose signals are computed
+    sample_fraction = 0.1                     # requests whose signals are computed
     reference_size = 500                      # first sampled requests of a version
     window = 200                              # live sampled requests compared to it
     stride = 10                               # evaluate every this many
@@ -162,7 +162,7 @@ class DriftConfig:
     (drift sits above config, so the table is not imported here)."""
 
     enabled: bool = False
-    sample_fraction: float = 0.25
+    sample_fraction: float = 0.1
     reference_size: int = 500
     window: int = 200
     stride: int = 10

@@ -148,6 +148,7 @@ static void admit(hearth_engine *e) {
             hearth_engine_finish(e, r, HEARTH_FINISH_ERROR, "no free slot (scheduler bug)");
             continue;
         }
+        hearth_drift_admitted(e, r);
         hearth_sched_set_prefill(e->sched, r->id, r->prompt.len - r->n_past);
         e->stats.tokens_cached += (uint64_t)r->n_past;
         pthread_mutex_lock(&r->mu);

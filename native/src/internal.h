@@ -331,6 +331,8 @@ void hearth_drift_engine_free(struct hearth_engine *e);
 /* At submit, on the caller's thread: pools the prompt's input embeddings. */
 void hearth_drift_request_init(struct hearth_engine *e, hearth_request *r, bool on);
 void hearth_drift_request_free(hearth_request *r);
+/* Engine thread, just after the request got its slot (e->mu held). */
+void hearth_drift_admitted(struct hearth_engine *e, hearth_request *r);
 /* Engine thread, per step: start the step's list of rows to score; whether
  * the prompt token at `pos` (batch row `batch_row`) needs its logits; score
  * the listed rows once llama_decode has run; the first token's entropy. */

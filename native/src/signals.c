@@ -14,9 +14,11 @@
  *                  engine parameter) and at most drift_rows rows per step
  *                  in all, so the context's logits buffer is bounded by
  *                  (n_parallel + drift_rows) rows whatever the prompt
- *                  length.  Rows past a full step's budget go unscored.  Positions whose KV came from the prefix
- *                  cache are not computed and so not scored: the mean is
- *                  over the positions scored (drift_nll_positions).
+ *                  length; rows past a full step's budget go unscored.  A
+ *                  sampled request recomputes any prefix the KV cache held
+ *                  (hearth_drift_admitted), so which positions are scored
+ *                  does not depend on earlier traffic.  The mean is over the
+ *                  positions scored (drift_nll_positions).
  *   first-token    entropy of the model's distribution (raw logits, before
  *   entropy        temperature, penalties or a grammar) at the first
  *                  generated position.
@@ -231,6 +233,22 @@ void hearth_drift_request_init(hearth_engine *e, hearth_request *r, bool on) {
 void hearth_drift_request_free(hearth_request *r) {
     free(r->drift.pool);
     r->drift.pool = NULL;
+}
+
+/* A sampled request does not reuse cached prefix KV: its prompt NLL then
+ * covers the same positions whatever the cache held, so the signal does not
+ * depend on what other requests came before.  The cost is recomputing that
+ * prefix for the sampled fraction of requests only. */
+void hearth_drift_admitted(hearth_engine *e, hearth_request *r) {
+    if (!r->drift.on || e->drift_step->cap == 0 || r->n_past == 0) {
+        return;
+    }
+    slot *s = &e->slots[r->slot];
+    /* Only this sequence's hold on the cells goes; slots sharing them keep theirs. */
+    llama_memory_seq_rm(llama_get_memory(e->ctx), s->id, -1, -1);
+    s->cache.len = 0;
+    r->n_past = 0;
+    r->n_cached = 0;
 }
 
 void hearth_drift_step_begin(hearth_engine *e) { e->drift_step->n = 0; }

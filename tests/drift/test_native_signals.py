@@ -65,16 +65,18 @@ def test_long_prompt_is_scored_on_a_bounded_stride(engine: NativeEngine,
                                                    tiny_model: Path) -> None:
     """A prompt longer than drift_rows is scored every stride-th position,
     never more than drift_rows positions: the logits buffer does not grow
-    with the prompt.  Positions whose KV came from the prefix cache (here
-    the earlier test's prompt, a prefix of this one) are not computed and
-    not scored.  Fails if the stride is dropped (nll_positions would be
-    len - 1 - cached)."""
+    with the prompt.  The prefix the KV cache holds (the earlier test's
+    prompt, a prefix of this one) is recomputed, so every stride-th position
+    counts.  Fails if the stride is dropped (nll_positions would be len - 1)
+    or if the cached prefix is reused (checked: without the
+    hearth_drift_admitted hook, 27 positions were scored, not 32)."""
     tokens = engine.tokenize(" ".join([PROMPT] * 8), True, False)
     n = len(tokens) - 1
     assert n > 64
     out = run_one(engine, tokens, drift_signals=True)
     stride = math.ceil(n / 32)
-    scored = [p for p in range(0, n, stride) if p >= out.n_cached]
+    scored = list(range(0, n, stride))
+    assert out.n_cached == 0
     assert out.drift is not None and out.drift.prompt_nll is not None
     assert out.drift.nll_positions == len(scored) <= 32
     _, _, per_position = reference(tiny_model, tokens)
