@@ -1,11 +1,11 @@
 """In-process events: what happened, for whoever needs to know.
 
-The core publishes RequestFinished for every request and the model manager
-ModelStateChanged for every state change; the drift service DriftDetected
-when a monitor's alarm begins.  Subscribers today: the request
+The core publishes RequestFinished for every request, the model manager
+ModelStateChanged for every state change, and the drift service
+DriftDetected when a monitor's alarm begins.  Subscribers today: the request
 log line (daemon.py), gRPC health (server/health.py), Prometheus metrics
-(server/metrics.py), KServe statistics and the audit log
-(storage/audit.py); drift monitoring and energy accounting would subscribe
+(server/metrics.py), KServe statistics, the audit log (storage/audit.py)
+and the drift watch (drift/service.py); energy accounting would subscribe
 the same way.  Handlers run synchronously on the event loop and must be
 quick; an exception in one is logged and never reaches the publisher or the
 other handlers.

@@ -1,8 +1,9 @@
 """Drift watch: is live traffic still like the traffic a model version was
-deployed on?  (Groundwork of the drift issue; the signals computed in the
-engine, the daemon wiring and the federation trigger come next.)
+deployed on?  (docs/drift.md is the manual.)
 
-The parts, each without I/O:
+The engine computes a sampled request's signals (native/src/signals.c: prompt
+NLL, first-token entropy, the pooled prompt embedding) and they arrive with
+its RequestFinished event.  The parts here, all but the last without I/O:
 
     signals.py     the table of per-request signals (scalar or projected vector)
     reference.py   a version's reference: its first K observations in memory,
@@ -13,6 +14,9 @@ The parts, each without I/O:
                    between false alarms, jointly over all signals
     monitor.py     one model version's monitor: reference → live window →
                    statistics every `stride` requests → alarm
+    service.py     the daemon's DriftService: a monitor per (model, adapter),
+                   fed off the event loop; sealed aggregates in the store,
+                   DriftDetected on the bus and in the audit log, reset
 
 Why calibration by simulation: a windowed test evaluated every few requests is
 a sequence of dependent tests, so a per-test alpha says nothing about how
