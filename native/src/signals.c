@@ -73,6 +73,8 @@ struct drift_step {
     drift_row rows[];
 };
 
+static bool table_open(struct drift_table *t);
+
 hearth_status hearth_drift_engine_init(hearth_engine *e) {
     struct drift_table *t = calloc(1, sizeof *t);
     int32_t cap = e->params.drift_rows;
@@ -92,6 +94,16 @@ hearth_status hearth_drift_engine_init(hearth_engine *e) {
     }
     e->drift_table = t;
     e->drift_step = s;
+    if (cap > 0) {
+        /* Drift is on: parse the GGUF's header now, at load, rather than in
+         * the first sampled request's submit (the caller's event loop). */
+        pthread_mutex_lock(&t->mu);
+        t->tried = true;
+        if (!table_open(t)) {
+            t->rows = NULL;
+        }
+        pthread_mutex_unlock(&t->mu);
+    }
     return HEARTH_OK;
 }
 
@@ -116,7 +128,16 @@ void hearth_drift_engine_free(hearth_engine *e) {
 /* Maps token_embd.weight; false (once, for good) when the model has none
  * we can read.  t->mu held. */
 static bool table_open(struct drift_table *t) {
-    int fd = t->fd >= 0 ? dup(t->fd) : (t->path ? open(t->path, O_RDONLY | O_CLOEXEC) : -1);
+    int fd = -1;
+    if (t->fd >= 0) {
+        /* A file description of our own: a dup would share (and move) the
+         * offset of the descriptor the model is loaded from. */
+        char proc[64];
+        snprintf(proc, sizeof proc, "/proc/self/fd/%d", t->fd);
+        fd = open(proc, O_RDONLY | O_CLOEXEC);
+    } else if (t->path) {
+        fd = open(t->path, O_RDONLY | O_CLOEXEC);
+    }
     if (fd < 0) {
         return false;
     }

@@ -36,7 +36,7 @@ from runtime.config import DriftConfig
 from runtime.drift.monitor import DriftMonitor, DriftSettings, DriftStatus
 from runtime.drift.reference import ReferenceAggregate
 from runtime.drift.signals import BY_NAME, Observation, SignalKind, projection
-from runtime.errors import IntegrityError, NotFound
+from runtime.errors import IntegrityError, NotFound, Unavailable
 from runtime.events import DriftDetected, EventBus, RequestFinished
 
 log = logging.getLogger("hearth.drift")
@@ -104,10 +104,14 @@ class _Watch:
     observed: int = 0          # requests fed since the daemon started
 
 
-@dataclass(frozen=True)
-class _Reset:
+@dataclass
+class _Command:
+    """Work for the worker, in order with the observations: a reset (of a
+    model's monitors) or, with model "", only a sync point."""
+
     model: str
     done: threading.Event
+    versions: list[str] | None = None
 
 
 class DriftService:
@@ -121,10 +125,13 @@ class DriftService:
         self.dropped = 0
         self._sampler = random.Random(seed)
         self._project = Projector(cfg.embedding_dims)
-        self._queue: queue.Queue[RequestFinished | _Reset | None] = queue.Queue(cfg.queue)
-        self._watches: dict[str, _Watch] = {}
+        self._queue: queue.Queue[RequestFinished | _Command | None] = queue.Queue(cfg.queue)
+        self._watches: dict[str, _Watch] = {}          # the worker's alone
         self._stored: dict[str, ReferenceAggregate] = {}
-        self._lock = threading.Lock()     # _watches, between the worker and readers
+        # What readers see: the worker publishes each monitor's status after
+        # every observation, so a reader never waits for a calibration.
+        self._lock = threading.Lock()
+        self._snapshots: dict[str, tuple[str, DriftStatus, int]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         events.subscribe(self.on_request, RequestFinished)
@@ -157,34 +164,37 @@ class DriftService:
 
     def wait_idle(self, timeout: float = 30.0) -> None:
         """Blocks until every queued event has been observed (tests, CLI)."""
-        done = threading.Event()
-        self._queue.put(_Reset("", done))
-        done.wait(timeout)
+        self._command("", timeout)
+
+    def _command(self, model: str, timeout: float) -> list[str]:
+        cmd = _Command(model, threading.Event())
+        self._queue.put(cmd, timeout=timeout)
+        if not cmd.done.wait(timeout):
+            raise Unavailable("drift: the drift worker did not answer in time")
+        return cmd.versions or []
 
     # -- reading -----------------------------------------------------------
     def status(self, model: str = "") -> list[dict[str, Any]]:
         """Summaries (JSON-ready) of every monitor, or those of one model."""
         with self._lock:
-            watches = [w for key, w in sorted(self._watches.items())
-                       if not model or w.model == model or key == model]
-            return [summary(w.monitor.status(), w.model, w.observed) for w in watches]
+            snaps = sorted(self._snapshots.items())
+        return [summary(status, owner, observed) for key, (owner, status, observed) in snaps
+                if not model or owner == model or key == model]
 
     def statuses(self) -> list[tuple[str, DriftStatus, int]]:
         """(version, status, observed) of every monitor, for the metrics."""
         with self._lock:
-            return [(key, w.monitor.status(), w.observed) for key, w in self._watches.items()]
+            return [(key, status, observed)
+                    for key, (_, status, observed) in self._snapshots.items()]
 
-    def reset(self, model: str, actor: str = "") -> list[str]:
+    def reset(self, model: str, actor: str = "", timeout: float = 60.0) -> list[str]:
         """Accepts the current traffic of `model` (every version of it, or the
         one named model@adapter) as the new reference; audited.  Returns the
-        versions reset."""
-        with self._lock:
-            keys = [k for k, w in self._watches.items() if w.model == model or k == model]
-            if not keys:
-                raise NotFound(f"drift: no monitor for model {model!r}")
-            for k in keys:
-                self._watches[k].monitor.reset()
-                self._stored.pop(k, None)
+        versions reset.  Blocks until the worker has done it: call it off
+        the event loop."""
+        keys = self._command(model, timeout)
+        if not keys:
+            raise NotFound(f"drift: no monitor for model {model!r}")
         if self.audit is not None:
             self.audit("drift_reset", {"model": model, "versions": keys, "actor": actor})
         log.info("drift reference reset for %s by %s", ", ".join(keys), actor or "?")
@@ -196,7 +206,9 @@ class DriftService:
             item = self._queue.get()
             if item is None:
                 return
-            if isinstance(item, _Reset):
+            if isinstance(item, _Command):
+                if item.model:
+                    item.versions = self._reset(item.model)
                 item.done.set()
                 continue
             try:
@@ -210,20 +222,32 @@ class DriftService:
         if obs is None:
             return
         key = version_of(event.model, event.adapter)
-        with self._lock:
-            watch = self._watches.get(key)
-            if watch is None:
-                watch = self._watches[key] = _Watch(
-                    event.model, DriftMonitor(s, key, self._stored.get(key)))
-            was_collecting = watch.monitor.status().phase == "reference"
-            before = watch.monitor.status().alarm_at
-            status = watch.monitor.observe(obs)
-            watch.observed += 1
-            completed = was_collecting and watch.monitor.status().phase == "watching"
+        watch = self._watches.get(key)
+        if watch is None:
+            watch = self._watches[key] = _Watch(
+                event.model, DriftMonitor(s, key, self._stored.get(key)))
+        was_collecting = watch.monitor.status().phase == "reference"
+        before = watch.monitor.status().alarm_at
+        status = watch.monitor.observe(obs)
+        watch.observed += 1
+        self._publish(key, watch)
+        completed = was_collecting and watch.monitor.status().phase == "watching"
         if completed:
             self._persist(key, watch.monitor)
         if status is not None and status.alarm and before is None:
             self._alarm(watch.model, status)
+
+    def _publish(self, key: str, watch: _Watch) -> None:
+        with self._lock:
+            self._snapshots[key] = (watch.model, watch.monitor.status(), watch.observed)
+
+    def _reset(self, model: str) -> list[str]:
+        keys = sorted(k for k, w in self._watches.items() if w.model == model or k == model)
+        for k in keys:
+            self._watches[k].monitor.reset()
+            self._stored.pop(k, None)
+            self._publish(k, self._watches[k])
+        return keys
 
     def _alarm(self, model: str, status: DriftStatus) -> None:
         event = DriftDetected(
