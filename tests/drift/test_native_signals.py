@@ -15,10 +15,12 @@ from tests.native.helpers import collect
 PROMPT = "the quick brown fox jumps over"
 
 
-def reference(model: Path, tokens: list[int]) -> tuple[float, float, np.ndarray]:
+def reference(model: Path, tokens: list[int], lora: Path | None = None
+              ) -> tuple[float, float, np.ndarray]:
     """(mean prompt NLL, first-token entropy, per-position NLL) from llama-cpp-python."""
     llama_cpp = pytest.importorskip("llama_cpp")
-    llm = llama_cpp.Llama(str(model), logits_all=True, verbose=False, n_ctx=256)
+    llm = llama_cpp.Llama(str(model), logits_all=True, verbose=False, n_ctx=256,
+                          lora_path=str(lora) if lora else None)
     llm.eval(tokens)
     logits = np.array(llm.scores[:len(tokens)], dtype=np.float64)
     top = logits.max(axis=1, keepdims=True)
@@ -59,6 +61,30 @@ def test_prompt_nll_and_entropy_match_an_independent_computation(
     assert out.drift.nll_positions == len(tokens) - 1
     assert out.drift.prompt_nll == pytest.approx(want_nll, rel=2e-3)
     assert out.drift.first_token_entropy == pytest.approx(want_entropy, rel=2e-3, abs=2e-3)
+
+
+def test_prompt_nll_is_under_the_requests_adapter(engine: NativeEngine, tiny_model: Path,
+                                                  tmp_path: Path) -> None:
+    """Base plus the active adapter: a request naming a LoRA is scored under
+    it (llama-cpp-python with the same LoRA agrees), one without under the
+    base.  Fails if the signal were computed on another context than the
+    request's step (the two NLLs below differ by far more than the tolerance)."""
+    from runtime.models.tiny import write_tiny_lora
+
+    lora = write_tiny_lora(tmp_path / "a.gguf", seed=1, scale=4.0)
+    adapter = engine.load_adapter(str(lora))
+    try:
+        tokens = engine.tokenize("a different prompt for the adapter", True, False)
+        with_lora = run_one(engine, tokens, drift_signals=True, adapter=adapter)
+        base = run_one(engine, tokens, drift_signals=True)
+    finally:
+        engine.unload_adapter(adapter)
+    want_lora, _, _ = reference(tiny_model, tokens, lora)
+    want_base, _, _ = reference(tiny_model, tokens)
+    assert abs(want_lora - want_base) > 0.05
+    assert with_lora.drift is not None and base.drift is not None
+    assert with_lora.drift.prompt_nll == pytest.approx(want_lora, rel=2e-3)
+    assert base.drift.prompt_nll == pytest.approx(want_base, rel=2e-3)
 
 
 def test_long_prompt_is_scored_on_a_bounded_stride(engine: NativeEngine,

@@ -176,3 +176,11 @@ def test_drift_config_is_validated() -> None:
             parse_config({"drift": bad})
     with pytest.raises(ConfigError, match=r"drift\.signals"):
         settings_of(parse_config({"drift": {"signals": ["vibes"]}}).drift)
+
+
+def test_drift_reset_needs_a_model(capsys: pytest.CaptureFixture[str]) -> None:
+    """A typed error before any connection (the address is never dialled)."""
+    from runtime.cli.main import main
+
+    assert main(["drift", "reset", "--addr", "127.0.0.1:1"]) != 0
+    assert "--model is required" in capsys.readouterr().err
