@@ -40,7 +40,7 @@ ConfigError whose message starts with the dotted path of the key, e.g.
     ert_requests = 10000                      # expected requests between false alarms
     signals = ["prompt_nll", "first_token_entropy", "completion_tokens",
                "finish_stop", "prompt_embedding"]
-    nll_rows = 32                             # logits rows per step for prompt NLL
+    nll_rows = 64                             # logits rows per step for prompt NLL
     embedding_dims = 32                       # projected size of the prompt embedding
 """
 from __future__ import annotations
@@ -169,7 +169,7 @@ class DriftConfig:
     ert_requests: int = 10_000
     signals: tuple[str, ...] = ("prompt_nll", "first_token_entropy", "completion_tokens",
                                 "finish_stop", "prompt_embedding")
-    nll_rows: int = 32
+    nll_rows: int = 64
     embedding_dims: int = 32
     queue: int = 10_000             # events waiting for the drift worker; more are dropped
 

@@ -147,7 +147,8 @@ typedef struct hearth_engine_params {
     /* Drift signals: logits rows per step for scoring prompt positions of
      * requests that ask for drift_signals (0..256, default 0: their prompt
      * NLL is then NaN).  Each row reserves n_vocab floats twice (logits and
-     * compute buffer); a prompt has at most this many positions scored. */
+     * compute buffer); a prompt has at most drift_rows / n_parallel
+     * positions scored (at least 1). */
     int32_t drift_rows;
 } hearth_engine_params;
 

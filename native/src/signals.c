@@ -10,11 +10,11 @@
  *                  rows of prompt positions to score get logits in the same
  *                  llama_decode that prefills them; each row is reduced to
  *                  one number right after the step.  Every stride-th
- *                  position is scored (at most drift_rows per prompt, an
- *                  engine parameter) and at most drift_rows rows per step
- *                  in all, so the context's logits buffer is bounded by
- *                  (n_parallel + drift_rows) rows whatever the prompt
- *                  length; rows past a full step's budget go unscored.  A
+ *                  position is scored, at most drift_rows / n_parallel per
+ *                  prompt (drift_rows is an engine parameter), so a step
+ *                  never needs more than drift_rows rows and the context's
+ *                  logits buffer is bounded by (n_parallel + drift_rows)
+ *                  rows whatever the prompt length.  A
  *                  sampled request recomputes any prefix the KV cache held
  *                  (hearth_drift_admitted), so which positions are scored
  *                  does not depend on earlier traffic.  The mean is over the
@@ -246,7 +246,11 @@ void hearth_drift_request_init(hearth_engine *e, hearth_request *r, bool on) {
         return;
     }
     int32_t scorable = r->prompt.len - 1; /* the last position predicts output */
-    int32_t most = e->drift_step->cap > 0 ? e->drift_step->cap : 1;
+    /* Each slot's fair share of the step's rows: even when every slot
+     * prefills a sampled prompt in one step, all their positions fit, so
+     * which positions are scored never depends on what else is running. */
+    int32_t most = e->drift_step->cap / e->params.n_parallel;
+    most = most > 0 ? most : 1;
     r->drift.stride = scorable > most ? (scorable + most - 1) / most : 1;
     pool_prompt(e, r);
 }

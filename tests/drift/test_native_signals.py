@@ -42,7 +42,8 @@ def run_one(engine: NativeEngine, tokens: list[int], **kw: object):  # type: ign
 
 @pytest.fixture(scope="module")
 def engine(tiny_model: Path):  # type: ignore[no-untyped-def]
-    e = NativeEngine(EngineParams(model_path=str(tiny_model), drift_rows=32))
+    # 4 slots (the default) share 128 rows: 32 positions per prompt.
+    e = NativeEngine(EngineParams(model_path=str(tiny_model), drift_rows=128))
     yield e
     e.close()
 
