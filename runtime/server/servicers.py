@@ -120,7 +120,10 @@ class ModelsServicer:
         if self.drift is None:
             raise errors.NotFound("drift: the daemon is not watching drift "
                                   "(enable [drift] or serve with --drift)")
-        model = request.model.partition("@")[0]
+        model, _, adapter = request.model.partition("@")
+        check_name(model, "model")
+        if adapter:
+            check_name(adapter, "model (its adapter)")
         caller.check_model(model)
         await asyncio.get_running_loop().run_in_executor(
             None, self.drift.reset, request.model, caller.identity)

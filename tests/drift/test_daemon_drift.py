@@ -32,9 +32,13 @@ embedding_dims = 16
 """
 
 
-def hearth(*args: str) -> str:
-    proc = subprocess.run([sys.executable, "-m", "runtime.cli.main", *args],
+def run_hearth(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "runtime.cli.main", *args],
                           capture_output=True, text=True, timeout=300)
+
+
+def hearth(*args: str) -> str:
+    proc = run_hearth(*args)
     assert proc.returncode == 0, proc.stderr
     return proc.stdout
 
@@ -121,6 +125,9 @@ def test_drift_alarm_metrics_status_reset_audit_and_nothing_on_disk(
             want = {name: v[field] for name, v in after["signals"].items()}
             assert got == pytest.approx(want), family
 
+        for bad, code in (("tiny\n", "INVALID_ARGUMENT"), ("nope", "NOT_FOUND")):
+            proc = run_hearth("drift", "reset", "--addr", d.tcp, "--model", bad)
+            assert proc.returncode != 0 and code in proc.stderr, proc.stderr
         reset = json.loads(hearth("drift", "reset", "--addr", d.tcp, "--model", "tiny"))
         (monitor,) = reset["monitors"]
         assert monitor["phase"] == "reference" and not monitor["alarm"]
