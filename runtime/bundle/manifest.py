@@ -22,18 +22,14 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from runtime.errors import ConfigError, IntegrityError
+from runtime.storage.keys import key_fingerprint as fingerprint
+from runtime.storage.keys import normal_fingerprint
 
 MANIFEST = "MANIFEST"
 SIGNATURE = "MANIFEST.sig"
 PUBLIC_KEY = "signing-key.pem"
 UNLISTED = frozenset({MANIFEST, SIGNATURE, PUBLIC_KEY})
 _LINE = re.compile(r"^([0-9a-f]{64})  (\S(?:.*\S)?)$")
-
-
-def fingerprint(public: Ed25519PublicKey) -> str:
-    der = public.public_bytes(serialization.Encoding.DER,
-                              serialization.PublicFormat.SubjectPublicKeyInfo)
-    return hashlib.sha256(der).hexdigest()
 
 
 def load_signing_key(path: Path) -> Ed25519PrivateKey:
@@ -126,7 +122,7 @@ def verify_bundle(root: Path, trusted: Iterable[str]) -> dict[str, str]:
     """Checks a bundle unpacked at root: the signing key is one of the
     trusted fingerprints, the signature covers MANIFEST, every file is listed
     with its hash and nothing else is present.  Returns the entries."""
-    trusted = {t.lower().replace(":", "") for t in trusted}
+    trusted = {normal_fingerprint(t) for t in trusted}
     if not trusted:
         raise ConfigError("no trusted signing-key fingerprint given (--fingerprint)")
     try:

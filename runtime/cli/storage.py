@@ -15,7 +15,7 @@ from pathlib import Path
 
 from runtime.cli.exit_codes import ExitCode
 from runtime.errors import ConfigError
-from runtime.storage.audit import AuditLog, verify_state_dir
+from runtime.storage.audit import AuditLog, verify_audit
 from runtime.storage.catalog import Catalog
 from runtime.storage.keys import Keyring, KeySource, create_key_file, key_source
 from runtime.storage.paths import state_dir
@@ -156,13 +156,23 @@ def cmd_store_verify(args: argparse.Namespace) -> int:
 # ---- audit -----------------------------------------------------------------------------------
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
-    """Needs no key: the chain is over ciphertext, checkpoints are signed."""
-    seq, broken, signed = verify_state_dir(state_dir(args.state_dir))
-    if broken is not None:
-        print(f"audit log BROKEN at {broken}")
+    """With the master key, the signing key comes from the sealed store and
+    the anchor from the authenticated catalog; without it, --fingerprint
+    names the signing key (the chain is over ciphertext)."""
+    directory = state_dir(args.state_dir)
+    if args.key_file or args.passphrase_file or args.credential:
+        store = open_store(args)
+        try:
+            verdict = verify_audit(directory, args.fingerprint, store)
+        finally:
+            store.close()
+    else:
+        verdict = verify_audit(directory, args.fingerprint)
+    if verdict.broken is not None:
+        print(f"audit log BROKEN: {verdict.broken}")
         return ExitCode.INTEGRITY
-    print(f"audit log intact: {seq} records, chain and checkpoint signatures verified"
-          + ("" if signed else " (no public key found: signatures not checked)"))
+    print(f"audit log intact: {verdict.records} records; chain, checkpoint signatures and "
+          f"anchor verified under signing key {verdict.fingerprint}")
     return ExitCode.OK
 
 
@@ -269,8 +279,10 @@ def add_parsers(sub: argparse._SubParsersAction, models: argparse._SubParsersAct
 
     audit = sub.add_parser("audit", help="the audit log: verify, export, erase, repair")
     asub = audit.add_subparsers(dest="audit_command", required=True)
-    command(asub, "verify", "check the hash chain and signatures (no key needed)",
-             cmd_audit_verify)
+    p = command(asub, "verify", "check the hash chain, signatures and anchor (with the master "
+                                "key, or --fingerprint)", cmd_audit_verify)
+    p.add_argument("--fingerprint", help="SHA-256 of the audit signing key (what a verify with "
+                                         "the master key prints); needed without the key")
     p = command(asub, "export", "decrypted records as JSON lines, for auditors",
                  cmd_audit_export)
     p.add_argument("--since", help="ISO date/time (UTC if no zone) or Unix time")

@@ -75,11 +75,19 @@ def open_meta(dek: bytes, object_id: str, sealed: bytes) -> dict:
 
 
 class SealedStore:
-    def __init__(self, state_dir: Path, master: MasterKey) -> None:
+    def __init__(self, state_dir: Path, master: MasterKey, adopt: bool = False) -> None:
+        """Opens the catalog and checks its authentication (IntegrityError
+        naming the table if a row was edited, deleted or rolled back); with
+        adopt, a catalog without authentication is trusted as it is."""
         self.state_dir = state_dir
         self.master = master
         self.objects = private_dir(state_dir / "objects")
         self.catalog = Catalog(state_dir / "catalog.sqlite")
+        try:
+            self.catalog.authenticate(master.catalog_key(), adopt=adopt)
+        except BaseException:
+            self.catalog.close()
+            raise
         self.recover()
 
     # ---- opening ---------------------------------------------------------
@@ -87,12 +95,18 @@ class SealedStore:
     @classmethod
     def init(cls, state_dir: Path, source: KeySource) -> SealedStore:
         private_dir(state_dir)
-        return cls(state_dir, Keyring(state_dir).init(source))
+        return cls(state_dir, Keyring(state_dir).init(source), adopt=True)
 
     @classmethod
     def open(cls, state_dir: Path, source: KeySource) -> SealedStore:
+        """A store made before the catalog was authenticated is migrated
+        here, once: its catalog is trusted as it is at this first open with
+        the key (docs/storage.md)."""
         keyring = Keyring(state_dir)
-        store = cls(state_dir, keyring.unlock(source))
+        master = keyring.unlock(source)
+        store = cls(state_dir, master, adopt=master.legacy)
+        if master.legacy:
+            keyring.mark_authenticated(master)
         store._settle_rotation(keyring)
         return store
 
@@ -155,7 +169,8 @@ class SealedStore:
         data["keks"].append(entry)
         keyring.save(data)
         failpoint("rotate.after_new_key")
-        with self.catalog.transaction() as db:
+        with self.catalog.transaction("objects", "audit_subjects",
+                                      rekey=new.catalog_key()) as db:
             for row in self.catalog.rows():
                 dek = self._dek(row)
                 db.execute("UPDATE objects SET kek_id=?, wrapped_dek=? WHERE id=?",
