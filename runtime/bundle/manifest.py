@@ -85,6 +85,18 @@ def files_under(root: Path) -> list[str]:
     return sorted(out)
 
 
+def folders_under(root: Path) -> set[str]:
+    """Every folder below root, as relative paths."""
+    return {(Path(dirpath) / name).relative_to(root).as_posix()
+            for dirpath, dirnames, _ in os.walk(root) for name in dirnames}
+
+
+def folders_of(names: Iterable[str]) -> set[str]:
+    """The folders a list of files needs: every proper prefix of each path."""
+    return {"/".join(parts[:i]) for parts in (n.split("/") for n in names)
+            for i in range(1, len(parts))}
+
+
 def write_manifest(root: Path, key: Ed25519PrivateKey) -> str:
     """Hashes every file under root into MANIFEST, signs it, and writes the
     public key; returns the key's fingerprint."""
@@ -121,7 +133,8 @@ def parse_manifest(data: bytes) -> dict[str, str]:
 def verify_bundle(root: Path, trusted: Iterable[str]) -> dict[str, str]:
     """Checks a bundle unpacked at root: the signing key is one of the
     trusted fingerprints, the signature covers MANIFEST, every file is listed
-    with its hash and nothing else is present.  Returns the entries."""
+    with its hash and nothing else is present (no extra file, no folder that
+    holds no listed file).  Returns the entries."""
     trusted = {normal_fingerprint(t) for t in trusted}
     if not trusted:
         raise ConfigError("no trusted signing-key fingerprint given (--fingerprint)")
@@ -149,6 +162,11 @@ def verify_bundle(root: Path, trusted: Iterable[str]) -> dict[str, str]:
         raise IntegrityError(f"bundle: files not in the manifest: {sorted(extra)}")
     if missing:
         raise IntegrityError(f"bundle: files missing: {sorted(missing)}")
+    # A folder holding no listed file is not covered by the signature either
+    # (SECURITY-CASES 32): an empty one could still steer a tool that looks.
+    unsigned = folders_under(root) - folders_of(entries)
+    if unsigned:
+        raise IntegrityError(f"bundle: folders not in the manifest: {sorted(unsigned)}")
     for name, digest in entries.items():
         if not hmac.compare_digest(sha256_file(root / name), digest):
             raise IntegrityError(f"bundle: {name} does not match its SHA-256 in the manifest")

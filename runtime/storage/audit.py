@@ -56,6 +56,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from runtime.errors import ConfigError, FailedPrecondition, IntegrityError, NotFound
 from runtime.events import RequestFinished
 from runtime.storage.catalog import Catalog
+from runtime.storage.failpoints import io_fault
 from runtime.storage.fsutil import atomic_write, fsync_dir, private_dir, storage_error
 from runtime.storage.keys import key_fingerprint, normal_fingerprint
 from runtime.storage.store import SealedStore
@@ -538,6 +539,7 @@ class AuditLog:
                 add("checkpoint", ts, self._checkpoint(seq - 1, head))
                 since = 0
         try:
+            io_fault("audit.append")
             fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
             try:
                 data = b"".join(lines)
