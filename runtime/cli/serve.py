@@ -10,6 +10,7 @@ import resource
 import signal
 from collections.abc import Callable
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from runtime import errors
@@ -30,6 +31,7 @@ from runtime.server.app import is_local_address
 from runtime.server.metrics import Metrics
 from runtime.server.reload import Reloader
 from runtime.storage.audit import AuditLog
+from runtime.storage.fsutil import atomic_write
 from runtime.storage.keys import key_source
 from runtime.storage.paths import state_dir
 from runtime.storage.store import SealedStore
@@ -154,11 +156,9 @@ def open_store(args: argparse.Namespace, models: list[ModelConfig]) -> SealedSto
 
 
 def _write_ready_file(path: str, addresses: list[str], metrics: str, http: str = "") -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump({"pid": os.getpid(), "addresses": addresses, "metrics": metrics,
-                   "http": http}, f)
-    os.replace(tmp, path)
+    atomic_write(Path(path), json.dumps({"pid": os.getpid(), "addresses": addresses,
+                                         "metrics": metrics, "http": http}).encode(),
+                 mode=0o666)    # the umask decides, as before
 
 
 def start_metrics(config: Config, events: EventBus, server: HearthServer,

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import secrets
 import time
 from dataclasses import asdict, dataclass
@@ -54,7 +53,8 @@ from runtime.federation.state import (
     save_site_record,
 )
 from runtime.federation.update_bundle import seal_update
-from runtime.storage.store import SealedStore
+from runtime.storage.fsutil import atomic_write
+from runtime.storage.store import Kind, SealedStore
 
 log = logging.getLogger("hearth.federation")
 
@@ -64,15 +64,9 @@ PLAN_FILE = "plan.json"
 
 
 def private_write(path: Path, data: bytes) -> Path:
-    """Files for removable media: written whole (temp + rename), mode 0600."""
+    """Files for removable media: written whole (storage's atomic writer), mode 0600."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write(path, data)
     return path
 
 
@@ -81,7 +75,7 @@ def private_write(path: Path, data: bytes) -> Path:
 def init_coordinator(store: SealedStore, settings: FederationSettings, base_model_path: str
                      ) -> CoordinatorRecord:
     try:
-        store.read_bytes("federation", "coordinator")
+        store.read_bytes(Kind.FEDERATION, "coordinator")
     except NotFound:
         pass
     else:
@@ -99,7 +93,7 @@ def coordinator_authority(store: SealedStore, record: CoordinatorRecord) -> Fede
     from cryptography import x509
 
     signing, _, _ = coordinator_keys(store)
-    ca_key = serialization.load_pem_private_key(store.read_bytes("key", "fed-ca"), None)
+    ca_key = serialization.load_pem_private_key(store.read_bytes(Kind.KEY, "fed-ca"), None)
     ca_cert = x509.load_pem_x509_certificate(record.ca_cert_pem.encode())
     return FederationAuthority(record.settings.federation, signing, ca_key,  # type: ignore[arg-type]
                                ca_cert)
@@ -139,9 +133,9 @@ def enroll_site(store: SealedStore, site: str) -> SiteRequest:
                                  f"federation {existing.federation!r}")
     tls_key, csr = make_site_request(site)
     signing, exchange = Ed25519PrivateKey.generate(), X25519PrivateKey.generate()
-    store.put_bytes("key", "fed-site-tls", pem_key(tls_key))
-    store.put_bytes("key", "fed-site-signing", signing.private_bytes(*_PRIVATE_RAW))
-    store.put_bytes("key", "fed-site-exchange", exchange.private_bytes(*_PRIVATE_RAW))
+    store.put_bytes(Kind.KEY, "fed-site-tls", pem_key(tls_key))
+    store.put_bytes(Kind.KEY, "fed-site-signing", signing.private_bytes(*_PRIVATE_RAW))
+    store.put_bytes(Kind.KEY, "fed-site-exchange", exchange.private_bytes(*_PRIVATE_RAW))
     save_site_record(store, SiteRecord(site=site))
     return SiteRequest(site=site, csr_pem=csr.decode(),
                        signing_key=b64(raw_public(signing.public_key())),
@@ -153,13 +147,13 @@ def join_site(store: SealedStore, kit_bytes: bytes, base_model_path: str) -> Sit
     kit = SiteKit.loads(kit_bytes)
     if kit.site != record.site:
         raise InvalidArgument(f"site kit: issued for {kit.site!r}, this is {record.site!r}")
-    exchange = X25519PrivateKey.from_private_bytes(store.read_bytes("key", "fed-site-exchange"))
+    exchange = X25519PrivateKey.from_private_bytes(store.read_bytes(Kind.KEY, "fed-site-exchange"))
     release_key = kit.open_release_key(exchange)
     digest = file_sha256(base_model_path)
     if digest != kit.base_model_sha256:
         raise InvalidArgument(f"base model {base_model_path}: SHA-256 {digest[:12]}..., the "
                               f"federation trains {kit.base_model_sha256[:12]}...")
-    store.put_bytes("key", "fed-release", release_key)
+    store.put_bytes(Kind.KEY, "fed-release", release_key)
     record.federation, record.kit = kit.federation, kit_bytes.decode()
     record.base_model_path = str(Path(base_model_path).resolve())
     save_site_record(store, record)
@@ -177,9 +171,9 @@ class SiteData:
 def site_data(store: SealedStore, data: str, heldout: str | None) -> SiteData:
     """Training text from sealed data sets (`hearth data add`)."""
     try:
-        notes = split_notes(store.read_bytes("dataset", data).decode("utf-8"))
+        notes = split_notes(store.read_bytes(Kind.DATASET, data).decode("utf-8"))
         if heldout:
-            return SiteData(notes, split_notes(store.read_bytes("dataset", heldout)
+            return SiteData(notes, split_notes(store.read_bytes(Kind.DATASET, heldout)
                                                .decode("utf-8")))
     except UnicodeDecodeError:
         raise InvalidArgument("data: a data set must be UTF-8 text") from None
@@ -217,7 +211,7 @@ def accept_site_plan(site: SiteContext, envelope: bytes) -> RoundPlan:
                        site.base_model_sha256, site.record.applied_version, time.time())
     # The adapter's rank, scheme and shared A come from the plan; later
     # evaluations of the release need them again.
-    site.store.put_bytes("federation", "last-plan", json.dumps(asdict(plan.trainer)).encode())
+    site.store.put_bytes(Kind.FEDERATION, "last-plan", json.dumps(asdict(plan.trainer)).encode())
     return plan
 
 
@@ -256,7 +250,7 @@ def evaluate_site(site: SiteContext, data: SiteData, threads: int | None = None,
 
 def last_trainer_settings(site: SiteContext) -> TrainerSettings:
     try:
-        return TrainerSettings(**json.loads(site.store.read_bytes("federation", "last-plan")))
+        return TrainerSettings(**json.loads(site.store.read_bytes(Kind.FEDERATION, "last-plan")))
     except NotFound:
         return TrainerSettings()
 
@@ -288,7 +282,7 @@ def _reopen(store: SealedStore) -> tuple[Coordinator, CoordinatorRecord]:
 
 def _round_updates(store: SealedStore, federation: str, round_no: int) -> list[bytes]:
     prefix = f"{federation}.r{round_no}."
-    return [store.read_bytes("update", o.name, o.version) for o in store.list("update")
+    return [store.read_bytes(Kind.UPDATE, o.name, o.version) for o in store.list(Kind.UPDATE)
             if o.name.startswith(prefix)]
 
 
@@ -306,7 +300,7 @@ def collect_updates(store: SealedStore, directory: Path) -> tuple[list[str], lis
         except HearthError as exc:
             refused.append(f"{path.name}: {exc}")
             continue
-        store.put_bytes("update", f"{record.settings.federation}.r{c.current.plan.round}.{site}",
+        store.put_bytes(Kind.UPDATE, f"{record.settings.federation}.r{c.current.plan.round}.{site}",
                         path.read_bytes())
         accepted.append(site)
     return accepted, refused
@@ -330,7 +324,7 @@ def store_release(store: SealedStore, record: CoordinatorRecord, c: Coordinator,
                   published: Published) -> bytes:
     _, _, release_key = coordinator_keys(store)
     blob = seal_release_file(published.envelope, published.adapter, release_key)
-    store.put_bytes("release", record.settings.federation, blob)
+    store.put_bytes(Kind.RELEASE, record.settings.federation, blob)
     record_progress(record, c)
     record.open_plan = ""
     save_coordinator_record(store, record)

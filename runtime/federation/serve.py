@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ from runtime.federation.online import (
 from runtime.federation.operations import coordinator_authority
 from runtime.federation.pki import pem_cert, pem_key
 from runtime.federation.state import build_coordinator, coordinator_keys, load_coordinator_record
+from runtime.storage.fsutil import atomic_write
 from runtime.storage.store import SealedStore
 
 log = logging.getLogger("hearth.federation")
@@ -56,9 +56,7 @@ async def serve_rounds(store: SealedStore, listen: str, rounds: int, step_second
     await server.start()
     address = f"{listen.rpartition(':')[0]}:{port}"
     if ready_file:
-        tmp = Path(f"{ready_file}.{os.getpid()}.tmp")
-        tmp.write_text(address)
-        tmp.replace(ready_file)
+        atomic_write(Path(ready_file), address.encode(), mode=0o666)   # umask decides
     log.info("federation %s: coordinator on %s, %d sites enrolled",
              record.settings.federation, address, len(coordinator.sites))
     try:

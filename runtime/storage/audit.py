@@ -59,7 +59,7 @@ from runtime.storage.catalog import Catalog
 from runtime.storage.failpoints import io_fault
 from runtime.storage.fsutil import atomic_write, fsync_dir, private_dir, storage_error
 from runtime.storage.keys import key_fingerprint, normal_fingerprint
-from runtime.storage.store import SealedStore
+from runtime.storage.store import Kind, SealedStore
 
 log = logging.getLogger("hearth.audit")
 
@@ -246,7 +246,7 @@ def verify_audit(directory: Path, fingerprint: str | None = None,
     trusted = normal_fingerprint(fingerprint) if fingerprint else None
     if store is not None:
         try:
-            signer = Ed25519PrivateKey.from_private_bytes(store.read_bytes("key",
+            signer = Ed25519PrivateKey.from_private_bytes(store.read_bytes(Kind.KEY,
                                                                            "audit-signing"))
         except NotFound:
             raise NotFound("this store has no audit log (no audit signing key)") from None
@@ -318,10 +318,10 @@ class AuditLog:
 
     def _secret(self, name: str, make: Any) -> bytes:
         try:
-            return self.store.read_bytes("key", name)
+            return self.store.read_bytes(Kind.KEY, name)
         except NotFound:
-            self.store.put_bytes("key", name, make())
-            return self.store.read_bytes("key", name)
+            self.store.put_bytes(Kind.KEY, name, make())
+            return self.store.read_bytes(Kind.KEY, name)
 
     def public_key(self) -> Ed25519PublicKey:
         return self._signer.public_key()
