@@ -97,6 +97,7 @@ class TokenStore:
             hit = self._cache.get(token_id)
             if hit and now - hit[0] < CACHE_S:
                 return hit[1]
+        self.store.catalog.check("tokens")     # an edit made while we run is refused
         row = self.store.catalog.db.execute(
             "SELECT name, hash, models, admin, revoked_at FROM tokens WHERE id=?",
             (token_id,)).fetchone()

@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -145,6 +146,9 @@ class Catalog:
         self._writable: frozenset[str] | None = None    # tables the open write may touch
         self._migrating = False
         self._adopting = False
+        # One connection is shared by the daemon's threads (requests, the
+        # audit writer): transactions and checks take turns.
+        self._lock = threading.RLock()
         try:
             _private_file(path)
             # No statement cache: the authorizer runs when a statement is
@@ -220,7 +224,7 @@ class Catalog:
         at fault.  With adopt (a new store, or a catalog made before
         authentication existed) a catalog without a head is trusted as it is
         and authenticated from now on."""
-        with auth.counter_lock(self.counter_path, exclusive=False):
+        with self._lock, auth.counter_lock(self.counter_path, exclusive=False):
             self.db.execute("BEGIN")        # one snapshot for the head and the rows
             try:
                 head = self._head()
@@ -245,6 +249,24 @@ class Catalog:
             finally:
                 self._adopting = False
 
+    def check(self, *tables: str) -> None:
+        """Checks `tables` against the head now (what a reader about to trust
+        them calls: an edit made while the store is open is refused here,
+        not only at the next open)."""
+        key = self._key
+        if key is None:
+            raise FailedPrecondition("the catalog is checked only with the master key")
+        with self._lock:
+            self.db.execute("BEGIN")
+            try:
+                head = self._head()
+                if head is None:
+                    raise auth.tampered(AUTH_TABLE, "the authentication head was deleted")
+                auth.check_head(head, key)
+                auth.check_tables(head, self._digests(set(tables)))
+            finally:
+                self.db.execute("COMMIT")
+
     @contextlib.contextmanager
     def transaction(self, *tables: str, rekey: CatalogKey | None = None
                     ) -> Iterator[sqlite3.Connection]:
@@ -259,46 +281,47 @@ class Catalog:
         if key is None:
             raise FailedPrecondition("the catalog is written only after it is opened with "
                                      "the master key")
-        if self._writable is not None:
-            raise FailedPrecondition("catalog transactions do not nest")
-        with auth.counter_lock(self.counter_path, exclusive=True):
-            try:
-                self.db.execute("BEGIN IMMEDIATE")
-            except sqlite3.Error as exc:
-                raise StorageError(f"catalog busy or unwritable: {exc}") from exc
-            try:
-                head = self._head()
-                touched = set(tables) if tables else set(self.tables())
-                if head is not None:
-                    auth.check_head(head, key)
-                    auth.check_tables(head, self._digests(touched))
-                elif not self._adopting:
-                    raise auth.tampered(AUTH_TABLE, "the authentication head was deleted")
-                self._writable = frozenset(touched)
-                yield self.db
-                new_key = rekey or key
-                new = auth.next_head(head, new_key, self._digests(touched))
-                self._writable = frozenset({AUTH_TABLE})
-                self.db.execute(f"INSERT OR REPLACE INTO {AUTH_TABLE} VALUES (1,?,?,?,?,?)",
-                                new.row())
-                if rekey is not None:
-                    # The copy under the new key goes first, so whichever key
-                    # the store opens with after a crash finds one to check.
-                    auth.write_counter(self.counter_path, new, strict=True)
-            except BaseException:
-                self.db.execute("ROLLBACK")
-                raise
-            finally:
-                self._writable = None
-            try:
-                self.db.execute("COMMIT")
-            except sqlite3.Error as exc:
-                with contextlib.suppress(sqlite3.Error):
+        with self._lock:
+            if self._writable is not None:
+                raise FailedPrecondition("catalog transactions do not nest")
+            with auth.counter_lock(self.counter_path, exclusive=True):
+                try:
+                    self.db.execute("BEGIN IMMEDIATE")
+                except sqlite3.Error as exc:
+                    raise StorageError(f"catalog busy or unwritable: {exc}") from exc
+                try:
+                    head = self._head()
+                    touched = set(tables) if tables else set(self.tables())
+                    if head is not None:
+                        auth.check_head(head, key)
+                        auth.check_tables(head, self._digests(touched))
+                    elif not self._adopting:
+                        raise auth.tampered(AUTH_TABLE, "the authentication head was deleted")
+                    self._writable = frozenset(touched)
+                    yield self.db
+                    new_key = rekey or key
+                    new = auth.next_head(head, new_key, self._digests(touched))
+                    self._writable = frozenset({AUTH_TABLE})
+                    self.db.execute(f"INSERT OR REPLACE INTO {AUTH_TABLE} VALUES (1,?,?,?,?,?)",
+                                    new.row())
+                    if rekey is not None:
+                        # The copy under the new key goes first, so whichever key
+                        # the store opens with after a crash finds one to check.
+                        auth.write_counter(self.counter_path, new, strict=True)
+                except BaseException:
                     self.db.execute("ROLLBACK")
-                raise StorageError(f"catalog write failed: {exc}; nothing was changed") \
-                    from exc
-            self._key = new_key
-            auth.write_counter(self.counter_path, new)
+                    raise
+                finally:
+                    self._writable = None
+                try:
+                    self.db.execute("COMMIT")
+                except sqlite3.Error as exc:
+                    with contextlib.suppress(sqlite3.Error):
+                        self.db.execute("ROLLBACK")
+                    raise StorageError(f"catalog write failed: {exc}; nothing was changed") \
+                        from exc
+                self._key = new_key
+                auth.write_counter(self.counter_path, new)
 
     # ---- objects ---------------------------------------------------------------
 

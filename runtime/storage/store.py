@@ -218,6 +218,13 @@ class SealedStore:
 
     # ---- writing -------------------------------------------------------------
 
+    def _row(self, kind: Kind, name: str, version: int | None) -> ObjectRow:
+        """The row to read, after checking the objects table against the
+        catalog's head (so a row deleted or rolled back while the store is
+        open is refused, not served)."""
+        self.catalog.check("objects")
+        return self.catalog.get(kind, name, version)
+
     def _path(self, object_id: str) -> Path:
         return self.objects / f"{object_id}.sealed"
 
@@ -294,7 +301,7 @@ class SealedStore:
                                  "swapped)")
 
     def read_bytes(self, kind: Kind, name: str, version: int | None = None) -> bytes:
-        row = self.catalog.get(kind, name, version)
+        row = self._row(kind, name, version)
         with self._open_file(row) as f:
             reader = self._reader(row, f)
             data = b"".join(reader.chunks())
@@ -305,7 +312,7 @@ class SealedStore:
                    threads: int = 2, progress: Progress | None = None) -> tuple[int, StoredObject]:
         """Decrypts an object into a sealed memfd; every chunk is verified
         before the descriptor is returned.  The caller closes it."""
-        row = self.catalog.get(kind, name, version)
+        row = self._row(kind, name, version)
         obj = self.describe(row)
         fd = os.memfd_create(f"hearth-{kind}-{name}", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
         try:
@@ -332,7 +339,7 @@ class SealedStore:
         """Decrypts everything and recomputes the plaintext SHA-256."""
         import hashlib
 
-        row = self.catalog.get(kind, name, version)
+        row = self._row(kind, name, version)
         digest = hashlib.sha256()
         with self._open_file(row) as f:
             reader = self._reader(row, f)

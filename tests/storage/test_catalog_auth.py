@@ -255,3 +255,21 @@ def test_writes_go_only_to_the_tables_a_transaction_declares(tmp_path: Path) -> 
         pass
     keyless.close()
     SealedStore.open(tmp_path / "state", KEY).close()
+
+
+def test_an_edit_while_running_is_refused_by_the_next_reader(tmp_path: Path) -> None:
+    """A daemon does not wait for its next start: a token lookup and a model
+    read check their table first."""
+    state = tmp_path / "state"
+    populated = populate(state)
+    store = SealedStore.open(state, KEY)
+    tokens = TokenStore(store)
+    assert tokens.verify(populated["limited"]).models == frozenset({"ward"})
+    raw(state, "UPDATE tokens SET models='[\"*\"]', admin=1 WHERE name='ward-app'")
+    tokens.forget_cached()
+    with pytest.raises(IntegrityError, match="catalog table tokens"):
+        tokens.verify(populated["limited"])
+    raw(state, "DELETE FROM objects WHERE kind='model' AND version=2")
+    with pytest.raises(IntegrityError, match="catalog table objects"):
+        store.read_bytes("model", "ward")
+    store.close()
