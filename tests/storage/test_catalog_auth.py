@@ -273,3 +273,18 @@ def test_an_edit_while_running_is_refused_by_the_next_reader(tmp_path: Path) -> 
     with pytest.raises(IntegrityError, match="catalog table objects"):
         store.read_bytes("model", "ward")
     store.close()
+
+
+def test_the_daemon_refuses_to_start_naming_the_table(state: Path, tmp_path: Path) -> None:
+    """`hearth serve` opens the store first: on a tampered catalog it exits
+    with the integrity code and names the table (fails on e3a5e70: checked,
+    it started serving)."""
+    raw(state, "UPDATE tokens SET admin=1 WHERE name='ward-app'")
+    key_file = tmp_path / "master.key"
+    key_file.write_bytes(b"k" * 32)
+    key_file.chmod(0o600)
+    proc = subprocess.run([sys.executable, "-m", "runtime.cli.main", "serve", "--state-dir",
+                           str(state), "--key-file", str(key_file), "--listen", "127.0.0.1:0"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 9, proc.stderr
+    assert "catalog table tokens" in proc.stderr
