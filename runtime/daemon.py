@@ -40,6 +40,7 @@ from runtime.reload import Reloader
 from runtime.server import GrpcServer
 from runtime.server.metrics import Metrics
 from runtime.storage.audit import AuditLog
+from runtime.storage.fsutil import atomic_write
 from runtime.storage.store import SealedStore
 from runtime.systemd import Notifier, watchdog
 
@@ -120,11 +121,9 @@ def build_daemon(config: Config, events: EventBus | None = None,
 
 
 def write_ready_file(path: str, addresses: list[str], metrics: str, http: str = "") -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump({"pid": os.getpid(), "addresses": addresses, "metrics": metrics,
-                   "http": http}, f)
-    os.replace(tmp, path)
+    atomic_write(Path(path), json.dumps({"pid": os.getpid(), "addresses": addresses,
+                                         "metrics": metrics, "http": http}).encode(),
+                 mode=0o666)    # the umask decides, as before
 
 
 def start_metrics(daemon: Daemon, audit: AuditLog | None) -> str:

@@ -27,7 +27,7 @@ from runtime.models.gguf_file import GGUFInfo, inspect_gguf_fd
 from runtime.models.gpu_fit import fit_gpu_layers
 from runtime.names import check_name
 from runtime.native import EngineParams, NativeEngine, list_devices
-from runtime.storage.store import SealedStore
+from runtime.storage.store import Kind, SealedStore
 
 log = logging.getLogger("hearth.models")
 
@@ -132,7 +132,7 @@ class ModelManager:
         """Names Load accepts that are not loaded."""
         names = set(self.config.models)
         if self.store is not None:
-            names |= {o.name for o in self.store.catalog.rows("model")}
+            names |= {o.name for o in self.store.catalog.rows(Kind.MODEL)}
         root = self.config.server.models_dir
         if root and os.path.isdir(root):
             for entry in os.scandir(root):
@@ -181,7 +181,7 @@ class ModelManager:
         if name in self.config.models:
             return self.config.models[name]
         if self.store is not None and any(r.name == name
-                                          for r in self.store.catalog.rows("model")):
+                                          for r in self.store.catalog.rows(Kind.MODEL)):
             return ModelConfig(name=name, store=True)
         root = self.config.server.models_dir
         if not root:
@@ -247,7 +247,7 @@ class ModelManager:
                 raise errors.ModelLoadError(
                     f"{cfg.name}: serving from the sealed store needs its master key "
                     "(--key-file, --passphrase-file or --credential)")
-            fd, obj = self.store.open_memfd("model", cfg.name)
+            fd, obj = self.store.open_memfd(Kind.MODEL, cfg.name)
             handle.source = f"store:{obj.name} v{obj.version} ({obj.sha256[:12]})"
         else:
             try:
@@ -292,7 +292,7 @@ class ModelManager:
             if self.store is None:
                 raise errors.ModelLoadError(f"{model}: adapter {source} needs the sealed "
                                             "store's master key")
-            fd, _ = self.store.open_memfd("adapter", source[len("store:"):])
+            fd, _ = self.store.open_memfd(Kind.ADAPTER, source[len("store:"):])
         else:
             try:
                 fd = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
@@ -343,7 +343,7 @@ class ModelManager:
             if self.store is None:
                 raise errors.ModelLoadError(f"{cfg.name}: draft {cfg.draft} needs the sealed "
                                             "store's master key")
-            fd, _ = self.store.open_memfd("model", cfg.draft[len("store:"):])
+            fd, _ = self.store.open_memfd(Kind.MODEL, cfg.draft[len("store:"):])
             return fd
         try:
             fd = os.open(cfg.draft, os.O_RDONLY | os.O_CLOEXEC)

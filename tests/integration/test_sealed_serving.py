@@ -64,13 +64,15 @@ def test_requests_are_audited_and_erasable(sealed_daemon: Daemon, state: tuple[P
                                                           max_tokens=3),
                                       metadata=(("x-hearth-subject", subject),)))
     sealed_daemon.stop()     # closing flushes the log with a signed checkpoint
-    assert "intact" in hearth("audit", "verify", "--state-dir", str(state_dir)).stdout
+    assert "intact" in hearth("audit", "verify", "--state-dir", str(state_dir), "--key-file",
+                             str(key)).stdout
     common = ["--state-dir", str(state_dir), "--key-file", str(key)]
     hearth("audit", "erase", "--subject", "patient-17", *common)
     exported = hearth("audit", "export", *common).stdout
     assert "notes for patient-42" in exported and "notes for patient-17" not in exported
     assert '"content": "erased"' in exported
-    assert "intact" in hearth("audit", "verify", "--state-dir", str(state_dir)).stdout
+    assert "intact" in hearth("audit", "verify", "--state-dir", str(state_dir), "--key-file",
+                             str(key)).stdout
 
 
 def test_damaged_sealed_model_is_refused_and_the_daemon_keeps_serving(
