@@ -24,6 +24,7 @@ import os
 import resource
 import signal
 from collections.abc import Callable
+from pathlib import Path
 
 from runtime import errors
 from runtime.auth.authenticator import Authenticator
