@@ -2,10 +2,13 @@
 
 InferenceService validates requests, resolves the model, tokenizes, runs the
 engine and turns its output into typed chunks; it knows nothing of gRPC.
-The gRPC servicers (and any later transport, such as an HTTP gateway) are
-thin adapters over it, so every transport shares one code path.
+ModelRepository (repository.py) lists, loads, unloads and sets adapters,
+with the access checks; InferenceService finds its models through it.
+The gRPC, KServe and HTTP faces are thin adapters over both, so every
+transport shares one code path.
 """
 from runtime.core.inference import InferenceService
+from runtime.core.repository import ModelRepository, RepositoryIndex
 from runtime.core.types import (
     CallContext,
     ChatMessage,
@@ -29,6 +32,8 @@ __all__ = [
     "GenerateRequest",
     "GenerationOptions",
     "InferenceService",
+    "ModelRepository",
+    "RepositoryIndex",
     "StructuredOutput",
     "TokenLogprob",
     "TopLogprob",

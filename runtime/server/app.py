@@ -98,12 +98,12 @@ class HearthServer:
             ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
         ])
         add_service(self.grpc, INFERENCE, InferenceServicer(core), authenticator)
-        add_service(self.grpc, MODELS, ModelsServicer(models, s.grace_period_s), authenticator)
+        add_service(self.grpc, MODELS, ModelsServicer(core.repository), authenticator)
         self.serving = False      # between mark_serving() and drain(): KServe's ServerReady
-        add_service(self.grpc, KSERVE, KServeServicer(core, models, events, s.grace_period_s,
-                                                      lambda: self.serving), authenticator)
+        add_service(self.grpc, KSERVE, KServeServicer(core, events, lambda: self.serving),
+                    authenticator)
         self.health = HealthTracker(events, [INFERENCE.full_name, MODELS.full_name,
-                                             KSERVE.full_name])
+                                             KSERVE.full_name], authenticator)
         health_pb2_grpc.add_HealthServicer_to_server(self.health.servicer, self.grpc)
         reflection.enable_server_reflection(
             [INFERENCE.full_name, MODELS.full_name, KSERVE.full_name, HEALTH_NAME,
@@ -111,7 +111,7 @@ class HearthServer:
             self.grpc)
         self.bound: list[str] = []
         # The OpenAI-compatible HTTP gateway, over the same core and auth.
-        self.http = HttpGateway(core, models, authenticator, s.max_receive_message_bytes) \
+        self.http = HttpGateway(core, authenticator, s.max_receive_message_bytes) \
             if s.http_listen else None
         self.http_bound = ""
         self._fronts: list[UnixPeerFront] = []

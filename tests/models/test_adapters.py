@@ -12,6 +12,7 @@ from runtime.config import Config, ModelConfig
 from runtime.core import CallContext, GenerateRequest, GenerationOptions, InferenceService
 from runtime.events import EventBus
 from runtime.models.manager import ModelManager
+from runtime.models.source import FileSource
 from runtime.models.tiny import write_tiny_lora, write_tiny_model
 
 
@@ -33,7 +34,7 @@ def test_adapters_from_the_config_per_request_and_hot_swapped(tiny_model: Path,
 
     async def main() -> None:
         cfg = ModelConfig(name="tiny", path=str(tiny_model), n_ctx=8192, n_parallel=8,
-                          threads=2, adapters=(("clinic", str(v1)),))
+                          threads=2, adapters=(("clinic", FileSource(str(v1))),))
         events = EventBus()
         models = ModelManager(Config(models={"tiny": cfg}), events)
         core = InferenceService(models, events, 256)
@@ -48,7 +49,7 @@ def test_adapters_from_the_config_per_request_and_hot_swapped(tiny_model: Path,
             streams = [asyncio.create_task(text_of(core, "the patient", 300, "clinic", f"s{i}"))
                        for i in range(8)]
             await asyncio.sleep(0.05)
-            await models.set_adapter("tiny", "clinic", str(v2))
+            await models.set_adapter("tiny", "clinic", FileSource(str(v2)))
             results = await asyncio.gather(*streams)
             assert all(r == (clinic_v1, "length") for r in results)
             clinic_v2, _ = await text_of(core, "the patient", 300, "clinic")
@@ -69,7 +70,7 @@ def test_a_file_that_is_not_an_adapter_fails_the_load(tiny_model: Path, tmp_path
 
     async def main() -> None:
         cfg = ModelConfig(name="tiny", path=str(tiny_model), n_ctx=1024, n_parallel=2,
-                          threads=1, adapters=(("x", str(other_model)),))
+                          threads=1, adapters=(("x", FileSource(str(other_model))),))
         models = ModelManager(Config(models={"tiny": cfg}), EventBus())
         with pytest.raises(errors.ModelLoadError, match="not an adapter"):
             await models.load(cfg)
