@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -30,7 +31,8 @@ import time
 from runtime.errors import ModelLoadError
 
 PROBE_TIMEOUT_S = 600.0
-_STDERR_TAIL = 4096
+_STDERR_TAIL = 16384
+_BUILD_PATH = re.compile(r"^\S*/(?=[^/\s]+:\d+:)")
 
 _passed: set[str] = set()
 _passed_lock = threading.Lock()
@@ -59,8 +61,10 @@ def probe(label: str, model_fd: int, draft_fd: int = -1,
     fds = [model_fd] + ([draft_fd] if draft_fd >= 0 else [])
     cmd = [sys.executable, "-m", "runtime.models.probe", *map(str, fds)]
     try:
+        # GGML_NO_BACKTRACE: an abort need not attach a debugger to print one.
         proc = subprocess.run(cmd, pass_fds=fds, stdin=subprocess.DEVNULL,
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                              env={**os.environ, "GGML_NO_BACKTRACE": "1"},
                               timeout=timeout_s, check=False)
     except subprocess.TimeoutExpired:
         raise ModelLoadError(f"{label}: the engine did not finish loading the model within "
@@ -68,7 +72,7 @@ def probe(label: str, model_fd: int, draft_fd: int = -1,
     if proc.returncode != 0:
         raise ModelLoadError(f"{label}: the engine {_how(proc.returncode)} while loading the "
                              f"model in a probe process, so the daemon refuses it"
-                             f"{_last_line(proc.stderr)}")
+                             f"{_reason(proc.stderr)}")
     with _passed_lock:
         _passed.add(key)
 
@@ -82,15 +86,17 @@ def _how(returncode: int) -> str:
     return f"failed (exit status {returncode})"
 
 
-def _last_line(stderr: bytes) -> str:
-    """The child's last words (llama.cpp prints its assertion there),
-    cut short and printable."""
+def _reason(stderr: bytes) -> str:
+    """The child's own words: llama.cpp's failed assertion if it printed
+    one (without its build path), else its last line; cut short and
+    printable."""
     lines = [ln.strip() for ln in stderr[-_STDERR_TAIL:].decode("utf-8", "replace").splitlines()
              if ln.strip()]
     if not lines:
         return ""
-    text = "".join(c if c.isprintable() else "?" for c in lines[-1])[:300]
-    return f": {text}"
+    text = next((ln for ln in lines if "GGML_ASSERT" in ln), lines[-1])
+    text = _BUILD_PATH.sub("", text)
+    return ": " + "".join(c if c.isprintable() else "?" for c in text)[:300]
 
 
 def _child(model_fd: int, draft_fd: int) -> int:
