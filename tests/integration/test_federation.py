@@ -102,7 +102,7 @@ def test_air_gapped_rounds_hot_swap_under_load_and_rollback(tmp_path: Path,
     config = tmp_path / "hearth.toml"
     config.write_text(f'''
 [server]
-listen = ["127.0.0.1:0"]
+listen = ["127.0.0.1:0", "unix:{tmp_path}/h.sock"]
 
 [models.tiny]
 path = "{tiny_model}"
@@ -132,7 +132,9 @@ fed-clinics = "store:fed-clinics"
             t.start()
         time.sleep(0.5)
         # the release goes into the store and into the running engine
-        out = site.json("fed", "import-release", v2, "--daemon", d.tcp, "--daemon-model", "tiny")
+        # (over the unix socket: setting adapters needs an admin, the daemon's own uid)
+        admin = f"unix:{tmp_path}/h.sock"
+        out = site.json("fed", "import-release", v2, "--daemon", admin, "--daemon-model", "tiny")
         assert out == {"metrics": out["metrics"], "swapped_as": "fed-clinics", "version": 2}
         for t in threads:
             t.join(timeout=300)
@@ -145,7 +147,7 @@ fed-clinics = "store:fed-clinics"
         replay = site("fed", "import-release", v1, check=False)
         assert replay.returncode != 0 and "not above version 2" in replay.stderr
         # ... but an explicit rollback may serve it again, and is audited
-        back = site.json("fed", "rollback", "--to", "1", "--daemon", d.tcp, "--daemon-model",
+        back = site.json("fed", "rollback", "--to", "1", "--daemon", admin, "--daemon-model",
                          "tiny")
         assert back["version"] == 1 and back["from_version"] == 2
         status = json.loads(site("fed", "status").stdout)["site"]
