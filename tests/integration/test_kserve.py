@@ -168,9 +168,9 @@ def test_repository_index_load_and_unload(daemon_factory: Callable[..., Daemon],
     models.mkdir()
     (models / "extra.gguf").write_bytes(tiny_model.read_bytes())
     sock = tmp_path / "h.sock"
-    d = daemon_factory("--model", f"tiny={tiny_model}", "--listen", "127.0.0.1:0",
-                       "--listen", f"unix:{sock}",
-                       "--models-dir", str(models), "--parallel", "2", "--ctx", "1024")
+    daemon_factory("--model", f"tiny={tiny_model}", "--listen", "127.0.0.1:0",
+                   "--listen", f"unix:{sock}",
+                   "--models-dir", str(models), "--parallel", "2", "--ctx", "1024")
     # Loading needs an admin: the daemon's own uid, on the unix socket.
     repo = run_script(f"unix:{sock}", "extra", "repository")["repository"]
     assert repo["before"]["models"] == [
