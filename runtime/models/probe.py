@@ -32,6 +32,8 @@ from runtime.errors import ModelLoadError
 
 PROBE_TIMEOUT_S = 600.0
 _STDERR_TAIL = 16384
+_REFUSED = 2                          # the child's exit status for an engine error
+_REFUSAL_MARK = "hearth-probe-refused: "
 _BUILD_PATH = re.compile(r"^\S*/(?=[^/\s]+:\d+:)")
 
 _passed: set[str] = set()
@@ -69,6 +71,9 @@ def probe(label: str, model_fd: int, draft_fd: int = -1,
     except subprocess.TimeoutExpired:
         raise ModelLoadError(f"{label}: the engine did not finish loading the model within "
                              f"{timeout_s:.0f}s in a probe process; refused") from None
+    refusal = _refusal(proc.stderr) if proc.returncode == _REFUSED else None
+    if refusal is not None:          # the engine refused the model, as it would here
+        raise ModelLoadError(f"{label}: {refusal}")
     if proc.returncode != 0:
         raise ModelLoadError(f"{label}: the engine {_how(proc.returncode)} while loading the "
                              f"model in a probe process, so the daemon refuses it"
@@ -84,6 +89,14 @@ def _how(returncode: int) -> str:
         except ValueError:
             return f"crashed (signal {-returncode})"
     return f"failed (exit status {returncode})"
+
+
+def _refusal(stderr: bytes) -> str | None:
+    """The error the engine raised in the child (not a crash), if any."""
+    for line in reversed(stderr[-_STDERR_TAIL:].decode("utf-8", "replace").splitlines()):
+        if line.startswith(_REFUSAL_MARK):
+            return line[len(_REFUSAL_MARK):]
+    return None
 
 
 def _reason(stderr: bytes) -> str:
@@ -128,6 +141,7 @@ if __name__ == "__main__":
     fds = [int(a) for a in sys.argv[1:3]]
     try:
         sys.exit(_child(fds[0], fds[1] if len(fds) > 1 else -1))
-    except Exception as exc:   # a refusal llama.cpp reports (not an abort): say it
-        print(f"{type(exc).__name__}: {exc}", file=sys.stderr)
-        sys.exit(2)
+    except Exception as exc:   # a refusal the engine reports (not an abort): say it
+        message = " ".join(str(exc).split())
+        print(f"{_REFUSAL_MARK}{message}", file=sys.stderr)
+        sys.exit(_REFUSED)
