@@ -56,6 +56,10 @@ class ModelRepository:
         caller.check_model(handle.name)
         return handle
 
+    def serving(self) -> bool:
+        """Whether any model is ready (open health checks name none)."""
+        return any(h.state is ModelState.READY for h in self.models.handles())
+
     def loaded(self, name: str) -> ModelHandle | None:
         return next((h for h in self.models.handles() if h.name == name), None)
 

@@ -221,8 +221,7 @@ class HttpGateway:
     async def health(self, request: web.Request) -> web.Response:
         """For load balancers: 200 while serving at least one model, else
         503.  Open to all, so it names no models."""
-        serving = not self.core.draining and any(
-            h.state is ModelState.READY for h in self.repository.models.handles())
+        serving = not self.core.draining and self.repository.serving()
         return _json({"status": "ok" if serving else "unavailable"}, 200 if serving else 503)
 
 
