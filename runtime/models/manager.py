@@ -60,10 +60,6 @@ class ModelHandle:
     adapters: dict[str, int] = field(default_factory=dict)  # LoRA name -> engine id
 
 
-def has_gpu() -> bool:
-    return any(d.type in ("gpu", "igpu") for d in list_devices())
-
-
 def chat_template_for(cfg: ModelConfig, engine: NativeEngine) -> tuple[str | None, str]:
     """Which chat template Chat uses, and where it comes from.  Base models
     often ship without one (Gemma 3 270M does); they get their family's

@@ -192,3 +192,15 @@ def test_a_model_that_made_llama_cpp_abort_is_refused_and_the_daemon_serves_on(
     proc = hearth("models", "import", str(models / "crafted.gguf"), "--name", "crafted",
                   *common, check=False)
     assert proc.returncode != 0 and "duplicate tokens" in proc.stderr, proc.stderr
+
+
+def test_a_configured_model_that_made_llama_cpp_abort_stops_the_start_cleanly(
+        tmp_path: Path) -> None:
+    """Exit status MODEL_LOAD with the reason, not a crash.  Fails on
+    e3a5e70: the daemon died of SIGABRT (return code -6; checked by running
+    this test there)."""
+    crafted = write_tiny_model(tmp_path / "crafted.gguf", rename_tokens={300: "▁the"})
+    proc = hearth("serve", "--model", f"crafted={crafted}", "--listen", "127.0.0.1:0",
+                  check=False)
+    assert proc.returncode == 4, proc.stderr[-2000:]     # ExitCode.MODEL_LOAD
+    assert "duplicate tokens" in proc.stderr
