@@ -22,8 +22,9 @@ class Principal:
 
     def check_admin(self, what: str) -> None:
         if not self.admin:
-            hint = (" (callers without credentials may only use models unless the config "
-                    "sets [auth] anonymous_admin = true)") if self.anonymous else ""
+            hint = (" (a caller without credentials may only use models: call over the unix "
+                    "socket or with an admin token, or set [auth] anonymous_admin = true)"
+                    ) if self.anonymous else ""
             raise PermissionDenied(f"{self.identity} may not {what}{hint}")
 
     @property
