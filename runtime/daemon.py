@@ -64,7 +64,7 @@ class Daemon:
         self.authenticator = authenticator
         self.grpc = GrpcServer(config, models, core, events, authenticator)
         # The OpenAI-compatible HTTP gateway, over the same core and auth.
-        self.http = HttpGateway(core, models, authenticator,
+        self.http = HttpGateway(core, authenticator,
                                 config.server.max_receive_message_bytes) \
             if config.server.http_listen else None
         self.http_bound = ""

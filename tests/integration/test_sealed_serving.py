@@ -81,15 +81,15 @@ def test_damaged_sealed_model_is_refused_and_the_daemon_keeps_serving(
     listing = hearth("store", "list", "--state-dir", str(state_dir), "--key-file", str(key))
     assert "spare" in listing.stdout
     d = start_daemon(["--model", "tiny", "--state-dir", str(state_dir), "--key-file", str(key),
-                      "--listen", "127.0.0.1:0", "--parallel", "1", "--ctx", "1024",
-                      "--no-audit"], tmp_path)
+                      "--listen", "127.0.0.1:0", "--listen", f"unix:{tmp_path}/h.sock",
+                      "--parallel", "1", "--ctx", "1024", "--no-audit"], tmp_path)
     try:
         files = sorted((state_dir / "objects").glob("*.sealed"), key=os.path.getmtime)
         spare = files[1]                             # imported second
         data = bytearray(spare.read_bytes())
         data[len(data) // 2] ^= 0x10
         spare.write_bytes(bytes(data))
-        with d.client() as c:
+        with d.admin_client() as c:
             with pytest.raises(grpc.RpcError) as err:
                 c.models.Load(mpb.LoadModelRequest(name="spare"))
             assert err.value.code() == grpc.StatusCode.DATA_LOSS
