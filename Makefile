@@ -28,7 +28,11 @@ ifeq ($(CUDA),1)
 else
   FLAVOUR      := cpu
   HEARTH_CUDA  := AUTO
-  LLAMA_INSTALL := $(PIP) install "llama-cpp-python==$(LLAMA_VERSION)"
+  # Built once per set of CMake options into Hearth's cache (RPC on, no AMX
+  # kernels: see native/tools/llama_dist.py), then its dependencies from pip.
+  LLAMA_INSTALL := wheel="$$($(BIN)/python native/tools/llama_dist.py wheel)" && \
+                   $(PIP) install --force-reinstall --no-deps "$$wheel" && \
+                   $(PIP) install "llama-cpp-python==$(LLAMA_VERSION)"
 endif
 STAMP := $(VENV)/.setup-$(FLAVOUR)
 SOURCES := setup.py pyproject.toml CMakeLists.txt native/CMakeLists.txt native/llama-cpp-pin.json \
@@ -91,7 +95,8 @@ test: setup model lint
 	$(BIN)/python -m pytest tests
 
 bench: setup model
-	$(BIN)/python -m benchmarks.serving
+	CMAKE_ARGS="$$($(BIN)/python native/tools/llama_dist.py cmake-args)" \
+	    $(BIN)/python -m benchmarks.serving
 	$(BIN)/python -m benchmarks.storage
 	$(BIN)/python -m benchmarks.features
 	$(BIN)/python -m benchmarks.federation

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from runtime import errors
@@ -15,6 +15,7 @@ from runtime.config import (
     ModelConfig,
     check_config_name,
     check_listen_address,
+    check_source,
     load_config,
     validate_model,
 )
@@ -105,8 +106,7 @@ def build_config(args: argparse.Namespace) -> tuple[Config, list[ModelConfig]]:
         "n_draft": _int_arg("n-draft", args.n_draft, 1),
     }.items() if v is not None}
     if args.draft:
-        overrides["draft"] = (args.draft if args.draft.startswith("store:")
-                              else os.path.abspath(args.draft))
+        overrides["draft"] = check_source(args.draft, "--draft").resolved_against(Path.cwd())
     if args.n_gpu_layers is not None:
         if args.n_gpu_layers != "auto" and not args.n_gpu_layers.lstrip("-").isdigit():
             raise errors.ConfigError("--n-gpu-layers: must be an integer or auto")

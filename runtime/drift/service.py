@@ -38,10 +38,11 @@ from runtime.drift.reference import ReferenceAggregate
 from runtime.drift.signals import BY_NAME, Observation, SignalKind, projection
 from runtime.errors import IntegrityError, NotFound, Unavailable
 from runtime.events import DriftDetected, EventBus, RequestFinished
+from runtime.storage.store import Kind
 
 log = logging.getLogger("hearth.drift")
 
-STORE_KIND = "drift"
+STORE_KIND = Kind.DRIFT
 AuditSink = Callable[[str, dict[str, Any]], None]
 
 

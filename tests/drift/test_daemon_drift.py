@@ -94,8 +94,10 @@ def test_drift_alarm_metrics_status_reset_audit_and_nothing_on_disk(
     state_dir, key = state
     config = tmp_path / "hearth.toml"
     config.write_text(CONFIG)
+    sock = tmp_path / "hearth.sock"       # the admin's way in: the daemon's own uid
     d = start_daemon(["--config", str(config), "--model", f"tiny={tiny_model}",
-                      "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0",
+                      "--listen", "127.0.0.1:0", "--listen", f"unix:{sock}",
+                      "--metrics-listen", "127.0.0.1:0",
                       "--parallel", "2", "--ctx", "2048", "--threads", "2",
                       "--state-dir", str(state_dir), "--key-file", str(key)], tmp_path)
     rng = random.Random(7)
@@ -125,10 +127,13 @@ def test_drift_alarm_metrics_status_reset_audit_and_nothing_on_disk(
             want = {name: v[field] for name, v in after["signals"].items()}
             assert got == pytest.approx(want), family
 
-        for bad, code in (("tiny\n", "INVALID_ARGUMENT"), ("nope", "NOT_FOUND")):
-            proc = run_hearth("drift", "reset", "--addr", d.tcp, "--model", bad)
+        admin = f"unix:{sock}"
+        for addr, bad, code in ((d.tcp, "tiny", "PERMISSION_DENIED"),   # anonymous
+                                (admin, "tiny\n", "INVALID_ARGUMENT"),
+                                (admin, "nope", "NOT_FOUND")):
+            proc = run_hearth("drift", "reset", "--addr", addr, "--model", bad)
             assert proc.returncode != 0 and code in proc.stderr, proc.stderr
-        reset = json.loads(hearth("drift", "reset", "--addr", d.tcp, "--model", "tiny"))
+        reset = json.loads(hearth("drift", "reset", "--addr", admin, "--model", "tiny"))
         (monitor,) = reset["monitors"]
         assert monitor["phase"] == "reference" and not monitor["alarm"]
         scrape(metrics_addr)
@@ -139,6 +144,8 @@ def test_drift_alarm_metrics_status_reset_audit_and_nothing_on_disk(
         "audit", "export", "--state-dir", str(state_dir), "--key-file", str(key)).splitlines()]
     actions = [r.get("action") for r in records if r.get("action")]
     assert actions == ["drift_detected", "drift_reset"], actions
+    reset_record = next(r for r in records if r.get("action") == "drift_reset")
+    assert reset_record["versions"] == ["tiny"] and reset_record["actor"].startswith("uid:")
     detected = next(r for r in records if r.get("action") == "drift_detected")
     assert detected["version"] == "tiny" and detected["window"] == 20
     assert set(detected["signals"]) >= {"prompt_nll", "prompt_embedding"}
