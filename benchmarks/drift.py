@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import select
 import statistics
@@ -172,6 +173,7 @@ def cost_round(engine: NativeEngine, prompts: list[str], ask: list[bool], max_to
 def cost(args: argparse.Namespace, model: str) -> dict[str, Any]:
     n = args.concurrency
     engine = NativeEngine(EngineParams(model_path=model, n_parallel=n, n_ctx=512 * n,
+                                       n_threads=args.threads, n_threads_batch=args.threads,
                                        drift_rows=DriftConfig().nll_rows))
     rng = random.Random(0)
     rounds: dict[str, list[tuple[int, float]]] = {"off": [], "on": []}
@@ -191,7 +193,7 @@ def cost(args: argparse.Namespace, model: str) -> dict[str, Any]:
                 statistics.median(g / s for g, s in rs))
     off_total, off_median = rate(rounds["off"])
     on_total, on_median = rate(rounds["on"])
-    return {"model": model, "concurrency": n, "fraction": args.fraction,
+    return {"model": model, "concurrency": n, "fraction": args.fraction, "threads": args.threads,
             "repeat": args.repeat, "tokens_per_s": {
                 "off_total": off_total, "on_total": on_total,
                 "off_median": off_median, "on_median": on_median},
@@ -216,6 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--fraction", type=float, default=DriftConfig().sample_fraction)
     ap.add_argument("--repeat", type=int, default=10)
+    ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     args = ap.parse_args(argv)
     if args.cost:
         model = args.model or str(Path(__file__).resolve().parent.parent / "models"
