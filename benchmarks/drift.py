@@ -185,6 +185,9 @@ def cost(args: argparse.Namespace, model: str) -> dict[str, Any]:
                 prompts = [f"Request {rep}.{i} {mode}: {home_prompt(rng)}" for i in range(n)]
                 ask = [mode == "on" and rng.random() < args.fraction for _ in range(n)]
                 rounds[mode].append(cost_round(engine, prompts, ask, 64))
+                g, secs = rounds[mode][-1]
+                print(f"round {rep} {mode}: {g / secs:.1f} tokens/s "
+                      f"({sum(ask)} sampled)", file=sys.stderr, flush=True)
     finally:
         engine.close()
 
