@@ -197,6 +197,7 @@ def cost(args: argparse.Namespace, model: str) -> dict[str, Any]:
     off_total, off_median = rate(rounds["off"])
     on_total, on_median = rate(rounds["on"])
     return {"model": model, "concurrency": n, "fraction": args.fraction, "threads": args.threads,
+            "load_average_after": os.getloadavg(),   # a shared machine's noise, for the reader
             "repeat": args.repeat, "tokens_per_s": {
                 "off_total": off_total, "on_total": on_total,
                 "off_median": off_median, "on_median": on_median},
