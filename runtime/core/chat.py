@@ -36,6 +36,8 @@ def render_chat(engine: NativeEngine, messages: Sequence[ChatMessage],
                 template: str | None = None, model: str = "") -> str:
     """`template`: None for the model's own, else a llama.cpp template name
     or Jinja text.  `model` names the model in the error."""
+    if template is None and not engine.meta(TEMPLATE_KEY):
+        raise no_template_error(model)
     pairs = [(m.role, m.content) for m in messages]
     try:
         return engine.apply_chat_template(pairs, add_assistant=True, template=template)
