@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import os
 import pty
+import re
 import select
 import subprocess
 import sys
@@ -91,17 +92,23 @@ def _read_until(fd: int, needle: bytes, timeout: float = 60.0) -> bytes:
     return seen
 
 
+def spawn_in_terminal(*args: str) -> tuple[subprocess.Popen, int]:
+    """`hearth ARGS` with a pseudo-terminal as its controlling terminal (so
+    that Ctrl-C is SIGINT, as at a real one); returns it and the leader."""
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "runtime.cli.main", *args], stdin=follower, stdout=follower,
+        stderr=follower, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+        start_new_session=True, preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0))
+    os.close(follower)
+    return proc, leader
+
+
 def test_terminal_repl_ctrl_c_keeps_it_and_ctrl_d_leaves(two_tiny: Daemon) -> None:
     """At a terminal: an answer, Ctrl-C at the prompt does not leave, Ctrl-D
     does (exit 0).  Fails when _read_turn lets KeyboardInterrupt through
     (exit 130)."""
-    leader, follower = pty.openpty()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "runtime.cli.main", "chat", "--addr", two_tiny.tcp,
-         "--max-tokens", "4"], stdin=follower, stdout=follower, stderr=follower,
-        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, start_new_session=True,
-        preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0))  # Ctrl-C becomes SIGINT
-    os.close(follower)
+    proc, leader = spawn_in_terminal("chat", "--addr", two_tiny.tcp, "--max-tokens", "4")
     try:
         assert b"Ctrl-D leaves" in _read_until(leader, b"> ")
         os.write(leader, b"hello\r")
@@ -124,7 +131,9 @@ def test_chat_answers_the_capital_of_france_on_the_default_models(
     """What a new user does after `make run`: both default models loaded,
     `hearth chat` with a piped question picks the instruct model, answers
     with Paris, and exits at EOF; the base model gets the clear refusal.
-    Fails on ea4a01e (no model named: INVALID_ARGUMENT)."""
+    Fails on ea4a01e (no model named: INVALID_ARGUMENT).  (Checked on a
+    machine whose ggml AMX kernels crash with a Q5_1 requantization of the
+    chat model; the Q4_1 file itself needs working AMX or none.)"""
     d = start_daemon(["--model", f"gemma3-270m={gemma_model}",
                       "--model", f"smollm2-135m-instruct={chat_model}",
                       "--listen", "127.0.0.1:0", "--parallel", "1", "--ctx", "2048"], tmp_path)
@@ -139,3 +148,36 @@ def test_chat_answers_the_capital_of_france_on_the_default_models(
     assert "Paris" in out.stdout
     assert base.returncode == 7
     assert "model 'gemma3-270m' has no chat template" in base.stderr
+
+
+@pytest.mark.gemma
+def test_ctrl_c_stops_an_answer_and_the_repl_goes_on(chat_model: Path, tmp_path: Path) -> None:
+    """At a terminal, Ctrl-C during a long answer cancels it (the daemon
+    logs the request as cancelled), the REPL prompts again, and the next
+    question is answered.  Fails when _answer lets KeyboardInterrupt through
+    (the REPL exits with 130)."""
+    d = start_daemon(["--model", f"smollm2-135m-instruct={chat_model}", "--listen",
+                      "127.0.0.1:0", "--parallel", "1", "--ctx", "2048"], tmp_path)
+    proc, leader = spawn_in_terminal("chat", "--addr", d.tcp, "--max-tokens", "1000",
+                                     "--temperature", "0")
+    try:
+        _read_until(leader, b"> ")
+        os.write(leader, b"Write a very long story about a lighthouse keeper.\r")
+        _read_until(leader, b" the ")                   # the answer is streaming
+        os.write(leader, b"\x03")
+        assert b"[stopped]" in _read_until(leader, b"> ")
+        assert proc.poll() is None
+        os.write(leader, b"/reset\r")                 # forget the story
+        _read_until(leader, b"> ")
+        os.write(leader, b"What is the capital of France?\r")
+        answer = _read_until(leader, b"> ")
+        assert b"Paris" in answer, answer
+        os.write(leader, b"\x04")
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(leader)
+        assert d.stop() == 0, d.log()
+    assert re.search(r"chat smollm2-135m-instruct \S+ cancelled", d.log())
