@@ -128,12 +128,13 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
 
 def _run(site: Site, cmd: list[str], block: Block) -> None:
     out = subprocess.run(cmd, cwd=site.root, env=site.env, input=QUESTION,
-                         capture_output=True, text=True, timeout=600)
+                         capture_output=True, text=True, timeout=800)
     assert out.returncode == 0, (f"{block} failed with exit {out.returncode}:\n"
                                  f"--- stdout\n{out.stdout[-3000:]}\n"
                                  f"--- stderr\n{out.stderr[-3000:]}")
 
 
+@pytest.mark.timeout(900)        # the federation block trains twice
 @pytest.mark.parametrize("block", runnable("sh"), ids=str)
 def test_shell_block_runs(site: Site, block: Block) -> None:
     """Fails when a README command is broken: misspelling the tour's

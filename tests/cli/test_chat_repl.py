@@ -131,9 +131,9 @@ def test_chat_answers_the_capital_of_france_on_the_default_models(
     """What a new user does after `make run`: both default models loaded,
     `hearth chat` with a piped question picks the instruct model, answers
     with Paris, and exits at EOF; the base model gets the clear refusal.
-    Fails on ea4a01e (no model named: INVALID_ARGUMENT).  (Checked on a
-    machine whose ggml AMX kernels crash with a Q5_1 requantization of the
-    chat model; the Q4_1 file itself needs working AMX or none.)"""
+    Fails on ea4a01e (no model named: INVALID_ARGUMENT).  (Checked with a
+    Q5_1 requantization of the chat model on a VM where ggml's AMX kernels,
+    which Q4_1 uses, crash.)"""
     d = start_daemon(["--model", f"gemma3-270m={gemma_model}",
                       "--model", f"smollm2-135m-instruct={chat_model}",
                       "--listen", "127.0.0.1:0", "--parallel", "1", "--ctx", "2048"], tmp_path)
