@@ -124,7 +124,7 @@ class InferenceService:
         handle = self._model(req.model, ctx)
         assert handle.engine is not None
         check_messages(req.messages)
-        prompt = render_chat(handle.engine, req.messages, handle.chat_template)
+        prompt = render_chat(handle.engine, req.messages, handle.chat_template, handle.name)
         tokens = await self._tokenize(handle.engine, prompt, True, True)
         async for chunk in self._run(handle, tokens, req.options, ctx, "chat", prompt):
             yield chunk

@@ -61,16 +61,20 @@ class ModelHandle:
     adapters: dict[str, int] = field(default_factory=dict)  # LoRA name -> engine id
 
 
+# Models.Get's chat_template when the model has none and none is configured:
+# Chat refuses the model (render_chat says how to configure one).
+NO_CHAT_TEMPLATE = "none"
+
+
 def chat_template_for(cfg: ModelConfig, engine: NativeEngine) -> tuple[str | None, str]:
     """Which chat template Chat uses, and where it comes from.  Base models
-    often ship without one (Gemma 3 270M does); they get their family's
-    llama.cpp built-in template, or ChatML, and the log says so."""
+    often ship without one (Gemma 3 270M does); they get none, rather than a
+    guess, and Chat refuses them until the operator configures one."""
     if cfg.chat_template:
         return cfg.chat_template, "config"
     if engine.meta("tokenizer.chat_template"):
         return None, "gguf"
-    fallback = "gemma" if engine.info.arch.startswith("gemma") else "chatml"
-    return fallback, f"fallback:{fallback} (the GGUF has none)"
+    return None, NO_CHAT_TEMPLATE
 
 
 def engine_params(cfg: ModelConfig, info: GGUFInfo | None) -> tuple[EngineParams, str]:
