@@ -8,7 +8,7 @@ from pathlib import Path
 
 from runtime.bundle.build import BundleBuilder, BundleSpec, read_info, unpack
 from runtime.bundle.manifest import create_signing_key, fingerprint, verify_bundle
-from runtime.cli.exit_codes import ExitCode
+from runtime.exit_codes import ExitCode
 from runtime.config import check_config_name
 from runtime.errors import ConfigError
 

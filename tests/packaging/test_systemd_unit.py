@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from runtime.cli.exit_codes import ExitCode
+from runtime.exit_codes import ExitCode
 
 UNIT = Path(__file__).resolve().parents[2] / "packaging" / "systemd" / "hearth.service"
 README = UNIT.parents[2] / "README.md"

@@ -21,7 +21,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from runtime.cli.exit_codes import ExitCode
+from runtime.exit_codes import ExitCode
 from runtime.cli.main import main
 from runtime.errors import ConfigError, IntegrityError
 from runtime.events import RequestFinished
