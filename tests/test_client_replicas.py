@@ -118,20 +118,25 @@ def test_parse_target_spellings() -> None:
             parse_target(bad)
 
 
+def _eventually(check: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)
+
+
 def test_round_robin_skips_a_replica_that_is_not_serving(replicas) -> None:
     """Calls alternate over both replicas, and none reach one whose health is
-    NOT_SERVING.  Fails without healthCheckConfig (b keeps getting calls) or
-    with pick_first (only one replica is used)."""
+    NOT_SERVING once the client has seen it.  Fails without healthCheckConfig
+    (b keeps getting calls) or with pick_first (only one replica is used)."""
     a, b, _ = replicas()
     with HearthClient(f"{a.addr},{b.addr}", timeout=10) as client:
-        assert set(_served_by(client, 8)) == {"a", "b"}
+        _eventually(lambda: set(_served_by(client, 4)) == {"a", "b"}, "never used both")
         b.set(False)
-        time.sleep(0.5)     # the health Watch stream carries the change
-        assert set(_served_by(client, 8)) == {"a"}
+        _eventually(lambda: set(_served_by(client, 4)) == {"a"}, "b stayed in the rotation")
+        assert set(_served_by(client, 16)) == {"a"}
         b.set(True)
-        deadline = time.monotonic() + 10
-        while set(_served_by(client, 4)) != {"a", "b"}:
-            assert time.monotonic() < deadline, "b never came back into the rotation"
+        _eventually(lambda: set(_served_by(client, 4)) == {"a", "b"}, "b never came back")
 
 
 def test_unavailable_before_headers_is_retried_on_another_replica(replicas) -> None:

@@ -68,6 +68,14 @@ hearth_status hearth_model_load(hearth_engine *e) {
         }
         mp.tensor_split = split;
     }
+    ggml_backend_dev_t devices[HEARTH_RPC_MAX_DEVICES * 2 + 1] = {0};   /* NULL-terminated */
+    if (p->rpc_workers && p->rpc_workers[0]) {
+        int32_t n_dev = 0;
+        hearth_status rst = hearth_rpc_model_devices(p->rpc_workers, devices,
+                                                     HEARTH_RPC_MAX_DEVICES * 2, &n_dev);
+        if (rst != HEARTH_OK) return rst;
+        mp.devices = devices;
+    }
     hearth_status st = hearth_model_open(p->model_path, p->model_fd, mp, &e->model);
     if (st != HEARTH_OK) {
         return st;
