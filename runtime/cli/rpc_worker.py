@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 
 from runtime.exit_codes import ExitCode
@@ -24,6 +25,9 @@ def cmd_rpc_worker(args: argparse.Namespace) -> int:
         return ExitCode.ERROR
     print(f"hearth rpc-worker: serving {args.device or 'every GPU, else the CPU'} on "
           f"{args.listen}" + (" (private link)" if args.private_link else ""), flush=True)
+    # ggml's server loop never returns to Python, which would only note a
+    # SIGINT: let Ctrl-C (like systemd's SIGTERM) end the process at once.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
     rpc.serve(args.listen, args.device, args.threads)
     return ExitCode.ERROR   # serve() returns only by raising
 
