@@ -220,9 +220,8 @@ hearth_status hearth_rpc_serve(const char *endpoint, const char *device, int32_t
                        endpoint);
 }
 
-/* ggml keeps one connection per worker for the process and reuses it; a
- * worker already in use here answers no second connection, so it is
- * probed only the first time. */
+/* Workers this process has registered: ggml keeps one connection per
+ * worker and reuses it. */
 static pthread_mutex_t known_lock = PTHREAD_MUTEX_INITIALIZER;
 static char known[HEARTH_RPC_MAX_DEVICES][256];
 static int n_known;
@@ -254,10 +253,14 @@ hearth_status hearth_rpc_model_devices(const char *workers, ggml_backend_dev_t *
     int32_t n = 0;
     char *save = NULL;
     for (char *w = strtok_r(list, ",", &save); w; w = strtok_r(NULL, ",", &save)) {
-        if (!seen_before(w, false)) {
-            hearth_rpc_worker_info info;
-            hearth_status st = hearth_rpc_probe(w, 5000, &info);
-            if (st != HEARTH_OK) return st;      /* the message names the worker */
+        /* A worker this process already uses accepts a second connection
+         * but answers nothing until ggml's connection closes: from it,
+         * silence is expected; unreachable is not. */
+        bool seen = seen_before(w, false);
+        hearth_rpc_worker_info info;
+        hearth_status st = hearth_rpc_probe(w, seen ? 1000 : 5000, &info);
+        if (st != HEARTH_OK && !(seen && info.reachable)) {
+            return st;                           /* the message names the worker */
         }
         ggml_backend_reg_t reg = add(w);
         if (!reg) {
