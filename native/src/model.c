@@ -45,7 +45,7 @@ hearth_status hearth_model_open(const char *path, int32_t fd_in, struct llama_mo
 hearth_status hearth_model_load(hearth_engine *e) {
     pthread_once(&backend_once, backend_init);
     const hearth_engine_params *p = &e->params;
-    if (p->n_gpu_layers > 0 && !llama_supports_gpu_offload()) {
+    if (p->n_gpu_layers > 0 && !hearth_offload_possible(p->rpc_workers)) {
         return hearth_fail(HEARTH_E_FAILED_PRECONDITION,
                            "n_gpu_layers=%d, but the installed llama.cpp has no GPU backend "
                            "(install the CUDA build with `make setup CUDA=1`)",

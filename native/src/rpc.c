@@ -220,6 +220,16 @@ hearth_status hearth_rpc_serve(const char *endpoint, const char *device, int32_t
                        endpoint);
 }
 
+bool hearth_offload_possible(const char *workers) {
+    if (workers && workers[0]) return true;
+    /* llama_supports_gpu_offload() is true in any RPC build, GPU or not */
+    for (size_t i = 0; i < ggml_backend_dev_count(); i++) {
+        enum ggml_backend_dev_type t = ggml_backend_dev_type(ggml_backend_dev_get(i));
+        if (t == GGML_BACKEND_DEVICE_TYPE_GPU || t == GGML_BACKEND_DEVICE_TYPE_IGPU) return true;
+    }
+    return false;
+}
+
 /* Workers this process has registered: ggml keeps one connection per
  * worker and reuses it. */
 static pthread_mutex_t known_lock = PTHREAD_MUTEX_INITIALIZER;
