@@ -82,8 +82,9 @@ def _greedy(d: Daemon, model: str) -> list[list[int]]:
 
 def test_split_over_a_worker_matches_the_unsplit_model(rpc_worker: Worker,
                                                        tmp_path: Path) -> None:
-    """Two of the model's four layers run in the worker process; greedy
-    output equals the same model on the local CPU alone.  Fails if the
+    """Two (and, in a second model sharing the worker, three) of the model's
+    four layers run in the worker process; greedy output equals the same
+    model on the local CPU alone.  Fails if the
     engine ignores rpc_workers (then no connection stays open to the worker:
     checked with model.c's hook removed) or if the split changes the
     numbers."""
@@ -92,11 +93,12 @@ def test_split_over_a_worker_matches_the_unsplit_model(rpc_worker: Worker,
     common = f'path = "{model}"\nthreads = 1\nn_ctx = 1024\nn_parallel = 2'
     cfg = _config(tmp_path / "hearth.toml", {
         "local": f"{common}\nn_gpu_layers = 0",
-        "split": f'{common}\nn_gpu_layers = 2\nrpc_workers = ["{worker}"]'})
+        "split": f'{common}\nn_gpu_layers = 2\nrpc_workers = ["{worker}"]',
+        "split3": f'{common}\nn_gpu_layers = 3\nrpc_workers = ["{worker}"]'})
     d = start_daemon(["--config", str(cfg)], tmp_path)
     try:
         split, local = _greedy(d, "split"), _greedy(d, "local")
-        assert split == local
+        assert split == local == _greedy(d, "split3")   # two models share the worker
         accepted, closed = rpc_worker.connections()
         assert accepted == closed + 1, "the daemon holds no connection to the worker"
         start = time.monotonic()
