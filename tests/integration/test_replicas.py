@@ -13,6 +13,7 @@ from pathlib import Path
 import grpc
 
 from runtime._proto.hearth.v1 import inference_pb2 as ipb
+from runtime.cli.main import main
 from runtime.client import HearthClient
 from tests.integration.conftest import Daemon, start_daemon, wait_for
 
@@ -85,6 +86,9 @@ def test_sigterm_one_replica_mid_run_loses_no_stream(tiny_model: Path, tmp_path:
         for s in streams:
             todo.put(s)
         client = HearthClient(f"{a.tcp},{b.tcp}")
+        # the CLI takes the same list
+        assert main(["generate", "--addr", f"{a.tcp},{b.tcp}", "--model", "tiny",
+                     "--max-tokens", "4", "replicas"]) == 0
 
         def worker() -> None:
             while True:
@@ -111,8 +115,8 @@ def test_sigterm_one_replica_mid_run_loses_no_stream(tiny_model: Path, tmp_path:
         assert not failed, failed
         done = (ipb.FINISH_REASON_STOP, ipb.FINISH_REASON_LENGTH)
         assert all(s.finish in done and s.tokens > 0 for s in streams)
-        on_a, on_b = _finished_ok(a), _finished_ok(b)
         ids = {s.request_id for s in streams}
+        on_a, on_b = _finished_ok(a) & ids, _finished_ok(b) & ids
         assert on_a | on_b == ids and not on_a & on_b, (ids - on_a - on_b, on_a & on_b)
         drained_on_b = [s for s in streams if s.request_id in on_b and s.start < t_kill < s.end]
         after_kill = [s for s in streams if s.start > t_kill]
