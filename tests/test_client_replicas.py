@@ -7,6 +7,7 @@ message never retried (gRPC commits it).
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import threading
@@ -22,7 +23,13 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from runtime import errors
 from runtime._proto.hearth.v1 import inference_pb2 as ipb
 from runtime._proto.hearth.v1 import inference_pb2_grpc as igrpc
-from runtime.client import HEALTH_SERVICE, SERVICE_CONFIG, HearthClient, parse_target
+from runtime.client import (
+    HEALTH_SERVICE,
+    SERVICE_CONFIG,
+    AsyncHearthClient,
+    HearthClient,
+    parse_target,
+)
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "scale-out.md"
 
@@ -137,6 +144,24 @@ def test_round_robin_skips_a_replica_that_is_not_serving(replicas) -> None:
         assert set(_served_by(client, 16)) == {"a"}
         b.set(True)
         _eventually(lambda: set(_served_by(client, 4)) == {"a", "b"}, "b never came back")
+
+
+def test_async_client_spreads_over_replicas_too(replicas) -> None:
+    """AsyncHearthClient opens the same channel policy.  Fails if it keeps
+    a single-address channel (it could not even parse the list)."""
+    a, b, _ = replicas()
+
+    async def served() -> set[str]:
+        seen: set[str] = set()
+        async with AsyncHearthClient(f"{a.addr},{b.addr}") as client:
+            deadline = time.monotonic() + 10
+            while seen != {"a", "b"} and time.monotonic() < deadline:
+                async for chunk in client.generate("hi", timeout=10):
+                    seen.add(chunk.text)
+                    break
+        return seen
+
+    assert asyncio.run(served()) == {"a", "b"}
 
 
 def test_unavailable_before_headers_is_retried_on_another_replica(replicas) -> None:
