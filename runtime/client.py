@@ -166,8 +166,7 @@ def parse_target(addr: str) -> Target:
         raise errors.InvalidArgument(
             f"replica list {addr!r}: mixes unix sockets and TCP addresses")
     resolved = [_resolve(*_split_host_port(a)) for a in items]
-    first_host = _split_host_port(items[0])
-    authority = f"{first_host[0]}:{first_host[1]}"
+    authority = items[0]
     if all(v4 for v4, _ in resolved):
         return Target("ipv4:" + ",".join(a for v4, _ in resolved for a in v4), True, authority)
     if all(v6 for _, v6 in resolved):

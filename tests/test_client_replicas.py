@@ -115,7 +115,8 @@ def test_parse_target_spellings() -> None:
     t = parse_target("tls:127.0.0.1:1, 127.0.0.2:2")
     assert (t.target, t.replicated, t.authority) == ("ipv4:127.0.0.1:1,127.0.0.2:2", True,
                                                      "127.0.0.1:1")
-    assert parse_target("[::1]:1,[::1]:2").target == "ipv6:[::1]:1,[::1]:2"
+    t = parse_target("[::1]:1,[::1]:2")
+    assert (t.target, t.authority) == ("ipv6:[::1]:1,[::1]:2", "[::1]:1")
     assert parse_target("unix:/a.sock,unix:/b.sock").target == "unix:/a.sock,/b.sock"
     assert parse_target("dns:///hearth.example").replicated is True
     assert parse_target("localhost:1,127.0.0.1:2").target.startswith("ipv4:127.0.0.1:1,")
