@@ -27,9 +27,11 @@ from runtime.client import (
     HEALTH_SERVICE,
     SERVICE_CONFIG,
     AsyncHearthClient,
+    Credentials,
     HearthClient,
     parse_target,
 )
+from tests.auth.certs import CA, Issued
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "scale-out.md"
 
@@ -65,12 +67,16 @@ class FakeInference(igrpc.InferenceServicer):
 
 
 class Replica:
-    def __init__(self, name: str, attempts: Attempts) -> None:
+    def __init__(self, name: str, attempts: Attempts, tls: Issued | None = None) -> None:
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
         igrpc.add_InferenceServicer_to_server(FakeInference(name, attempts), self.server)
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        self.port = self.server.add_insecure_port("127.0.0.1:0")
+        if tls is None:
+            self.port = self.server.add_insecure_port("127.0.0.1:0")
+        else:
+            creds = grpc.ssl_server_credentials([(tls.key.read_bytes(), tls.cert.read_bytes())])
+            self.port = self.server.add_secure_port("127.0.0.1:0", creds)
         self.set(True)
         self.server.start()
 
@@ -163,6 +169,23 @@ def test_async_client_spreads_over_replicas_too(replicas) -> None:
         return seen
 
     assert asyncio.run(served()) == {"a", "b"}
+
+
+def test_tls_replicas_present_the_first_entry_as_authority(tmp_path: Path) -> None:
+    """Both replicas' certificates name localhost; a list of localhost
+    entries verifies against them.  Fails without the default authority
+    (gRPC would check the whole list string against the certificates)."""
+    ca = CA(tmp_path, "replica-ca")
+    server = ca.issue("localhost", server=True)
+    attempts = Attempts(_ok)
+    a, b = Replica("a", attempts, server), Replica("b", attempts, server)
+    try:
+        with HearthClient(f"tls:localhost:{a.port},tls:localhost:{b.port}", timeout=10,
+                          credentials=Credentials(ca_file=str(ca.pem))) as client:
+            _eventually(lambda: set(_served_by(client, 4)) == {"a", "b"}, "never used both")
+    finally:
+        a.server.stop(None)
+        b.server.stop(None)
 
 
 def test_unavailable_before_headers_is_retried_on_another_replica(replicas) -> None:
