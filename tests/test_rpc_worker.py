@@ -5,6 +5,8 @@ would abort the process)."""
 from __future__ import annotations
 
 import socket
+import struct
+import threading
 
 import pytest
 
@@ -75,3 +77,50 @@ def test_probe_of_a_silent_listener_times_out_as_silent() -> None:
         endpoint = f"127.0.0.1:{s.getsockname()[1]}"
         with pytest.raises(rpc.WorkerSilent, match=endpoint):
             rpc.probe(endpoint, timeout_s=0.3)
+
+
+class FakeWorker:
+    """A loopback server speaking the RPC framing (command byte, u64 size,
+    payload; answers as u64 size, payload) with a chosen version."""
+
+    def __init__(self, version: tuple[int, int, int], memory: list[tuple[int, int]]) -> None:
+        self.version, self.memory = version, memory
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen()
+        self.endpoint = f"127.0.0.1:{self.sock.getsockname()[1]}"
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        conn, _ = self.sock.accept()
+        with conn:
+            f = conn.makefile("rwb")
+            while header := f.read(9):
+                cmd, size = header[0], struct.unpack("<Q", header[1:])[0]
+                payload = f.read(size)
+                if cmd == 14:       # HELLO: version, padding, 24 capability bytes
+                    answer = bytes([*self.version, 0]) + bytes(24)
+                elif cmd == 15:     # DEVICE_COUNT
+                    answer = struct.pack("<I", len(self.memory))
+                elif cmd == 11:     # GET_DEVICE_MEMORY
+                    answer = struct.pack("<QQ", *self.memory[struct.unpack("<I", payload)[0]])
+                else:
+                    return
+                f.write(struct.pack("<Q", len(answer)) + answer)
+                f.flush()
+
+
+def test_probe_reads_version_devices_and_memory() -> None:
+    """Fails if the probe's framing or field order is wrong."""
+    fake = FakeWorker((7, 0, 0), [(3 << 30, 4 << 30), (1 << 30, 2 << 30)])
+    info = rpc.probe(fake.endpoint)
+    assert info.protocol == "7.0.0" and info.free_bytes == 4 << 30
+    assert [(d.free_bytes, d.total_bytes) for d in info.devices] == [(3 << 30, 4 << 30),
+                                                                     (1 << 30, 2 << 30)]
+
+
+def test_probe_refuses_another_protocol_version() -> None:
+    """ggml's client would abort the daemon on this worker; the probe names it."""
+    fake = FakeWorker((9, 0, 0), [(1, 1)])
+    with pytest.raises(errors.FailedPrecondition, match=f"{fake.endpoint} speaks protocol 9.0.0"):
+        rpc.probe(fake.endpoint)
