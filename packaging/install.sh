@@ -107,6 +107,13 @@ fingerprint the build machine printed (by a channel you trust), then pass --fing
               ! -path ./signing-key.pem | sed 's|^\./||' | LC_ALL=C sort)
     [ "$listed" = "$present" ] || die "bundle: files differ from the MANIFEST:
 $(diff <(echo "$listed") <(echo "$present") | grep '^[<>]' | head -20)"
+    # every folder must hold a listed file: an unsigned (even empty) folder is refused
+    listed=$(cut -c67- "$top/MANIFEST" \
+             | awk -F/ '{p=$1; for (i = 2; i <= NF; i++) {print p; p = p "/" $i}}' \
+             | LC_ALL=C sort -u)
+    present=$(cd "$top" && find . -mindepth 1 -type d | sed 's|^\./||' | LC_ALL=C sort)
+    [ "$listed" = "$present" ] || die "bundle: folders differ from the MANIFEST:
+$(diff <(echo "$listed") <(echo "$present") | grep '^[<>]' | head -20)"
     (cd "$top" && sha256sum --check --strict --quiet MANIFEST) \
         || die "bundle: a file does not match its SHA-256 in the MANIFEST"
     say "bundle verified: signed by $fp, $(wc -l < "$top/MANIFEST") files"
@@ -150,6 +157,19 @@ check_not_older() {
 
 # ---- the venv -------------------------------------------------------------------------
 
+# pip from the bundle's wheelhouse and nothing else (SECURITY-CASES 32): every
+# inherited PIP_* variable is dropped (PIP_FIND_LINKS, PIP_INDEX_URL, ... would
+# add other sources), no pip.conf is read (PIP_CONFIG_FILE=/dev/null), and
+# --isolated ignores the user's environment and configuration as well.
+offline_pip() {
+    local unset=() name
+    while read -r name; do
+        unset+=(-u "$name")
+    done < <(env | sed -n 's/^\(PIP_[A-Za-z0-9_]*\)=.*/\1/p')
+    env "${unset[@]}" PIP_CONFIG_FILE=/dev/null PIP_NO_INDEX=1 PIP_DISABLE_PIP_VERSION_CHECK=1 \
+        "$PREFIX/venv/bin/python" -m pip --isolated "$@"
+}
+
 install_venv() {
     local pyver tag
     tag=$("$PYTHON" -c 'import sys; print(f"cp{sys.version_info[0]}{sys.version_info[1]}")')
@@ -163,8 +183,7 @@ install_venv() {
         || die "$PYTHON -m venv failed (Debian: apt install python3-venv)"
     if [ -n "$BUNDLE" ]; then
         version=$(bundle_field "$TOP/BUNDLE.json" hearth_version)
-        PIP_NO_INDEX=1 PIP_CONFIG_FILE=/dev/null PIP_DISABLE_PIP_VERSION_CHECK=1 \
-            "$PREFIX/venv/bin/python" -m pip install --no-index --find-links "$TOP/wheelhouse" \
+        offline_pip install --no-index --find-links "$TOP/wheelhouse" \
             --upgrade "hearth==$version" >&2 || die "pip install from the wheelhouse failed"
         mkdir -p "$PREFIX/share"
         cp "$TOP/BUNDLE.json" "$TOP/MANIFEST" "$PREFIX/share/"

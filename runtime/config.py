@@ -48,6 +48,7 @@ from typing import Any
 
 from runtime.errors import ConfigError, InvalidArgument
 from runtime.names import check_name
+from runtime.sources import Source, StoredSource, parse_source
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
 
@@ -66,6 +67,14 @@ def check_config_name(name: str, where: str) -> str:
         return check_name(name, where)
     except InvalidArgument as exc:
         raise ConfigError(str(exc)) from None
+
+
+def check_source(text: str, where: str) -> Source:
+    """A source's text form (a path, or store:NAME) as a typed reference."""
+    source = parse_source(text)
+    if isinstance(source, StoredSource):
+        check_config_name(source.name, where)
+    return source
 
 
 @dataclass(frozen=True)
@@ -94,12 +103,12 @@ class ModelConfig:
     embeddings: bool = True
     chat_template: str = ""         # "" = the GGUF's; else a llama.cpp template
                                     # name ("gemma", "chatml", ...) or Jinja text
-    draft: str = ""                 # speculative decoding: a draft GGUF sharing the
-                                    # tokenizer, or "store:NAME" (sealed); "" = none
+    draft: Source | None = None     # speculative decoding: a draft GGUF sharing the
+                                    # tokenizer (a path or store:NAME); None = none
     n_draft: int = 4                # tokens the draft proposes per step
     draft_exact: bool = True        # with a draft: keep greedy output bit-identical to
                                     # decoding without one (no CPU weight repacking)
-    adapters: tuple[tuple[str, str], ...] = ()  # [models.NAME.adapters] name = "lora.gguf"
+    adapters: tuple[tuple[str, Source], ...] = ()  # [models.NAME.adapters] name = "lora.gguf"
     rpc_workers: tuple[str, ...] = ()   # ggml RPC workers ("IPV4:PORT") whose devices take
                                         # n_gpu_layers of this model (docs/scale-out.md)
     tensor_split: tuple[float, ...] = ()  # shares of the offloaded layers per device:
@@ -129,6 +138,8 @@ class ServerConfig:
 class AuthConfig:
     require: bool = False           # every call needs a token, a client cert or the socket
     admins: tuple[str, ...] = ()    # identities that may load/unload (uid:N, cert:CN, ...)
+    anonymous_admin: bool = False   # callers without credentials (require = false, loopback
+                                    # TCP or HTTP) may also load, unload and set adapters
     socket_mode: str = "0660"       # permissions of unix listen sockets
 
 
@@ -210,11 +221,14 @@ def _check_value(path: str, key: str, value: Any, default: Any) -> Any:
         if not isinstance(value, dict) or not all(
                 isinstance(v, str) and v for v in value.values()):
             raise ConfigError(f"{where}: must be a table of adapter name = \"path.gguf\"")
-        for name, source in value.items():
+        for name in value:
             check_config_name(name, f"{where}.{name}")
-            if source.startswith("store:"):
-                check_config_name(source[len("store:"):], f"{where}.{name}")
-        return tuple(sorted(value.items()))
+        return tuple((name, check_source(value[name], f"{where}.{name}"))
+                     for name in sorted(value))
+    if key == "draft":
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: must be a path or store:NAME, got {value!r}")
+        return check_source(value, where) if value else None
     if key == "rpc_workers":
         if not isinstance(value, list) or not all(
                 isinstance(x, str) and re.fullmatch(r"[A-Za-z0-9.-]+:[0-9]{1,5}", x)
@@ -357,14 +371,10 @@ def parse_config(data: dict[str, Any], base_dir: Path | None = None) -> Config:
                               "store, not both")
         if base_dir is not None and not os.path.isabs(model.path):
             model = replace(model, path=str((base_dir / model.path).resolve()))
-        if base_dir is not None and model.adapters:
+        if base_dir is not None:
             model = replace(model, adapters=tuple(
-                (n, p if os.path.isabs(p) or p.startswith("store:")
-                 else str((base_dir / p).resolve()))
-                for n, p in model.adapters))
-        if (base_dir is not None and model.draft and not model.draft.startswith("store:")
-                and not os.path.isabs(model.draft)):
-            model = replace(model, draft=str((base_dir / model.draft).resolve()))
+                (n, s.resolved_against(base_dir)) for n, s in model.adapters),
+                draft=model.draft and model.draft.resolved_against(base_dir))
         validate_model(model, f"models.{name}.")
         models[name] = model
     if server.models_dir and base_dir is not None and not os.path.isabs(server.models_dir):
@@ -399,8 +409,8 @@ def validate_model(m: ModelConfig, path: str) -> None:
         raise ConfigError(f"{path}n_ubatch: must be <= n_batch ({m.n_batch}), got {m.n_ubatch}")
     if not 1 <= m.n_draft <= 16:
         raise ConfigError(f"{path}n_draft: must be in 1..16, got {m.n_draft}")
-    if m.draft.startswith("store:"):
-        check_config_name(m.draft[len("store:"):], f"{path}draft")
+    if isinstance(m.draft, StoredSource):
+        check_config_name(m.draft.name, f"{path}draft")
 
 
 def load_config(path: str | Path) -> Config:

@@ -24,6 +24,7 @@ import os
 import resource
 import signal
 from collections.abc import Callable
+from pathlib import Path
 
 from runtime import errors
 from runtime.auth.authenticator import Authenticator
@@ -40,6 +41,7 @@ from runtime.reload import Reloader
 from runtime.server import GrpcServer
 from runtime.server.metrics import Metrics
 from runtime.storage.audit import AuditLog
+from runtime.storage.fsutil import atomic_write
 from runtime.storage.store import SealedStore
 from runtime.systemd import Notifier, watchdog
 
@@ -62,7 +64,7 @@ class Daemon:
         self.authenticator = authenticator
         self.grpc = GrpcServer(config, models, core, events, authenticator)
         # The OpenAI-compatible HTTP gateway, over the same core and auth.
-        self.http = HttpGateway(core, models, authenticator,
+        self.http = HttpGateway(core, authenticator,
                                 config.server.max_receive_message_bytes) \
             if config.server.http_listen else None
         self.http_bound = ""
@@ -120,11 +122,9 @@ def build_daemon(config: Config, events: EventBus | None = None,
 
 
 def write_ready_file(path: str, addresses: list[str], metrics: str, http: str = "") -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump({"pid": os.getpid(), "addresses": addresses, "metrics": metrics,
-                   "http": http}, f)
-    os.replace(tmp, path)
+    atomic_write(Path(path), json.dumps({"pid": os.getpid(), "addresses": addresses,
+                                         "metrics": metrics, "http": http}).encode(),
+                 mode=0o666)    # the umask decides, as before
 
 
 def start_metrics(daemon: Daemon, audit: AuditLog | None) -> str:

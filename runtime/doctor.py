@@ -148,10 +148,11 @@ def model_bytes(m: ModelConfig, state: Path) -> tuple[int, int, str]:
 
     if m.store:
         from runtime.storage.catalog import Catalog
+        from runtime.storage.store import Kind
 
         catalog = Catalog(state / "catalog.sqlite")
         try:
-            row = catalog.get("model", m.name)
+            row = catalog.get(Kind.MODEL, m.name)
         finally:
             catalog.close()
         # the sealed file is the plaintext plus a tag per 1 MiB chunk
@@ -234,7 +235,7 @@ def check_store(inp: DoctorInput) -> Iterator[Finding]:
 
 
 def _open_store(inp: DoctorInput) -> Iterator[Finding]:
-    from runtime.storage.store import SealedStore
+    from runtime.storage.store import Kind, SealedStore
 
     assert inp.key is not None
     try:
@@ -253,7 +254,7 @@ def _open_store(inp: DoctorInput) -> Iterator[Finding]:
                           "restore objects/ from a backup, or re-import those models")
         else:
             yield Finding("store", Status.OK, f"{len(rows)} sealed objects, all present")
-        names = {r.name for r in rows if r.kind == "model"}
+        names = {r.name for r in rows if r.kind == Kind.MODEL}
         for m in inp.models:
             if m.store and m.name not in names:
                 yield Finding("store", Status.FAIL, f"model {m.name} is configured with "

@@ -12,6 +12,19 @@ no network.
     llama_dist.py headers   include dirs (CMake list), fetching if needed
     llama_dist.py libdir    lib dir of the installed llama_cpp package
     llama_dist.py source    full vendor/llama.cpp tree (for benchmark peers)
+    llama_dist.py cmake-args  the CMake options of the CPU build (peers reuse them)
+    llama_dist.py wheel     the CPU wheel, built once from the verified sdist into a
+                            cache folder keyed by version and options; prints its path
+
+The CPU build differs from pip's default in two ways, both for the engine:
+  - GGML_RPC=ON: llama.cpp's RPC backend, for models split across boxes;
+  - on x86-64, no AMX kernels (-mno-amx-*): ggml's AMX path segfaulted on
+    the first Gemma 3 decode on an AMX-capable Xeon VM (ldtilecfg in
+    ggml_backend_amx_mul_mat), in llama-cpp-python and Hearth alike, while
+    plain AMX instructions ran there; the AVX-512 kernels are used instead.
+pip's own wheel cache is keyed by the sdist alone, not by CMAKE_ARGS, so it
+would hand back a wheel built with other options: hence our own cache.
+HEARTH_LLAMA_CMAKE_ARGS adds options (and a cache key of their own).
 """
 from __future__ import annotations
 
@@ -19,6 +32,8 @@ import hashlib
 import importlib.util
 import json
 import os
+import platform
+import shlex
 import shutil
 import subprocess
 import sys
@@ -131,8 +146,44 @@ def libdir() -> Path:
     return lib
 
 
+NO_AMX = "-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+
+
+def cmake_args() -> str:
+    """CMAKE_ARGS of the CPU build, as one shell-quoted string."""
+    args = ["-DGGML_RPC=ON"]
+    if platform.machine() in ("x86_64", "AMD64"):
+        args += [f"-DCMAKE_C_FLAGS={NO_AMX}", f"-DCMAKE_CXX_FLAGS={NO_AMX}"]
+    extra = os.environ.get("HEARTH_LLAMA_CMAKE_ARGS", "")
+    return " ".join([*(shlex.quote(a) for a in args), extra]).strip()
+
+
+def wheel() -> Path:
+    """The CPU wheel for these options, built on first use (minutes)."""
+    args = cmake_args()
+    key = hashlib.sha256(f"{pin()['version']}\0{args}".encode()).hexdigest()[:16]
+    dest = cache_dir() / "wheels" / f"cpu-{key}"
+    found = sorted(dest.glob("llama_cpp_python-*.whl"))
+    if found:
+        return found[-1]
+    partial = dest.with_name(dest.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    print(f"building llama-cpp-python {pin()['version']} with CMAKE_ARGS={args} "
+          "(several minutes; cached afterwards)", file=sys.stderr, flush=True)
+    env = {**os.environ, "CMAKE_ARGS": args}
+    env.setdefault("CMAKE_BUILD_PARALLEL_LEVEL", str(os.cpu_count() or 2))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-cache-dir",
+                    "-w", str(partial), str(sdist_path())], check=True, env=env,
+                   stdout=sys.stderr)
+    shutil.rmtree(dest, ignore_errors=True)
+    partial.rename(dest)
+    return sorted(dest.glob("llama_cpp_python-*.whl"))[-1]
+
+
 def main(argv: list[str]) -> int:
-    if len(argv) != 2 or argv[1] not in {"version", "headers", "libdir", "source"}:
+    commands = {"version", "headers", "libdir", "source", "cmake-args", "wheel"}
+    if len(argv) != 2 or argv[1] not in commands:
         print(__doc__, file=sys.stderr)
         return 2
     cmd = argv[1]
@@ -142,6 +193,10 @@ def main(argv: list[str]) -> int:
         print(";".join(str(p) for p in headers()))
     elif cmd == "libdir":
         print(libdir())
+    elif cmd == "cmake-args":
+        print(cmake_args())
+    elif cmd == "wheel":
+        print(wheel())
     else:
         print(source())
     return 0

@@ -7,7 +7,7 @@ import os
 import grpc
 
 from runtime.auth.peercred import peer_uid
-from runtime.auth.principal import ANONYMOUS, Principal, models_from_list
+from runtime.auth.principal import ANONYMOUS, ANONYMOUS_ADMIN, Principal, models_from_list
 from runtime.auth.tls import cert_identity
 from runtime.auth.tokens import PREFIX as TOKEN_PREFIX
 from runtime.auth.tokens import TokenStore
@@ -28,6 +28,11 @@ class Authenticator:
         models = self.acl.get(identity)
         return Principal(identity, models_from_list(models) if models else None,
                          admin=admin or identity in self.config.admins)
+
+    def anonymous(self) -> Principal:
+        """A caller without credentials: no admin rights unless the config
+        grants them explicitly (least privilege; SECURITY-CASES 27)."""
+        return ANONYMOUS_ADMIN if self.config.anonymous_admin else ANONYMOUS
 
     def bearer(self, authorization: object) -> Principal:
         """`authorization: Bearer <token>` to the token's principal: the one
@@ -55,7 +60,7 @@ class Authenticator:
         if self.config.require:
             raise Unauthenticated("credentials required: a bearer token (authorization: "
                                   "Bearer hth_...), a client certificate, or the unix socket")
-        return ANONYMOUS
+        return self.anonymous()
 
     def authenticate_http(self, authorization: str | None) -> Principal:
         """An HTTP request has only its Authorization header (no client
@@ -68,9 +73,9 @@ class Authenticator:
             if self.config.require:
                 raise Unauthenticated("credentials required: a bearer token "
                                       "(Authorization: Bearer hth_...)")
-            return ANONYMOUS
+            return self.anonymous()
         if not self.config.require and not bearer_token(authorization).startswith(TOKEN_PREFIX):
-            return ANONYMOUS
+            return self.anonymous()
         return self.bearer(authorization)
 
 

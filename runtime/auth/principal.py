@@ -22,10 +22,22 @@ class Principal:
 
     def check_admin(self, what: str) -> None:
         if not self.admin:
-            raise PermissionDenied(f"{self.identity} may not {what}")
+            hint = (" (a caller without credentials may only use models: call over the unix "
+                    "socket or with an admin token, or set [auth] anonymous_admin = true)"
+                    ) if self.anonymous else ""
+            raise PermissionDenied(f"{self.identity} may not {what}{hint}")
+
+    @property
+    def anonymous(self) -> bool:
+        """A caller without credentials (token, certificate or socket uid)."""
+        return self.identity == ANONYMOUS_IDENTITY
 
 
-ANONYMOUS = Principal("anonymous", None, admin=True)
+ANONYMOUS_IDENTITY = "anonymous"
+# A caller without credentials, where auth.require is false, may use every
+# model; it may manage models only where [auth] anonymous_admin grants it.
+ANONYMOUS = Principal(ANONYMOUS_IDENTITY, None, admin=False)
+ANONYMOUS_ADMIN = Principal(ANONYMOUS_IDENTITY, None, admin=True)
 
 # The principal of the RPC being handled (each RPC runs in its own task).
 current: contextvars.ContextVar[Principal] = contextvars.ContextVar(

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from runtime.auth.principal import Principal, models_from_list
 from runtime.errors import AlreadyExists, InvalidArgument, NotFound, Unauthenticated
 from runtime.names import check_name
-from runtime.storage.store import SealedStore
+from runtime.storage.store import Kind, SealedStore
 
 PREFIX = "hth_"
 _FORMAT = re.compile(r"^hth_([0-9a-f]{12})_([A-Za-z0-9_-]{43})$")
@@ -42,10 +42,10 @@ class TokenStore:
     def __init__(self, store: SealedStore) -> None:
         self.store = store
         try:
-            self._key = store.read_bytes("key", "token-hmac")
+            self._key = store.read_bytes(Kind.KEY, "token-hmac")
         except NotFound:
-            store.put_bytes("key", "token-hmac", secrets.token_bytes(32))
-            self._key = store.read_bytes("key", "token-hmac")
+            store.put_bytes(Kind.KEY, "token-hmac", secrets.token_bytes(32))
+            self._key = store.read_bytes(Kind.KEY, "token-hmac")
         self._cache: dict[str, tuple[float, tuple | None]] = {}
         self._lock = threading.Lock()
 
@@ -97,6 +97,7 @@ class TokenStore:
             hit = self._cache.get(token_id)
             if hit and now - hit[0] < CACHE_S:
                 return hit[1]
+        self.store.catalog.check("tokens")     # an edit made while we run is refused
         row = self.store.catalog.db.execute(
             "SELECT name, hash, models, admin, revoked_at FROM tokens WHERE id=?",
             (token_id,)).fetchone()

@@ -29,6 +29,7 @@ from runtime import __version__
 from runtime.bundle.manifest import load_signing_key, write_manifest
 from runtime.errors import ConfigError, IntegrityError
 from runtime.models.gguf_file import inspect_gguf
+from runtime.storage.fsutil import atomic_file
 
 FORMAT = "hearth-bundle/1"
 LLAMA_DIST = "llama-cpp-python"
@@ -182,9 +183,7 @@ class BundleBuilder:
                     "models": [name for name, _ in self.spec.models], "wheels": wheels}
             (root / "BUNDLE.json").write_text(json.dumps(info, indent=2) + "\n")
             fp = write_manifest(root, self.key)
-            partial = target.with_name(target.name + ".partial")
-            files = write_tar(root, partial)
-            os.replace(partial, target)
+            files = write_tar(root, target)
         return BuiltBundle(target, fp, self.flavour, files, target.stat().st_size)
 
     def _add_models(self, root: Path) -> None:
@@ -208,7 +207,7 @@ class BundleBuilder:
 
 def write_tar(root: Path, path: Path) -> int:
     """A reproducible tar of root (sorted, owner root, fixed times): the same
-    inputs give the same bytes."""
+    inputs give the same bytes.  Written whole or not at all."""
     count = 0
 
     def clean(info: tarfile.TarInfo) -> tarfile.TarInfo:
@@ -218,7 +217,8 @@ def write_tar(root: Path, path: Path) -> int:
         info.mode = 0o755 if info.isdir() or info.mode & 0o111 else 0o644
         return info
 
-    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tar:
+    with atomic_file(path, mode=0o666, what=f"writing {path.name}") as out, \
+            tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for dirpath, dirnames, filenames in os.walk(root):
             dirnames.sort()
             base = Path(dirpath)

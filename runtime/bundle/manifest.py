@@ -22,18 +22,14 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from runtime.errors import ConfigError, IntegrityError
+from runtime.storage.keys import key_fingerprint as fingerprint
+from runtime.storage.keys import normal_fingerprint
 
 MANIFEST = "MANIFEST"
 SIGNATURE = "MANIFEST.sig"
 PUBLIC_KEY = "signing-key.pem"
 UNLISTED = frozenset({MANIFEST, SIGNATURE, PUBLIC_KEY})
 _LINE = re.compile(r"^([0-9a-f]{64})  (\S(?:.*\S)?)$")
-
-
-def fingerprint(public: Ed25519PublicKey) -> str:
-    der = public.public_bytes(serialization.Encoding.DER,
-                              serialization.PublicFormat.SubjectPublicKeyInfo)
-    return hashlib.sha256(der).hexdigest()
 
 
 def load_signing_key(path: Path) -> Ed25519PrivateKey:
@@ -89,6 +85,18 @@ def files_under(root: Path) -> list[str]:
     return sorted(out)
 
 
+def folders_under(root: Path) -> set[str]:
+    """Every folder below root, as relative paths."""
+    return {(Path(dirpath) / name).relative_to(root).as_posix()
+            for dirpath, dirnames, _ in os.walk(root) for name in dirnames}
+
+
+def folders_of(names: Iterable[str]) -> set[str]:
+    """The folders a list of files needs: every proper prefix of each path."""
+    return {"/".join(parts[:i]) for parts in (n.split("/") for n in names)
+            for i in range(1, len(parts))}
+
+
 def write_manifest(root: Path, key: Ed25519PrivateKey) -> str:
     """Hashes every file under root into MANIFEST, signs it, and writes the
     public key; returns the key's fingerprint."""
@@ -125,8 +133,9 @@ def parse_manifest(data: bytes) -> dict[str, str]:
 def verify_bundle(root: Path, trusted: Iterable[str]) -> dict[str, str]:
     """Checks a bundle unpacked at root: the signing key is one of the
     trusted fingerprints, the signature covers MANIFEST, every file is listed
-    with its hash and nothing else is present.  Returns the entries."""
-    trusted = {t.lower().replace(":", "") for t in trusted}
+    with its hash and nothing else is present (no extra file, no folder that
+    holds no listed file).  Returns the entries."""
+    trusted = {normal_fingerprint(t) for t in trusted}
     if not trusted:
         raise ConfigError("no trusted signing-key fingerprint given (--fingerprint)")
     try:
@@ -153,6 +162,11 @@ def verify_bundle(root: Path, trusted: Iterable[str]) -> dict[str, str]:
         raise IntegrityError(f"bundle: files not in the manifest: {sorted(extra)}")
     if missing:
         raise IntegrityError(f"bundle: files missing: {sorted(missing)}")
+    # A folder holding no listed file is not covered by the signature either
+    # (SECURITY-CASES 32): an empty one could still steer a tool that looks.
+    unsigned = folders_under(root) - folders_of(entries)
+    if unsigned:
+        raise IntegrityError(f"bundle: folders not in the manifest: {sorted(unsigned)}")
     for name, digest in entries.items():
         if not hmac.compare_digest(sha256_file(root / name), digest):
             raise IntegrityError(f"bundle: {name} does not match its SHA-256 in the manifest")

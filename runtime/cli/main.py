@@ -32,9 +32,10 @@ def cmd_devices(args: argparse.Namespace) -> int:
 
 
 def cmd_default_model(args: argparse.Namespace) -> int:
-    from runtime.models.default_model import prepare_default_model
+    from runtime.models.default_model import prepare_default_models
 
-    print(prepare_default_model(args.dir))
+    for _, path in prepare_default_models(args.dir):
+        print(path)
     return ExitCode.OK
 
 
@@ -72,7 +73,8 @@ def parser() -> argparse.ArgumentParser:
     rpc_worker.add_parser(sub)
     d = sub.add_parser("devices", help="show the devices ggml can use")
     d.set_defaults(func=cmd_devices)
-    d = sub.add_parser("default-model", help="assemble the default model (Gemma 3 270M)")
+    d = sub.add_parser("default-model", help="prepare the default models (Gemma 3 270M, "
+                                                 "SmolLM2-135M-Instruct)")
     d.add_argument("--dir", default="models", help="where to write it (default: models/)")
     d.set_defaults(func=cmd_default_model)
     d = sub.add_parser("exit-codes", help="what each exit status means")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from runtime import errors
@@ -15,6 +15,7 @@ from runtime.config import (
     ModelConfig,
     check_config_name,
     check_listen_address,
+    check_source,
     load_config,
     validate_model,
 )
@@ -40,6 +41,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n-gpu-layers", metavar="N|auto", help="layers to offload (--model models)")
     p.add_argument("--max-queue", type=int, metavar="N",
                    help="requests waiting beyond the slots (--model models)")
+    p.add_argument("--chat-template", metavar="NAME|JINJA",
+                   help="chat template of --model models: a llama.cpp template name "
+                        "(chatml, gemma, llama3, ...) or Jinja text; default: the GGUF's own "
+                        "(a model without one is refused by Chat)")
     p.add_argument("--models-dir", help="folder whose NAME.gguf files Models.Load accepts")
     p.add_argument("--log-format", choices=["text", "json"])
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
@@ -101,9 +106,10 @@ def build_config(args: argparse.Namespace) -> tuple[Config, list[ModelConfig]]:
         "max_queue": _int_arg("max-queue", args.max_queue, 0),
         "n_draft": _int_arg("n-draft", args.n_draft, 1),
     }.items() if v is not None}
+    if args.chat_template:
+        overrides["chat_template"] = args.chat_template
     if args.draft:
-        overrides["draft"] = (args.draft if args.draft.startswith("store:")
-                              else os.path.abspath(args.draft))
+        overrides["draft"] = check_source(args.draft, "--draft").resolved_against(Path.cwd())
     if args.n_gpu_layers is not None:
         if args.n_gpu_layers != "auto" and not args.n_gpu_layers.lstrip("-").isdigit():
             raise errors.ConfigError("--n-gpu-layers: must be an integer or auto")

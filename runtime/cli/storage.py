@@ -15,12 +15,12 @@ from pathlib import Path
 
 from runtime.cli.exit_codes import ExitCode
 from runtime.cli.state import add_state_options, open_store, source_of
-from runtime.errors import ConfigError
-from runtime.storage.audit import AuditLog, verify_state_dir
+from runtime.errors import ConfigError, InvalidArgument
+from runtime.storage.audit import AuditLog, verify_audit
 from runtime.storage.catalog import Catalog
 from runtime.storage.keys import Keyring, create_key_file, key_source
 from runtime.storage.paths import state_dir
-from runtime.storage.store import SealedStore
+from runtime.storage.store import Kind, SealedStore
 
 
 class ProgressBar:
@@ -96,11 +96,24 @@ def cmd_keys_rotate(args: argparse.Namespace) -> int:
 
 # ---- models import, store ------------------------------------------------------------------
 
-def _seal_file(args: argparse.Namespace, kind: str, done: str) -> int:
+def gguf_check(fd: int, path: Path, kind: Kind) -> None:
+    """`hearth models import` seals a model or an adapter only if its GGUF
+    header checks out and says it is that kind."""
+    if kind not in (Kind.MODEL, Kind.ADAPTER):
+        return
+    from runtime.models.gguf_file import inspect_gguf_fd
+
+    info = inspect_gguf_fd(fd, path.name, str(path))
+    if info.kind != kind:
+        raise InvalidArgument(f"{path.name} is a GGUF {info.kind}, not a {kind} "
+                              f"(use --kind {info.kind})")
+
+
+def _seal_file(args: argparse.Namespace, kind: Kind, done: str) -> int:
     store = open_store(args)
     path = Path(args.path)
     obj = store.import_file(path, args.name, kind, args.remove_source,
-                            progress=ProgressBar(f"sealing {path.name}"))
+                            progress=ProgressBar(f"sealing {path.name}"), check=gguf_check)
     store.close()
     print(f"{done} {obj.name} version {obj.version}: {obj.size} bytes, "
           f"sha256 {obj.sha256[:16]}…")
@@ -110,12 +123,12 @@ def _seal_file(args: argparse.Namespace, kind: str, done: str) -> int:
 
 
 def cmd_models_import(args: argparse.Namespace) -> int:
-    return _seal_file(args, args.kind, f"imported {args.kind}")
+    return _seal_file(args, Kind.parse(args.kind), f"imported {args.kind}")
 
 
 def cmd_data_add(args: argparse.Namespace) -> int:
     """Local training text, sealed like everything else (kind "dataset")."""
-    return _seal_file(args, "dataset", "added data set")
+    return _seal_file(args, Kind.DATASET, "added data set")
 
 
 def cmd_store_list(args: argparse.Namespace) -> int:
@@ -130,7 +143,7 @@ def cmd_store_list(args: argparse.Namespace) -> int:
 
 def cmd_store_verify(args: argparse.Namespace) -> int:
     store = open_store(args)
-    obj = store.verify(args.kind, args.name, args.version)
+    obj = store.verify(Kind.parse(args.kind), args.name, args.version)
     store.close()
     print(f"{obj.kind} {obj.name} v{obj.version}: every chunk and the SHA-256 verify")
     return ExitCode.OK
@@ -139,13 +152,23 @@ def cmd_store_verify(args: argparse.Namespace) -> int:
 # ---- audit -----------------------------------------------------------------------------------
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
-    """Needs no key: the chain is over ciphertext, checkpoints are signed."""
-    seq, broken, signed = verify_state_dir(state_dir(args.state_dir))
-    if broken is not None:
-        print(f"audit log BROKEN at {broken}")
+    """With the master key, the signing key comes from the sealed store and
+    the anchor from the authenticated catalog; without it, --fingerprint
+    names the signing key (the chain is over ciphertext)."""
+    directory = state_dir(args.state_dir)
+    if args.key_file or args.passphrase_file or args.credential:
+        store = open_store(args)
+        try:
+            verdict = verify_audit(directory, args.fingerprint, store)
+        finally:
+            store.close()
+    else:
+        verdict = verify_audit(directory, args.fingerprint)
+    if verdict.broken is not None:
+        print(f"audit log BROKEN: {verdict.broken}")
         return ExitCode.INTEGRITY
-    print(f"audit log intact: {seq} records, chain and checkpoint signatures verified"
-          + ("" if signed else " (no public key found: signatures not checked)"))
+    print(f"audit log intact: {verdict.records} records; chain, checkpoint signatures and "
+          f"anchor verified under signing key {verdict.fingerprint}")
     return ExitCode.OK
 
 
@@ -228,7 +251,8 @@ def add_parsers(sub: argparse._SubParsersAction, models: argparse._SubParsersAct
                  cmd_models_import)
     p.add_argument("path")
     p.add_argument("--name", required=True, help="identifier to serve it under")
-    p.add_argument("--kind", choices=["model", "adapter"], default="model")
+    p.add_argument("--kind", choices=[Kind.MODEL.value, Kind.ADAPTER.value],
+                   default=Kind.MODEL.value)
     p.add_argument("--remove-source", action="store_true",
                    help="unlink the plaintext file after a successful import")
 
@@ -247,13 +271,15 @@ def add_parsers(sub: argparse._SubParsersAction, models: argparse._SubParsersAct
     p = command(ssub, "verify", "decrypt an object and check every chunk and its hash",
                  cmd_store_verify)
     p.add_argument("name")
-    p.add_argument("--kind", default="model")
+    p.add_argument("--kind", default=Kind.MODEL.value, choices=[k.value for k in Kind])
     p.add_argument("--version", type=int)
 
     audit = sub.add_parser("audit", help="the audit log: verify, export, erase, repair")
     asub = audit.add_subparsers(dest="audit_command", required=True)
-    command(asub, "verify", "check the hash chain and signatures (no key needed)",
-             cmd_audit_verify)
+    p = command(asub, "verify", "check the hash chain, signatures and anchor (with the master "
+                                "key, or --fingerprint)", cmd_audit_verify)
+    p.add_argument("--fingerprint", help="SHA-256 of the audit signing key (what a verify with "
+                                         "the master key prints); needed without the key")
     p = command(asub, "export", "decrypted records as JSON lines, for auditors",
                  cmd_audit_export)
     p.add_argument("--since", help="ISO date/time (UTC if no zone) or Unix time")

@@ -2,14 +2,17 @@
 
 InferenceService validates requests, resolves the model, tokenizes, runs the
 engine and turns its output into typed chunks; it knows nothing of gRPC.
-The gRPC servicers (and any later transport, such as an HTTP gateway) are
-thin adapters over it, so every transport shares one code path.
+ModelRepository (repository.py) lists, loads, unloads and sets adapters,
+with the access checks; InferenceService finds its models through it.
+The gRPC, KServe and HTTP faces are thin adapters over both, so every
+transport shares one code path.
 
 options.py is the one table of generation options (name, type, range,
 budget, server default, OpenAI and KServe spellings); validation.py checks
 requests against it, and the transports' converters read requests by it.
 """
 from runtime.core.inference import InferenceService
+from runtime.core.repository import ModelRepository, RepositoryIndex
 from runtime.core.types import (
     CallContext,
     ChatMessage,
@@ -33,6 +36,8 @@ __all__ = [
     "GenerateRequest",
     "GenerationOptions",
     "InferenceService",
+    "ModelRepository",
+    "RepositoryIndex",
     "StructuredOutput",
     "TokenLogprob",
     "TopLogprob",

@@ -10,6 +10,7 @@ from dataclasses import replace
 from runtime import errors
 from runtime.core.chat import render_chat
 from runtime.core.grammar import grammar_for
+from runtime.core.repository import ModelRepository
 from runtime.core.response_cache import ResponseCache, is_deterministic
 from runtime.core.types import (
     CallContext,
@@ -69,6 +70,7 @@ class InferenceService:
     def __init__(self, models: ModelManager, events: EventBus, max_tokens_default: int,
                  cache: ResponseCache | None = None) -> None:
         self.models = models
+        self.repository = ModelRepository(models)
         self.cache = cache or ResponseCache(0)
         self.events = events
         self.max_tokens_default = max_tokens_default
@@ -80,16 +82,11 @@ class InferenceService:
     # ---- helpers --------------------------------------------------------
 
     def _model(self, name: str, ctx: CallContext) -> ModelHandle:
-        """The ready model the caller asked for, if it may use it.  The name
-        is checked before the model is looked up, so a caller learns nothing
-        about models it may not use."""
+        """The ready model the caller asked for, if it may use it (the
+        repository's rules)."""
         if self.draining:
             raise errors.Unavailable("the server is shutting down")
-        if name:
-            ctx.principal.check_model(name)
-        handle = self.models.ready(name, ctx.principal.may_use)
-        ctx.principal.check_model(handle.name)
-        return handle
+        return self.repository.ready(name, ctx.principal)
 
     async def _tokenize(self, engine: NativeEngine, text: str, add_special: bool,
                         parse_special: bool) -> list[int]:
@@ -127,7 +124,7 @@ class InferenceService:
         handle = self._model(req.model, ctx)
         assert handle.engine is not None
         check_messages(req.messages)
-        prompt = render_chat(handle.engine, req.messages, handle.chat_template)
+        prompt = render_chat(handle.engine, req.messages, handle.chat_template, handle.name)
         tokens = await self._tokenize(handle.engine, prompt, True, True)
         async for chunk in self._run(handle, tokens, req.options, ctx, "chat", prompt):
             yield chunk

@@ -27,7 +27,7 @@ from runtime.federation.state import (
     save_coordinator_record,
     save_site_record,
 )
-from runtime.storage.store import SealedStore
+from runtime.storage.store import Kind, SealedStore
 
 _PRIVATE_RAW = (serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
                 serialization.NoEncryption())
@@ -38,7 +38,7 @@ _PRIVATE_RAW = (serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
 def init_coordinator(store: SealedStore, settings: FederationSettings, base_model_path: str
                      ) -> CoordinatorRecord:
     try:
-        store.read_bytes("federation", "coordinator")
+        store.read_bytes(Kind.FEDERATION, "coordinator")
     except NotFound:
         pass
     else:
@@ -56,7 +56,7 @@ def coordinator_authority(store: SealedStore, record: CoordinatorRecord) -> Fede
     from cryptography import x509
 
     signing, _, _ = coordinator_keys(store)
-    ca_key = serialization.load_pem_private_key(store.read_bytes("key", "fed-ca"), None)
+    ca_key = serialization.load_pem_private_key(store.read_bytes(Kind.KEY, "fed-ca"), None)
     ca_cert = x509.load_pem_x509_certificate(record.ca_cert_pem.encode())
     return FederationAuthority(record.settings.federation, signing, ca_key,  # type: ignore[arg-type]
                                ca_cert)
@@ -96,9 +96,9 @@ def enroll_site(store: SealedStore, site: str) -> SiteRequest:
                                  f"federation {existing.federation!r}")
     tls_key, csr = make_site_request(site)
     signing, exchange = Ed25519PrivateKey.generate(), X25519PrivateKey.generate()
-    store.put_bytes("key", "fed-site-tls", pem_key(tls_key))
-    store.put_bytes("key", "fed-site-signing", signing.private_bytes(*_PRIVATE_RAW))
-    store.put_bytes("key", "fed-site-exchange", exchange.private_bytes(*_PRIVATE_RAW))
+    store.put_bytes(Kind.KEY, "fed-site-tls", pem_key(tls_key))
+    store.put_bytes(Kind.KEY, "fed-site-signing", signing.private_bytes(*_PRIVATE_RAW))
+    store.put_bytes(Kind.KEY, "fed-site-exchange", exchange.private_bytes(*_PRIVATE_RAW))
     save_site_record(store, SiteRecord(site=site))
     return SiteRequest(site=site, csr_pem=csr.decode(),
                        signing_key=b64(raw_public(signing.public_key())),
@@ -110,13 +110,13 @@ def join_site(store: SealedStore, kit_bytes: bytes, base_model_path: str) -> Sit
     kit = SiteKit.loads(kit_bytes)
     if kit.site != record.site:
         raise InvalidArgument(f"site kit: issued for {kit.site!r}, this is {record.site!r}")
-    exchange = X25519PrivateKey.from_private_bytes(store.read_bytes("key", "fed-site-exchange"))
+    exchange = X25519PrivateKey.from_private_bytes(store.read_bytes(Kind.KEY, "fed-site-exchange"))
     release_key = kit.open_release_key(exchange)
     digest = file_sha256(base_model_path)
     if digest != kit.base_model_sha256:
         raise InvalidArgument(f"base model {base_model_path}: SHA-256 {digest[:12]}..., the "
                               f"federation trains {kit.base_model_sha256[:12]}...")
-    store.put_bytes("key", "fed-release", release_key)
+    store.put_bytes(Kind.KEY, "fed-release", release_key)
     record.federation, record.kit = kit.federation, kit_bytes.decode()
     record.base_model_path = str(Path(base_model_path).resolve())
     save_site_record(store, record)

@@ -37,7 +37,7 @@ from runtime.federation.state import (
     record_progress,
     save_coordinator_record,
 )
-from runtime.storage.store import SealedStore
+from runtime.storage.store import Kind, SealedStore
 
 log = logging.getLogger("hearth.federation")
 
@@ -133,9 +133,9 @@ class CoordinatorRounds:
         envelope = unb64(self.record.open_plan, "open plan")
         plan = self.c.reopen_round(envelope)
         prefix = self._kept_prefix(plan)
-        for obj in self.store.list("update"):
+        for obj in self.store.list(Kind.UPDATE):
             if obj.name.startswith(prefix):
-                self.c.submit_update(self.store.read_bytes("update", obj.name, obj.version))
+                self.c.submit_update(self.store.read_bytes(Kind.UPDATE, obj.name, obj.version))
         return plan, envelope
 
     def _kept_prefix(self, plan: RoundPlan) -> str:
@@ -147,7 +147,7 @@ class CoordinatorRounds:
         site = self.c.submit_update(delivery.blob, delivery.sender)
         if keep:
             assert self.c.current is not None
-            self.store.put_bytes("update", self._kept_prefix(self.c.current.plan) + site,
+            self.store.put_bytes(Kind.UPDATE, self._kept_prefix(self.c.current.plan) + site,
                                  delivery.blob)
         return site
 
@@ -158,7 +158,7 @@ class CoordinatorRounds:
         published = self.c.close_round(now, secagg_sum)
         _, _, release_key = coordinator_keys(self.store)
         blob = seal_release_file(published.envelope, published.adapter, release_key)
-        self.store.put_bytes("release", self.federation, blob)
+        self.store.put_bytes(Kind.RELEASE, self.federation, blob)
         record_progress(self.record, self.c)
         self.record.open_plan = ""
         save_coordinator_record(self.store, self.record)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from runtime.federation.online import GrpcExchange, add_federation_service, serv
 from runtime.federation.online_site import CHANNEL_OPTIONS
 from runtime.federation.pki import pem_cert, pem_key
 from runtime.federation.rounds import CoordinatorRounds, drive_round
+from runtime.storage.fsutil import atomic_write
 from runtime.storage.store import SealedStore
 
 log = logging.getLogger("hearth.federation")
@@ -51,9 +51,7 @@ async def serve_rounds(store: SealedStore, listen: str, rounds: int, step_second
     await server.start()
     address = f"{listen.rpartition(':')[0]}:{port}"
     if ready_file:
-        tmp = Path(f"{ready_file}.{os.getpid()}.tmp")
-        tmp.write_text(address)
-        tmp.replace(ready_file)
+        atomic_write(Path(ready_file), address.encode(), mode=0o666)   # umask decides
     log.info("federation %s: coordinator on %s, %d sites enrolled", steps.federation, address,
              len(steps.c.sites))
     published, round_seconds = [], []

@@ -21,7 +21,7 @@ from runtime.federation.participant import (
 )
 from runtime.federation.plan import RoundPlan, TrainerSettings
 from runtime.federation.state import SiteContext
-from runtime.storage.store import SealedStore
+from runtime.storage.store import Kind, SealedStore
 
 
 @dataclass
@@ -33,9 +33,9 @@ class SiteData:
 def site_data(store: SealedStore, data: str, heldout: str | None) -> SiteData:
     """Training text from sealed data sets (`hearth data add`)."""
     try:
-        notes = split_notes(store.read_bytes("dataset", data).decode("utf-8"))
+        notes = split_notes(store.read_bytes(Kind.DATASET, data).decode("utf-8"))
         if heldout:
-            return SiteData(notes, split_notes(store.read_bytes("dataset", heldout)
+            return SiteData(notes, split_notes(store.read_bytes(Kind.DATASET, heldout)
                                                .decode("utf-8")))
     except UnicodeDecodeError:
         raise InvalidArgument("data: a data set must be UTF-8 text") from None
@@ -71,12 +71,12 @@ def global_trainable(site: SiteContext, trainer: Trainer) -> np.ndarray:
 def remember_trainer_settings(site: SiteContext, plan: RoundPlan) -> None:
     """The adapter's rank, scheme and shared A come from the plan; later
     evaluations of the release need them again."""
-    site.store.put_bytes("federation", "last-plan", json.dumps(asdict(plan.trainer)).encode())
+    site.store.put_bytes(Kind.FEDERATION, "last-plan", json.dumps(asdict(plan.trainer)).encode())
 
 
 def last_trainer_settings(site: SiteContext) -> TrainerSettings:
     try:
-        return TrainerSettings(**json.loads(site.store.read_bytes("federation", "last-plan")))
+        return TrainerSettings(**json.loads(site.store.read_bytes(Kind.FEDERATION, "last-plan")))
     except NotFound:
         return TrainerSettings()
 

@@ -23,7 +23,7 @@ from runtime.federation.documents import SiteKit, open_release_file, unb64
 from runtime.federation.dp import PrivacyAccountant
 from runtime.federation.plan import AnsweredPlan, RoundPlan, TrainerSettings, plan_id
 from runtime.federation.release import ReleaseManifest, TrustedReleases, key_fingerprint
-from runtime.storage.store import SealedStore
+from runtime.storage.store import Kind, SealedStore
 
 _PRIVATE_RAW = (serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
                 serialization.NoEncryption())
@@ -44,7 +44,7 @@ def adapter_name(federation: str) -> str:
 
 def _get_json(store: SealedStore, name: str, role: str) -> dict[str, Any]:
     try:
-        return dict(json.loads(store.read_bytes("federation", name)))
+        return dict(json.loads(store.read_bytes(Kind.FEDERATION, name)))
     except NotFound:
         raise FailedPrecondition(f"this state directory holds no federation {role}: run "
                                  f"`hearth fed {'init' if role == 'coordinator' else 'enroll'}`"
@@ -52,7 +52,7 @@ def _get_json(store: SealedStore, name: str, role: str) -> dict[str, Any]:
 
 
 def _key(store: SealedStore, name: str) -> bytes:
-    return store.read_bytes("key", name)
+    return store.read_bytes(Kind.KEY, name)
 
 
 # ---- the coordinator ------------------------------------------------------------------------
@@ -80,12 +80,12 @@ class CoordinatorRecord:
 
 
 def save_coordinator_record(store: SealedStore, record: CoordinatorRecord) -> None:
-    store.put_bytes("federation", "coordinator", record.dumps())
+    store.put_bytes(Kind.FEDERATION, "coordinator", record.dumps())
 
 
 def load_coordinator_record(store: SealedStore) -> CoordinatorRecord:
     _get_json(store, "coordinator", "coordinator")
-    return CoordinatorRecord.loads(store.read_bytes("federation", "coordinator"))
+    return CoordinatorRecord.loads(store.read_bytes(Kind.FEDERATION, "coordinator"))
 
 
 def coordinator_keys(store: SealedStore) -> tuple[Ed25519PrivateKey, X25519PrivateKey, bytes]:
@@ -98,10 +98,10 @@ def coordinator_keys(store: SealedStore) -> tuple[Ed25519PrivateKey, X25519Priva
 def save_coordinator_keys(store: SealedStore, signing: Ed25519PrivateKey,
                           exchange: X25519PrivateKey, release_key: bytes, ca_key_pem: bytes
                           ) -> None:
-    store.put_bytes("key", "fed-signing", signing.private_bytes(*_PRIVATE_RAW))
-    store.put_bytes("key", "fed-exchange", exchange.private_bytes(*_PRIVATE_RAW))
-    store.put_bytes("key", "fed-release", release_key)
-    store.put_bytes("key", "fed-ca", ca_key_pem)
+    store.put_bytes(Kind.KEY, "fed-signing", signing.private_bytes(*_PRIVATE_RAW))
+    store.put_bytes(Kind.KEY, "fed-exchange", exchange.private_bytes(*_PRIVATE_RAW))
+    store.put_bytes(Kind.KEY, "fed-release", release_key)
+    store.put_bytes(Kind.KEY, "fed-ca", ca_key_pem)
 
 
 def build_coordinator(store: SealedStore, record: CoordinatorRecord) -> Coordinator:
@@ -121,7 +121,7 @@ def build_coordinator(store: SealedStore, record: CoordinatorRecord) -> Coordina
     trainable = initial_trainable(layout, spec)
     if record.version:
         _, adapter = open_release_file(
-            store.read_bytes("release", record.settings.federation, record.version),
+            store.read_bytes(Kind.RELEASE, record.settings.federation, record.version),
             release_key)
         trainable = trainable_from_adapter(layout, spec, adapter)
     accountant = PrivacyAccountant(delta=record.settings.delta,
@@ -168,7 +168,7 @@ def load_site_record(store: SealedStore) -> SiteRecord:
 
 
 def save_site_record(store: SealedStore, record: SiteRecord) -> None:
-    store.put_bytes("federation", "site", record.dumps())
+    store.put_bytes(Kind.FEDERATION, "site", record.dumps())
 
 
 @dataclass
@@ -225,8 +225,8 @@ class SiteContext:
         envelope, adapter = open_release_file(blob, self.release_key)
         trusted = self.trusted()
         manifest = trusted.accept(envelope, adapter)
-        self.store.put_bytes("release", self.kit.federation, blob)
-        self.store.put_bytes("adapter", adapter_name(self.kit.federation), adapter)
+        self.store.put_bytes(Kind.RELEASE, self.kit.federation, blob)
+        self.store.put_bytes(Kind.ADAPTER, adapter_name(self.kit.federation), adapter)
         trusted.applied(manifest)
         self.record.high_water = trusted.high_water
         self.record.applied_version = manifest.version
@@ -234,10 +234,10 @@ class SiteContext:
         return manifest
 
     def stored_release(self, version: int) -> tuple[bytes, bytes]:
-        for obj in self.store.list("release"):
+        for obj in self.store.list(Kind.RELEASE):
             if obj.name != self.kit.federation:
                 continue
-            blob = self.store.read_bytes("release", obj.name, obj.version)
+            blob = self.store.read_bytes(Kind.RELEASE, obj.name, obj.version)
             envelope, adapter = open_release_file(blob, self.release_key)
             if self.trusted().verify(envelope).version == version:
                 return envelope, adapter
@@ -246,7 +246,7 @@ class SiteContext:
     def rollback(self, version: int) -> ReleaseManifest:
         envelope, adapter = self.stored_release(version)
         manifest = self.trusted().rollback(envelope, adapter)
-        self.store.put_bytes("adapter", adapter_name(self.kit.federation), adapter)
+        self.store.put_bytes(Kind.ADAPTER, adapter_name(self.kit.federation), adapter)
         self.record.applied_version = manifest.version
         save_site_record(self.store, self.record)
         return manifest

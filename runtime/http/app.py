@@ -32,7 +32,7 @@ from runtime.http.responses import (
     models_json,
 )
 from runtime.http.sse import reply_with_generation
-from runtime.models.manager import ModelManager, ModelState
+from runtime.models.manager import ModelState
 from runtime.request_meta import REQUEST_ID_KEY, SUBJECT_KEY, sane_request_id, sane_subject
 
 log = logging.getLogger("hearth.http")
@@ -84,11 +84,10 @@ def _no_constant(name: str) -> Any:
 
 
 class HttpGateway:
-    def __init__(self, core: InferenceService, models: ModelManager,
-                 authenticator: Authenticator, max_body_bytes: int,
-                 stop_timeout_s: float = 1.0) -> None:
+    def __init__(self, core: InferenceService, authenticator: Authenticator,
+                 max_body_bytes: int, stop_timeout_s: float = 1.0) -> None:
         self.core = core
-        self.models = models
+        self.repository = core.repository
         self.authenticator = authenticator
         self.created = int(time.time())     # "created" of every model object
         self.app = web.Application(client_max_size=max_body_bytes,
@@ -166,32 +165,29 @@ class HttpGateway:
         subject = request.headers.get(SUBJECT_KEY, "")
         return CallContext(
             request_id=request["request_id"],
-            client=caller.identity if caller is not principal.ANONYMOUS
+            client=caller.identity if not caller.anonymous
             else f"http:{request.remote or 'unknown'}",
             subject=subject if sane_subject(subject) else "",
             principal=caller)
 
-    def _model_named(self, name: str) -> str:
+    def _model_named(self, request: web.Request, name: str) -> str:
         """The name to generate with and to answer with: an empty one means
         the only loaded model, resolved now so every stream chunk names it
-        (the core then checks the caller may use it, as for any name)."""
-        return name or self.models.get("").name
+        (the repository's rules: a caller learns no model it may not use)."""
+        return name or self.repository.get("", request["principal"]).name
 
     # ---- routes ----------------------------------------------------------------
 
     async def list_models(self, request: web.Request) -> web.Response:
-        caller: principal.Principal = request["principal"]
-        names = [h.name for h in self.models.handles()
-                 if h.state is ModelState.READY and caller.may_use(h.name)]
+        names = [h.name for h in self.repository.index(request["principal"]).loaded
+                 if h.state is ModelState.READY]
         return _json(models_json(names, self.created))
 
     async def get_model(self, request: web.Request) -> web.Response:
-        caller: principal.Principal = request["principal"]
         name = request.match_info["model"]
         if len(name) > converters.MAX_MODEL_NAME:
             raise errors.NotFound("model: no model has so long a name")
-        caller.check_model(name)
-        handle = self.models.get(name)
+        handle = self.repository.get(name, request["principal"])
         if handle.state is not ModelState.READY:
             raise errors.NotFound(f"model {name!r} is {handle.state.value}, not ready")
         return _json(model_json(handle.name, self.created))
@@ -209,7 +205,8 @@ class HttpGateway:
                           id_prefix: str) -> web.StreamResponse:
         """Both generation endpoints: resolve the model, run the core, and
         answer whole or as server-sent events."""
-        core_request = replace(call.request, model=self._model_named(call.request.model))
+        core_request = replace(call.request,
+                               model=self._model_named(request, call.request.model))
         ctx = self._context(request)
         fmt = fmt_cls(f"{id_prefix}-{ctx.request_id}", int(time.time()), core_request.model,
                       call.logprobs, call.streaming.include_usage)
@@ -224,8 +221,7 @@ class HttpGateway:
     async def health(self, request: web.Request) -> web.Response:
         """For load balancers: 200 while serving at least one model, else
         503.  Open to all, so it names no models."""
-        serving = not self.core.draining and any(
-            h.state is ModelState.READY for h in self.models.handles())
+        serving = not self.core.draining and self.repository.serving()
         return _json({"status": "ok" if serving else "unavailable"}, 200 if serving else 503)
 
 

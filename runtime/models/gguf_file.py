@@ -3,7 +3,9 @@
 llama.cpp's own parser has had memory-safety bugs on crafted files, so Hearth
 checks every header first: magic and version, counts and lengths bounded by
 the file's real size, known value and tensor types, dimensions whose product
-cannot overflow, tensor data inside the file and aligned.  Anything off is a
+cannot overflow, tensor data inside the file and aligned, and a tokenizer
+llama.cpp can read without aborting (no duplicate tokens, per-token arrays of
+the vocabulary's length and type).  Anything off is a
 ModelLoadError naming the first problem; nothing is allocated from a length
 before that length has been checked against the bytes that remain.
 
@@ -51,6 +53,15 @@ _STRING, _ARRAY = 8, 9
 _U64 = struct.Struct("<Q")
 # Arrays longer than this are checked but not kept (vocabularies, merges).
 _KEEP_ARRAY = 64
+_F32, _I32, _U8, _I8 = 6, 5, 0, 1
+
+# The tokenizer arrays llama.cpp reads by index up to the vocabulary size, or
+# through accessors that abort the process (GGML_ASSERT) on a wrong type.
+VOCAB_TOKENS = "tokenizer.ggml.tokens"
+_PER_TOKEN = {"tokenizer.ggml.scores": (_F32, "float32"),
+              "tokenizer.ggml.token_type": (_I32, "int32")}
+_STRING_ARRAYS = ("tokenizer.ggml.merges",)
+_BYTE_ARRAYS = ("tokenizer.ggml.precompiled_charsmap",)
 
 
 @dataclass(frozen=True)
@@ -71,6 +82,7 @@ class GGUFInfo:
     data_offset: int
     metadata: dict[str, Any] = field(default_factory=dict)
     tensors: list[TensorInfo] = field(default_factory=list)
+    arrays: dict[str, tuple[int, int]] = field(default_factory=dict)  # key -> (type, count)
 
     @property
     def architecture(self) -> str:
@@ -94,6 +106,7 @@ class _Reader:
         self.size = size
         self.label = label
         self.pos = 0
+        self.last_array = (0, 0)     # (element type, count) of the last array read
 
     def fail(self, what: str) -> ModelLoadError:
         return ModelLoadError(f"{self.label}: not a valid GGUF file: {what} (at byte {self.pos})")
@@ -131,11 +144,13 @@ class _Reader:
         except UnicodeDecodeError as exc:
             raise self.fail(f"{what} is not UTF-8") from exc
 
-    def skip_strings(self, count: int, what: str) -> None:
+    def skip_strings(self, count: int, what: str, unique: bool = False) -> None:
         """Bounds-checks `count` strings without decoding them: Gemma's
-        vocabulary has 262k, so this loop is kept tight."""
+        vocabulary has 262k, so this loop is kept tight.  With `unique`, two
+        equal strings are refused, as llama.cpp sees them (see _vocab_key)."""
         pos, size, buf = self.pos, self.size, self.buf
         length = _U64.unpack_from
+        seen: dict[bytes, int] = {}
         for i in range(count):
             if pos + 8 > size:
                 self.pos = pos
@@ -145,6 +160,12 @@ class _Reader:
             if n > MAX_STRING or n > size - pos:
                 self.pos = pos
                 raise self.fail(f"{what}[{i}] claims {n} bytes, {size - pos} remain")
+            if unique:
+                first = seen.setdefault(_vocab_key(bytes(buf[pos:pos + n]), i), i)
+                if first != i:
+                    self.pos = pos
+                    raise self.fail(f"{what}[{i}] repeats entry {first}; llama.cpp aborts "
+                                    "on a vocabulary with duplicate tokens")
             pos += n
         self.pos = pos
 
@@ -162,15 +183,55 @@ class _Reader:
             min_size = _SCALARS[etype][1] if etype in _SCALARS else 8
             if count > (self.size - self.pos) // min_size:
                 raise self.fail(f"{what} claims {count} elements, more than the file can hold")
-            if count > _KEEP_ARRAY:
+            self.last_array = (etype, count)
+            if count > _KEEP_ARRAY or what == VOCAB_TOKENS:
                 # Vocabularies and merges: check the bounds, keep a summary.
                 if etype in _SCALARS:
                     self.skip(count * min_size, what)
                 else:
-                    self.skip_strings(count, what)
+                    self.skip_strings(count, what, unique=what == VOCAB_TOKENS)
                 return f"<array of {count}>"
             return [self.value(etype, f"{what}[{i}]") for i in range(count)]
         raise self.fail(f"{what}: unknown value type {vtype}")
+
+
+def _vocab_key(raw: bytes, index: int) -> bytes:
+    """A token as llama.cpp's token-to-id map keys it: it renames an empty
+    token to "[EMPTY_<index>]", which can then collide with a real one."""
+    return raw or f"[EMPTY_{index}]".encode()
+
+
+def check_vocabulary(info: GGUFInfo, label: str) -> None:
+    """What llama.cpp would abort on (rather than refuse) in a tokenizer:
+    the per-token arrays must be of the vocabulary's length and of the type
+    it reads them as, and the string arrays must hold strings.  Duplicate
+    tokens are refused while the vocabulary is read (skip_strings)."""
+    def fail(what: str) -> ModelLoadError:
+        return ModelLoadError(f"{label}: not a valid GGUF file: {what}")
+
+    for key in (VOCAB_TOKENS, *_PER_TOKEN, *_STRING_ARRAYS, *_BYTE_ARRAYS):
+        if key in info.metadata and key not in info.arrays:
+            raise fail(f"{key} must be an array")
+    if VOCAB_TOKENS not in info.arrays:
+        return
+    etype, n_vocab = info.arrays[VOCAB_TOKENS]
+    if etype != _STRING:
+        raise fail(f"{VOCAB_TOKENS} must be an array of strings")
+    if n_vocab == 0:
+        raise fail(f"{VOCAB_TOKENS} is empty")
+    for key, (want, type_name) in _PER_TOKEN.items():
+        if key in info.arrays:
+            etype, count = info.arrays[key]
+            if etype != want:
+                raise fail(f"{key} must be an array of {type_name}")
+            if count != n_vocab:
+                raise fail(f"{key} has {count} entries for {n_vocab} tokens")
+    for key in _STRING_ARRAYS:
+        if key in info.arrays and info.arrays[key][0] != _STRING:
+            raise fail(f"{key} must be an array of strings")
+    for key in _BYTE_ARRAYS:
+        if key in info.arrays and info.arrays[key][0] not in (_U8, _I8):
+            raise fail(f"{key} must be an array of bytes")
 
 
 def inspect_gguf(path: str | Path, label: str | None = None) -> GGUFInfo:
@@ -227,6 +288,9 @@ def parse_gguf_header(buf: Any, size: int, label: str, path: str = "") -> GGUFIn
         if key in info.metadata:
             raise r.fail(f"duplicate metadata key {key}")
         info.metadata[key] = r.value(vtype, key)
+        if vtype == _ARRAY:
+            info.arrays[key] = r.last_array
+    check_vocabulary(info, label)
     alignment = info.metadata.get("general.alignment", DEFAULT_ALIGNMENT)
     if not isinstance(alignment, int) or alignment <= 0 or alignment & (alignment - 1):
         raise r.fail(f"general.alignment {alignment!r} is not a power of two")

@@ -3,9 +3,11 @@
 A model is known by name: declared in the config, given on the command line,
 or a file <name>.gguf in the models directory.  Names are identifiers; a
 name that would leave the models directory (or points there through a
-symlink) is refused.  Loading checks the GGUF header before llama.cpp sees
-the file, then builds the native engine off the event loop.  Every state
-change is published as a ModelStateChanged event (health follows it).
+symlink) is refused.  Loading opens each source once and checks its GGUF
+header before llama.cpp sees it (opener.py), proves new bytes loadable in a
+probe process (probe.py), then builds the native engine off the event loop
+from the same descriptors.  Every state change is published as a
+ModelStateChanged event (health follows it).
 """
 from __future__ import annotations
 
@@ -23,11 +25,14 @@ from runtime import errors
 from runtime.config import Config, ModelConfig, validate_model
 from runtime.engine import EngineSession
 from runtime.events import EventBus, ModelStateChanged
-from runtime.models.gguf_file import GGUFInfo, inspect_gguf_fd
+from runtime.models.gguf_file import GGUFInfo
 from runtime.models.gpu_fit import fit_gpu_layers
+from runtime.models.opener import OpenedSource, open_source
+from runtime.models.probe import probe
 from runtime.names import check_name
 from runtime.native import EngineParams, NativeEngine, list_devices
-from runtime.storage.store import SealedStore
+from runtime.sources import FileSource, Source, StoredSource
+from runtime.storage.store import Kind, SealedStore
 
 log = logging.getLogger("hearth.models")
 
@@ -56,20 +61,20 @@ class ModelHandle:
     adapters: dict[str, int] = field(default_factory=dict)  # LoRA name -> engine id
 
 
-def has_gpu() -> bool:
-    return any(d.type in ("gpu", "igpu") for d in list_devices())
+# Models.Get's chat_template when the model has none and none is configured:
+# Chat refuses the model (render_chat says how to configure one).
+NO_CHAT_TEMPLATE = "none"
 
 
 def chat_template_for(cfg: ModelConfig, engine: NativeEngine) -> tuple[str | None, str]:
     """Which chat template Chat uses, and where it comes from.  Base models
-    often ship without one (Gemma 3 270M does); they get their family's
-    llama.cpp built-in template, or ChatML, and the log says so."""
+    often ship without one (Gemma 3 270M does); they get none, rather than a
+    guess, and Chat refuses them until the operator configures one."""
     if cfg.chat_template:
         return cfg.chat_template, "config"
     if engine.meta("tokenizer.chat_template"):
         return None, "gguf"
-    fallback = "gemma" if engine.info.arch.startswith("gemma") else "chatml"
-    return fallback, f"fallback:{fallback} (the GGUF has none)"
+    return None, NO_CHAT_TEMPLATE
 
 
 def engine_params(cfg: ModelConfig, info: GGUFInfo | None) -> tuple[EngineParams, str]:
@@ -112,7 +117,7 @@ def engine_params(cfg: ModelConfig, info: GGUFInfo | None) -> tuple[EngineParams
         use_mlock=cfg.use_mlock,
         enable_embeddings=cfg.embeddings,
         n_draft=cfg.n_draft,
-        repack_weights=not (cfg.draft and cfg.draft_exact),
+        repack_weights=not (cfg.draft is not None and cfg.draft_exact),
         draft_n_gpu_layers=-1 if n_gpu_layers != 0 else 0,
         rpc_workers=cfg.rpc_workers,
     )
@@ -137,7 +142,7 @@ class ModelManager:
         """Names Load accepts that are not loaded."""
         names = set(self.config.models)
         if self.store is not None:
-            names |= {o.name for o in self.store.catalog.rows("model")}
+            names |= {o.name for o in self.store.catalog.rows(Kind.MODEL)}
         root = self.config.server.models_dir
         if root and os.path.isdir(root):
             for entry in os.scandir(root):
@@ -186,7 +191,7 @@ class ModelManager:
         if name in self.config.models:
             return self.config.models[name]
         if self.store is not None and any(r.name == name
-                                          for r in self.store.catalog.rows("model")):
+                                          for r in self.store.catalog.rows(Kind.MODEL)):
             return ModelConfig(name=name, store=True)
         root = self.config.server.models_dir
         if not root:
@@ -238,84 +243,53 @@ class ModelManager:
                  handle.load_seconds, offload, handle.chat_template_source)
         return handle
 
+    def _in_models_dir(self, path: str) -> bool:
+        root = self.config.server.models_dir
+        return bool(root and path) and Path(path).parent == Path(root).resolve()
+
     def _open_engine(self, handle: ModelHandle) -> NativeEngine:
-        """Opens the model's bytes as a file descriptor and loads the engine
-        from it.  A plain file's GGUF header is checked first, on the same
-        descriptor, so what was checked is what is loaded.  A sealed model is
-        decrypted, every chunk verified, into a sealed memfd; it was checked
-        when it was imported and is authenticated now, so its header is only
-        read when GPU layers must be fitted."""
+        """Opens the model's bytes (and its draft's) once, checked
+        (opener.py); proves bytes this process has not loaded before in a
+        probe process (probe.py); then loads the engine from the same
+        descriptors, so what was checked is what is loaded."""
         cfg = handle.config
-        info: GGUFInfo | None = None
-        if cfg.store:
-            if self.store is None:
-                raise errors.ModelLoadError(
-                    f"{cfg.name}: serving from the sealed store needs its master key "
-                    "(--key-file, --passphrase-file or --credential)")
-            fd, obj = self.store.open_memfd("model", cfg.name)
-            handle.source = f"store:{obj.name} v{obj.version} ({obj.sha256[:12]})"
-        else:
-            try:
-                fd = os.open(cfg.path, os.O_RDONLY | os.O_CLOEXEC)
-            except OSError as exc:
-                raise errors.ModelLoadError(
-                    f"{cfg.name}: cannot open {cfg.path}: {exc.strerror}") from exc
-            handle.source = cfg.path
-        draft_fd = -1
+        source: Source = StoredSource(cfg.name) if cfg.store else FileSource(cfg.path)
+        model = open_source(source, "model", cfg.name, self.store,
+                            no_symlink=self._in_models_dir(cfg.path))
+        draft: OpenedSource | None = None
         try:
-            if not cfg.store or (cfg.n_gpu_layers == "auto" and has_gpu()):
-                info = inspect_gguf_fd(fd, cfg.name, cfg.path)
-                if info.kind != "model":
-                    raise errors.ModelLoadError(
-                        f"{cfg.name}: the file is a {info.kind}, not a model")
-            params, handle.gpu_reason = engine_params(cfg, info)
-            if cfg.draft:
-                draft_fd = self._open_draft(cfg)
-            engine = NativeEngine(replace(params, model_path=None, model_fd=fd,
-                                          draft_fd=draft_fd))
+            handle.source = model.description
+            if cfg.draft is not None:
+                draft = open_source(cfg.draft, "model", f"{cfg.name}: draft", self.store)
+            probe(cfg.name, model.fd, draft.fd if draft is not None else -1)
+            params, handle.gpu_reason = engine_params(cfg, model.info)
+            engine = NativeEngine(replace(params, model_path=None, model_fd=model.fd,
+                                          draft_fd=draft.fd if draft is not None else -1))
         except errors.InvalidArgument as exc:  # e.g. a draft with another vocabulary
             raise errors.ModelLoadError(f"{cfg.name}: {exc}") from None
         finally:
-            os.close(fd)
-            if draft_fd >= 0:
-                os.close(draft_fd)
+            model.close()
+            if draft is not None:
+                draft.close()
         handle.chat_template, handle.chat_template_source = chat_template_for(cfg, engine)
         try:
-            handle.adapters = {name: self._load_adapter(engine, cfg.name, source)
+            handle.adapters = {name: self._load_adapter(engine, cfg.name, name, source)
                                for name, source in cfg.adapters}
         except BaseException:
             engine.close()
             raise
         return engine
 
-    def _load_adapter(self, engine: NativeEngine, model: str, source: str) -> int:
-        """Loads an adapter from a file, whose header is checked first (the
-        engine loads from the descriptor that was checked), or from the sealed
-        store ("store:NAME": decrypted and verified into a sealed memfd, as
-        checked when it was imported)."""
-        if source.startswith("store:"):
-            if self.store is None:
-                raise errors.ModelLoadError(f"{model}: adapter {source} needs the sealed "
-                                            "store's master key")
-            fd, _ = self.store.open_memfd("adapter", source[len("store:"):])
-        else:
-            try:
-                fd = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
-            except OSError as exc:
-                raise errors.ModelLoadError(f"{model}: cannot open adapter {source}: "
-                                            f"{exc.strerror}") from exc
+    def _load_adapter(self, engine: NativeEngine, model: str, name: str, source: Source) -> int:
+        """Loads an adapter (opened and checked by opener.py) into the engine."""
+        adapter = open_source(source, "adapter", f"{model}: adapter {name}", self.store)
         try:
-            if not source.startswith("store:"):
-                info = inspect_gguf_fd(fd, model, source)
-                if info.kind != "adapter":
-                    raise errors.ModelLoadError(
-                        f"{model}: {source} is a {info.kind}, not an adapter")
-            return engine.load_adapter(fd=fd)
+            return engine.load_adapter(fd=adapter.fd)
         finally:
-            os.close(fd)
+            adapter.close()
 
-    async def set_adapter(self, model: str, name: str, path: str) -> ModelHandle:
-        """Loads `path` (or "store:NAME") as adapter `name` of a ready model, replacing any
+    async def set_adapter(self, model: str, name: str, source: Source) -> ModelHandle:
+        """Loads `source` as adapter `name` of a ready model, replacing any
         adapter of that name: requests already running finish with the old
         one, new ones get the new one (hot swap)."""
         check_name(name, "adapter")
@@ -323,12 +297,12 @@ class ModelManager:
         assert handle.engine is not None
         engine = handle.engine
         new_id = await asyncio.get_running_loop().run_in_executor(
-            None, self._load_adapter, engine, handle.name, path)
+            None, self._load_adapter, engine, handle.name, name, source)
         old_id = handle.adapters.get(name)
         handle.adapters = {**handle.adapters, name: new_id}
         if old_id:
             engine.unload_adapter(old_id)
-        log.info("%s: adapter %s loaded from %s%s", handle.name, name, path,
+        log.info("%s: adapter %s loaded from %s%s", handle.name, name, source,
                  " (replacing the previous version)" if old_id else "")
         return handle
 
@@ -341,29 +315,6 @@ class ModelManager:
         handle.adapters = {k: v for k, v in handle.adapters.items() if k != name}
         handle.engine.unload_adapter(old_id)
         return handle
-
-    def _open_draft(self, cfg: ModelConfig) -> int:
-        """The draft model's bytes, checked like the model's own."""
-        if cfg.draft.startswith("store:"):
-            if self.store is None:
-                raise errors.ModelLoadError(f"{cfg.name}: draft {cfg.draft} needs the sealed "
-                                            "store's master key")
-            fd, _ = self.store.open_memfd("model", cfg.draft[len("store:"):])
-            return fd
-        try:
-            fd = os.open(cfg.draft, os.O_RDONLY | os.O_CLOEXEC)
-        except OSError as exc:
-            raise errors.ModelLoadError(
-                f"{cfg.name}: cannot open the draft model {cfg.draft}: {exc.strerror}") from exc
-        try:
-            info = inspect_gguf_fd(fd, cfg.name, cfg.draft)
-            if info.kind != "model":
-                raise errors.ModelLoadError(
-                    f"{cfg.name}: the draft file is a {info.kind}, not a model")
-        except BaseException:
-            os.close(fd)
-            raise
-        return fd
 
     async def load_by_name(self, name: str, n_ctx: int | None = None,
                            n_parallel: int | None = None) -> ModelHandle:

@@ -56,12 +56,12 @@ class GrpcServer:
             ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
         ])
         add_service(self.grpc, INFERENCE, InferenceServicer(core), authenticator)
-        add_service(self.grpc, MODELS, ModelsServicer(models, s.grace_period_s), authenticator)
-        self.serving = False      # between mark_serving() and stop_serving(): KServe's ServerReady
-        add_service(self.grpc, KSERVE, KServeServicer(core, models, events, s.grace_period_s,
-                                                      lambda: self.serving), authenticator)
+        add_service(self.grpc, MODELS, ModelsServicer(core.repository), authenticator)
+        self.serving = False      # between mark_serving() and drain(): KServe's ServerReady
+        add_service(self.grpc, KSERVE, KServeServicer(core, events, lambda: self.serving),
+                    authenticator)
         self.health = HealthTracker(events, [INFERENCE.full_name, MODELS.full_name,
-                                             KSERVE.full_name])
+                                             KSERVE.full_name], authenticator)
         health_pb2_grpc.add_HealthServicer_to_server(self.health.servicer, self.grpc)
         reflection.enable_server_reflection(
             [INFERENCE.full_name, MODELS.full_name, KSERVE.full_name, HEALTH_NAME,

@@ -14,9 +14,7 @@ import grpc
 from runtime._proto.hearth.v1 import inference_pb2 as ipb
 from runtime._proto.hearth.v1 import models_pb2 as mpb
 from runtime.auth import principal
-from runtime.core import CallContext, GenerateChunk, InferenceService
-from runtime.models.manager import ModelManager
-from runtime.names import check_name
+from runtime.core import CallContext, GenerateChunk, InferenceService, ModelRepository
 from runtime.request_meta import REQUEST_ID_KEY, SUBJECT_KEY, sane_request_id, sane_subject
 from runtime.server import converters
 
@@ -33,7 +31,7 @@ def call_context(context: grpc.aio.ServicerContext) -> CallContext:
     caller = principal.current.get()
     return CallContext(
         request_id=request_id or uuid.uuid4().hex[:16],
-        client=caller.identity if caller is not principal.ANONYMOUS
+        client=caller.identity if not caller.anonymous
         else context.peer() or "unknown",
         deadline=time.monotonic() + remaining if remaining is not None else None,
         subject=subject,
@@ -91,52 +89,43 @@ class InferenceServicer:
 
 
 class ModelsServicer:
-    def __init__(self, models: ModelManager, default_grace_s: float) -> None:
-        self.models = models
-        self.default_grace_s = default_grace_s
+    """hearth.v1.Models over the core's ModelRepository."""
+
+    def __init__(self, repository: ModelRepository) -> None:
+        self.repository = repository
 
     async def List(self, request: mpb.ListModelsRequest, context: grpc.aio.ServicerContext
                    ) -> mpb.ListModelsResponse:
-        caller = principal.current.get()
-        return mpb.ListModelsResponse(
-            models=[converters.model_status(h) for h in self.models.handles()
-                    if caller.may_use(h.name)],
-            available=[n for n in self.models.available() if caller.may_use(n)])
+        index = self.repository.index(principal.current.get())
+        return mpb.ListModelsResponse(models=[converters.model_status(h) for h in index.loaded],
+                                      available=index.available)
 
     async def Get(self, request: mpb.GetModelRequest, context: grpc.aio.ServicerContext
                   ) -> mpb.ModelStatus:
-        caller = principal.current.get()
-        if request.name:
-            caller.check_model(request.name)
-        handle = self.models.get(request.name, caller.may_use)
-        caller.check_model(handle.name)
-        return converters.model_status(handle)
+        return converters.model_status(
+            self.repository.get(request.name, principal.current.get()))
 
     async def Load(self, request: mpb.LoadModelRequest, context: grpc.aio.ServicerContext
                    ) -> mpb.ModelStatus:
-        principal.current.get().check_admin("load models")
-        handle = await self.models.load_by_name(
-            request.name,
+        handle = await self.repository.load(
+            request.name, principal.current.get(),
             n_ctx=request.n_ctx if request.HasField("n_ctx") else None,
             n_parallel=request.n_parallel if request.HasField("n_parallel") else None)
         return converters.model_status(handle)
 
     async def Unload(self, request: mpb.UnloadModelRequest, context: grpc.aio.ServicerContext
                      ) -> mpb.ModelStatus:
-        principal.current.get().check_admin("unload models")
         timeout = (request.drain_timeout_seconds if request.HasField("drain_timeout_seconds")
-                   else self.default_grace_s)
-        return converters.model_status(await self.models.unload(request.name, timeout))
+                   else None)
+        return converters.model_status(
+            await self.repository.unload(request.name, principal.current.get(), timeout))
 
     async def SetAdapter(self, request: mpb.SetAdapterRequest,
                          context: grpc.aio.ServicerContext) -> mpb.ModelStatus:
-        principal.current.get().check_admin("set adapters")
-        check_name(request.stored_name, "stored_name")
-        return converters.model_status(await self.models.set_adapter(
-            request.model, request.adapter, f"store:{request.stored_name}"))
+        return converters.model_status(await self.repository.set_adapter(
+            request.model, request.adapter, request.stored_name, principal.current.get()))
 
     async def RemoveAdapter(self, request: mpb.RemoveAdapterRequest,
                             context: grpc.aio.ServicerContext) -> mpb.ModelStatus:
-        principal.current.get().check_admin("remove adapters")
-        return converters.model_status(self.models.remove_adapter(request.model,
-                                                                  request.adapter))
+        return converters.model_status(await self.repository.remove_adapter(
+            request.model, request.adapter, principal.current.get()))

@@ -10,8 +10,14 @@ state/audit/log.jsonl:
 before, over the ciphertext, so anyone can check the chain without a key.
 Every CHECKPOINT_EVERY records (and on close) a checkpoint record carries an
 Ed25519 signature of the chain head; the public key sits in
-state/audit/signing.pub.  The catalog keeps the head as an anchor, so a cut
-tail is noticed too.
+state/audit/signing.pub.  The catalog keeps the head as an anchor, signed
+with the same key, so a cut tail is noticed too.
+
+`hearth audit verify` trusts nothing it reads (verify_audit): the signing
+key is named by its fingerprint, from the sealed store when the master key
+is given (whose catalog, authenticated at open, also vouches for the anchor)
+or from the operator; signing.pub must be that key, and the anchor must
+carry its signature.
 
 Appends are group-committed: requests only queue a record; a writer thread
 seals, chains, writes and fsyncs a batch every COMMIT_INTERVAL_S.  The log
@@ -47,11 +53,13 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from runtime.errors import FailedPrecondition, IntegrityError, NotFound
+from runtime.errors import ConfigError, FailedPrecondition, IntegrityError, NotFound
 from runtime.events import RequestFinished
 from runtime.storage.catalog import Catalog
-from runtime.storage.fsutil import fsync_dir, private_dir, storage_error
-from runtime.storage.store import SealedStore
+from runtime.storage.failpoints import io_fault
+from runtime.storage.fsutil import atomic_write, fsync_dir, private_dir, storage_error
+from runtime.storage.keys import key_fingerprint, normal_fingerprint
+from runtime.storage.store import Kind, SealedStore
 
 log = logging.getLogger("hearth.audit")
 
@@ -64,6 +72,7 @@ COMMIT_INTERVAL_S = 0.05
 MAX_BACKLOG = 100_000
 _DOMAIN = b"hearth-audit-v1"
 _SIGNED = b"hearth-audit-checkpoint-v1"
+_ANCHOR = b"hearth-audit-anchor-v1"
 
 
 def chain_hash(prev: bytes, seq: int, ts: float, rtype: str, ct: bytes) -> bytes:
@@ -110,7 +119,40 @@ class Break:
     reason: str
 
     def __str__(self) -> str:
+        if self.line == 0:          # about the log as a whole, not one record
+            return self.reason
         return f"record {self.seq} (line {self.line}): {self.reason}"
+
+
+def anchor_message(seq: int, head: bytes, log_size: int) -> bytes:
+    """What the anchor's signature covers."""
+    return _ANCHOR + struct.pack(">Q", seq) + head + struct.pack(">Q", log_size)
+
+
+@dataclass(frozen=True)
+class Anchor:
+    """The catalog's record of where the log ends (table audit_state)."""
+
+    seq: int
+    head: bytes
+    log_size: int
+    sig: bytes | None
+
+    @classmethod
+    def read(cls, catalog: Catalog) -> Anchor | None:
+        row = catalog.db.execute("SELECT seq, head, log_size, sig FROM audit_state WHERE id=1"
+                                 ).fetchone()
+        return None if row is None else cls(int(row[0]), bytes(row[1]), int(row[2]),
+                                            None if row[3] is None else bytes(row[3]))
+
+    def signed_by(self, public: Ed25519PublicKey) -> bool:
+        if self.sig is None:
+            return False
+        try:
+            public.verify(self.sig, anchor_message(self.seq, self.head, self.log_size))
+        except InvalidSignature:
+            return False
+        return True
 
 
 def verify_lines(path: Path, public_key: Ed25519PublicKey | None,
@@ -163,20 +205,92 @@ def verify_lines(path: Path, public_key: Ed25519PublicKey | None,
 
 
 def verify_state_dir(directory: Path) -> tuple[int, Break | None, bool]:
-    """Checks the audit log of a state directory without any key: (records,
-    first break or None, whether checkpoint signatures were checked)."""
+    """A health check for `hearth doctor`, without any key or fingerprint:
+    the chain, the checkpoints under whatever signing.pub holds, and the
+    anchor as found: (records, first break or None, whether signatures were
+    checked).  `hearth audit verify` is verify_audit, which trusts none of it."""
     audit_dir = directory / "audit"
     pem = audit_dir / PUBKEY_NAME
     key = serialization.load_pem_public_key(pem.read_bytes()) if pem.exists() else None
     public = key if isinstance(key, Ed25519PublicKey) else None
     catalog = Catalog(directory / "catalog.sqlite")
     try:
-        row = catalog.db.execute("SELECT seq, head FROM audit_state WHERE id=1").fetchone()
+        anchor = Anchor.read(catalog)
     finally:
         catalog.close()
-    anchor = (int(row[0]), bytes(row[1])) if row else None
-    seq, _, broken = verify_lines(audit_dir / LOG_NAME, public, anchor)
+    seq, _, broken = verify_lines(audit_dir / LOG_NAME, public,
+                                  None if anchor is None else (anchor.seq, anchor.head))
     return seq, broken, public is not None
+
+
+@dataclass(frozen=True)
+class Verdict:
+    records: int
+    broken: Break | None
+    fingerprint: str            # of the signing key everything was checked under
+
+
+def _whole(reason: str) -> Break:
+    return Break(0, 0, reason)
+
+
+def verify_audit(directory: Path, fingerprint: str | None = None,
+                 store: SealedStore | None = None) -> Verdict:
+    """`hearth audit verify` (SECURITY-CASES 30).  The signing key must be
+    named: by the sealed store (given the master key; the store's catalog was
+    authenticated when it opened, so its anchor is trusted as well) or by
+    `fingerprint`.  signing.pub must be that key, every checkpoint and the
+    anchor must be signed by it, and the log must reach the anchor; a
+    missing log, key or anchor is a break, never a pass."""
+    audit_dir = directory / "audit"
+    trusted = normal_fingerprint(fingerprint) if fingerprint else None
+    if store is not None:
+        try:
+            signer = Ed25519PrivateKey.from_private_bytes(store.read_bytes(Kind.KEY,
+                                                                           "audit-signing"))
+        except NotFound:
+            raise NotFound("this store has no audit log (no audit signing key)") from None
+        sealed = key_fingerprint(signer.public_key())
+        if trusted is not None and trusted != sealed:
+            raise IntegrityError(f"the store's audit signing key is {sealed}, not the "
+                                 f"--fingerprint given ({trusted})")
+        trusted = sealed
+    if trusted is None:
+        raise ConfigError("hearth audit verify needs the audit signing key: give the master "
+                          "key (--key-file, --passphrase-file, --credential), or "
+                          "--fingerprint HEX as printed by a verify with the key")
+    try:
+        loaded = serialization.load_pem_public_key((audit_dir / PUBKEY_NAME).read_bytes())
+    except FileNotFoundError:
+        return Verdict(0, _whole(f"{PUBKEY_NAME} is missing: the signatures cannot be checked"),
+                       trusted)
+    except ValueError:
+        return Verdict(0, _whole(f"{PUBKEY_NAME} is not a public key"), trusted)
+    if not isinstance(loaded, Ed25519PublicKey) or key_fingerprint(loaded) != trusted:
+        actual = key_fingerprint(loaded) if isinstance(loaded, Ed25519PublicKey) else "?"
+        return Verdict(0, _whole(f"{PUBKEY_NAME} holds key {actual}, not the trusted "
+                                 f"{trusted}: the checkpoints may have been re-signed"),
+                       trusted)
+    if store is not None:
+        anchor = Anchor.read(store.catalog)
+    else:
+        catalog = Catalog(directory / "catalog.sqlite")
+        try:
+            anchor = Anchor.read(catalog)
+        finally:
+            catalog.close()
+        if anchor is not None and not anchor.signed_by(loaded):
+            return Verdict(0, _whole("the catalog's audit anchor is not signed by the audit "
+                                     "key (edited, or written before anchors were signed: "
+                                     "verify with the master key)"), trusted)
+    if anchor is None:
+        return Verdict(0, _whole("the catalog holds no anchor for the audit log (deleted?)"),
+                       trusted)
+    if not (audit_dir / LOG_NAME).exists():
+        return Verdict(0, _whole(f"the audit log is missing ({anchor.seq} records were "
+                                 "written)"), trusted)
+    seq, _, broken = verify_lines(audit_dir / LOG_NAME, loaded, (anchor.seq, anchor.head))
+    return Verdict(seq, broken, trusted)
 
 
 class AuditLog:
@@ -204,20 +318,27 @@ class AuditLog:
 
     def _secret(self, name: str, make: Any) -> bytes:
         try:
-            return self.store.read_bytes("key", name)
+            return self.store.read_bytes(Kind.KEY, name)
         except NotFound:
-            self.store.put_bytes("key", name, make())
-            return self.store.read_bytes("key", name)
+            self.store.put_bytes(Kind.KEY, name, make())
+            return self.store.read_bytes(Kind.KEY, name)
 
     def public_key(self) -> Ed25519PublicKey:
         return self._signer.public_key()
 
+    def fingerprint(self) -> str:
+        return key_fingerprint(self.public_key())
+
     def _write_public_key(self) -> None:
+        """signing.pub, for auditors; a missing or replaced one is put back
+        (verify_audit would refuse it)."""
         pem = self._signer.public_key().public_bytes(serialization.Encoding.PEM,
                                                      serialization.PublicFormat.SubjectPublicKeyInfo)
         target = self.dir / PUBKEY_NAME
+        if target.exists() and target.read_bytes() != pem:
+            log.warning("%s did not hold the audit signing key; rewritten", target)
         if not target.exists() or target.read_bytes() != pem:
-            target.write_bytes(pem)
+            atomic_write(target, pem)
 
     def _subject_id(self, subject: str) -> str:
         return hmac.new(self._key, subject.encode(), "sha256").hexdigest()[:32]
@@ -232,7 +353,7 @@ class AuditLog:
         if not create:
             return None
         key = secrets.token_bytes(32)
-        with cat.transaction() as db:
+        with cat.transaction("audit_subjects") as db:
             db.execute("INSERT INTO audit_subjects VALUES (?,?,?,?)",
                        (subject_id, master.id, master.wrap(key, "subject:" + subject_id),
                         time.time()))
@@ -241,9 +362,10 @@ class AuditLog:
     # ---- lifecycle -------------------------------------------------------------
 
     def anchor(self) -> tuple[int, bytes] | None:
-        row = self.store.catalog.db.execute("SELECT seq, head FROM audit_state WHERE id=1"
-                                            ).fetchone()
-        return (int(row[0]), bytes(row[1])) if row else None
+        """Where the log ends, by the catalog (authenticated when the store
+        opened)."""
+        anchor = Anchor.read(self.store.catalog)
+        return None if anchor is None else (anchor.seq, anchor.head)
 
     def verify(self) -> Break | None:
         self.seq, self.head, broken = verify_lines(self.path, self.public_key(), self.anchor())
@@ -287,7 +409,7 @@ class AuditLog:
         if self.path.exists():
             os.replace(self.path, aside)
         digest = hashlib.sha256(aside.read_bytes()).hexdigest() if aside.exists() else ""
-        with self.store.catalog.transaction() as db:
+        with self.store.catalog.transaction("audit_state") as db:
             db.execute("DELETE FROM audit_state")
         self.seq, self.head = 0, GENESIS
         self._append_now([(time.time(), {"genesis": True, "repair_of": aside.name,
@@ -417,6 +539,7 @@ class AuditLog:
                 add("checkpoint", ts, self._checkpoint(seq - 1, head))
                 since = 0
         try:
+            io_fault("audit.append")
             fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
             try:
                 data = b"".join(lines)
@@ -431,9 +554,12 @@ class AuditLog:
         except OSError as exc:
             self._truncate_to_anchor()
             raise storage_error(exc, "appending to the audit log") from exc
-        with self.store.catalog.transaction() as db:
-            db.execute("INSERT OR REPLACE INTO audit_state VALUES (1, ?, ?, ?, ?)",
-                       (seq, head, self.path.stat().st_size, time.time()))
+        size = self.path.stat().st_size
+        with self.store.catalog.transaction("audit_state") as db:
+            db.execute("INSERT OR REPLACE INTO audit_state (id, seq, head, log_size, updated_at, "
+                       "sig) VALUES (1, ?, ?, ?, ?, ?)",
+                       (seq, head, size, time.time(),
+                        self._signer.sign(anchor_message(seq, head, size))))
         self.seq, self.head, self.since_checkpoint = seq, head, since
         if since == 0:
             self._last_checkpoint = time.time()
@@ -484,7 +610,7 @@ class AuditLog:
     def erase_subject(self, subject: str) -> bool:
         """Destroys the subject's content key; True if there was one."""
         sid = self._subject_id(subject)
-        with self.store.catalog.transaction() as db:
+        with self.store.catalog.transaction("audit_subjects") as db:
             gone = db.execute("DELETE FROM audit_subjects WHERE id=?", (sid,)).rowcount
         # Overwrite the key in the WAL as well, not only in the main file.
         self.store.catalog.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")

@@ -1,4 +1,5 @@
-"""The catalog: what the store holds, in SQLite (WAL mode), with migrations.
+"""The catalog: what the store holds, in SQLite (WAL mode), with migrations,
+authenticated under a key derived from the master key.
 
 Rows name objects by kind, name and version and point at their sealed file
 by a random id, so a user-supplied name never becomes a path.  The data key
@@ -7,17 +8,33 @@ licensed model or a data set (size, SHA-256, where it came from) are sealed
 under the object's own data key, so a master-key rotation re-wraps keys and
 touches nothing else.  Deleted rows are overwritten (secure_delete), which
 is what makes `hearth audit erase` a real crypto-shredding.
+
+Authentication (SECURITY-CASES 29).  Every table is covered unless it is
+named in UNAUTHENTICATED, so a table a later migration adds is covered by
+declaring nothing.  The head row (table catalog_auth) holds, per table, a
+digest of its rows, a counter raised by every write and the previous
+head's MAC, all under an HMAC key derived from the master key; the same head
+is copied into catalog.counter after each commit.  At open (catalog_auth.py
+does the checking) an edited, deleted or rolled-back row changes its
+table's digest, and a WAL truncated back to an earlier commit leaves the
+catalog's counter below the copy's: either way the store refuses to open,
+naming the table.  A write first checks the digests of the tables it
+touches, so it never re-authenticates someone else's edit.
 """
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from runtime.errors import NotFound, StorageError
+from runtime.errors import FailedPrecondition, NotFound, StorageError
+from runtime.storage import catalog_auth as auth
+from runtime.storage.catalog_auth import AUTH_TABLE, CatalogKey, Head
 
 MIGRATIONS: list[str] = [
     # 1: objects and their wrapped keys
@@ -65,7 +82,27 @@ MIGRATIONS: list[str] = [
     );
     CREATE UNIQUE INDEX tokens_live_name ON tokens (name) WHERE revoked_at IS NULL;
     """,
+    # 4: the authentication head; the audit anchor's signature.  A column a
+    # migration adds must default to NULL: NULLs are left out of row digests,
+    # so existing digests stay valid without the key.
+    f"""
+    CREATE TABLE {AUTH_TABLE} (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        kek_id TEXT NOT NULL,
+        counter INTEGER NOT NULL,
+        prev BLOB NOT NULL,
+        tables TEXT NOT NULL,
+        mac BLOB NOT NULL
+    );
+    ALTER TABLE audit_state ADD COLUMN sig BLOB;
+    """,
 ]
+
+# Tables left out of the authentication (none: every table is security-relevant
+# until someone argues otherwise here).
+UNAUTHENTICATED: frozenset[str] = frozenset()
+COUNTER_NAME = "catalog.counter"
+_WRITES = (sqlite3.SQLITE_INSERT, sqlite3.SQLITE_UPDATE, sqlite3.SQLITE_DELETE)
 
 
 @dataclass(frozen=True)
@@ -87,17 +124,45 @@ def _row(r: tuple) -> ObjectRow:
                      created_at=float(r[8]))
 
 
+def _private_file(path: Path) -> None:
+    """The catalog and its -wal/-shm files, owner-only.  SQLite gives the
+    side files the database file's mode, so creating that 0600 first is
+    enough for new catalogs; older ones are tightened here."""
+    os.close(os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
+    for p in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        with contextlib.suppress(OSError):      # missing, or not ours (a read-only auditor)
+            os.chmod(p, 0o600)
+
+
 class Catalog:
+    """Opened without a key, the catalog can be read (keys status, doctor)
+    but not written; authenticate() checks it under the master key and
+    allows writes."""
+
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.counter_path = path.with_name(COUNTER_NAME)
+        self._key: CatalogKey | None = None
+        self._writable: frozenset[str] | None = None    # tables the open write may touch
+        self._migrating = False
+        self._adopting = False
+        # One connection is shared by the daemon's threads (requests, the
+        # audit writer): transactions and checks take turns.
+        self._lock = threading.RLock()
         try:
+            _private_file(path)
+            # No statement cache: the authorizer runs when a statement is
+            # prepared, so every statement must be prepared afresh.
             self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False,
-                                      timeout=30.0)
+                                      timeout=30.0, cached_statements=0)
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=FULL")
             self.db.execute("PRAGMA secure_delete=ON")
             self.db.execute("PRAGMA foreign_keys=ON")
+            self.db.set_authorizer(self._authorize)
             self._migrate()
+        except OSError as exc:
+            raise StorageError(f"{path}: cannot open the catalog: {exc.strerror}") from exc
         except sqlite3.Error as exc:
             raise StorageError(f"{path}: cannot open the catalog: {exc}") from exc
 
@@ -108,35 +173,160 @@ class Catalog:
     def schema_version(self) -> int:
         return int(self.db.execute("PRAGMA user_version").fetchone()[0])
 
-    def _migrate(self) -> None:
-        with self.transaction():
-            current = self.schema_version
-            for number, script in enumerate(MIGRATIONS[current:], start=current + 1):
-                for statement in filter(str.strip, script.split(";")):
-                    self.db.execute(statement)
-                self.db.execute(f"PRAGMA user_version = {number}")
+    def _authorize(self, action: int, table: str | None, *_: object) -> int:
+        """Writes go only to the tables the open transaction declared (and
+        only with the key), so none escapes the authentication."""
+        if action in _WRITES and table and not table.startswith("sqlite_") \
+                and not self._migrating \
+                and (self._writable is None or table not in self._writable):
+            return sqlite3.SQLITE_DENY
+        return sqlite3.SQLITE_OK
 
-    @contextlib.contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        """BEGIN IMMEDIATE ... COMMIT; rolled back on any exception."""
+    def _migrate(self) -> None:
+        self._migrating = True
         try:
             self.db.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as exc:
-            raise StorageError(f"catalog busy or unwritable: {exc}") from exc
-        try:
-            yield self.db
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
-        try:
-            self.db.execute("COMMIT")
-        except sqlite3.Error as exc:
-            with contextlib.suppress(sqlite3.Error):
+            try:
+                current = self.schema_version
+                for number, script in enumerate(MIGRATIONS[current:], start=current + 1):
+                    for statement in filter(str.strip, script.split(";")):
+                        self.db.execute(statement)
+                    self.db.execute(f"PRAGMA user_version = {number}")
+            except BaseException:
                 self.db.execute("ROLLBACK")
-            raise StorageError(f"catalog write failed: {exc}; nothing was changed") from exc
+                raise
+            self.db.execute("COMMIT")
+        finally:
+            self._migrating = False
+
+    # ---- authentication ------------------------------------------------------
+
+    def tables(self) -> list[str]:
+        """The authenticated tables, as the schema has them now."""
+        names = [r[0] for r in self.db.execute(
+            "SELECT name FROM sqlite_master WHERE type='table' AND name NOT LIKE 'sqlite_%' "
+            "ORDER BY name")]
+        return [n for n in names if n != AUTH_TABLE and n not in UNAUTHENTICATED]
+
+    def _digests(self, names: list[str] | set[str] | frozenset[str]) -> dict[str, str]:
+        existing = set(self.tables())
+        return {n: auth.table_digest(self.db, n) if n in existing else auth.MISSING
+                for n in names}
+
+    def _head(self) -> Head | None:
+        row = self.db.execute(f"SELECT kek_id, counter, prev, tables, mac FROM {AUTH_TABLE} "
+                              "WHERE id=1").fetchone()
+        return None if row is None else Head.from_row(row)
+
+    def authenticate(self, key: CatalogKey, adopt: bool = False) -> None:
+        """Checks every authenticated table against the head, and the head
+        against catalog.counter, under `key`; IntegrityError names the table
+        at fault.  With adopt (a new store, or a catalog made before
+        authentication existed) a catalog without a head is trusted as it is
+        and authenticated from now on."""
+        with self._lock, auth.counter_lock(self.counter_path, exclusive=False):
+            self.db.execute("BEGIN")        # one snapshot for the head and the rows
+            try:
+                head = self._head()
+                if head is not None:
+                    auth.check_head(head, key)
+                    copy = auth.read_counter(self.counter_path, key)
+                    auth.check_against_copy(head, copy, self._digests(
+                        set(copy.tables) if copy is not None else set()))
+                    names = set(self.tables()) | head.tables.keys()
+                    auth.check_tables(head, self._digests(names))
+            finally:
+                self.db.execute("COMMIT")
+        if head is None and not adopt:
+            raise auth.tampered(AUTH_TABLE, "the authentication head is missing (deleted, "
+                                "or the catalog was replaced)")
+        self._key = key
+        if head is None:
+            self._adopting = True
+            try:
+                with self.transaction():
+                    pass
+            finally:
+                self._adopting = False
+
+    def check(self, *tables: str) -> None:
+        """Checks `tables` against the head now (what a reader about to trust
+        them calls: an edit made while the store is open is refused here,
+        not only at the next open)."""
+        key = self._key
+        if key is None:
+            raise FailedPrecondition("the catalog is checked only with the master key")
+        with self._lock:
+            self.db.execute("BEGIN")
+            try:
+                head = self._head()
+                if head is None:
+                    raise auth.tampered(AUTH_TABLE, "the authentication head was deleted")
+                auth.check_head(head, key)
+                auth.check_tables(head, self._digests(set(tables)))
+            finally:
+                self.db.execute("COMMIT")
+
+    @contextlib.contextmanager
+    def transaction(self, *tables: str, rekey: CatalogKey | None = None
+                    ) -> Iterator[sqlite3.Connection]:
+        """BEGIN IMMEDIATE ... COMMIT; rolled back on any exception.
+
+        `tables` names what the transaction writes (none: any table, at the
+        cost of checking them all first); a write elsewhere is refused by
+        SQLite.  Before the body runs, those tables are checked against the
+        head; after it, the head is raised under the key (or under `rekey`,
+        the next master key's, during a rotation)."""
+        key = self._key
+        if key is None:
+            raise FailedPrecondition("the catalog is written only after it is opened with "
+                                     "the master key")
+        with self._lock:
+            if self._writable is not None:
+                raise FailedPrecondition("catalog transactions do not nest")
+            with auth.counter_lock(self.counter_path, exclusive=True):
+                try:
+                    self.db.execute("BEGIN IMMEDIATE")
+                except sqlite3.Error as exc:
+                    raise StorageError(f"catalog busy or unwritable: {exc}") from exc
+                try:
+                    head = self._head()
+                    touched = set(tables) if tables else set(self.tables())
+                    if head is not None:
+                        auth.check_head(head, key)
+                        auth.check_tables(head, self._digests(touched))
+                    elif not self._adopting:
+                        raise auth.tampered(AUTH_TABLE, "the authentication head was deleted")
+                    self._writable = frozenset(touched)
+                    yield self.db
+                    new_key = rekey or key
+                    new = auth.next_head(head, new_key, self._digests(touched))
+                    self._writable = frozenset({AUTH_TABLE})
+                    self.db.execute(f"INSERT OR REPLACE INTO {AUTH_TABLE} VALUES (1,?,?,?,?,?)",
+                                    new.row())
+                    if rekey is not None:
+                        # The copy under the new key goes first, so whichever key
+                        # the store opens with after a crash finds one to check.
+                        auth.write_counter(self.counter_path, new, strict=True)
+                except BaseException:
+                    self.db.execute("ROLLBACK")
+                    raise
+                finally:
+                    self._writable = None
+                try:
+                    self.db.execute("COMMIT")
+                except sqlite3.Error as exc:
+                    with contextlib.suppress(sqlite3.Error):
+                        self.db.execute("ROLLBACK")
+                    raise StorageError(f"catalog write failed: {exc}; nothing was changed") \
+                        from exc
+                self._key = new_key
+                auth.write_counter(self.counter_path, new)
+
+    # ---- objects ---------------------------------------------------------------
 
     def insert(self, row: ObjectRow) -> None:
-        with self.transaction() as db:
+        with self.transaction("objects") as db:
             db.execute("INSERT INTO objects VALUES (?,?,?,?,?,?,?,?,?)",
                        (row.id, row.kind, row.name, row.version, row.kek_id, row.wrapped_dek,
                         row.sealed_meta, int(row.has_file), row.created_at))
@@ -173,10 +363,6 @@ class Catalog:
                     f"SELECT kek_id, COUNT(*) FROM {table} GROUP BY kek_id"):
                 usage[kek_id] = usage.get(kek_id, 0) + count
         return usage
-
-    def delete(self, object_id: str) -> None:
-        with self.transaction() as db:
-            db.execute("DELETE FROM objects WHERE id=?", (object_id,))
 
     @staticmethod
     def now() -> float:

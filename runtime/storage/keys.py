@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import getpass
+import hashlib
 import hmac
 import json
 import os
@@ -29,12 +30,14 @@ from pathlib import Path
 from typing import Any
 
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 from runtime.errors import ConfigError, FailedPrecondition, IntegrityError, NotFound, WrongKey
+from runtime.storage.catalog_auth import CatalogKey
 from runtime.storage.fsutil import atomic_write
 
 KEYRING_FORMAT = "hearth-keyring/1"
@@ -42,7 +45,12 @@ KEYRING_FORMAT = "hearth-keyring/1"
 # development machine, which also paces guessing.
 SCRYPT = {"n": 1 << 15, "r": 8, "p": 1}
 _CHECK = b"hearth keyring check v1"
+# A key whose check uses this label has an authenticated catalog: a catalog
+# without its authentication head is then refused, not adopted.  Nobody
+# without the key can turn a v2 check back into a v1 one.
+_CHECK_AUTHENTICATED = b"hearth keyring check v2 (authenticated catalog)"
 _WRAP = b"hearth/dek/v1"
+_CATALOG_MAC = b"hearth/catalog-mac/v1"
 MAX_BACKOFF_S = 60.0
 
 
@@ -133,6 +141,19 @@ def key_source(key_file: str | None, passphrase_file: str | None, credential: st
     return prompt_passphrase(confirm)
 
 
+def key_fingerprint(public: Ed25519PublicKey) -> str:
+    """SHA-256 of the key's DER SubjectPublicKeyInfo, in hex: how an operator
+    names a signing key out of band (bundles, the audit log)."""
+    der = public.public_bytes(serialization.Encoding.DER,
+                              serialization.PublicFormat.SubjectPublicKeyInfo)
+    return hashlib.sha256(der).hexdigest()
+
+
+def normal_fingerprint(text: str) -> str:
+    """A fingerprint as typed: colons and capitals allowed."""
+    return text.lower().replace(":", "").strip()
+
+
 def create_key_file(path: str) -> None:
     """Writes 32 random bytes (base64) to a new file only its owner can read."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -157,7 +178,7 @@ def new_kek_entry(source: KeySource) -> tuple[dict[str, Any], bytes]:
     entry = {"id": "k-" + secrets.token_hex(6), "source": source.kind,
              "salt": _b64(secrets.token_bytes(32)), "kdf": kdf, "created": time.time()}
     kek = derive_kek(source, entry)
-    entry["check"] = _b64(hmac.digest(kek, _CHECK, "sha256"))
+    entry["check"] = _b64(hmac.digest(kek, _CHECK_AUTHENTICATED, "sha256"))
     return entry, kek
 
 
@@ -167,6 +188,13 @@ class MasterKey:
 
     id: str
     key: bytes = field(repr=False)
+    # The keyring's check predates catalog authentication: the catalog is
+    # authenticated (trusted as it is) at this first open with the key.
+    legacy: bool = False
+
+    def catalog_key(self) -> CatalogKey:
+        return CatalogKey(self.id, HKDF(algorithm=hashes.SHA256(), length=32, salt=None,
+                                        info=_CATALOG_MAC).derive(self.key))
 
     def _aad(self, object_id: str) -> bytes:
         return _WRAP + b"|" + self.id.encode() + b"|" + object_id.encode()
@@ -226,15 +254,28 @@ class Keyring:
             if entry["source"] != "passphrase" and source.kind == "passphrase":
                 continue
             kek = derive_kek(source, entry)
-            if hmac.compare_digest(hmac.digest(kek, _CHECK, "sha256"), _unb64(entry["check"])):
+            check = _unb64(entry["check"])
+            legacy = hmac.compare_digest(hmac.digest(kek, _CHECK, "sha256"), check)
+            if legacy or hmac.compare_digest(hmac.digest(kek, _CHECK_AUTHENTICATED, "sha256"),
+                                             check):
                 if data.get("failed_attempts"):
                     data["failed_attempts"] = 0
                     self.save(data)
-                return MasterKey(entry["id"], kek)
+                return MasterKey(entry["id"], kek, legacy)
         data["failed_attempts"] = int(data.get("failed_attempts", 0)) + 1
         data["last_failure"] = time.time()
         self.save(data)
         raise WrongKey("the master key does not open this store")
+
+    def mark_authenticated(self, master: MasterKey) -> None:
+        """After the catalog's first authentication: the key's check becomes
+        the v2 one, so a catalog stripped of its head is refused from now on."""
+        data = self.load()
+        for entry in data["keks"]:
+            if entry["id"] == master.id:
+                entry["check"] = _b64(hmac.digest(master.key, _CHECK_AUTHENTICATED, "sha256"))
+        self.save(data)
+        master.legacy = False
 
     @staticmethod
     def backoff_s(failed: int) -> float:

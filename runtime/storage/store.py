@@ -19,6 +19,7 @@ import os
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import BinaryIO
 
@@ -34,9 +35,33 @@ from runtime.storage.fsutil import atomic_file, private_dir
 from runtime.storage.keys import Keyring, KeySource, MasterKey, new_kek_entry
 from runtime.storage.sealed import Context, SealedReader, SealedWriter, Suite
 
-KINDS = ("model", "adapter", "dataset", "key", "federation", "release", "update")
 READ_BLOCK = 1 << 20
 Progress = Callable[[int, int], None]   # (done, total) bytes
+
+
+class Kind(StrEnum):
+    """What a stored object is; the catalog and the sealed file's context
+    hold the value."""
+
+    MODEL = "model"
+    ADAPTER = "adapter"
+    DATASET = "dataset"
+    KEY = "key"
+    FEDERATION = "federation"
+    RELEASE = "release"
+    UPDATE = "update"
+
+    @classmethod
+    def parse(cls, text: str) -> Kind:
+        try:
+            return cls(text)
+        except ValueError:
+            raise InvalidArgument(f"kind: must be one of {', '.join(k.value for k in cls)}, "
+                                  f"got {text!r}") from None
+
+
+# Vets an opened source file before anything is sealed: (fd, path, kind).
+SourceCheck = Callable[[int, Path, Kind], None]
 
 
 @dataclass(frozen=True)
@@ -75,11 +100,19 @@ def open_meta(dek: bytes, object_id: str, sealed: bytes) -> dict:
 
 
 class SealedStore:
-    def __init__(self, state_dir: Path, master: MasterKey) -> None:
+    def __init__(self, state_dir: Path, master: MasterKey, adopt: bool = False) -> None:
+        """Opens the catalog and checks its authentication (IntegrityError
+        naming the table if a row was edited, deleted or rolled back); with
+        adopt, a catalog without authentication is trusted as it is."""
         self.state_dir = state_dir
         self.master = master
         self.objects = private_dir(state_dir / "objects")
         self.catalog = Catalog(state_dir / "catalog.sqlite")
+        try:
+            self.catalog.authenticate(master.catalog_key(), adopt=adopt)
+        except BaseException:
+            self.catalog.close()
+            raise
         self.recover()
 
     # ---- opening ---------------------------------------------------------
@@ -87,12 +120,18 @@ class SealedStore:
     @classmethod
     def init(cls, state_dir: Path, source: KeySource) -> SealedStore:
         private_dir(state_dir)
-        return cls(state_dir, Keyring(state_dir).init(source))
+        return cls(state_dir, Keyring(state_dir).init(source), adopt=True)
 
     @classmethod
     def open(cls, state_dir: Path, source: KeySource) -> SealedStore:
+        """A store made before the catalog was authenticated is migrated
+        here, once: its catalog is trusted as it is at this first open with
+        the key (docs/storage.md)."""
         keyring = Keyring(state_dir)
-        store = cls(state_dir, keyring.unlock(source))
+        master = keyring.unlock(source)
+        store = cls(state_dir, master, adopt=master.legacy)
+        if master.legacy:
+            keyring.mark_authenticated(master)
         store._settle_rotation(keyring)
         return store
 
@@ -137,7 +176,7 @@ class SealedStore:
                             str(meta["sha256"]), str(meta.get("source", "")), row.created_at,
                             row.kek_id)
 
-    def list(self, kind: str | None = None) -> list[StoredObject]:
+    def list(self, kind: Kind | None = None) -> list[StoredObject]:
         return [self.describe(r) for r in self.catalog.rows(kind)]
 
     def rotate(self, new_source: KeySource) -> MasterKey:
@@ -155,7 +194,8 @@ class SealedStore:
         data["keks"].append(entry)
         keyring.save(data)
         failpoint("rotate.after_new_key")
-        with self.catalog.transaction() as db:
+        with self.catalog.transaction("objects", "audit_subjects",
+                                      rekey=new.catalog_key()) as db:
             for row in self.catalog.rows():
                 dek = self._dek(row)
                 db.execute("UPDATE objects SET kek_id=?, wrapped_dek=? WHERE id=?",
@@ -178,15 +218,21 @@ class SealedStore:
 
     # ---- writing -------------------------------------------------------------
 
+    def _row(self, kind: Kind, name: str, version: int | None) -> ObjectRow:
+        """The row to read, after checking the objects table against the
+        catalog's head (so a row deleted or rolled back while the store is
+        open is refused, not served)."""
+        self.catalog.check("objects")
+        return self.catalog.get(kind, name, version)
+
     def _path(self, object_id: str) -> Path:
         return self.objects / f"{object_id}.sealed"
 
-    def put_stream(self, src: BinaryIO, size: int, kind: str, name: str, source: str = "",
+    def put_stream(self, src: BinaryIO, size: int, kind: Kind, name: str, source: str = "",
                    progress: Progress | None = None, suite: Suite = Suite.AES_256_GCM
                    ) -> StoredObject:
         """Seals `size` bytes read from src as the next version of kind/name."""
-        if kind not in KINDS:
-            raise InvalidArgument(f"kind: must be one of {', '.join(KINDS)}, got {kind!r}")
+        kind = Kind.parse(kind)
         check_name(name, "name")
         version = self.catalog.next_version(kind, name)
         object_id = secrets.token_hex(16)
@@ -194,7 +240,7 @@ class SealedStore:
         final = self._path(object_id)
         done = 0
         with atomic_file(final, what=f"sealing {kind} {name}") as out:
-            writer = SealedWriter(out, dek, Context(kind, name, version), suite)
+            writer = SealedWriter(out, dek, Context(kind.value, name, version), suite)
             while True:
                 block = src.read(READ_BLOCK)
                 if not block:
@@ -210,7 +256,7 @@ class SealedStore:
                                      "(the file changed during the import)")
         failpoint("import.before_catalog")
         meta = {"size": done, "sha256": digest.hex(), "source": source, "suite": suite.name}
-        row = ObjectRow(object_id, kind, name, version, self.master.id,
+        row = ObjectRow(object_id, kind.value, name, version, self.master.id,
                         self.master.wrap(dek, object_id), seal_meta(dek, object_id, meta),
                         True, Catalog.now())
         try:
@@ -221,7 +267,7 @@ class SealedStore:
             raise
         return self.describe(row)
 
-    def put_bytes(self, kind: str, name: str, data: bytes) -> StoredObject:
+    def put_bytes(self, kind: Kind, name: str, data: bytes) -> StoredObject:
         import io
 
         return self.put_stream(io.BytesIO(data), len(data), kind, name)
@@ -254,19 +300,19 @@ class SealedStore:
                                  "digest does not match the catalog (a whole file was "
                                  "swapped)")
 
-    def read_bytes(self, kind: str, name: str, version: int | None = None) -> bytes:
-        row = self.catalog.get(kind, name, version)
+    def read_bytes(self, kind: Kind, name: str, version: int | None = None) -> bytes:
+        row = self._row(kind, name, version)
         with self._open_file(row) as f:
             reader = self._reader(row, f)
             data = b"".join(reader.chunks())
         self._check_digest(row, reader)
         return data
 
-    def open_memfd(self, kind: str, name: str, version: int | None = None,
+    def open_memfd(self, kind: Kind, name: str, version: int | None = None,
                    threads: int = 2, progress: Progress | None = None) -> tuple[int, StoredObject]:
         """Decrypts an object into a sealed memfd; every chunk is verified
         before the descriptor is returned.  The caller closes it."""
-        row = self.catalog.get(kind, name, version)
+        row = self._row(kind, name, version)
         obj = self.describe(row)
         fd = os.memfd_create(f"hearth-{kind}-{name}", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
         try:
@@ -289,11 +335,11 @@ class SealedStore:
             raise
         return fd, obj
 
-    def verify(self, kind: str, name: str, version: int | None = None) -> StoredObject:
+    def verify(self, kind: Kind, name: str, version: int | None = None) -> StoredObject:
         """Decrypts everything and recomputes the plaintext SHA-256."""
         import hashlib
 
-        row = self.catalog.get(kind, name, version)
+        row = self._row(kind, name, version)
         digest = hashlib.sha256()
         with self._open_file(row) as f:
             reader = self._reader(row, f)
@@ -303,24 +349,21 @@ class SealedStore:
         self._check_digest(row, reader)
         return self.describe(row)
 
-    def import_file(self, path: Path, name: str, kind: str = "model",
-                    remove_source: bool = False, progress: Progress | None = None
-                    ) -> StoredObject:
-        """`hearth models import`: checks a GGUF's header, then seals it.
-        With remove_source the plaintext file is unlinked afterwards (an
-        unlink, not a secure erase: see docs/storage.md)."""
-        from runtime.models.gguf_file import inspect_gguf_fd
-
+    def import_file(self, path: Path, name: str, kind: Kind = Kind.MODEL,
+                    remove_source: bool = False, progress: Progress | None = None,
+                    check: SourceCheck | None = None) -> StoredObject:
+        """Seals a file.  `check` vets the opened file first (`hearth models
+        import` passes the GGUF header check: the store knows no file
+        formats).  With remove_source the plaintext file is unlinked
+        afterwards (an unlink, not a secure erase: see docs/storage.md)."""
+        kind = Kind.parse(kind)
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except OSError as exc:
             raise InvalidArgument(f"{path}: cannot open: {exc.strerror}") from exc
         with os.fdopen(fd, "rb") as src:
-            if kind in ("model", "adapter"):
-                info = inspect_gguf_fd(fd, path.name, str(path))
-                if info.kind != kind:
-                    raise InvalidArgument(f"{path.name} is a GGUF {info.kind}, not a {kind} "
-                                          f"(use --kind {info.kind})")
+            if check is not None:
+                check(fd, path, kind)
             size = os.fstat(fd).st_size
             obj = self.put_stream(src, size, kind, name, source=path.name, progress=progress)
         if remove_source:

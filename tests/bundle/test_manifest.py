@@ -149,3 +149,15 @@ def test_a_truncated_bundle_is_refused(tmp_path: Path, key: Ed25519PrivateKey) -
     bundle = truncated(root, tmp_path / "b.tar")
     with pytest.raises((ConfigError, IntegrityError)):
         verify_bundle(unpack(bundle, tmp_path / "out"), [fp])
+
+
+@pytest.mark.parametrize("folder", ["empty", "wheelhouse/extra", "models/a/b"])
+def test_an_unsigned_folder_is_refused(tmp_path: Path, key: Ed25519PrivateKey,
+                                       folder: str) -> None:
+    """SECURITY-CASES 32: a folder that holds no listed file is not covered
+    by the signature.  Fails on e3a5e70 (checked: verify_bundle accepted the
+    tree with an empty folder added)."""
+    root, fp = signed_tree(tmp_path, key)
+    (root / folder).mkdir(parents=True)
+    with pytest.raises(IntegrityError, match="folders not in the manifest"):
+        verify_bundle(root, [fp])

@@ -31,6 +31,12 @@ class Daemon:
     def client(self, timeout: float | None = 60.0) -> HearthClient:
         return HearthClient(self.tcp, timeout=timeout)
 
+    def admin_client(self, timeout: float | None = 60.0) -> HearthClient:
+        """A client on the daemon's unix socket, as the daemon's own uid: an
+        admin (anonymous TCP callers are not; SECURITY-CASES 27)."""
+        unix = next(a for a in self.addresses if a.startswith("unix:"))
+        return HearthClient(unix, timeout=timeout)
+
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 

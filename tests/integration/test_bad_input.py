@@ -93,7 +93,7 @@ def test_bad_chat_roles_are_named(tiny_daemon: Daemon) -> None:
 @pytest.mark.parametrize("name", ["../tiny", "/etc/passwd", "a/b", "..", ".hidden", "x\0y",
                                   "tiny.gguf/../../etc", "a" * 65])
 def test_path_like_model_names_are_rejected(tiny_daemon: Daemon, name: str) -> None:
-    with tiny_daemon.client() as c:
+    with tiny_daemon.admin_client() as c:
         err = rpc_error(c.models.Load, mpb.LoadModelRequest(name=name))
         assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, err.details()
         assert "not a valid name" in err.details()
@@ -104,7 +104,7 @@ def test_path_like_model_names_are_rejected(tiny_daemon: Daemon, name: str) -> N
 
 
 def test_load_and_unload_arguments_are_checked(tiny_daemon: Daemon) -> None:
-    with tiny_daemon.client() as c:
+    with tiny_daemon.admin_client() as c:
         for request, field in ((mpb.LoadModelRequest(name="tiny2", n_parallel=0), "n_parallel"),
                                (mpb.LoadModelRequest(name="tiny2", n_ctx=-5), "n_ctx"),
                                (mpb.UnloadModelRequest(name="tiny", drain_timeout_seconds=-1),
@@ -126,8 +126,9 @@ def test_symlink_out_of_the_models_dir_is_refused(daemon_factory, tiny_model: Pa
     os.symlink(outside, models / "escape.gguf")
     os.symlink(tmp_path, models / "dir.gguf")
     (models / "good.gguf").write_bytes(tiny_model.read_bytes())
-    d = daemon_factory("--listen", "127.0.0.1:0", "--models-dir", str(models))
-    with d.client() as c:
+    d = daemon_factory("--listen", "127.0.0.1:0", "--listen", f"unix:{tmp_path}/h.sock",
+                       "--models-dir", str(models))
+    with d.admin_client() as c:
         assert c.list_models().available == ["good"]
         for name in ("escape", "dir"):
             err = rpc_error(c.models.Load, mpb.LoadModelRequest(name=name))
@@ -147,8 +148,9 @@ def test_malformed_model_file_is_refused_and_the_daemon_survives(daemon_factory,
     (models / "truncated.gguf").write_bytes(good[: len(good) // 2])
     (models / "garbage.gguf").write_bytes(b"GGUF\x03\x00\x00\x00" + b"\xff" * 100)
     (models / "good.gguf").write_bytes(good)
-    d = daemon_factory("--listen", "127.0.0.1:0", "--models-dir", str(models))
-    with d.client() as c:
+    d = daemon_factory("--listen", "127.0.0.1:0", "--listen", f"unix:{tmp_path}/h.sock",
+                       "--models-dir", str(models))
+    with d.admin_client() as c:
         for name in ("truncated", "garbage"):
             err = rpc_error(c.models.Load, mpb.LoadModelRequest(name=name))
             assert err.code() == grpc.StatusCode.FAILED_PRECONDITION

@@ -181,7 +181,7 @@ def test_air_gapped_rounds_hot_swap_under_load_and_rollback(tmp_path: Path,
     config = tmp_path / "hearth.toml"
     config.write_text(f'''
 [server]
-listen = ["127.0.0.1:0"]
+listen = ["127.0.0.1:0", "unix:{tmp_path}/h.sock"]
 
 [models.tiny]
 path = "{tiny_model}"
@@ -193,6 +193,7 @@ threads = 1
 fed-clinics = "store:fed-clinics"
 ''')
     d = start_daemon(["--config", str(config), *site.opts], tmp_path)
+    admin = f"unix:{tmp_path}/h.sock"       # adapters are set by an admin: the daemon's own uid
     try:
         with d.client() as c:
             v1_probe = probe(c)                 # the daemon loaded v1 from the store at start
@@ -201,7 +202,7 @@ fed-clinics = "store:fed-clinics"
         assert out == {"metrics": out["metrics"], "swapped_as": None, "version": 2}
         load = StreamLoad(d.tcp, clients=8, max_tokens=400)
         load.wait_until_streaming()
-        with d.client() as c:
+        with d.admin_client() as c:           # setting adapters needs an admin
             swap_start = time.monotonic()
             c.set_adapter("tiny", "fed-clinics", "fed-clinics")   # what --daemon calls
             swap_done = time.monotonic()
@@ -224,7 +225,7 @@ fed-clinics = "store:fed-clinics"
         replay = site("fed", "import-release", v1, check=False)
         assert replay.returncode != 0 and "not above version 2" in replay.stderr
         # ... but an explicit rollback may serve it again, and is audited
-        back = site.json("fed", "rollback", "--to", "1", "--daemon", d.tcp, "--daemon-model",
+        back = site.json("fed", "rollback", "--to", "1", "--daemon", admin, "--daemon-model",
                          "tiny")
         assert back["version"] == 1 and back["from_version"] == 2
         status = json.loads(site("fed", "status").stdout)["site"]

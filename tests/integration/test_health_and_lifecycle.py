@@ -55,8 +55,9 @@ def test_model_health_follows_load_and_unload(daemon_factory, tiny_model: Path, 
     models.mkdir()
     (models / "extra.gguf").write_bytes(tiny_model.read_bytes())
     d = daemon_factory("--model", f"tiny={tiny_model}", "--listen", "127.0.0.1:0",
+                       "--listen", f"unix:{tmp_path}/h.sock",
                        "--models-dir", str(models), "--parallel", "2", "--ctx", "1024")
-    with d.client() as c:
+    with d.admin_client() as c:
         assert c.load_model("extra", n_ctx=512, n_parallel=1).state == mpb.MODEL_STATE_READY
         assert check(d.tcp, "extra") == SERVING
         # With two models loaded the name is required.
@@ -71,10 +72,12 @@ def test_model_health_follows_load_and_unload(daemon_factory, tiny_model: Path, 
         assert err.value.code() == grpc.StatusCode.NOT_FOUND
 
 
-def test_unload_drains_running_streams(daemon_factory, tiny_model: Path) -> None:  # type: ignore[no-untyped-def]
+def test_unload_drains_running_streams(daemon_factory, tiny_model: Path,  # type: ignore[no-untyped-def]
+                                      tmp_path: Path) -> None:
     d = daemon_factory("--model", f"tiny={tiny_model}", "--listen", "127.0.0.1:0",
+                       "--listen", f"unix:{tmp_path}/h.sock",
                        "--parallel", "2", "--ctx", "2048", "--threads", "1")
-    with d.client() as c:
+    with d.admin_client() as c:
         result: dict[str, object] = {}
         t = threading.Thread(target=lambda: result.update(r=c.complete(
             "hello", max_tokens=1000, temperature=0.0, ignore_eos=True)))

@@ -170,9 +170,12 @@ def test_repository_index_load_and_unload(daemon_factory: Callable[..., Daemon],
     models = tmp_path / "m"
     models.mkdir()
     (models / "extra.gguf").write_bytes(tiny_model.read_bytes())
-    d = daemon_factory("--model", f"tiny={tiny_model}", "--listen", "127.0.0.1:0",
-                       "--models-dir", str(models), "--parallel", "2", "--ctx", "1024")
-    repo = run_script(d.tcp, "extra", "repository")["repository"]
+    sock = tmp_path / "h.sock"
+    daemon_factory("--model", f"tiny={tiny_model}", "--listen", "127.0.0.1:0",
+                   "--listen", f"unix:{sock}",
+                   "--models-dir", str(models), "--parallel", "2", "--ctx", "1024")
+    # Loading needs an admin: the daemon's own uid, on the unix socket.
+    repo = run_script(f"unix:{sock}", "extra", "repository")["repository"]
     assert repo["before"]["models"] == [
         {"name": "tiny", "version": "1", "state": "READY"},
         {"name": "extra", "state": "UNAVAILABLE", "reason": "not loaded"}]

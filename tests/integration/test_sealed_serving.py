@@ -64,13 +64,15 @@ def test_requests_are_audited_and_erasable(sealed_daemon: Daemon, state: tuple[P
                                                           max_tokens=3),
                                       metadata=(("x-hearth-subject", subject),)))
     sealed_daemon.stop()     # closing flushes the log with a signed checkpoint
-    assert "intact" in hearth("audit", "verify", "--state-dir", str(state_dir)).stdout
+    assert "intact" in hearth("audit", "verify", "--state-dir", str(state_dir), "--key-file",
+                             str(key)).stdout
     common = ["--state-dir", str(state_dir), "--key-file", str(key)]
     hearth("audit", "erase", "--subject", "patient-17", *common)
     exported = hearth("audit", "export", *common).stdout
     assert "notes for patient-42" in exported and "notes for patient-17" not in exported
     assert '"content": "erased"' in exported
-    assert "intact" in hearth("audit", "verify", "--state-dir", str(state_dir)).stdout
+    assert "intact" in hearth("audit", "verify", "--state-dir", str(state_dir), "--key-file",
+                             str(key)).stdout
 
 
 def test_damaged_sealed_model_is_refused_and_the_daemon_keeps_serving(
@@ -79,15 +81,15 @@ def test_damaged_sealed_model_is_refused_and_the_daemon_keeps_serving(
     listing = hearth("store", "list", "--state-dir", str(state_dir), "--key-file", str(key))
     assert "spare" in listing.stdout
     d = start_daemon(["--model", "tiny", "--state-dir", str(state_dir), "--key-file", str(key),
-                      "--listen", "127.0.0.1:0", "--parallel", "1", "--ctx", "1024",
-                      "--no-audit"], tmp_path)
+                      "--listen", "127.0.0.1:0", "--listen", f"unix:{tmp_path}/h.sock",
+                      "--parallel", "1", "--ctx", "1024", "--no-audit"], tmp_path)
     try:
         files = sorted((state_dir / "objects").glob("*.sealed"), key=os.path.getmtime)
         spare = files[1]                             # imported second
         data = bytearray(spare.read_bytes())
         data[len(data) // 2] ^= 0x10
         spare.write_bytes(bytes(data))
-        with d.client() as c:
+        with d.admin_client() as c:
             with pytest.raises(grpc.RpcError) as err:
                 c.models.Load(mpb.LoadModelRequest(name="spare"))
             assert err.value.code() == grpc.StatusCode.DATA_LOSS

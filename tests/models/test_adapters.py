@@ -15,6 +15,7 @@ from runtime.core import CallContext, GenerateRequest, GenerationOptions, Infere
 from runtime.events import EventBus
 from runtime.models.manager import ModelManager
 from runtime.models.tiny import write_tiny_lora, write_tiny_model
+from runtime.sources import FileSource
 
 
 @dataclass
@@ -62,7 +63,8 @@ def test_adapters_from_the_config_per_request_and_hot_swapped(tiny_model: Path,
 
     async def main() -> None:
         cfg = ModelConfig(name="tiny", path=str(tiny_model), n_ctx=8192, n_parallel=8,
-                          threads=2, adapters=(("clinic", str(v1)), ("v2-alone", str(v2))))
+                          threads=2, adapters=(("clinic", FileSource(str(v1))),
+                                               ("v2-alone", FileSource(str(v2)))))
         events = EventBus()
         models = ModelManager(Config(models={"tiny": cfg}), events)
         core = InferenceService(models, events, 256)
@@ -80,7 +82,7 @@ def test_adapters_from_the_config_per_request_and_hot_swapped(tiny_model: Path,
                      for i, r in enumerate(runs)]
             await wait_streaming(runs, tasks)
             swap_start = time.monotonic()
-            await models.set_adapter("tiny", "clinic", str(v2))
+            await models.set_adapter("tiny", "clinic", FileSource(str(v2)))
             swap_end = time.monotonic()
             results = await asyncio.gather(*tasks)
             for r in results:
@@ -116,7 +118,7 @@ def test_a_file_that_is_not_an_adapter_fails_the_load(tiny_model: Path, tmp_path
 
     async def main() -> None:
         cfg = ModelConfig(name="tiny", path=str(tiny_model), n_ctx=1024, n_parallel=2,
-                          threads=1, adapters=(("x", str(other_model)),))
+                          threads=1, adapters=(("x", FileSource(str(other_model))),))
         models = ModelManager(Config(models={"tiny": cfg}), EventBus())
         with pytest.raises(errors.ModelLoadError, match="not an adapter"):
             await models.load(cfg)

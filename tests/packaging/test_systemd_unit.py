@@ -67,4 +67,5 @@ def test_service_contract() -> None:
                 "SystemCallFilter"):
         assert key in d
     prevent = {int(x) for x in d["RestartPreventExitStatus"][0].split()}
-    assert prevent == {ExitCode.CONFIG, ExitCode.WRONG_KEY, ExitCode.INTEGRITY}
+    assert prevent == {ExitCode.CONFIG, ExitCode.MODEL_LOAD, ExitCode.WRONG_KEY,
+                       ExitCode.INTEGRITY}      # SECURITY-CASES 26: no crash loop

@@ -1,7 +1,7 @@
 """inference.GRPCInferenceService: KServe v2 over the transport-neutral core.
 
 Thin, like the hearth.v1 servicers: read the request (requests.py), call the
-core or the model manager, build the reply (converters.py, responses.py).
+core or its model repository, build the reply (converters.py, responses.py).
 Authentication and the mapping of errors to status codes happen in
 registry.py for every method.  The one place errors are answered here is
 ModelStreamInfer: a failed request on the stream gets a response with
@@ -30,7 +30,7 @@ from runtime._proto.kserve.v2 import inference_pb2 as kpb
 from runtime.auth import principal
 from runtime.core import CallContext, GenerateChunk, GenerateRequest, InferenceService
 from runtime.events import EventBus
-from runtime.models.manager import ModelHandle, ModelManager, ModelState
+from runtime.models.manager import ModelHandle, ModelState
 from runtime.request_meta import sane_request_id
 from runtime.server import status
 from runtime.server.kserve import converters
@@ -76,21 +76,18 @@ def _int_parameter(params: dict[str, Any], key: str) -> int | None:
 
 
 class KServeServicer:
-    def __init__(self, core: InferenceService, models: ModelManager, events: EventBus,
-                 default_grace_s: float, server_ready: Callable[[], bool]) -> None:
+    def __init__(self, core: InferenceService, events: EventBus,
+                 server_ready: Callable[[], bool]) -> None:
         self.core = core
-        self.models = models
-        self.default_grace_s = default_grace_s
+        self.repository = core.repository
         self.server_ready = server_ready
         self.statistics = RequestStatistics(events)
 
     def _handle(self, name: str, version: str) -> ModelHandle:
-        """A loaded model in any state; a caller learns nothing about models
-        it may not use."""
+        """A loaded model in any state (the repository's access rules)."""
         check_model_name("name", name)
         check_version("version", name, version)
-        principal.current.get().check_model(name)
-        return self.models.get(name)
+        return self.repository.get(name, principal.current.get())
 
     # ---- health and metadata --------------------------------------------
 
@@ -129,8 +126,7 @@ class KServeServicer:
         if request.name:
             handles = [self._handle(request.name, request.version)]
         else:
-            caller = principal.current.get()
-            handles = sorted((h for h in self.models.handles() if caller.may_use(h.name)),
+            handles = sorted(self.repository.index(principal.current.get()).loaded,
                              key=lambda h: h.name)
         return kpb.ModelStatisticsResponse(model_stats=[
             converters.model_statistics(h, self.statistics.of(h.name)) for h in handles])
@@ -141,10 +137,8 @@ class KServeServicer:
                               context: grpc.aio.ServicerContext
                               ) -> kpb.RepositoryIndexResponse:
         _repository(request.repository_name)
-        caller = principal.current.get()
-        return converters.repository_index(
-            [h for h in self.models.handles() if caller.may_use(h.name)],
-            [n for n in self.models.available() if caller.may_use(n)], request.ready)
+        index = self.repository.index(principal.current.get())
+        return converters.repository_index(index.loaded, index.available, request.ready)
 
     async def RepositoryModelLoad(self, request: kpb.RepositoryModelLoadRequest,
                                   context: grpc.aio.ServicerContext
@@ -152,15 +146,12 @@ class KServeServicer:
         """Loading a model that is already ready, without parameters, is a
         no-op (Triton clients load at start-up); with parameters it is
         ALREADY_EXISTS: unload it first."""
-        principal.current.get().check_admin("load models")
         _repository(request.repository_name)
         check_model_name("model_name", request.model_name)
         params = _repository_parameters(request.parameters, _LOAD_KEYS)
-        n_ctx, n_parallel = _int_parameter(params, "n_ctx"), _int_parameter(params, "n_parallel")
-        loaded = next((h for h in self.models.handles() if h.name == request.model_name), None)
-        if loaded is None or loaded.state is not ModelState.READY or params:
-            await self.models.load_by_name(request.model_name, n_ctx=n_ctx,
-                                           n_parallel=n_parallel)
+        await self.repository.load(
+            request.model_name, principal.current.get(), n_ctx=_int_parameter(params, "n_ctx"),
+            n_parallel=_int_parameter(params, "n_parallel"), keep_ready=not params)
         return kpb.RepositoryModelLoadResponse()
 
     async def RepositoryModelUnload(self, request: kpb.RepositoryModelUnloadRequest,
@@ -169,13 +160,11 @@ class KServeServicer:
         """Drains running requests first (drain_timeout_seconds, default the
         server's grace period).  unload_dependents is accepted: Hearth models
         have no dependents."""
-        principal.current.get().check_admin("unload models")
         _repository(request.repository_name)
         check_model_name("model_name", request.model_name)
         params = _repository_parameters(request.parameters, _UNLOAD_KEYS)
-        timeout = _int_parameter(params, "drain_timeout_seconds")
-        await self.models.unload(request.model_name,
-                                 self.default_grace_s if timeout is None else timeout)
+        await self.repository.unload(request.model_name, principal.current.get(),
+                                     _int_parameter(params, "drain_timeout_seconds"))
         return kpb.RepositoryModelUnloadResponse()
 
     # ---- inference ----------------------------------------------------------
