@@ -39,7 +39,7 @@ extern "C" {
 /* HEARTH_CDEF_BEGIN */
 
 /* Bumped whenever a struct layout or a signature below changes. */
-#define HEARTH_CORE_ABI_VERSION 3
+#define HEARTH_CORE_ABI_VERSION 4
 
 /* Seed value that asks for a random seed. */
 #define HEARTH_SEED_RANDOM 4294967295
@@ -94,6 +94,44 @@ typedef struct hearth_device_info {
 HEARTH_API int32_t hearth_device_count(void);
 HEARTH_API hearth_status hearth_device_get(int32_t index, hearth_device_info *out);
 
+/* ---------------------------------------------------------------- RPC */
+
+/* ggml's RPC backend (llama.cpp's rpc-server protocol): a worker lends its
+ * devices to a daemon over TCP.  The protocol has no authentication or
+ * encryption: run it over a private, authenticated link only
+ * (docs/scale-out.md). */
+#define HEARTH_RPC_MAX_DEVICES 16
+
+typedef struct hearth_rpc_worker_info {
+    bool reachable;            /* the TCP connection was accepted */
+    uint8_t proto_major;       /* the worker's RPC protocol version */
+    uint8_t proto_minor;
+    uint8_t proto_patch;
+    int32_t n_devices;
+    uint64_t free_bytes[16];   /* per device, as the worker reports them */
+    uint64_t total_bytes[16];
+} hearth_rpc_worker_info;
+
+/* Whether the installed llama.cpp was built with the RPC backend. */
+HEARTH_API bool hearth_rpc_available(void);
+
+/* Connects to the worker at endpoint "HOST:PORT" (IPv4 or a name), asks
+ * its protocol version, devices and their memory, and disconnects; every
+ * step waits timeout_ms at most.  HEARTH_E_FAILED_PRECONDITION with a
+ * message naming the worker when it is unreachable, silent (a worker serves
+ * one client at a time) or speaks another protocol version;
+ * *out->reachable tells the first case from the others. */
+HEARTH_API hearth_status hearth_rpc_probe(const char *endpoint, int32_t timeout_ms,
+                                          hearth_rpc_worker_info *out);
+
+/* Runs ggml's RPC server on endpoint "IPV4:PORT" (bound to exactly that
+ * address) with the named ggml device, or every GPU (else the CPU) when
+ * device is NULL or "".  Blocks for the life of the process; returns only
+ * on failure (bad endpoint, no RPC backend, unknown device, bind or accept
+ * failed).  The caller decides which addresses are acceptable. */
+HEARTH_API hearth_status hearth_rpc_serve(const char *endpoint, const char *device,
+                                          int32_t n_threads);
+
 /* ---------------------------------------------------------------- engine */
 
 typedef struct hearth_engine hearth_engine;
@@ -144,6 +182,13 @@ typedef struct hearth_engine_params {
     int32_t draft_fd;          /* or an fd to load it from (dup'ed), or -1 */
     int32_t n_draft;           /* tokens proposed per step (1..16) */
     int32_t draft_n_gpu_layers;
+    /* ggml RPC workers ("HOST:PORT,HOST:PORT", or NULL): their devices come
+     * first in the model's device list, then this box's GPUs; n_gpu_layers
+     * layers go to that list (tensor_split shares in that order), the rest
+     * stay on the local CPU.  Each worker is probed first, so an unreachable
+     * one fails create with HEARTH_E_FAILED_PRECONDITION naming it.  Read
+     * during hearth_engine_create only. */
+    const char *rpc_workers;
 } hearth_engine_params;
 
 /* Fill *p with defaults (n_ctx 4096, n_parallel 4, ...). */

@@ -49,6 +49,13 @@ void hearth_batch_add(struct llama_batch *b, llama_token tok, llama_pos pos, int
 bool hlogprobs_append(hlogprobs *l, const hearth_logprob *src, int32_t n);
 void hlogprobs_free(hlogprobs *l);
 
+/* ---- rpc.c: the devices of a model's RPC workers (probed first), then the
+ * local GPUs; *n_out of them written to devs. ---- */
+hearth_status hearth_rpc_model_devices(const char *workers, ggml_backend_dev_t *devs, int32_t cap,
+                                       int32_t *n_out);
+/* Whether layers can leave the CPU: a local GPU, or RPC workers given. */
+bool hearth_offload_possible(const char *workers);
+
 /* ---- log.c: the last error llama.cpp logged on this thread ---- */
 const char *hearth_llama_last_error(void);
 void hearth_llama_clear_error(void);

@@ -25,7 +25,8 @@ _FINISH = {0: "", 1: "stop", 2: "length", 3: "cancelled", 4: "deadline", 5: "err
 
 def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--addr", default=os.environ.get("HEARTH_ADDR", DEFAULT_ADDR),
-                   help=f"daemon address, HOST:PORT or unix:PATH (default $HEARTH_ADDR or "
+                   help=f"daemon address, HOST:PORT or unix:PATH; replicas as a comma-separated "
+                        f"list or dns:///NAME (docs/scale-out.md) (default $HEARTH_ADDR or "
                         f"{DEFAULT_ADDR})")
     p.add_argument("--model", default="", help="model name (optional if only one is loaded)")
     g = p.add_argument_group("credentials")

@@ -7,7 +7,17 @@ import sys
 import grpc
 
 from runtime import __version__, errors
-from runtime.cli import bundle, client, doctor, fed, serve, storage, tokens, transparency
+from runtime.cli import (
+    bundle,
+    client,
+    doctor,
+    fed,
+    rpc_worker,
+    serve,
+    storage,
+    tokens,
+    transparency,
+)
 from runtime.exit_codes import HELP, ExitCode
 
 
@@ -60,6 +70,7 @@ def parser() -> argparse.ArgumentParser:
     fed.add_parsers(sub)
     transparency.add_parsers(sub)
     doctor.add_parser(sub)
+    rpc_worker.add_parser(sub)
     d = sub.add_parser("devices", help="show the devices ggml can use")
     d.set_defaults(func=cmd_devices)
     d = sub.add_parser("default-model", help="prepare the default models (Gemma 3 270M, "

@@ -81,9 +81,13 @@ def engine_params(cfg: ModelConfig, info: GGUFInfo | None) -> tuple[EngineParams
     """Turns a model's config into engine parameters, resolving "auto"
     (which needs the GGUF header when a GPU is present)."""
     n_gpu_layers = cfg.n_gpu_layers
-    tensor_split: tuple[float, ...] = ()
+    tensor_split: tuple[float, ...] = cfg.tensor_split
     reason = ""
-    if n_gpu_layers == "auto":
+    if n_gpu_layers == "auto" and cfg.rpc_workers:
+        # every layer over the workers and local GPUs, by free memory unless
+        # tensor_split says otherwise
+        n_gpu_layers, reason = -1, f"all layers over RPC workers {', '.join(cfg.rpc_workers)}"
+    elif n_gpu_layers == "auto":
         if info is None:
             n_gpu_layers, reason = 0, "no GPU visible to ggml: running on the CPU"
         else:
@@ -115,6 +119,7 @@ def engine_params(cfg: ModelConfig, info: GGUFInfo | None) -> tuple[EngineParams
         n_draft=cfg.n_draft,
         repack_weights=not (cfg.draft is not None and cfg.draft_exact),
         draft_n_gpu_layers=-1 if n_gpu_layers != 0 else 0,
+        rpc_workers=cfg.rpc_workers,
     )
     return params, reason
 

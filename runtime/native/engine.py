@@ -55,6 +55,7 @@ class EngineParams:
     draft_fd: int = -1                   # ... or an fd to load it from
     n_draft: int = 4
     draft_n_gpu_layers: int = 0
+    rpc_workers: tuple[str, ...] = ()    # ggml RPC workers, "HOST:PORT" (see hearth_core.h)
 
 
 _SAMPLING_FIELDS = frozenset(name for name, _ in ffi.typeof("hearth_sampling").fields)
@@ -301,6 +302,9 @@ class NativeEngine:
         p.draft_fd = params.draft_fd
         p.n_draft = params.n_draft
         p.draft_n_gpu_layers = params.draft_n_gpu_layers
+        if params.rpc_workers:
+            keep.append(ffi.new("char[]", ",".join(params.rpc_workers).encode()))
+            p.rpc_workers = keep[-1]
         for name in ("n_ctx", "n_parallel", "n_batch", "n_ubatch", "prefill_chunk", "max_queue",
                      "burst_window_us",
                      "n_threads", "n_threads_batch", "n_gpu_layers", "main_gpu", "flash_attn",
