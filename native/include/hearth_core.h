@@ -39,7 +39,7 @@ extern "C" {
 /* HEARTH_CDEF_BEGIN */
 
 /* Bumped whenever a struct layout or a signature below changes. */
-#define HEARTH_CORE_ABI_VERSION 3
+#define HEARTH_CORE_ABI_VERSION 4
 
 /* Seed value that asks for a random seed. */
 #define HEARTH_SEED_RANDOM 4294967295
@@ -281,7 +281,21 @@ typedef struct hearth_request_params {
                                   by llama.cpp's grammar sampler; NULL or ""
                                   for none.  Not with ignore_eos.  A grammar
                                   llama.cpp rejects fails submit with
-                                  HEARTH_E_INVALID_ARGUMENT */
+                                  HEARTH_E_INVALID_ARGUMENT.  It is compiled
+                                  in submit, on the caller's thread: bound
+                                  its cost first (runtime/core/grammar.py
+                                  limits its parse stacks and compiled size).
+                                  Per token the engine tests the sampler's
+                                  own pick against the grammar; only when
+                                  the grammar refuses it is the vocabulary
+                                  masked, in chunks spread over steps under
+                                  a time budget of about one decode per
+                                  step, so a grammar never holds the other
+                                  requests of the model, and cancel and
+                                  deadline take effect at the next step.
+                                  Greedy output is what masking first gives;
+                                  a sampled token is drawn unconstrained
+                                  and redrawn under the mask if refused */
     int32_t logprobs;          /* -1: none; 0: the log-probability of each
                                   generated token; 1..20: also the k most
                                   likely tokens at each position */
@@ -382,10 +396,14 @@ typedef struct hearth_engine_stats {
     uint64_t requests_cancelled;
     uint64_t tokens_prompt;      /* prompt tokens computed */
     uint64_t tokens_cached;      /* prompt tokens reused from KV */
+    uint64_t tokens_copied;      /* of which copied from another slot's KV */
     uint64_t tokens_generated;
     uint64_t decode_steps;
     uint64_t decode_failures;
     uint64_t decode_ns_total;    /* time inside llama_decode */
+    uint64_t grammar_jobs;       /* grammar picks whose sampled token the
+                                    grammar refused, so the vocabulary was
+                                    tested in chunks over later steps */
     int64_t last_heartbeat_ns;   /* CLOCK_MONOTONIC of the engine loop's
                                     last iteration (watchdog) */
     bool admission_open;

@@ -100,7 +100,8 @@ static void engine_destroy(hearth_engine *e) {
     hearth_sched_free(e->sched);
     free(e->plan);
     free(e->plan_reqs);
-    free(e->touched);
+    free(e->jobs);
+    free(e->jobs_done);
     free(e->live);
     free(e->embed_q);
     free(e->ready);
@@ -160,11 +161,12 @@ hearth_status hearth_engine_create(const hearth_engine_params *p, hearth_engine 
     e->slots = calloc((size_t)n, sizeof(slot));
     e->plan = calloc((size_t)n, sizeof(hearth_sched_entry));
     e->plan_reqs = calloc((size_t)n, sizeof(hearth_request *));
-    e->touched = calloc((size_t)(n + 1), sizeof(hearth_request *));
+    e->jobs = calloc((size_t)n, sizeof(hearth_request *));
+    e->jobs_done = calloc((size_t)n, sizeof(hearth_request *));
     e->event_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     /* Pages are only touched once a grammar request samples. */
     e->candidates = malloc((size_t)e->n_vocab * sizeof(llama_token_data));
-    if (!e->slots || !e->plan || !e->plan_reqs || !e->touched || e->event_fd < 0 ||
+    if (!e->slots || !e->plan || !e->plan_reqs || !e->jobs || !e->jobs_done || e->event_fd < 0 ||
         !e->candidates) {
         engine_destroy(e);
         return hearth_fail(HEARTH_E_OUT_OF_MEMORY, "out of memory or file descriptors");

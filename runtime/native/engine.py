@@ -155,10 +155,12 @@ class EngineStats:
     requests_cancelled: int
     tokens_prompt: int
     tokens_cached: int
+    tokens_copied: int
     tokens_generated: int
     decode_steps: int
     decode_failures: int
     decode_ns_total: int
+    grammar_jobs: int
     last_heartbeat_ns: int
     admission_open: bool
 
