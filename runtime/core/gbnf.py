@@ -1,0 +1,537 @@
+"""GBNF as llama.cpp reads it, and what a grammar will cost it to run.
+
+`parse` reads a grammar the way llama.cpp's parser does (grammars/README.md):
+rules `name ::= alternatives`, each a sequence of "literals", [classes], rule
+names, (groups), `.`, <token>/<[id]> (optionally negated with !), with
+repetition suffixes * + ? {m} {m,} {m,n}; `#` comments; newlines end a rule
+except inside parentheses and after '|'.  It reports the first problem with
+its position, and refuses what llama.cpp would take and then misbehave on:
+repetition bounds above its limit (it silently drops a larger maximum),
+groups nested so deep that its recursive parser could exhaust the stack.
+
+`Grammar.cost` then measures the two costs llama.cpp's grammar sampler pays,
+so that one request cannot make them unbounded:
+
+- compiled size: llama.cpp expands `S{m,n}` into m copies of S and n-m new
+  rules; `elements` counts what the expansion makes.
+- parse stacks: the sampler keeps one stack per way the text so far can
+  continue.  Testing a token costs in proportion to them, accepting one in
+  proportion to their square.  A chain of nullable rules multiplies them:
+  `root ::= a a a ...` with `a ::= "x" | "y" |` opens two per `a` before the
+  first character.  `stacks` bounds how many can be open at once, and a
+  grammar whose stacks grow with the depth of its output is refused.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+# llama.cpp's MAX_REPETITION_THRESHOLD: the largest m or n in {m,n}, and the
+# most rules one symbol's repetition may generate.
+REPEAT_LIMIT = 2000
+# Groups nested deeper than this are refused (llama.cpp parses them by
+# recursion; JSON-schema grammars stay far below).
+MAX_NESTING = 64
+# Parse stacks open at once: accepting a token costs their square.
+MAX_STACKS = 1024
+# Grammar elements after llama.cpp expands repetitions (8 bytes each, plus a
+# vector per generated rule).
+MAX_ELEMENTS = 1 << 19
+
+_NAME = re.compile(r"[A-Za-z0-9-]+")
+_REPEAT = re.compile(r"\{\s*(\d+)\s*(,\s*(\d*)\s*)?\}")
+_TOKEN = re.compile(r"<(\[\d+\]|[^<>\s]+)>")
+_CAP = 1 << 40  # stack counts saturate here (nested nullable rules multiply)
+
+
+class GrammarError(Exception):
+    """pos: where in the text, or None for a property of the whole grammar."""
+
+    def __init__(self, pos: int | None, message: str) -> None:
+        super().__init__(message)
+        self.pos = pos
+
+
+@dataclass(frozen=True)
+class Item:
+    """One symbol of a sequence with its repetition bounds (hi None:
+    unbounded).  kind: "t" a terminal of `size` elements, "e" the empty
+    literal, "r" a reference to rule `name` (groups are rules too)."""
+    kind: str
+    name: str = ""
+    size: int = 1
+    lo: int = 1
+    hi: int | None = 1
+
+
+@dataclass
+class Grammar:
+    rules: dict[str, list[list[Item]]] = field(default_factory=dict)
+    labels: dict[str, str] = field(default_factory=dict)  # group -> "a group in rule 'x'"
+
+    def cost(self) -> tuple[int, int, str]:
+        """(elements, stacks, where the most stacks open); GrammarError for
+        left recursion or stacks that grow without bound."""
+        return _Cost(self).run()
+
+
+class _Parser:
+    def __init__(self, text: str) -> None:
+        self.s = text
+        self.i = 0
+        self.g = Grammar()
+        self.defined: dict[str, int] = {}
+        self.used: list[tuple[str, int]] = []
+        self.symbols: set[str] = set()   # llama.cpp's symbol table, by name
+        self.n_symbols = 0               # ... and its size, generated ids included
+        self.rule = ""
+        self.depth = 0
+
+    def fail(self, message: str) -> GrammarError:
+        return GrammarError(self.i, message)
+
+    def peek(self) -> str:
+        return self.s[self.i] if self.i < len(self.s) else ""
+
+    def symbol(self, name: str) -> None:
+        if name not in self.symbols:
+            self.symbols.add(name)
+            self.n_symbols += 1
+
+    def space(self, newlines: bool) -> None:
+        while self.i < len(self.s):
+            c = self.s[self.i]
+            if c in " \t" or (newlines and c in "\r\n"):
+                self.i += 1
+            elif c == "#":
+                while self.i < len(self.s) and self.s[self.i] not in "\r\n":
+                    self.i += 1
+            else:
+                return
+
+    def name(self) -> str:
+        m = _NAME.match(self.s, self.i)
+        if not m:
+            raise self.fail("expected a rule name")
+        self.i = m.end()
+        return m.group()
+
+    def escape(self) -> None:
+        self.i += 1  # the backslash
+        c = self.peek()
+        widths = {"x": 2, "u": 4, "U": 8}
+        if c in widths:
+            digits = self.s[self.i + 1:self.i + 1 + widths[c]]
+            if len(digits) != widths[c] or not all(d in "0123456789abcdefABCDEF" for d in digits):
+                raise self.fail(f"\\{c} needs {widths[c]} hex digits")
+            self.i += 1 + widths[c]
+        elif c and c in 'nrt\\"[]-^':
+            self.i += 1
+        else:
+            raise self.fail(f"unknown escape \\{c}" if c else "unfinished escape")
+
+    def literal(self, close: str) -> int:
+        """Skips a "literal" or [class]; returns how many characters it
+        holds (the elements llama.cpp makes of it, near enough)."""
+        start = self.i
+        self.i += 1
+        n = 0
+        while self.peek() != close:
+            c = self.peek()
+            if not c or (close == '"' and c in "\r\n"):
+                self.i = start
+                what = "string" if close == '"' else "character class"
+                raise self.fail(f"unterminated {what}")
+            if c == "\\":
+                self.escape()
+            else:
+                self.i += 1
+            n += 1
+        self.i += 1
+        return n
+
+    def repetition(self) -> tuple[int, int | None]:
+        start = self.i
+        m = _REPEAT.match(self.s, self.i)
+        if not m:
+            raise self.fail("expected {m}, {m,} or {m,n}")
+        lo = int(m.group(1))
+        hi: int | None = lo if m.group(2) is None else (int(m.group(3)) if m.group(3) else None)
+        if hi is not None and hi < lo:
+            raise self.fail(f"repetition {{{lo},{hi}}}: the maximum is below the minimum")
+        if lo > REPEAT_LIMIT or (hi is not None and hi > REPEAT_LIMIT):
+            self.i = start
+            # llama.cpp refuses a larger minimum and silently makes a larger
+            # maximum unbounded.
+            raise self.fail(f"repetition {m.group()}: at most {REPEAT_LIMIT} repetitions "
+                            "(llama.cpp's limit)")
+        self.i = m.end()
+        return lo, hi
+
+    def group(self, at: int) -> tuple[Item, int]:
+        """A parenthesised group, as a rule of its own (as llama.cpp makes
+        it); returns its item and how many symbols it added."""
+        if self.depth >= MAX_NESTING:
+            raise self.fail(f"groups nested more than {MAX_NESTING} deep")
+        before = self.n_symbols
+        name = f"({len(self.g.labels) + 1})"
+        self.g.labels[name] = f"a group in rule {self.rule!r}"
+        self.n_symbols += 1
+        self.depth += 1
+        self.i += 1
+        alts = self.alternatives(nested=True)
+        self.depth -= 1
+        if self.peek() != ")":
+            raise self.fail("expected ')'")
+        self.i += 1
+        self.g.rules[name] = alts
+        return Item("r", name), max(1, self.n_symbols - before)
+
+    def repeat(self, item: Item, lo: int, hi: int | None, prev_rules: int) -> tuple[Item, int]:
+        """Applies a repetition suffix the way llama.cpp does, including its
+        limit on the rules one symbol's repetitions may generate."""
+        total = hi if hi is not None and hi > 0 else max(lo, 1)
+        if prev_rules * total > REPEAT_LIMIT:
+            raise self.fail(f"this repetition would make {prev_rules * total} rules; llama.cpp "
+                            f"allows {REPEAT_LIMIT} per symbol (repeat a named rule instead of "
+                            "a group, or split the repetition)")
+        self.n_symbols += 1 if hi is None else hi - lo
+        if item.lo == 1 and item.hi == 1:
+            return Item(item.kind, item.name, item.size, lo, hi), prev_rules * total
+        # A repeated repetition: llama.cpp repeats the expansion as a whole.
+        name = f"({len(self.g.labels) + 1})"
+        self.g.labels[name] = f"a group in rule {self.rule!r}"
+        self.g.rules[name] = [[item]]
+        return Item("r", name, 1, lo, hi), prev_rules * total
+
+    def sequence(self, nested: bool) -> list[Item]:
+        items: list[Item] = []
+        prev_rules = 1
+        while True:
+            self.space(nested)
+            c = self.peek()
+            if not c:
+                return items
+            at = self.i
+            if c == '"':
+                n = self.literal('"')
+                items.append(Item("t", size=n) if n else Item("e", size=0))
+            elif c == "[":
+                items.append(Item("t", size=max(1, self.literal("]"))))
+            elif c == ".":
+                self.i += 1
+                items.append(Item("t"))
+            elif c == "(":
+                item, prev_rules = self.group(at)
+                items.append(item)
+                continue
+            elif c in "!<":
+                if c == "!":
+                    self.i += 1
+                m = _TOKEN.match(self.s, self.i)
+                if not m:
+                    raise self.fail("expected a token reference such as <[42]> or <tok>")
+                self.i = m.end()
+                items.append(Item("t"))
+            elif _NAME.match(c):
+                ref = self.name()
+                after = self.i
+                self.space(nested)
+                if self.s.startswith("::=", self.i):
+                    self.i = at
+                    if nested:
+                        raise self.fail(f"rule {ref!r} starts inside parentheses")
+                    return items  # the next rule begins
+                self.i = after
+                self.used.append((ref, at))
+                self.symbol(ref)
+                items.append(Item("r", ref))
+            elif c in "*+?{":
+                if not items:
+                    raise self.fail(f"{c!r} has nothing to repeat")
+                if c == "{":
+                    lo, hi = self.repetition()
+                else:
+                    self.i += 1
+                    lo, hi = {"*": (0, None), "+": (1, None), "?": (0, 1)}[c]
+                items[-1], prev_rules = self.repeat(items[-1], lo, hi, prev_rules)
+                continue
+            else:
+                return items
+            prev_rules = 1
+
+    def alternatives(self, nested: bool) -> list[list[Item]]:
+        alts = [self.sequence(nested)]
+        while self.peek() == "|":
+            self.i += 1
+            self.space(True)
+            alts.append(self.sequence(nested))
+        return alts
+
+    def one_rule(self) -> None:
+        at = self.i
+        name = self.name()
+        self.space(False)
+        if not self.s.startswith("::=", self.i):
+            raise self.fail("expected '::='")
+        self.i += 3
+        self.space(True)
+        if name in self.defined:
+            # llama.cpp would silently keep only the last definition.
+            raise GrammarError(at, f"rule {name!r} is defined twice")
+        self.defined[name] = at
+        self.symbol(name)
+        self.rule = name
+        self.g.rules[name] = self.alternatives(nested=False)
+        self.space(False)
+        c = self.peek()
+        if c and c not in "\r\n":
+            raise self.fail(f"unexpected {c!r}")
+
+    def parse(self) -> Grammar:
+        self.space(True)
+        while self.i < len(self.s):
+            self.one_rule()
+            self.space(True)
+        if "root" not in self.defined:
+            raise GrammarError(0, "no 'root' rule (generation starts there)")
+        for ref, at in self.used:
+            if ref not in self.defined:
+                raise GrammarError(at, f"rule {ref!r} is used but never defined")
+        return self.g
+
+
+def parse(text: str) -> Grammar:
+    return _Parser(text).parse()
+
+
+def _count(item: Item) -> int:
+    """How many copies of the symbol llama.cpp's expansion lays out."""
+    return item.hi if item.hi is not None else item.lo + 1
+
+
+class _Cost:
+    """Nullable rules, stacks from each rule's start (`first`), and the
+    stacks a rule's callers add once it ends (`after`): all linear in the
+    grammar's size, without recursion."""
+
+    def __init__(self, g: Grammar) -> None:
+        self.g = g
+        self.nullable: dict[str, bool] = dict.fromkeys(g.rules, False)
+        self.first: dict[str, int] = {}
+
+    def where(self, rule: str) -> str:
+        return self.g.labels.get(rule, f"rule {rule!r}")
+
+    def atom_nullable(self, it: Item) -> bool:
+        return it.kind == "e" or (it.kind == "r" and self.nullable[it.name])
+
+    def item_nullable(self, it: Item) -> bool:
+        return it.lo == 0 or it.hi == 0 or self.atom_nullable(it)
+
+    def item_first(self, it: Item) -> int:
+        """Stacks a repeated symbol opens before its first character: each
+        copy's when the symbol may be empty, else the first copy's."""
+        t = 1 if it.kind == "t" else 0 if it.kind == "e" else self.first[it.name]
+        n = _count(it)
+        return min(_CAP, t * (n if self.atom_nullable(it) else min(n, 1)))
+
+    def find_nullable(self) -> None:
+        waiting: dict[str, list[int]] = {}
+        pending: list[int] = []
+        owner: list[str] = []
+        queue: list[str] = []
+        for name, alts in self.g.rules.items():
+            for alt in alts:
+                n = 0
+                for it in alt:
+                    if it.lo == 0 or it.hi == 0 or it.kind == "e":
+                        continue
+                    if it.kind == "t":
+                        n = -1
+                        break
+                    waiting.setdefault(it.name, []).append(len(pending))
+                    n += 1
+                pending.append(n)
+                owner.append(name)
+                if n == 0 and not self.nullable[name]:
+                    self.nullable[name] = True
+                    queue.append(name)
+        while queue:
+            for k in waiting.get(queue.pop(), ()):
+                if pending[k] > 0:
+                    pending[k] -= 1
+                    if pending[k] == 0 and not self.nullable[owner[k]]:
+                        self.nullable[owner[k]] = True
+                        queue.append(owner[k])
+
+    def leading(self, name: str) -> list[str]:
+        """Rules reachable from the start of `name` before any character."""
+        out = []
+        for alt in self.g.rules[name]:
+            for it in alt:
+                if it.kind == "r":
+                    out.append(it.name)
+                if not self.item_nullable(it):
+                    break
+        return out
+
+    def find_first(self) -> None:
+        state: dict[str, int] = {}  # 1 on the DFS path, 2 done
+        for start in self.g.rules:
+            if start in state:
+                continue
+            stack = [(start, iter(self.leading(start)))]
+            state[start] = 1
+            while stack:
+                name, deps = stack[-1]
+                dep = next(deps, None)
+                if dep is None:
+                    stack.pop()
+                    state[name] = 2
+                    total = 0
+                    for alt in self.g.rules[name]:
+                        total += self.suffix_first(alt, 0)[0]
+                    self.first[name] = min(total, _CAP)
+                elif state.get(dep) == 1:
+                    raise GrammarError(None, f"{self.where(dep)} is left-recursive: it can "
+                                             "reach itself before any character (llama.cpp "
+                                             "refuses it)")
+                elif dep not in state:
+                    state[dep] = 1
+                    stack.append((dep, iter(self.leading(dep))))
+
+    def suffix_first(self, alt: list[Item], i: int) -> tuple[int, bool]:
+        """Stacks opened from position i of a sequence, and whether the
+        rest may be empty."""
+        total = 0
+        for it in alt[i:]:
+            total += self.item_first(it)
+            if not self.item_nullable(it):
+                return min(total, _CAP), False
+        return min(total, _CAP), True
+
+    def suffixes(self, alt: list[Item]) -> list[tuple[int, bool]]:
+        """suffix_first for every position of a sequence, in one pass."""
+        out = [(0, True)] * (len(alt) + 1)
+        for i in range(len(alt) - 1, -1, -1):
+            it = alt[i]
+            t, null = out[i + 1]
+            if self.item_nullable(it):
+                out[i] = (min(_CAP, self.item_first(it) + t), null)
+            else:
+                out[i] = (self.item_first(it), False)
+        return out
+
+    def continuation(self, it: Item, rest: tuple[int, bool]) -> tuple[int, bool]:
+        """What follows one copy of `it`: its remaining copies, then the
+        rest of the sequence."""
+        more = _count(it) > 1 or it.hi is None
+        copies_t = self.item_first(it) if more else 0
+        copies_null = it.lo <= 1 or self.atom_nullable(it)
+        t, null = rest
+        return min(_CAP, copies_t + (t if copies_null else 0)), copies_null and null
+
+    def run(self) -> tuple[int, int, str]:
+        self.find_nullable()
+        self.find_first()
+        elements = 0
+        base: dict[str, int] = dict.fromkeys(self.g.rules, 0)
+        base["root"] = 1  # the empty stack: the end of generation
+        edges: dict[str, list[tuple[str, int]]] = {n: [] for n in self.g.rules}
+        ends: list[tuple[str, int, bool]] = []  # after each terminal
+        for name, alts in self.g.rules.items():
+            elements += 1
+            for alt in alts:
+                elements += 1
+                suffix = self.suffixes(alt)
+                for i, it in enumerate(alt):
+                    n_opt = 0 if it.hi is not None and it.hi <= it.lo else (
+                        1 if it.hi is None else it.hi - it.lo)
+                    elements += it.lo * it.size + n_opt * (it.size + 3) + (1 if n_opt else 0)
+                    if it.kind == "e":
+                        continue
+                    t, null = self.continuation(it, suffix[i + 1])
+                    if it.kind == "t":
+                        ends.append((name, t, null))
+                    elif null:
+                        edges[name].append((it.name, t))
+                    else:
+                        base[it.name] = max(base[it.name], t)
+        after = self.after(base, edges)
+        stacks = self.first["root"] + (1 if self.nullable["root"] else 0)
+        worst = "the start of rule 'root'"
+        for name, t, null in ends:
+            n = t + (after[name] if null else 0)
+            if n > stacks:
+                stacks, worst = n, self.where(name)
+        return elements, stacks, worst
+
+    def after(self, base: dict[str, int], edges: dict[str, list[tuple[str, int]]]
+              ) -> dict[str, int]:
+        """Stacks the callers of each rule add once it ends: a longest path
+        over caller -> callee edges.  Inside a cycle of callers every edge
+        must add nothing, or the stacks grow with each level of nesting."""
+        sccs = _components(edges)
+        comp = {n: k for k, members in enumerate(sccs) for n in members}
+        value = dict(base)
+        for members in reversed(sccs):  # callers before callees
+            k = comp[members[0]]
+            top = max(value[n] for n in members)
+            for n in members:
+                value[n] = top
+            for n in members:
+                for callee, w in edges[n]:
+                    if comp[callee] == k:
+                        if w > 0:
+                            raise GrammarError(
+                                None, f"{self.where(callee)} can nest without bound with an "
+                                "optional part after it, so its parse stacks grow with every "
+                                "level; make what follows the recursion required")
+                    else:
+                        value[callee] = max(value[callee], min(_CAP, top + w))
+        return value
+
+
+def _components(edges: dict[str, list[tuple[str, int]]]) -> list[list[str]]:
+    """Strongly connected components (Tarjan, without recursion), callees
+    before their callers."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    on: set[str] = set()
+    path: list[str] = []
+    out: list[list[str]] = []
+    for root in edges:
+        if root in index:
+            continue
+        work = [(root, iter(edges[root]))]
+        index[root] = low[root] = len(index)
+        path.append(root)
+        on.add(root)
+        while work:
+            node, it = work[-1]
+            nxt = next(it, None)
+            if nxt is not None:
+                callee = nxt[0]
+                if callee not in index:
+                    index[callee] = low[callee] = len(index)
+                    path.append(callee)
+                    on.add(callee)
+                    work.append((callee, iter(edges[callee])))
+                elif callee in on:
+                    low[node] = min(low[node], index[callee])
+                continue
+            work.pop()
+            if work:
+                parent = work[-1][0]
+                low[parent] = min(low[parent], low[node])
+            if low[node] == index[node]:
+                members = []
+                while True:
+                    m = path.pop()
+                    on.discard(m)
+                    members.append(m)
+                    if m == node:
+                        break
+                out.append(members)
+    return out
