@@ -112,6 +112,14 @@ typedef struct hearth_engine_params {
     int32_t burst_window_us;   /* an idle engine waits this long at most for
                                   the rest of a burst before its first step
                                   (0 = start at once) */
+    int32_t grammar_budget_us; /* time for grammar work per step (masking
+                                  the vocabulary for grammar requests whose
+                                  sampled token the grammar refused); 0:
+                                  4 ms, or the step's decode time if longer.
+                                  Each open grammar job advances by at least
+                                  one chunk per step whatever the budget, so
+                                  tests set 1 to spread every job over many
+                                  steps */
     int32_t n_threads;         /* decode threads */
     int32_t n_threads_batch;   /* prefill threads */
     int32_t n_gpu_layers;      /* 0 none, -1 all */

@@ -21,6 +21,7 @@ void hearth_engine_params_init(hearth_engine_params *p) {
     p->prefill_chunk = 512;
     p->max_queue = 64;
     p->burst_window_us = 3000;
+    p->grammar_budget_us = 0;
     p->n_threads = 4;
     p->n_threads_batch = 4;
     p->n_gpu_layers = 0;
@@ -68,6 +69,9 @@ static hearth_status validate_params(const hearth_engine_params *p) {
     }
     if (p->n_gpu_layers < -1) {
         return hearth_fail(HEARTH_E_INVALID_ARGUMENT, "n_gpu_layers must be >= -1");
+    }
+    if (p->grammar_budget_us < 0 || p->grammar_budget_us > 1000000) {
+        return hearth_fail(HEARTH_E_INVALID_ARGUMENT, "grammar_budget_us must be in 0..1000000");
     }
     const int32_t kv_types[] = {0, 1, 2, 8}; /* f32, f16, q4_0, q8_0 */
     bool ok_k = false, ok_v = false;

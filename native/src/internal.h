@@ -77,6 +77,8 @@ typedef struct grammar_job {
     float *logits;               /* copy of the logits row being constrained */
     uint8_t *allowed;            /* per token: grammar and UTF-8 allow it */
     int32_t next;                /* next token to test; -1: no job open */
+    int32_t chunk;               /* tokens to test next time (the engine sizes
+                                    it to the time the last chunk took) */
 } grammar_job;
 
 typedef struct hearth_sampler {

@@ -82,7 +82,7 @@ bool hearth_sampler_init(hearth_sampler *s, const hearth_sampling *cfg,
                          const int32_t *eog_ids, int32_t n_eog, bool ignore_eos) {
     s->chain = NULL;
     s->grammar = NULL;
-    s->job = (grammar_job){NULL, NULL, -1};
+    s->job = (grammar_job){NULL, NULL, -1, 0};
     s->vocab = vocab;
     s->utf8 = (utf8_state){0, 0, 0};
     s->eog_mask = ignore_eos ? eog_mask : NULL;
@@ -435,7 +435,7 @@ void hearth_sampler_free(hearth_sampler *s) {
     }
     free(s->job.logits);
     free(s->job.allowed);
-    s->job = (grammar_job){NULL, NULL, -1};
+    s->job = (grammar_job){NULL, NULL, -1, 0};
 }
 
 /* One pass for the maximum (vectorised), one for the partition function,

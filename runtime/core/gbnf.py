@@ -15,11 +15,16 @@ so that one request cannot make them unbounded:
 - compiled size: llama.cpp expands `S{m,n}` into m copies of S and n-m new
   rules; `elements` counts what the expansion makes.
 - parse stacks: the sampler keeps one stack per way the text so far can
-  continue.  Testing a token costs in proportion to them, accepting one in
-  proportion to their square.  A chain of nullable rules multiplies them:
-  `root ::= a a a ...` with `a ::= "x" | "y" |` opens two per `a` before the
-  first character.  `stacks` bounds how many can be open at once, and a
-  grammar whose stacks grow with the depth of its output is refused.
+  continue.  A chain of nullable rules multiplies them: `root ::= a a a ...`
+  with `a ::= "x" | "y" |` opens two per `a` before the first character.
+  `stacks` bounds how many can be open at once, and a grammar whose stacks
+  grow with the depth of its output is refused.
+- work per call: whenever llama.cpp tests candidate tokens (however few) or
+  accepts one, it advances every open stack past its next character and
+  de-duplicates the stacks that this makes with a linear search.  `work`
+  (open stacks x the square of the most stacks one advance makes) bounds
+  what one call costs; it is the number that made the grammar above hold
+  the engine for minutes (4,001 x 4,000^2).
 """
 from __future__ import annotations
 
@@ -32,8 +37,11 @@ REPEAT_LIMIT = 2000
 # Groups nested deeper than this are refused (llama.cpp parses them by
 # recursion; JSON-schema grammars stay far below).
 MAX_NESTING = 64
-# Parse stacks open at once: accepting a token costs their square.
+# Parse stacks open at once.
 MAX_STACKS = 1024
+# Stack comparisons one call into llama.cpp's grammar may make: a few
+# milliseconds, the grain of the engine's grammar work.
+MAX_WORK = 1 << 21
 # Grammar elements after llama.cpp expands repetitions (8 bytes each, plus a
 # vector per generated rule).
 MAX_ELEMENTS = 1 << 19
@@ -64,14 +72,21 @@ class Item:
     hi: int | None = 1
 
 
+@dataclass(frozen=True)
+class Cost:
+    elements: int   # after repetitions are expanded
+    stacks: int     # open at once, at most
+    work: int       # stack comparisons one test or accept can make, at most
+    where: str      # where the most stacks open
+
+
 @dataclass
 class Grammar:
     rules: dict[str, list[list[Item]]] = field(default_factory=dict)
     labels: dict[str, str] = field(default_factory=dict)  # group -> "a group in rule 'x'"
 
-    def cost(self) -> tuple[int, int, str]:
-        """(elements, stacks, where the most stacks open); GrammarError for
-        left recursion or stacks that grow without bound."""
+    def cost(self) -> Cost:
+        """GrammarError for left recursion or stacks that grow without bound."""
         return _Cost(self).run()
 
 
@@ -432,7 +447,7 @@ class _Cost:
         t, null = rest
         return min(_CAP, copies_t + (t if copies_null else 0)), copies_null and null
 
-    def run(self) -> tuple[int, int, str]:
+    def run(self) -> Cost:
         self.find_nullable()
         self.find_first()
         elements = 0
@@ -461,11 +476,14 @@ class _Cost:
         after = self.after(base, edges)
         stacks = self.first["root"] + (1 if self.nullable["root"] else 0)
         worst = "the start of rule 'root'"
+        advance = 1
         for name, t, null in ends:
             n = t + (after[name] if null else 0)
+            advance = max(advance, n)
             if n > stacks:
                 stacks, worst = n, self.where(name)
-        return elements, stacks, worst
+        work = min(_CAP, stacks * advance * advance)
+        return Cost(elements, stacks, work, worst)
 
     def after(self, base: dict[str, int], edges: dict[str, list[tuple[str, int]]]
               ) -> dict[str, int]:

@@ -51,22 +51,27 @@ def check_gbnf(text: str, field: str = "grammar") -> str:
     if "\0" in text:
         raise InvalidArgument(f"{field}: must not contain NUL")
     try:
-        elements, stacks, where = gbnf.parse(text).cost()
+        cost = gbnf.parse(text).cost()
     except gbnf.GrammarError as exc:
         if exc.pos is None:
             raise InvalidArgument(f"{field}: {exc}") from None
         line = text.count("\n", 0, exc.pos) + 1
         column = exc.pos - (text.rfind("\n", 0, exc.pos) + 1) + 1
         raise InvalidArgument(f"{field}: line {line}, column {column}: {exc}") from None
-    if elements > gbnf.MAX_ELEMENTS:
+    if cost.elements > gbnf.MAX_ELEMENTS:
         raise InvalidArgument(
-            f"{field}: expands to about {elements} grammar elements once its repetitions are "
-            f"laid out; the limit is {gbnf.MAX_ELEMENTS}")
-    if stacks > gbnf.MAX_STACKS:
+            f"{field}: expands to about {cost.elements} grammar elements once its repetitions "
+            f"are laid out; the limit is {gbnf.MAX_ELEMENTS}")
+    hint = ("each rule or item that may match nothing multiplies the ways a text can "
+            "continue: make items required, or merge alternatives")
+    if cost.stacks > gbnf.MAX_STACKS:
         raise InvalidArgument(
-            f"{field}: up to {stacks} parse stacks can be open at once (at {where}); the "
-            f"limit is {gbnf.MAX_STACKS} (each rule that may match nothing multiplies the "
-            "ways a text can continue: make items required, or merge alternatives)")
+            f"{field}: up to {cost.stacks} parse stacks can be open at once (at {cost.where}); "
+            f"the limit is {gbnf.MAX_STACKS} ({hint})")
+    if cost.work > gbnf.MAX_WORK:
+        raise InvalidArgument(
+            f"{field}: testing a token could take {cost.work} parse-stack comparisons (up to "
+            f"{cost.stacks} stacks open, at {cost.where}); the limit is {gbnf.MAX_WORK} ({hint})")
     return text
 
 

@@ -38,6 +38,7 @@ class EngineParams:
     prefill_chunk: int = 512
     max_queue: int = 64
     burst_window_us: int = 3000
+    grammar_budget_us: int = 0           # see hearth_core.h (0: the default)
     n_threads: int = 4
     n_threads_batch: int = 4
     n_gpu_layers: int = 0
@@ -288,7 +289,7 @@ class NativeEngine:
         p.n_draft = params.n_draft
         p.draft_n_gpu_layers = params.draft_n_gpu_layers
         for name in ("n_ctx", "n_parallel", "n_batch", "n_ubatch", "prefill_chunk", "max_queue",
-                     "burst_window_us",
+                     "burst_window_us", "grammar_budget_us",
                      "n_threads", "n_threads_batch", "n_gpu_layers", "main_gpu", "flash_attn",
                      "kv_unified", "swa_full", "use_mmap", "use_mlock", "enable_embeddings",
                      "repack_weights"):
