@@ -115,7 +115,9 @@ def _repetition(item_rule: str, min_items: int, max_items: int | None,
     rest = _repeat(f"({separator_rule} {item_rule})", max(lo - 1, 0),
                    None if hi is None else hi - 1, _SEPARATED_CHUNK)
     body = f"{item_rule} {rest}".rstrip()
-    return body if lo > 0 else f"({body})?"
+    # Not (body)?: llama.cpp counts every rule inside a group against the
+    # group's own repetition limit, and body can hold thousands.
+    return body if lo > 0 else f"({body} | )"
 
 
 def _repeat(atom: str, lo: int, hi: int | None, chunk: int) -> str:
