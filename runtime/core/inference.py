@@ -198,7 +198,7 @@ class InferenceService:
         assert engine is not None and session is not None
         stops = params.stop
         try:
-            stream = session.generate(params)
+            stream = await session.generate_async(params)
         except errors.ResourceExhausted as exc:
             raise errors.ResourceExhausted(
                 f"model {handle.name!r}: {exc}", retry_after_s=self._retry_after(engine)) from None
