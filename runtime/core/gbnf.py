@@ -19,6 +19,10 @@ so that one request cannot make them unbounded:
   with `a ::= "x" | "y" |` opens two per `a` before the first character.
   `stacks` bounds how many can be open at once, and a grammar whose stacks
   grow with the depth of its output is refused.
+- duplicates: the same rule reachable from one position through a run of
+  items that may match nothing, once per item (`a a a ...` above): a token
+  matching `a` is then tried against every copy, and again for each of its
+  characters.  At most MAX_DUPLICATES per position.
 - work per call: whenever llama.cpp tests candidate tokens (however few) or
   accepts one, it advances every open stack past its next character and
   de-duplicates the stacks that this makes with a linear search.  `work`
@@ -42,6 +46,12 @@ MAX_STACKS = 1024
 # Stack comparisons one call into llama.cpp's grammar may make: a few
 # milliseconds, the grain of the engine's grammar work.
 MAX_WORK = 1 << 21
+# How often one rule (or literal) may recur among the stacks one position
+# opens: `a a a a ...` with `a` nullable opens `a`'s stacks once per copy,
+# and llama.cpp then tries a token that starts like `a` against every copy,
+# recursively for each of its characters (exponential in the token's length
+# once the copies are many).
+MAX_DUPLICATES = 4
 # Grammar elements after llama.cpp expands repetitions (8 bytes each, plus a
 # vector per generated rule).
 MAX_ELEMENTS = 1 << 19
@@ -50,6 +60,7 @@ _NAME = re.compile(r"[A-Za-z0-9-]+")
 _REPEAT = re.compile(r"\{\s*(\d+)\s*(,\s*(\d*)\s*)?\}")
 _TOKEN = re.compile(r"<(\[\d+\]|[^<>\s]+)>")
 _CAP = 1 << 40  # stack counts saturate here (nested nullable rules multiply)
+_MAX_REACH = 4096  # names one position may open before it counts as too many
 
 
 class GrammarError(Exception):
@@ -70,6 +81,7 @@ class Item:
     size: int = 1
     lo: int = 1
     hi: int | None = 1
+    sig: str = ""   # a terminal's text, to tell repeated literals apart
 
 
 @dataclass(frozen=True)
@@ -78,6 +90,8 @@ class Cost:
     stacks: int     # open at once, at most
     work: int       # stack comparisons one test or accept can make, at most
     where: str      # where the most stacks open
+    duplicates: int  # most copies of one rule among the stacks one position opens
+    duplicated: str  # which, and where
 
 
 @dataclass
@@ -212,7 +226,7 @@ class _Parser:
                             "a group, or split the repetition)")
         self.n_symbols += 1 if hi is None else hi - lo
         if item.lo == 1 and item.hi == 1:
-            return Item(item.kind, item.name, item.size, lo, hi), prev_rules * total
+            return Item(item.kind, item.name, item.size, lo, hi, item.sig), prev_rules * total
         # A repeated repetition: llama.cpp repeats the expansion as a whole.
         name = f"({len(self.g.labels) + 1})"
         self.g.labels[name] = f"a group in rule {self.rule!r}"
@@ -230,12 +244,14 @@ class _Parser:
             at = self.i
             if c == '"':
                 n = self.literal('"')
-                items.append(Item("t", size=n) if n else Item("e", size=0))
+                text = self.s[at:self.i]
+                items.append(Item("t", size=n, sig=text) if n else Item("e", size=0))
             elif c == "[":
-                items.append(Item("t", size=max(1, self.literal("]"))))
+                n = self.literal("]")
+                items.append(Item("t", size=max(1, n), sig=self.s[at:self.i]))
             elif c == ".":
                 self.i += 1
-                items.append(Item("t"))
+                items.append(Item("t", sig="."))
             elif c == "(":
                 item, prev_rules = self.group(at)
                 items.append(item)
@@ -247,7 +263,7 @@ class _Parser:
                 if not m:
                     raise self.fail("expected a token reference such as <[42]> or <tok>")
                 self.i = m.end()
-                items.append(Item("t"))
+                items.append(Item("t", sig=self.s[at:self.i]))
             elif _NAME.match(c):
                 ref = self.name()
                 after = self.i
@@ -334,6 +350,9 @@ class _Cost:
         self.g = g
         self.nullable: dict[str, bool] = dict.fromkeys(g.rules, False)
         self.first: dict[str, int] = {}
+        # What a rule's start opens, by rule name or literal text, with how
+        # many copies of each (through nested rules too).
+        self.reach: dict[str, dict[str, int]] = {}
 
     def where(self, rule: str) -> str:
         return self.g.labels.get(rule, f"rule {rule!r}")
@@ -408,6 +427,8 @@ class _Cost:
                     for alt in self.g.rules[name]:
                         total += self.suffix_first(alt, 0)[0]
                     self.first[name] = min(total, _CAP)
+                    self.reach[name] = self.run_counts(
+                        [it for alt in self.g.rules[name] for it in self.leading_run(alt)])
                 elif state.get(dep) == 1:
                     raise GrammarError(None, f"{self.where(dep)} is left-recursive: it can "
                                              "reach itself before any character (llama.cpp "
@@ -447,9 +468,57 @@ class _Cost:
         t, null = rest
         return min(_CAP, copies_t + (t if copies_null else 0)), copies_null and null
 
+    def leading_run(self, alt: list[Item]) -> list[Item]:
+        out = []
+        for it in alt:
+            out.append(it)
+            if not self.item_nullable(it):
+                break
+        return out
+
+    def run_counts(self, items: list[Item]) -> dict[str, int]:
+        """Copies of each rule or literal that a run of items opens at once
+        (saturating past MAX_DUPLICATES, and past _MAX_REACH names)."""
+        counts: dict[str, int] = {}
+        for it in items:
+            if it.kind == "e":
+                continue
+            copies = _count(it) if self.atom_nullable(it) else min(_count(it), 1)
+            if copies == 0:
+                continue
+            key = it.name if it.kind == "r" else f"terminal {it.sig}"
+            inner = {key: 1}
+            if it.kind == "r":
+                inner.update(self.reach.get(it.name, {}))
+            for k, n in inner.items():
+                counts[k] = min(counts.get(k, 0) + n * copies, MAX_DUPLICATES + 1)
+            if len(counts) > _MAX_REACH:
+                counts = {"(too many rules)": MAX_DUPLICATES + 1}
+        return counts
+
+    def duplicates(self) -> tuple[int, str]:
+        """The most copies of one rule or literal that one position opens:
+        each run of items that may match nothing, up to and including the
+        item that ends it, counted through the rules it enters."""
+        worst, where = 0, ""
+        for name, alts in self.g.rules.items():
+            for alt in alts:
+                start = 0
+                for i, it in enumerate(alt):
+                    if self.item_nullable(it) and i < len(alt) - 1:
+                        continue
+                    for key, n in self.run_counts(alt[start:i + 1]).items():
+                        if n > worst:
+                            what = self.where(key) if key in self.g.rules else (
+                                "a literal" if key.startswith("terminal") else key)
+                            worst, where = n, f"{what} in {self.where(name)}"
+                    start = i + 1
+        return worst, where
+
     def run(self) -> Cost:
         self.find_nullable()
         self.find_first()
+        duplicates, duplicated = self.duplicates()
         elements = 0
         base: dict[str, int] = dict.fromkeys(self.g.rules, 0)
         base["root"] = 1  # the empty stack: the end of generation
@@ -483,7 +552,7 @@ class _Cost:
             if n > stacks:
                 stacks, worst = n, self.where(name)
         work = min(_CAP, stacks * advance * advance)
-        return Cost(elements, stacks, work, worst)
+        return Cost(elements, stacks, work, worst, duplicates, duplicated)
 
     def after(self, base: dict[str, int], edges: dict[str, list[tuple[str, int]]]
               ) -> dict[str, int]:

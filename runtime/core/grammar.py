@@ -68,6 +68,11 @@ def check_gbnf(text: str, field: str = "grammar") -> str:
         raise InvalidArgument(
             f"{field}: up to {cost.stacks} parse stacks can be open at once (at {cost.where}); "
             f"the limit is {gbnf.MAX_STACKS} ({hint})")
+    if cost.duplicates > gbnf.MAX_DUPLICATES:
+        raise InvalidArgument(
+            f"{field}: {cost.duplicated} recurs {cost.duplicates} times among the parse stacks "
+            f"one position opens; the limit is {gbnf.MAX_DUPLICATES} (llama.cpp tries a token "
+            f"against every copy, again for each of its characters; {hint})")
     if cost.work > gbnf.MAX_WORK:
         raise InvalidArgument(
             f"{field}: testing a token could take {cost.work} parse-stack comparisons (up to "

@@ -1,12 +1,10 @@
 """A grammar request never holds the other requests of its model
 (SECURITY-CASES 25), on the tiny model.
 
-The grammar below is the worst shape the checker lets through: a chain of
-nullable rules, just under the limit on the work of one call into llama.cpp's
-grammar.  Each of its tokens is refused by the grammar (only "x" and "y" are
-allowed), so the engine masks the vocabulary as a job spread over steps;
-`grammar_budget_us=1` makes every step advance each job by a single chunk,
-so the spreading shows in token counts rather than in time.
+The tiny model rarely picks a token the grammar below allows (only "x" and
+"y" are), so the engine masks the vocabulary for it, as a job spread over
+steps; `grammar_budget_us=1` makes every step advance each job by a single
+chunk, so the spreading shows in token counts rather than in time.
 """
 from __future__ import annotations
 
@@ -24,7 +22,7 @@ from tests.core.test_grammar import ATTACK_4K
 from tests.native.helpers import collect, wait_ready
 
 GREEDY = Sampling(temperature=0.0)
-CHAIN = "root ::= " + " ".join(["a"] * 60) + ' "x"{1000}\na ::= "x" | "y" |\n'
+CHAIN = 'root ::= item{1000}\nitem ::= "x" | "y"'
 
 
 @pytest.fixture(scope="module")
