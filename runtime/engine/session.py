@@ -105,7 +105,11 @@ class EngineSession:
         except asyncio.CancelledError:
             future.add_done_callback(_free_submitted)
             raise
-        return self._track(request)
+        stream = self._track(request)
+        # Its first output may have been drained (and its id dropped, the
+        # stream unknown yet) while the loop waited: look once now.
+        stream.notify()
+        return stream
 
     def embed(self, tokens: list[int], normalize: bool) -> RequestStream:
         return self._track(self.engine.submit_embedding(tokens, normalize))

@@ -30,9 +30,18 @@ class SpyEngine:
     def submit(self, params: RequestParams) -> NativeRequest:
         self.threads.append(threading.get_ident())
         self.release.wait(10)
+        finished = self._engine.stats().requests_finished
         request = self._engine.submit(params)
         self.submitted.append(request)
+        if self.hold_until_finished:
+            deadline = time.monotonic() + 30
+            while (self._engine.stats().requests_finished == finished
+                   and time.monotonic() < deadline):
+                time.sleep(0.01)
+            time.sleep(0.2)  # the loop drains the ready id meanwhile
         return request
+
+    hold_until_finished = False
 
 
 def test_grammar_requests_are_submitted_off_the_event_loop(tiny_model: Path) -> None:
@@ -97,5 +106,35 @@ def test_a_caller_gone_during_submit_frees_the_request(tiny_model: Path) -> None
         stats = engine.stats()
         assert stats.requests_cancelled == 1
         assert stats.slots_busy == 0
+    finally:
+        engine.close()
+
+
+def test_output_ready_before_the_stream_is_tracked_is_not_lost(tiny_model: Path) -> None:
+    """A grammar request submitted from a worker thread can finish before
+    its stream is tracked; the event loop then drains its id and finds no
+    stream.  The stream still gets its output (without the notify after
+    tracking in generate_async it waited forever: the full native run hung
+    here)."""
+    engine = NativeEngine(EngineParams(model_path=str(tiny_model), n_ctx=1024, n_parallel=1,
+                                       n_threads=1, n_threads_batch=1))
+    spy = SpyEngine(engine)
+    spy.hold_until_finished = True
+
+    async def main() -> str:
+        session = EngineSession(spy)  # type: ignore[arg-type]
+        try:
+            stream = await session.generate_async(RequestParams(
+                prompt=[1, 300], max_tokens=8, sampling=GREEDY, grammar='root ::= "yes" | "no"'))
+
+            async def read() -> str:
+                return "".join([out.text async for out in stream])
+
+            return await asyncio.wait_for(read(), 30)
+        finally:
+            session.close()
+
+    try:
+        assert asyncio.run(main()) in ("yes", "no")
     finally:
         engine.close()
