@@ -302,6 +302,18 @@ struct hearth_engine {
 };
 
 void *hearth_engine_main(void *arg);
+/* Decides what a new token means for a request (stop, length, text). */
+void hearth_engine_accept_token(struct hearth_engine *e, hearth_request *r, llama_token tok,
+                                const float *logits);
+
+/* grammar_jobs.c: sampling under a grammar, in bounded pieces.  Engine
+ * thread.  hearth_grammar_sample takes the request's logits row of this
+ * step: true when it produced a token, false when the request opened a job
+ * (it is then in e->jobs) or failed (pending_finish set). */
+bool hearth_grammar_sample(struct hearth_engine *e, hearth_request *r);
+/* Advances the open jobs within the step's budget; returns the tokens
+ * produced, whose requests are in e->jobs_done. */
+uint64_t hearth_grammar_run_jobs(struct hearth_engine *e, int64_t decode_ns);
 void hearth_engine_publish(struct hearth_engine *e, hearth_request *r);
 void hearth_engine_finish(struct hearth_engine *e, hearth_request *r,
                           hearth_finish_reason reason, const char *error);
