@@ -291,7 +291,7 @@ typedef struct hearth_request_params {
                                   llama.cpp rejects fails submit with
                                   HEARTH_E_INVALID_ARGUMENT.  It is compiled
                                   in submit, on the caller's thread: bound
-                                  its cost first (runtime/core/grammar.py
+                                  its cost first (runtime/core/gbnf_cost.py
                                   limits its parse stacks and compiled size).
                                   Per token the engine tests the sampler's
                                   own pick against the grammar; only when

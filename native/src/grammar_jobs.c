@@ -12,7 +12,7 @@
  * of its model for at most about one more decode per step, and its cancel
  * or deadline takes effect at the next step.  What one call into llama.cpp's
  * grammar can cost, whatever the chunk, is bounded before the grammar is
- * compiled (runtime/core/gbnf.py).  Engine thread only.
+ * compiled (runtime/core/gbnf_cost.py).  Engine thread only.
  */
 #include "internal.h"
 
@@ -64,8 +64,8 @@ bool hearth_grammar_sample(hearth_engine *e, hearth_request *r) {
  * chunks the clock and cancel/deadline are checked; a chunk is sized from
  * the last one to take about GRAMMAR_CHUNK_NS, or a quarter of a smaller
  * budget (a token costs one test per parse stack, and the stacks differ by
- * grammar and by position; runtime/core/gbnf.py bounds what one call into
- * llama.cpp's grammar can cost whatever the chunk). */
+ * grammar and by position; runtime/core/gbnf_cost.py bounds what one
+ * call into llama.cpp's grammar can cost whatever the chunk). */
 #define GRAMMAR_MIN_BUDGET_NS 4000000LL
 #define GRAMMAR_CHUNK_NS 500000LL
 #define GRAMMAR_CHUNK_FIRST 64

@@ -14,7 +14,7 @@
  * candidate); only when the grammar rejects it is the vocabulary tested, in
  * chunks that the engine spreads over steps under a time budget
  * (engine_loop.c).  The number of stacks itself is bounded before a grammar
- * is compiled (runtime/core/grammar.py).
+ * is compiled (runtime/core/gbnf_cost.py).
  */
 #include "internal.h"
 

@@ -24,7 +24,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from runtime.core import gbnf
+from runtime.core import gbnf, gbnf_cost
 from runtime.core.types import StructuredOutput
 from runtime.errors import InvalidArgument
 
@@ -42,7 +42,7 @@ INLINE_SPEC_BYTES = 4096
 
 def check_gbnf(text: str, field: str = "grammar") -> str:
     """The grammar, if llama.cpp will read it as written and its cost is
-    within the limits (runtime/core/gbnf.py); else InvalidArgument naming
+    within the limits (runtime/core/gbnf_cost.py); else InvalidArgument naming
     the problem, or the limit."""
     if not text.strip():
         raise InvalidArgument(f"{field}: must not be empty")
@@ -51,32 +51,33 @@ def check_gbnf(text: str, field: str = "grammar") -> str:
     if "\0" in text:
         raise InvalidArgument(f"{field}: must not contain NUL")
     try:
-        cost = gbnf.parse(text).cost()
+        cost = gbnf_cost.cost(gbnf.parse(text))
     except gbnf.GrammarError as exc:
         if exc.pos is None:
             raise InvalidArgument(f"{field}: {exc}") from None
         line = text.count("\n", 0, exc.pos) + 1
         column = exc.pos - (text.rfind("\n", 0, exc.pos) + 1) + 1
         raise InvalidArgument(f"{field}: line {line}, column {column}: {exc}") from None
-    if cost.elements > gbnf.MAX_ELEMENTS:
+    if cost.elements > gbnf_cost.MAX_ELEMENTS:
         raise InvalidArgument(
             f"{field}: expands to about {cost.elements} grammar elements once its repetitions "
-            f"are laid out; the limit is {gbnf.MAX_ELEMENTS}")
+            f"are laid out; the limit is {gbnf_cost.MAX_ELEMENTS}")
     hint = ("each rule or item that may match nothing multiplies the ways a text can "
             "continue: make items required, or merge alternatives")
-    if cost.stacks > gbnf.MAX_STACKS:
+    if cost.stacks > gbnf_cost.MAX_STACKS:
         raise InvalidArgument(
             f"{field}: up to {cost.stacks} parse stacks can be open at once (at {cost.where}); "
-            f"the limit is {gbnf.MAX_STACKS} ({hint})")
-    if cost.duplicates > gbnf.MAX_DUPLICATES:
+            f"the limit is {gbnf_cost.MAX_STACKS} ({hint})")
+    if cost.duplicates > gbnf_cost.MAX_DUPLICATES:
         raise InvalidArgument(
             f"{field}: {cost.duplicated} recurs {cost.duplicates} times among the parse stacks "
-            f"one position opens; the limit is {gbnf.MAX_DUPLICATES} (llama.cpp tries a token "
+            f"one position opens; the limit is {gbnf_cost.MAX_DUPLICATES} (llama.cpp tries a token "
             f"against every copy, again for each of its characters; {hint})")
-    if cost.work > gbnf.MAX_WORK:
+    if cost.work > gbnf_cost.MAX_WORK:
         raise InvalidArgument(
             f"{field}: testing a token could take {cost.work} parse-stack comparisons (up to "
-            f"{cost.stacks} stacks open, at {cost.where}); the limit is {gbnf.MAX_WORK} ({hint})")
+            f"{cost.stacks} stacks open, at {cost.where}); the limit is "
+            f"{gbnf_cost.MAX_WORK} ({hint})")
     return text
 
 

@@ -94,7 +94,7 @@ class EngineSession:
     async def generate_async(self, params: RequestParams) -> RequestStream:
         """generate, but a request with a grammar is submitted from a worker
         thread: submit compiles the grammar, which within the checked limits
-        (runtime/core/gbnf.py) can still take a fraction of a second.  If
+        (runtime/core/gbnf_cost.py) can still take a fraction of a second.  If
         the caller goes away meanwhile, the request is freed (so cancelled)
         once submitted."""
         if not params.grammar:

@@ -14,7 +14,7 @@ import string
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from runtime.core import gbnf
+from runtime.core import gbnf, gbnf_cost
 from runtime.core.grammar import MAX_SPEC_BYTES, check_gbnf, schema_to_gbnf
 from runtime.errors import InvalidArgument
 
@@ -26,10 +26,10 @@ _GBNF_CHARS = st.sampled_from(list('root a b ::= | ( ) [ ] " * + ? { } , 0 1 9 2
 
 
 def _within_limits(text: str) -> None:
-    cost = gbnf.parse(text).cost()
-    assert cost.stacks <= gbnf.MAX_STACKS
-    assert cost.work <= gbnf.MAX_WORK
-    assert cost.elements <= gbnf.MAX_ELEMENTS
+    cost = gbnf_cost.cost(gbnf.parse(text))
+    assert cost.stacks <= gbnf_cost.MAX_STACKS
+    assert cost.work <= gbnf_cost.MAX_WORK
+    assert cost.elements <= gbnf_cost.MAX_ELEMENTS
 
 
 def _answer(text: str) -> None:
