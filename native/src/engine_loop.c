@@ -340,6 +340,11 @@ static uint64_t sample_plan(hearth_engine *e, int32_t n_plan) {
             n_sampled += (uint64_t)verify_drafts(e, r);
         } else if (r->sampler.grammar) {
             n_sampled += hearth_grammar_sample(e, r) ? 1 : 0;
+            if (hearth_sampler_grammar_pending(&r->sampler)) {
+                /* Its job publishes it (e->jobs_done), this step or later:
+                 * settling it here too could finish it twice. */
+                e->plan_reqs[i] = NULL;
+            }
         } else {
             llama_token tok = hearth_sampler_sample(&r->sampler, e->ctx, r->batch_index);
             hearth_engine_accept_token(e, r, tok, llama_get_logits_ith(e->ctx, r->batch_index));
@@ -369,7 +374,9 @@ static void publish_step(hearth_engine *e, int32_t n_plan, uint64_t n_sampled,
     e->stats.grammar_jobs += (uint64_t)jobs_opened;
     for (int32_t i = 0; i < n_plan; i++) {
         hearth_request *r = e->plan_reqs[i];
-        settle(e, r, r->batch_index >= 0);
+        if (r) { /* NULL: a grammar job took it over */
+            settle(e, r, r->batch_index >= 0);
+        }
     }
     for (int32_t i = 0; i < e->n_jobs_done; i++) {
         settle(e, e->jobs_done[i], true);
