@@ -150,6 +150,14 @@ typedef struct hearth_engine_params {
     int32_t burst_window_us;   /* an idle engine waits this long at most for
                                   the rest of a burst before its first step
                                   (0 = start at once) */
+    int32_t grammar_budget_us; /* time for grammar work per step (masking
+                                  the vocabulary for grammar requests whose
+                                  sampled token the grammar refused); 0:
+                                  4 ms, or the step's decode time if longer.
+                                  Each open grammar job advances by at least
+                                  one chunk per step whatever the budget, so
+                                  tests set 1 to spread every job over many
+                                  steps */
     int32_t n_threads;         /* decode threads */
     int32_t n_threads_batch;   /* prefill threads */
     int32_t n_gpu_layers;      /* 0 none, -1 all */
@@ -326,7 +334,21 @@ typedef struct hearth_request_params {
                                   by llama.cpp's grammar sampler; NULL or ""
                                   for none.  Not with ignore_eos.  A grammar
                                   llama.cpp rejects fails submit with
-                                  HEARTH_E_INVALID_ARGUMENT */
+                                  HEARTH_E_INVALID_ARGUMENT.  It is compiled
+                                  in submit, on the caller's thread: bound
+                                  its cost first (runtime/core/gbnf_cost.py
+                                  limits its parse stacks and compiled size).
+                                  Per token the engine tests the sampler's
+                                  own pick against the grammar; only when
+                                  the grammar refuses it is the vocabulary
+                                  masked, in chunks spread over steps under
+                                  a time budget of about one decode per
+                                  step, so a grammar never holds the other
+                                  requests of the model, and cancel and
+                                  deadline take effect at the next step.
+                                  Greedy output is what masking first gives;
+                                  a sampled token is drawn unconstrained
+                                  and redrawn under the mask if refused */
     int32_t logprobs;          /* -1: none; 0: the log-probability of each
                                   generated token; 1..20: also the k most
                                   likely tokens at each position */
@@ -427,10 +449,14 @@ typedef struct hearth_engine_stats {
     uint64_t requests_cancelled;
     uint64_t tokens_prompt;      /* prompt tokens computed */
     uint64_t tokens_cached;      /* prompt tokens reused from KV */
+    uint64_t tokens_copied;      /* of which copied from another slot's KV */
     uint64_t tokens_generated;
     uint64_t decode_steps;
     uint64_t decode_failures;
     uint64_t decode_ns_total;    /* time inside llama_decode */
+    uint64_t grammar_jobs;       /* grammar picks whose sampled token the
+                                    grammar refused, so the vocabulary was
+                                    tested in chunks over later steps */
     int64_t last_heartbeat_ns;   /* CLOCK_MONOTONIC of the engine loop's
                                     last iteration (watchdog) */
     bool admission_open;

@@ -37,6 +37,7 @@ class EngineParams:
     prefill_chunk: int = 512
     max_queue: int = 64
     burst_window_us: int = 3000
+    grammar_budget_us: int = 0           # see hearth_core.h (0: the default)
     n_threads: int = 4
     n_threads_batch: int = 4
     n_gpu_layers: int = 0
@@ -172,10 +173,12 @@ class EngineStats:
     requests_cancelled: int
     tokens_prompt: int
     tokens_cached: int
+    tokens_copied: int
     tokens_generated: int
     decode_steps: int
     decode_failures: int
     decode_ns_total: int
+    grammar_jobs: int
     last_heartbeat_ns: int
     admission_open: bool
 
@@ -306,7 +309,7 @@ class NativeEngine:
             keep.append(ffi.new("char[]", ",".join(params.rpc_workers).encode()))
             p.rpc_workers = keep[-1]
         for name in ("n_ctx", "n_parallel", "n_batch", "n_ubatch", "prefill_chunk", "max_queue",
-                     "burst_window_us",
+                     "burst_window_us", "grammar_budget_us",
                      "n_threads", "n_threads_batch", "n_gpu_layers", "main_gpu", "flash_attn",
                      "kv_unified", "swa_full", "use_mmap", "use_mlock", "enable_embeddings",
                      "repack_weights"):
