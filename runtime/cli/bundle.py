@@ -8,9 +8,9 @@ from pathlib import Path
 
 from runtime.bundle.build import BundleBuilder, BundleSpec, read_info, unpack
 from runtime.bundle.manifest import create_signing_key, fingerprint, verify_bundle
-from runtime.exit_codes import ExitCode
 from runtime.config import check_config_name
 from runtime.errors import ConfigError
+from runtime.exit_codes import ExitCode
 
 SOURCE = Path(__file__).resolve().parents[2]
 

@@ -8,8 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from runtime.exit_codes import ExitCode
 from runtime.events import RequestFinished
+from runtime.exit_codes import ExitCode
 from runtime.storage.audit import AuditLog
 from runtime.storage.keys import key_from_file
 from runtime.storage.store import SealedStore
