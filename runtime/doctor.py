@@ -330,7 +330,38 @@ def check_unit(inp: DoctorInput) -> Iterator[Finding]:
         yield Finding("unit", Status.OK, f"{inp.unit}: exposure {score}, GPU access kept")
 
 
-CHECKS = (check_config, check_core, check_gpu, check_memory, check_store, check_unit)
+def check_rpc_workers(inp: DoctorInput) -> Iterator[Finding]:
+    """Each ggml RPC worker a configured model lists: reachable, and the
+    memory it offers (docs/scale-out.md)."""
+    workers = sorted({w for m in inp.config.models.values() for w in m.rpc_workers})
+    if not workers:
+        return
+    from runtime.native import rpc
+
+    if not rpc.available():
+        yield Finding("rpc", Status.FAIL, "models list rpc_workers, but the installed llama.cpp "
+                      "has no RPC backend", "install a build of llama-cpp-python with "
+                      "GGML_RPC=ON (make setup builds one)")
+        return
+    for worker in workers:
+        try:
+            info = rpc.probe(worker)
+        except rpc.WorkerSilent as exc:
+            yield Finding("rpc", Status.WARN, str(exc), "normal while a daemon uses the worker; "
+                          "otherwise check that it runs `hearth rpc-worker`")
+            continue
+        except errors.HearthError as exc:
+            yield Finding("rpc", Status.FAIL, str(exc), "start hearth-rpc-worker there and "
+                          "check the WireGuard / tunnel link")
+            continue
+        total = sum(d.total_bytes for d in info.devices)
+        yield Finding("rpc", Status.OK, f"{worker}: protocol {info.protocol}, "
+                      f"{len(info.devices)} device(s), {info.free_bytes / GIB:.1f} of "
+                      f"{total / GIB:.1f} GiB free")
+
+
+CHECKS = (check_config, check_core, check_gpu, check_memory, check_store, check_unit,
+          check_rpc_workers)
 
 
 def run_checks(inp: DoctorInput) -> Iterator[Finding]:

@@ -1,5 +1,6 @@
-"""Shared fixtures: the tiny generated model and the default Gemma model;
-and the one rule for host tools (openssl, systemd-analyze, namespaces)."""
+"""Shared fixtures: the tiny generated model and the default models (Gemma, the
+SmolLM2 instruct model); and the one rule for host tools (openssl,
+systemd-analyze, namespaces)."""
 from __future__ import annotations
 
 import os
@@ -69,3 +70,11 @@ def gemma_model() -> Path:
     from runtime.models.default_model import prepare_default_model
 
     return prepare_default_model(REPO / "models", quiet=True)
+
+
+@pytest.fixture(scope="session")
+def chat_model() -> Path:
+    """SmolLM2-135M-Instruct Q4_1, copied out of its wheel (no network)."""
+    from runtime.models.default_model import prepare_chat_model
+
+    return prepare_chat_model(REPO / "models", quiet=True)

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from runtime.cli.exit_codes import ExitCode
 from runtime.config import Config, ModelConfig
 from runtime.doctor import DoctorInput, Finding, Status, mem_available, model_bytes, run_checks
+from runtime.exit_codes import ExitCode
 from runtime.storage.keys import create_key_file, key_from_file
 from runtime.storage.store import SealedStore
 from tests.conftest import have_tool

@@ -11,7 +11,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "security-cases.md"
-CITATION = re.compile(r"SECURITY-CASES((?:[\s,]*(?:and\s+)?\d+)+)")
+CITATION = re.compile(r"SECURITY-CASES((?:[\s,]*(?:and\s+)?\d+(?:[-–]\d+)?)+)")
 
 
 def listed_cases() -> set[int]:
@@ -24,8 +24,9 @@ def cited_cases() -> dict[int, list[str]]:
         if path.name == Path(__file__).name:
             continue
         for match in CITATION.finditer(path.read_text(encoding="utf-8")):
-            for number in re.findall(r"\d+", match.group(1)):
-                cited.setdefault(int(number), []).append(str(path.relative_to(ROOT)))
+            for first, last in re.findall(r"(\d+)(?:[-–](\d+))?", match.group(1)):
+                for number in range(int(first), int(last or first) + 1):
+                    cited.setdefault(number, []).append(str(path.relative_to(ROOT)))
     return cited
 
 

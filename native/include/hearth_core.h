@@ -39,7 +39,7 @@ extern "C" {
 /* HEARTH_CDEF_BEGIN */
 
 /* Bumped whenever a struct layout or a signature below changes. */
-#define HEARTH_CORE_ABI_VERSION 4
+#define HEARTH_CORE_ABI_VERSION 5
 
 /* Seed value that asks for a random seed. */
 #define HEARTH_SEED_RANDOM 4294967295
@@ -94,6 +94,44 @@ typedef struct hearth_device_info {
 HEARTH_API int32_t hearth_device_count(void);
 HEARTH_API hearth_status hearth_device_get(int32_t index, hearth_device_info *out);
 
+/* ---------------------------------------------------------------- RPC */
+
+/* ggml's RPC backend (llama.cpp's rpc-server protocol): a worker lends its
+ * devices to a daemon over TCP.  The protocol has no authentication or
+ * encryption: run it over a private, authenticated link only
+ * (docs/scale-out.md). */
+#define HEARTH_RPC_MAX_DEVICES 16
+
+typedef struct hearth_rpc_worker_info {
+    bool reachable;            /* the TCP connection was accepted */
+    uint8_t proto_major;       /* the worker's RPC protocol version */
+    uint8_t proto_minor;
+    uint8_t proto_patch;
+    int32_t n_devices;
+    uint64_t free_bytes[16];   /* per device, as the worker reports them */
+    uint64_t total_bytes[16];
+} hearth_rpc_worker_info;
+
+/* Whether the installed llama.cpp was built with the RPC backend. */
+HEARTH_API bool hearth_rpc_available(void);
+
+/* Connects to the worker at endpoint "HOST:PORT" (IPv4 or a name), asks
+ * its protocol version, devices and their memory, and disconnects; every
+ * step waits timeout_ms at most.  HEARTH_E_FAILED_PRECONDITION with a
+ * message naming the worker when it is unreachable, silent (a worker serves
+ * one client at a time) or speaks another protocol version;
+ * *out->reachable tells the first case from the others. */
+HEARTH_API hearth_status hearth_rpc_probe(const char *endpoint, int32_t timeout_ms,
+                                          hearth_rpc_worker_info *out);
+
+/* Runs ggml's RPC server on endpoint "IPV4:PORT" (bound to exactly that
+ * address) with the named ggml device, or every GPU (else the CPU) when
+ * device is NULL or "".  Blocks for the life of the process; returns only
+ * on failure (bad endpoint, no RPC backend, unknown device, bind or accept
+ * failed).  The caller decides which addresses are acceptable. */
+HEARTH_API hearth_status hearth_rpc_serve(const char *endpoint, const char *device,
+                                          int32_t n_threads);
+
 /* ---------------------------------------------------------------- engine */
 
 typedef struct hearth_engine hearth_engine;
@@ -112,6 +150,14 @@ typedef struct hearth_engine_params {
     int32_t burst_window_us;   /* an idle engine waits this long at most for
                                   the rest of a burst before its first step
                                   (0 = start at once) */
+    int32_t grammar_budget_us; /* time for grammar work per step (masking
+                                  the vocabulary for grammar requests whose
+                                  sampled token the grammar refused); 0:
+                                  4 ms, or the step's decode time if longer.
+                                  Each open grammar job advances by at least
+                                  one chunk per step whatever the budget, so
+                                  tests set 1 to spread every job over many
+                                  steps */
     int32_t n_threads;         /* decode threads */
     int32_t n_threads_batch;   /* prefill threads */
     int32_t n_gpu_layers;      /* 0 none, -1 all */
@@ -150,6 +196,13 @@ typedef struct hearth_engine_params {
      * compute buffer); a prompt has at most drift_rows / n_parallel
      * positions scored (at least 1). */
     int32_t drift_rows;
+    /* ggml RPC workers ("HOST:PORT,HOST:PORT", or NULL): their devices come
+     * first in the model's device list, then this box's GPUs; n_gpu_layers
+     * layers go to that list (tensor_split shares in that order), the rest
+     * stay on the local CPU.  Each worker is probed first, so an unreachable
+     * one fails create with HEARTH_E_FAILED_PRECONDITION naming it.  Read
+     * during hearth_engine_create only. */
+    const char *rpc_workers;
 } hearth_engine_params;
 
 /* Fill *p with defaults (n_ctx 4096, n_parallel 4, ...). */
@@ -287,7 +340,21 @@ typedef struct hearth_request_params {
                                   by llama.cpp's grammar sampler; NULL or ""
                                   for none.  Not with ignore_eos.  A grammar
                                   llama.cpp rejects fails submit with
-                                  HEARTH_E_INVALID_ARGUMENT */
+                                  HEARTH_E_INVALID_ARGUMENT.  It is compiled
+                                  in submit, on the caller's thread: bound
+                                  its cost first (runtime/core/gbnf_cost.py
+                                  limits its parse stacks and compiled size).
+                                  Per token the engine tests the sampler's
+                                  own pick against the grammar; only when
+                                  the grammar refuses it is the vocabulary
+                                  masked, in chunks spread over steps under
+                                  a time budget of about one decode per
+                                  step, so a grammar never holds the other
+                                  requests of the model, and cancel and
+                                  deadline take effect at the next step.
+                                  Greedy output is what masking first gives;
+                                  a sampled token is drawn unconstrained
+                                  and redrawn under the mask if refused */
     int32_t logprobs;          /* -1: none; 0: the log-probability of each
                                   generated token; 1..20: also the k most
                                   likely tokens at each position */
@@ -401,10 +468,14 @@ typedef struct hearth_engine_stats {
     uint64_t requests_cancelled;
     uint64_t tokens_prompt;      /* prompt tokens computed */
     uint64_t tokens_cached;      /* prompt tokens reused from KV */
+    uint64_t tokens_copied;      /* of which copied from another slot's KV */
     uint64_t tokens_generated;
     uint64_t decode_steps;
     uint64_t decode_failures;
     uint64_t decode_ns_total;    /* time inside llama_decode */
+    uint64_t grammar_jobs;       /* grammar picks whose sampled token the
+                                    grammar refused, so the vocabulary was
+                                    tested in chunks over later steps */
     int64_t last_heartbeat_ns;   /* CLOCK_MONOTONIC of the engine loop's
                                     last iteration (watchdog) */
     bool admission_open;

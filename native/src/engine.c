@@ -21,6 +21,7 @@ void hearth_engine_params_init(hearth_engine_params *p) {
     p->prefill_chunk = 512;
     p->max_queue = 64;
     p->burst_window_us = 3000;
+    p->grammar_budget_us = 0;
     p->n_threads = 4;
     p->n_threads_batch = 4;
     p->n_gpu_layers = 0;
@@ -73,6 +74,9 @@ static hearth_status validate_params(const hearth_engine_params *p) {
     if (p->n_gpu_layers < -1) {
         return hearth_fail(HEARTH_E_INVALID_ARGUMENT, "n_gpu_layers must be >= -1");
     }
+    if (p->grammar_budget_us < 0 || p->grammar_budget_us > 1000000) {
+        return hearth_fail(HEARTH_E_INVALID_ARGUMENT, "grammar_budget_us must be in 0..1000000");
+    }
     const int32_t kv_types[] = {0, 1, 2, 8}; /* f32, f16, q4_0, q8_0 */
     bool ok_k = false, ok_v = false;
     for (size_t i = 0; i < sizeof kv_types / sizeof kv_types[0]; i++) {
@@ -104,7 +108,8 @@ static void engine_destroy(hearth_engine *e) {
     hearth_sched_free(e->sched);
     free(e->plan);
     free(e->plan_reqs);
-    free(e->touched);
+    free(e->jobs);
+    free(e->jobs_done);
     free(e->live);
     free(e->embed_q);
     free(e->ready);
@@ -166,11 +171,12 @@ hearth_status hearth_engine_create(const hearth_engine_params *p, hearth_engine 
     e->slots = calloc((size_t)n, sizeof(slot));
     e->plan = calloc((size_t)n, sizeof(hearth_sched_entry));
     e->plan_reqs = calloc((size_t)n, sizeof(hearth_request *));
-    e->touched = calloc((size_t)(n + 1), sizeof(hearth_request *));
+    e->jobs = calloc((size_t)n, sizeof(hearth_request *));
+    e->jobs_done = calloc((size_t)n, sizeof(hearth_request *));
     e->event_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     /* Pages are only touched once a grammar request samples. */
     e->candidates = malloc((size_t)e->n_vocab * sizeof(llama_token_data));
-    if (!e->slots || !e->plan || !e->plan_reqs || !e->touched || e->event_fd < 0 ||
+    if (!e->slots || !e->plan || !e->plan_reqs || !e->jobs || !e->jobs_done || e->event_fd < 0 ||
         !e->candidates) {
         engine_destroy(e);
         return hearth_fail(HEARTH_E_OUT_OF_MEMORY, "out of memory or file descriptors");

@@ -3,9 +3,10 @@
  * The engine thread: the only code that touches the llama context.
  *
  * Each iteration reaps cancelled and expired requests, admits queued ones
- * into free slots (reusing cached prefixes), asks the scheduler for a plan,
- * packs every planned token into one llama_batch, runs one llama_decode,
- * samples, and publishes the new output.  The engine mutex is never held
+ * into free slots (reusing cached prefixes), asks the scheduler for a plan
+ * (plan_step), then runs the step (run_step): packs every planned token into
+ * one llama_batch, runs one llama_decode, samples, advances grammar jobs
+ * within a time budget (grammar_jobs.c), and publishes the new output.  The engine mutex is never held
  * during llama_decode or sampling, so callers can submit, cancel and take
  * output at any time.
  */
@@ -160,8 +161,8 @@ static void admit(hearth_engine *e) {
 
 /* Decides what the new token means for the request; the finish itself
  * happens under the engine mutex afterwards. */
-static void accept_token(hearth_engine *e, hearth_request *r, llama_token tok,
-                         const float *logits) {
+void hearth_engine_accept_token(hearth_engine *e, hearth_request *r, llama_token tok,
+                                const float *logits) {
     if (tok < 0 || tok >= e->n_vocab) {
         r->pending_finish = HEARTH_FINISH_ERROR;
         return;
@@ -202,14 +203,6 @@ static void accept_token(hearth_engine *e, hearth_request *r, llama_token tok,
     }
 }
 
-/* Engine thread; NULL if memory ran out (the grammar still holds). */
-static const utf8_index *grammar_utf8(hearth_engine *e) {
-    if (!e->utf8.cls && !hearth_utf8_index_build(e->vocab, &e->utf8)) {
-        return NULL;
-    }
-    return &e->utf8;
-}
-
 /* Samples the rows of the last token and of each proposal in order, with
  * the request's own sampler, while the sampled token equals the proposal.
  * Each emitted token is a draw from the model's own distribution, so the
@@ -221,8 +214,8 @@ static int32_t verify_drafts(hearth_engine *e, hearth_request *r) {
     int32_t emitted = 0;
     for (int32_t j = 0; j <= m; j++) {
         int32_t row = r->batch_index + j;
-        llama_token tok = hearth_sampler_sample(&r->sampler, e->ctx, row, e->candidates, NULL);
-        accept_token(e, r, tok, llama_get_logits_ith(e->ctx, row));
+        llama_token tok = hearth_sampler_sample(&r->sampler, e->ctx, row);
+        hearth_engine_accept_token(e, r, tok, llama_get_logits_ith(e->ctx, row));
         emitted++;
         if (r->pending_finish != HEARTH_FINISH_NONE || j == m || tok != r->drafts.data[j]) {
             break;
@@ -260,7 +253,9 @@ static void propose(hearth_engine *e, int32_t n_plan) {
     }
 }
 
-static void run_step(hearth_engine *e, int32_t n_plan) {
+/* Packs every planned token into the batch: one token (plus any draft
+ * proposals) per decoding request, a prompt chunk per prefilling one. */
+static void pack_batch(hearth_engine *e, int32_t n_plan) {
     struct llama_batch *b = &e->batch;
     b->n_tokens = 0;
     hearth_drift_step_begin(e);
@@ -288,9 +283,14 @@ static void run_step(hearth_engine *e, int32_t n_plan) {
             r->batch_index = b->n_tokens - 1;
         }
     }
+}
 
+/* Runs llama_decode on the batch and records what entered the KV cache.
+ * On failure every planned request finishes with an error.  Returns the
+ * time spent in llama_decode, or -1 on failure. */
+static int64_t decode_batch(hearth_engine *e, int32_t n_plan) {
     int64_t t0 = hearth_now_ns();
-    int32_t rc = llama_decode(e->ctx, *b);
+    int32_t rc = llama_decode(e->ctx, e->batch);
     int64_t dt = hearth_now_ns() - t0;
 
     pthread_mutex_lock(&e->mu);
@@ -304,7 +304,7 @@ static void run_step(hearth_engine *e, int32_t n_plan) {
             hearth_engine_finish(e, e->plan_reqs[i], HEARTH_FINISH_ERROR, msg);
         }
         pthread_mutex_unlock(&e->mu);
-        return;
+        return -1;
     }
     for (int32_t i = 0; i < n_plan; i++) {
         hearth_request *r = e->plan_reqs[i];
@@ -321,9 +321,14 @@ static void run_step(hearth_engine *e, int32_t n_plan) {
     }
     hearth_sched_commit(e->sched, e->plan, n_plan);
     pthread_mutex_unlock(&e->mu);
+    return dt;
+}
 
-    /* Sampling reads only this step's logits and request-private state. */
-    hearth_drift_score_prompt(e);
+/* Samples every request whose logits this step computed.  Sampling reads
+ * only this step's logits and request-private state, so e->mu is free.
+ * Returns how many tokens were produced. */
+static uint64_t sample_plan(hearth_engine *e, int32_t n_plan) {
+    hearth_drift_score_prompt(e); /* this step's sampled prompt rows */
     uint64_t n_sampled = 0;
     for (int32_t i = 0; i < n_plan; i++) {
         hearth_request *r = e->plan_reqs[i];
@@ -338,36 +343,70 @@ static void run_step(hearth_engine *e, int32_t n_plan) {
         hearth_drift_first_token(e, r);
         if (r->drafts.len > 0) {
             n_sampled += (uint64_t)verify_drafts(e, r);
-            continue;
+        } else if (r->sampler.grammar) {
+            n_sampled += hearth_grammar_sample(e, r) ? 1 : 0;
+            if (hearth_sampler_grammar_pending(&r->sampler)) {
+                /* Its job publishes it (e->jobs_done), this step or later:
+                 * settling it here too could finish it twice. */
+                e->plan_reqs[i] = NULL;
+            }
+        } else {
+            llama_token tok = hearth_sampler_sample(&r->sampler, e->ctx, r->batch_index);
+            hearth_engine_accept_token(e, r, tok, llama_get_logits_ith(e->ctx, r->batch_index));
+            n_sampled++;
         }
-        llama_token tok = hearth_sampler_sample(
-            &r->sampler, e->ctx, r->batch_index, e->candidates,
-            r->sampler.grammar ? grammar_utf8(e) : NULL);
-        if (tok == LLAMA_TOKEN_NULL && r->sampler.grammar) {
-            r->pending_finish = HEARTH_FINISH_ERROR;
-            r->error = strdup("grammar: no token of this model's vocabulary can continue the "
-                              "grammar here");
-            continue;
-        }
-        accept_token(e, r, tok, llama_get_logits_ith(e->ctx, r->batch_index));
-        n_sampled++;
     }
+    return n_sampled;
+}
 
+/* Finishes or publishes a request after its step. e->mu held. */
+static void settle(hearth_engine *e, hearth_request *r, bool produced) {
+    if (r->pending_finish != HEARTH_FINISH_NONE) {
+        const char *why = NULL;
+        if (r->pending_finish == HEARTH_FINISH_ERROR) {
+            why = r->error ? r->error : "the sampler returned an invalid token";
+        }
+        hearth_engine_finish(e, r, r->pending_finish, why);
+    } else if (produced) {
+        hearth_engine_publish(e, r);
+    }
+}
+
+static void publish_step(hearth_engine *e, int32_t n_plan, uint64_t n_sampled,
+                         int32_t jobs_opened) {
     pthread_mutex_lock(&e->mu);
     e->stats.tokens_generated += n_sampled;
+    e->stats.grammar_jobs += (uint64_t)jobs_opened;
     for (int32_t i = 0; i < n_plan; i++) {
         hearth_request *r = e->plan_reqs[i];
-        if (r->pending_finish != HEARTH_FINISH_NONE) {
-            const char *why = NULL;
-            if (r->pending_finish == HEARTH_FINISH_ERROR) {
-                why = r->error ? r->error : "the sampler returned an invalid token";
-            }
-            hearth_engine_finish(e, r, r->pending_finish, why);
-        } else if (r->batch_index >= 0) {
-            hearth_engine_publish(e, r);
+        if (r) { /* NULL: a grammar job took it over */
+            settle(e, r, r->batch_index >= 0);
         }
     }
+    for (int32_t i = 0; i < e->n_jobs_done; i++) {
+        settle(e, e->jobs_done[i], true);
+    }
     pthread_mutex_unlock(&e->mu);
+}
+
+/* One engine step: pack, decode, sample, grammar work, publish. */
+static void run_step(hearth_engine *e, int32_t n_plan) {
+    uint64_t n_sampled = 0;
+    int64_t decode_ns = 0;
+    int32_t jobs_before = e->n_jobs;
+    if (n_plan > 0) {
+        pack_batch(e, n_plan);
+        decode_ns = decode_batch(e, n_plan);
+        if (decode_ns < 0) {
+            n_plan = 0; /* all finished with the error */
+            decode_ns = 0;
+        } else {
+            n_sampled = sample_plan(e, n_plan);
+        }
+    }
+    int32_t jobs_opened = e->n_jobs - jobs_before;
+    n_sampled += hearth_grammar_run_jobs(e, decode_ns);
+    publish_step(e, n_plan, n_sampled, jobs_opened);
 }
 
 static void run_embedding(hearth_engine *e, hearth_request *r) {
@@ -380,6 +419,34 @@ static void run_embedding(hearth_engine *e, hearth_request *r) {
         finish_embedding(e, r, HEARTH_FINISH_ERROR, hearth_last_error());
     }
     pthread_mutex_unlock(&e->mu);
+}
+
+/* Plans the step: the scheduler's entries for live requests, less those
+ * whose grammar job is still choosing their next token (they hold their
+ * slot and decode again once it is chosen); also lists the open jobs.
+ * e->mu held.  Returns the plan length. */
+static int32_t plan_step(hearth_engine *e) {
+    e->n_jobs = 0;
+    for (int32_t i = 0; i < e->n_live && e->n_jobs < e->params.n_parallel; i++) {
+        if (hearth_sampler_grammar_pending(&e->live[i]->sampler)) {
+            e->jobs[e->n_jobs++] = e->live[i];
+        }
+    }
+    int32_t n_planned = hearth_sched_plan(e->sched, e->plan, e->params.n_parallel);
+    int32_t n_plan = 0;
+    for (int32_t i = 0; i < n_planned; i++) {
+        int32_t k = find_live_index(e, e->plan[i].id);
+        if (k < 0) {
+            hearth_sched_remove(e->sched, e->plan[i].id);
+            continue;
+        }
+        if (hearth_sampler_grammar_pending(&e->live[k]->sampler)) {
+            continue;
+        }
+        e->plan[n_plan] = e->plan[i];
+        e->plan_reqs[n_plan++] = e->live[k];
+    }
+    return n_plan;
 }
 
 static bool has_work(const hearth_engine *e) { return e->n_live > 0 || e->n_embed_q > 0; }
@@ -433,17 +500,7 @@ void *hearth_engine_main(void *arg) {
             e->n_embed_q--;
         }
         admit(e);
-        int32_t n_planned = hearth_sched_plan(e->sched, e->plan, e->params.n_parallel);
-        int32_t n_plan = 0;
-        for (int32_t i = 0; i < n_planned; i++) {
-            int32_t k = find_live_index(e, e->plan[i].id);
-            if (k < 0) {
-                hearth_sched_remove(e->sched, e->plan[i].id);
-                continue;
-            }
-            e->plan[n_plan] = e->plan[i];
-            e->plan_reqs[n_plan++] = e->live[k];
-        }
+        int32_t n_plan = plan_step(e);
         pthread_mutex_unlock(&e->mu);
 
         pthread_mutex_lock(&e->step_mu);
@@ -451,7 +508,7 @@ void *hearth_engine_main(void *arg) {
         if (embed) {
             run_embedding(e, embed);
         }
-        if (n_plan > 0) {
+        if (n_plan > 0 || e->n_jobs > 0) {
             test_hang_hook(e);
             run_step(e, n_plan);
         }

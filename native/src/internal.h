@@ -49,6 +49,13 @@ void hearth_batch_add(struct llama_batch *b, llama_token tok, llama_pos pos, int
 bool hlogprobs_append(hlogprobs *l, const hearth_logprob *src, int32_t n);
 void hlogprobs_free(hlogprobs *l);
 
+/* ---- rpc.c: the devices of a model's RPC workers (probed first), then the
+ * local GPUs; *n_out of them written to devs. ---- */
+hearth_status hearth_rpc_model_devices(const char *workers, ggml_backend_dev_t *devs, int32_t cap,
+                                       int32_t *n_out);
+/* Whether layers can leave the CPU: a local GPU, or RPC workers given. */
+bool hearth_offload_possible(const char *workers);
+
 /* ---- log.c: the last error llama.cpp logged on this thread ---- */
 const char *hearth_llama_last_error(void);
 void hearth_llama_clear_error(void);
@@ -70,11 +77,23 @@ typedef struct utf8_index {
     int32_t n_partial;
 } utf8_index;
 
+/* A grammar-constrained pick that did not fit in one step: the full
+ * vocabulary is tested against the grammar in chunks, across engine steps,
+ * so one grammar can never hold the other requests of its model. */
+typedef struct grammar_job {
+    float *logits;               /* copy of the logits row being constrained */
+    uint8_t *allowed;            /* per token: grammar and UTF-8 allow it */
+    int32_t next;                /* next token to test; -1: no job open */
+    int32_t chunk;               /* tokens to test next time (the engine sizes
+                                    it to the time the last chunk took) */
+} grammar_job;
+
 typedef struct hearth_sampler {
     struct llama_sampler *chain; /* NULL on the greedy fast path */
     struct llama_sampler *grammar; /* NULL without a grammar */
     const struct llama_vocab *vocab;
     utf8_state utf8;             /* of the text generated under the grammar */
+    grammar_job job;
     const uint8_t *eog_mask;     /* borrowed from the engine; NULL unless
                                     end-of-generation tokens are banned */
     int32_t n_vocab;
@@ -87,14 +106,32 @@ bool hearth_sampler_init(hearth_sampler *s, const hearth_sampling *cfg,
                          int32_t n_eog, bool ignore_eos);
 /* Feeds the prompt's last penalty_window tokens to the penalties. */
 void hearth_sampler_prime(hearth_sampler *s, const int32_t *tokens, int32_t n);
-/* Picks the next token from logits row idx.  With a grammar, `scratch`
- * (n_vocab entries, engine-owned) holds the candidates and tokens marked in
- * only tokens that keep the text valid UTF-8 are candidates (`utf8`);
- * LLAMA_TOKEN_NULL when the grammar allows
- * no token at all. */
-llama_token hearth_sampler_sample(hearth_sampler *s, struct llama_context *ctx,
-                                  int32_t idx, llama_token_data *scratch,
-                                  const utf8_index *utf8);
+/* Picks the next token from logits row idx (requests without a grammar). */
+llama_token hearth_sampler_sample(hearth_sampler *s, struct llama_context *ctx, int32_t idx);
+/* Grammar requests, in two parts whose cost is bounded separately.
+ *
+ * grammar_first: picks the token the sampler would pick without the
+ * grammar and tests only that one token against the grammar (and against
+ * UTF-8 validity when `utf8` is given).  If both allow it, it is accepted
+ * and returned: the cost is one candidate, not the vocabulary.  Otherwise a
+ * job is opened on a copy of the row (*pending = true) and LLAMA_TOKEN_NULL
+ * returned; LLAMA_TOKEN_NULL with *pending false means out of memory.
+ * For greedy sampling the result equals masking first; for sampled tokens
+ * it is llama.cpp's own "sample, then resample under the mask if
+ * rejected" order.
+ *
+ * grammar_step: tests up to n more tokens of an open job.  True once the
+ * whole vocabulary is done: *out is then the token picked among those
+ * allowed (accepted), or LLAMA_TOKEN_NULL when the grammar allows none.
+ * `scratch` holds n_vocab entries (engine-owned). */
+llama_token hearth_sampler_grammar_first(hearth_sampler *s, const float *logits,
+                                         llama_token_data *scratch, const utf8_index *utf8,
+                                         bool *pending);
+bool hearth_sampler_grammar_step(hearth_sampler *s, int32_t n, llama_token_data *scratch,
+                                 const utf8_index *utf8, llama_token *out);
+static inline bool hearth_sampler_grammar_pending(const hearth_sampler *s) {
+    return s->grammar && s->job.next >= 0;
+}
 bool hearth_utf8_index_build(const struct llama_vocab *vocab, utf8_index *ix);
 void hearth_utf8_index_free(utf8_index *ix);
 hearth_status hearth_sampler_set_grammar(hearth_sampler *s,
@@ -255,7 +292,11 @@ struct hearth_engine {
     struct llama_batch batch;
     hearth_sched_entry *plan;
     hearth_request **plan_reqs;
-    hearth_request **touched;
+    hearth_request **jobs;        /* requests with an open grammar job */
+    int32_t n_jobs;
+    hearth_request **jobs_done;   /* whose job ended in this step */
+    int32_t n_jobs_done;
+    uint32_t job_turn;            /* which job starts the next step's round */
     uint64_t use_counter;
 
     /* Guarded by mu. */
@@ -285,6 +326,18 @@ struct hearth_engine {
 };
 
 void *hearth_engine_main(void *arg);
+/* Decides what a new token means for a request (stop, length, text). */
+void hearth_engine_accept_token(struct hearth_engine *e, hearth_request *r, llama_token tok,
+                                const float *logits);
+
+/* grammar_jobs.c: sampling under a grammar, in bounded pieces.  Engine
+ * thread.  hearth_grammar_sample takes the request's logits row of this
+ * step: true when it produced a token, false when the request opened a job
+ * (it is then in e->jobs) or failed (pending_finish set). */
+bool hearth_grammar_sample(struct hearth_engine *e, hearth_request *r);
+/* Advances the open jobs within the step's budget; returns the tokens
+ * produced, whose requests are in e->jobs_done. */
+uint64_t hearth_grammar_run_jobs(struct hearth_engine *e, int64_t decode_ns);
 void hearth_engine_publish(struct hearth_engine *e, hearth_request *r);
 void hearth_engine_finish(struct hearth_engine *e, hearth_request *r,
                           hearth_finish_reason reason, const char *error);

@@ -45,7 +45,7 @@ hearth_status hearth_model_open(const char *path, int32_t fd_in, struct llama_mo
 hearth_status hearth_model_load(hearth_engine *e) {
     pthread_once(&backend_once, backend_init);
     const hearth_engine_params *p = &e->params;
-    if (p->n_gpu_layers > 0 && !llama_supports_gpu_offload()) {
+    if (p->n_gpu_layers > 0 && !hearth_offload_possible(p->rpc_workers)) {
         return hearth_fail(HEARTH_E_FAILED_PRECONDITION,
                            "n_gpu_layers=%d, but the installed llama.cpp has no GPU backend "
                            "(install the CUDA build with `make setup CUDA=1`)",
@@ -67,6 +67,14 @@ hearth_status hearth_model_load(hearth_engine *e) {
             split[i] = p->tensor_split[i];
         }
         mp.tensor_split = split;
+    }
+    ggml_backend_dev_t devices[HEARTH_RPC_MAX_DEVICES * 2 + 1] = {0};   /* NULL-terminated */
+    if (p->rpc_workers && p->rpc_workers[0]) {
+        int32_t n_dev = 0;
+        hearth_status rst = hearth_rpc_model_devices(p->rpc_workers, devices,
+                                                     HEARTH_RPC_MAX_DEVICES * 2, &n_dev);
+        if (rst != HEARTH_OK) return rst;
+        mp.devices = devices;
     }
     hearth_status st = hearth_model_open(p->model_path, p->model_fd, mp, &e->model);
     if (st != HEARTH_OK) {

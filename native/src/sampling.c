@@ -6,11 +6,21 @@
  * array for every token, while an argmax over the logits row is a single
  * pass.  Everything else uses a llama.cpp chain in llama-server's order:
  * penalties, top-k, top-p, min-p, temperature, then a seeded draw.
+ *
+ * Grammars are the costly case.  llama.cpp tests a candidate against every
+ * parse stack the grammar has open, so masking the whole vocabulary costs
+ * stacks x vocabulary, which a hostile grammar makes minutes.  So the token
+ * the sampler would pick without the grammar is tested first (one
+ * candidate); only when the grammar rejects it is the vocabulary tested, in
+ * chunks that the engine spreads over steps under a time budget
+ * (engine_loop.c).  The number of stacks itself is bounded before a grammar
+ * is compiled (runtime/core/gbnf_cost.py).
  */
 #include "internal.h"
 
 #include <math.h>
 #include <stdlib.h>
+#include <string.h>
 
 void hearth_sampling_init(hearth_sampling *s) {
     s->temperature = 1.0f;
@@ -72,6 +82,7 @@ bool hearth_sampler_init(hearth_sampler *s, const hearth_sampling *cfg,
                          const int32_t *eog_ids, int32_t n_eog, bool ignore_eos) {
     s->chain = NULL;
     s->grammar = NULL;
+    s->job = (grammar_job){NULL, NULL, -1, 0};
     s->vocab = vocab;
     s->utf8 = (utf8_state){0, 0, 0};
     s->eog_mask = ignore_eos ? eog_mask : NULL;
@@ -255,69 +266,41 @@ void hearth_utf8_index_free(utf8_index *ix) {
     ix->n_partial = 0;
 }
 
-/* Masks every candidate that would make the text invalid UTF-8.  llama.cpp's
- * grammar decoder is laxer than UTF-8 (it takes F5..F7 leads and overlong
- * forms), so a constrained JSON string could otherwise hold bytes that show
- * as several U+FFFD and break a maxLength the grammar counted. */
-static void mask_invalid_utf8(const hearth_sampler *s, const utf8_index *ix,
-                              const float *logits, llama_token_data *cand) {
-    bool open = s->utf8.need > 0;
-    for (int32_t i = 0; i < s->n_vocab; i++) {
-        /* With a sequence open only a continuation fits; class-0 tokens
-         * start with a fresh character. */
-        if (ix->cls[i] == 2 || ix->cls[i] == 1 || (open && ix->cls[i] == 0)) {
-            cand[i].logit = -INFINITY;
-        }
+/* Whether token t keeps the text valid UTF-8.  llama.cpp's grammar decoder
+ * is laxer than UTF-8 (it takes F5..F7 leads and overlong forms), so a
+ * constrained JSON string could otherwise hold bytes that show as several
+ * U+FFFD and break a maxLength the grammar counted. */
+static bool utf8_allows(const hearth_sampler *s, const utf8_index *ix, llama_token t) {
+    if (!ix) {
+        return true; /* the index could not be built: the grammar still holds */
+    }
+    if (ix->cls[t] == 2) {
+        return false;
+    }
+    if (ix->cls[t] == 0) {
+        /* A complete character: not while a sequence is open. */
+        return s->utf8.need == 0;
     }
     char buf[256];
-    for (int32_t k = 0; k < ix->n_partial; k++) {
-        llama_token t = ix->partial[k];
-        utf8_state st = s->utf8;
-        int32_t n = piece_of(s->vocab, t, buf, sizeof buf);
-        if (n > 0 && utf8_feed(&st, buf, n)) {
-            cand[t].logit = logits[t];
-        }
-    }
+    utf8_state st = s->utf8;
+    int32_t n = piece_of(s->vocab, t, buf, sizeof buf);
+    return n > 0 && utf8_feed(&st, buf, n);
 }
 
-/* Constrained sampling: the grammar masks the candidates first, then the
- * chain (or an argmax) picks among what is left.  Prompt tokens never reach
- * the grammar (hearth_sampler_prime feeds only the chain). */
-static llama_token sample_with_grammar(hearth_sampler *s, const float *logits,
-                                       llama_token_data *cand, const utf8_index *utf8) {
-    for (int32_t i = 0; i < s->n_vocab; i++) {
-        cand[i].id = i;
-        cand[i].logit = logits[i];
-        cand[i].p = 0.0f;
+static bool grammar_allows(hearth_sampler *s, const utf8_index *ix, llama_token t) {
+    if (t < 0 || t >= s->n_vocab || !utf8_allows(s, ix, t)) {
+        return false;
     }
-    if (utf8) {
-        mask_invalid_utf8(s, utf8, logits, cand);
-    }
-    llama_token_data_array cur = {cand, (size_t)s->n_vocab, -1, false};
+    llama_token_data one = {t, 0.0f, 0.0f};
+    llama_token_data_array cur = {&one, 1, -1, false};
     llama_sampler_apply(s->grammar, &cur);
-    bool any = false;
-    for (size_t i = 0; i < cur.size && !any; i++) {
-        any = cur.data[i].logit != -INFINITY;
-    }
-    if (!any) {
-        return LLAMA_TOKEN_NULL; /* accepting anything now would abort llama.cpp */
-    }
-    llama_token tok;
+    return one.logit != -INFINITY;
+}
+
+/* The token is final: the chain, the grammar and the UTF-8 state move on. */
+static void grammar_commit(hearth_sampler *s, llama_token tok) {
     if (s->chain) {
-        llama_sampler_apply(s->chain, &cur);
-        if (cur.selected < 0 || (size_t)cur.selected >= cur.size) {
-            return LLAMA_TOKEN_NULL;
-        }
-        tok = cur.data[cur.selected].id;
         llama_sampler_accept(s->chain, tok);
-    } else {
-        size_t best = 0;
-        for (size_t i = 1; i < cur.size; i++) {
-            if (cur.data[i].logit > cur.data[best].logit) {
-                best = i;
-            }
-        }
-        tok = cur.data[best].id;
     }
     llama_sampler_accept(s->grammar, tok);
     char buf[256];
@@ -325,16 +308,114 @@ static llama_token sample_with_grammar(hearth_sampler *s, const float *logits,
     if (n > 0 && !utf8_feed(&s->utf8, buf, n)) {
         s->utf8 = (utf8_state){0, 0, 0};
     }
-    return tok;
 }
 
-llama_token hearth_sampler_sample(hearth_sampler *s, struct llama_context *ctx, int32_t idx,
-                                  llama_token_data *scratch, const utf8_index *utf8) {
-    if (s->grammar) {
-        const float *logits = llama_get_logits_ith(ctx, idx);
-        return logits && scratch ? sample_with_grammar(s, logits, scratch, utf8)
-                                 : LLAMA_TOKEN_NULL;
+/* What the sampler picks among `cand` (the chain, or the highest logit,
+ * lowest index on ties); LLAMA_TOKEN_NULL when every logit is -inf. */
+static llama_token pick(hearth_sampler *s, llama_token_data *cand, int32_t n) {
+    bool any = false;
+    for (int32_t i = 0; i < n && !any; i++) {
+        any = cand[i].logit != -INFINITY;
     }
+    if (!any) {
+        return LLAMA_TOKEN_NULL; /* accepting anything now would abort llama.cpp */
+    }
+    if (s->chain) {
+        llama_token_data_array cur = {cand, (size_t)n, -1, false};
+        llama_sampler_apply(s->chain, &cur);
+        if (cur.selected < 0 || (size_t)cur.selected >= cur.size) {
+            return LLAMA_TOKEN_NULL;
+        }
+        return cur.data[cur.selected].id;
+    }
+    int32_t best = 0;
+    for (int32_t i = 1; i < n; i++) {
+        if (cand[i].logit > cand[best].logit) {
+            best = i;
+        }
+    }
+    return cand[best].id;
+}
+
+static void fill_candidates(llama_token_data *cand, const float *logits, int32_t n) {
+    for (int32_t i = 0; i < n; i++) {
+        cand[i].id = i;
+        cand[i].logit = logits[i];
+        cand[i].p = 0.0f;
+    }
+}
+
+llama_token hearth_sampler_grammar_first(hearth_sampler *s, const float *logits,
+                                         llama_token_data *scratch, const utf8_index *utf8,
+                                         bool *pending) {
+    *pending = false;
+    llama_token tok;
+    if (s->chain) {
+        fill_candidates(scratch, logits, s->n_vocab);
+        tok = pick(s, scratch, s->n_vocab);
+    } else {
+        tok = argmax(logits, s->n_vocab, NULL);
+    }
+    if (tok != LLAMA_TOKEN_NULL && grammar_allows(s, utf8, tok)) {
+        grammar_commit(s, tok);
+        return tok;
+    }
+    grammar_job *j = &s->job;
+    if (!j->logits) {
+        j->logits = malloc((size_t)s->n_vocab * sizeof(float));
+        j->allowed = malloc((size_t)s->n_vocab);
+        if (!j->logits || !j->allowed) {
+            free(j->logits);
+            free(j->allowed);
+            j->logits = NULL;
+            j->allowed = NULL;
+            return LLAMA_TOKEN_NULL;
+        }
+    }
+    memcpy(j->logits, logits, (size_t)s->n_vocab * sizeof(float));
+    j->next = 0;
+    *pending = true;
+    return LLAMA_TOKEN_NULL;
+}
+
+bool hearth_sampler_grammar_step(hearth_sampler *s, int32_t n, llama_token_data *scratch,
+                                 const utf8_index *utf8, llama_token *out) {
+    grammar_job *j = &s->job;
+    int32_t end = n < s->n_vocab - j->next ? j->next + n : s->n_vocab;
+    size_t m = 0;
+    for (int32_t t = j->next; t < end; t++) {
+        j->allowed[t] = 0;
+        if (utf8_allows(s, utf8, t)) {
+            scratch[m++] = (llama_token_data){t, 0.0f, 0.0f};
+        }
+    }
+    if (m > 0) {
+        llama_token_data_array cur = {scratch, m, -1, false};
+        llama_sampler_apply(s->grammar, &cur);
+        for (size_t i = 0; i < cur.size; i++) {
+            if (cur.data[i].logit != -INFINITY) {
+                j->allowed[cur.data[i].id] = 1;
+            }
+        }
+    }
+    j->next = end;
+    if (end < s->n_vocab) {
+        return false;
+    }
+    j->next = -1;
+    for (int32_t i = 0; i < s->n_vocab; i++) {
+        scratch[i].id = i;
+        scratch[i].logit = j->allowed[i] ? j->logits[i] : -INFINITY;
+        scratch[i].p = 0.0f;
+    }
+    *out = pick(s, scratch, s->n_vocab);
+    if (*out != LLAMA_TOKEN_NULL) {
+        grammar_commit(s, *out);
+    }
+    return true;
+}
+
+llama_token hearth_sampler_sample(hearth_sampler *s, struct llama_context *ctx, int32_t idx) {
     if (s->chain) {
         return llama_sampler_sample(s->chain, ctx, idx);
     }
@@ -354,6 +435,9 @@ void hearth_sampler_free(hearth_sampler *s) {
         llama_sampler_free(s->grammar);
         s->grammar = NULL;
     }
+    free(s->job.logits);
+    free(s->job.allowed);
+    s->job = (grammar_job){NULL, NULL, -1, 0};
 }
 
 /* One pass for the maximum (vectorised), one for the partition function,

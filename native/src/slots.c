@@ -115,6 +115,7 @@ int32_t hearth_slots_assign(hearth_engine *e, hearth_request *r) {
         }
         d->cache.len = 0;
         htokens_append(&d->cache, s->cache.data, src_len);
+        e->stats.tokens_copied += (uint64_t)src_len;
         reuse = src_len;
     } else {
         slot *d = &e->slots[dst];

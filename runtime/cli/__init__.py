@@ -10,6 +10,7 @@
   fed.py       fed ...: the federation, coordinator and site commands
   bundle.py    bundle keygen|build|verify: the signed offline install bundle
   doctor.py    doctor: check the installation, one line per check
+  rpc_worker.py  rpc-worker: lend this box's devices to a daemon (ggml RPC)
   main.py      the parser, devices, default-model, exit-codes, and the one
                mapping from exception family to exit status
   state.py     --state-dir and the key options; opened_store(args), the one

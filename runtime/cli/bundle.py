@@ -8,9 +8,9 @@ from pathlib import Path
 
 from runtime.bundle.build import BundleBuilder, BundleSpec, read_info, unpack
 from runtime.bundle.manifest import create_signing_key, fingerprint, verify_bundle
-from runtime.cli.exit_codes import ExitCode
 from runtime.config import check_config_name
 from runtime.errors import ConfigError
+from runtime.exit_codes import ExitCode
 
 SOURCE = Path(__file__).resolve().parents[2]
 
@@ -39,9 +39,9 @@ def _models(args: argparse.Namespace) -> list[tuple[str, Path]]:
         check_config_name(name, "--model")
         out.append((name, Path(path)))
     if args.default_model:
-        from runtime.models.default_model import DEFAULT_MODEL_NAME, prepare_default_model
+        from runtime.models.default_model import prepare_default_models
 
-        out.append((DEFAULT_MODEL_NAME, prepare_default_model(args.models_dir, quiet=True)))
+        out += prepare_default_models(args.models_dir, quiet=True)
     if len({n for n, _ in out}) != len(out):
         raise ConfigError("--model: the same name twice")
     return out
@@ -83,7 +83,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--model", action="append", default=[], metavar="NAME=PATH",
                    help="include this GGUF (repeatable); installed into the sealed store")
     c.add_argument("--default-model", action="store_true",
-                   help="include the default model (Gemma 3 270M Q4_K_M)")
+                   help="include the default models (Gemma 3 270M Q4_K_M, "
+                        "SmolLM2-135M-Instruct Q4_1)")
     c.add_argument("--models-dir", default="models", help="where the default model is kept")
     c.add_argument("--flavour", default="auto", choices=["auto", "cpu", "cuda"],
                    help="insist on the llama-cpp-python build installed here")

@@ -2,13 +2,16 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
 from collections.abc import Iterable
+from typing import Any
 
 import grpc
 
+from runtime import errors
 from runtime._proto.hearth.v1 import inference_pb2 as ipb
 from runtime._proto.hearth.v1 import models_pb2 as mpb
 from runtime.client import Credentials, HearthClient
@@ -22,7 +25,8 @@ _FINISH = {0: "", 1: "stop", 2: "length", 3: "cancelled", 4: "deadline", 5: "err
 
 def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--addr", default=os.environ.get("HEARTH_ADDR", DEFAULT_ADDR),
-                   help=f"daemon address, HOST:PORT or unix:PATH (default $HEARTH_ADDR or "
+                   help=f"daemon address, HOST:PORT or unix:PATH; replicas as a comma-separated "
+                        f"list or dns:///NAME (docs/scale-out.md) (default $HEARTH_ADDR or "
                         f"{DEFAULT_ADDR})")
     p.add_argument("--model", default="", help="model name (optional if only one is loaded)")
     g = p.add_argument_group("credentials")
@@ -38,20 +42,30 @@ def connect(args: argparse.Namespace) -> HearthClient:
                                                            args.tls_cert, args.tls_key))
 
 
+# What a person at a terminal gets when they ask for nothing else: about a
+# screenful, and repetition curbed (small models loop without it).  The API's
+# own defaults (server.max_tokens_default, no penalty) stay as documented.
+CLI_MAX_TOKENS = next(row.cli_default for row in CLI_OPTIONS if row.name == "max_tokens")
+
+
 def add_sampling(p: argparse.ArgumentParser) -> None:
     """A flag for each generation option the table gives one (--max-tokens
-    for max_tokens); a list option's flag repeats."""
+    for max_tokens); a list option's flag repeats.  Where the table gives the
+    CLI its own default (a screenful, repetition curbed), the help says so."""
     for row in CLI_OPTIONS:
         flag = "--" + row.name.replace("_", "-")
         if row.kind is Kind.TEXT_LIST:
             p.add_argument(flag, action="append", default=[], help=f"{row.doc} (repeatable)")
         else:
-            p.add_argument(flag, type=int if row.kind is Kind.INT else float, help=row.doc)
+            here = "" if row.cli_default is None else f" (default here: {row.cli_default})"
+            p.add_argument(flag, type=int if row.kind is Kind.INT else float,
+                           help=row.doc + here)
     p.add_argument("--stats", action="store_true", help="print usage and timings to stderr")
 
 
 def _options(args: argparse.Namespace) -> dict:
-    return {row.name: getattr(args, row.name) for row in CLI_OPTIONS}
+    return {row.name: row.cli_default if getattr(args, row.name) is None
+            else getattr(args, row.name) for row in CLI_OPTIONS}
 
 
 def _print_stats(last: ipb.GenerateResponse) -> None:
@@ -60,6 +74,16 @@ def _print_stats(last: ipb.GenerateResponse) -> None:
     print(f"[{_FINISH.get(last.finish_reason, '?')}: {u.prompt_tokens} prompt "
           f"({u.cached_tokens} cached) + {u.completion_tokens} generated tokens, "
           f"first token {u.ttft_seconds * 1000:.0f} ms, {rate:.1f} tok/s]", file=sys.stderr)
+
+
+def _after_answer(args: argparse.Namespace, last: ipb.GenerateResponse | None) -> None:
+    if last is None:
+        return
+    if args.stats:
+        _print_stats(last)
+    if args.max_tokens is None and _FINISH.get(last.finish_reason) == "length":
+        print(f"[stopped at {CLI_MAX_TOKENS} tokens, the default here; --max-tokens N for "
+              f"more]", file=sys.stderr)
 
 
 def _stream(chunks: Iterable[ipb.GenerateResponse]) -> ipb.GenerateResponse | None:
@@ -77,43 +101,98 @@ def cmd_generate(args: argparse.Namespace) -> int:
         last = _stream(c.generate(prompt, args.model, **_options(args)))
     sys.stdout.write("\n")
     sys.stdout.flush()
-    if args.stats and last is not None:
-        _print_stats(last)
+    _after_answer(args, last)
     return ExitCode.OK
 
 
+def _chat_model(c: HearthClient, requested: str) -> str:
+    """The model to chat with: the one asked for; else, with several loaded,
+    the first (by name) that has a chat template, so that `hearth chat`
+    after `make run` talks to the instruct model, not the base model."""
+    if requested:
+        return requested
+    ready = [m for m in c.list_models().models if m.state == mpb.MODEL_STATE_READY]
+    if len(ready) <= 1:
+        return ""          # the server picks the only one, or says none is loaded
+    # "none" is what Models.Get says of a model Chat refuses (models/manager.py)
+    chat = sorted(m.name for m in ready if m.chat_template not in ("", "none"))
+    if not chat:
+        raise errors.FailedPrecondition(
+            "none of the loaded models has a chat template (" +
+            ", ".join(sorted(m.name for m in ready)) + "); see `hearth serve --chat-template`, "
+            "or use `hearth generate`")
+    if len(chat) > 1:
+        print(f"hearth chat: talking to {chat[0]} (also loaded: {', '.join(chat[1:])}; "
+              f"--model chooses)", file=sys.stderr)
+    return chat[0]
+
+
+def _read_turn(interactive: bool) -> str | None:
+    """The next line the person typed, or None at the end.  At a terminal,
+    Ctrl-C abandons the line being typed; Ctrl-D leaves."""
+    if not interactive:
+        line = sys.stdin.readline()
+        return line.rstrip("\n") if line else None
+    while True:
+        try:
+            return input("> ")
+        except KeyboardInterrupt:
+            print(file=sys.stderr)
+        except EOFError:
+            print(file=sys.stderr)
+            return None
+
+
+def _answer(c: HearthClient, args: argparse.Namespace, model: str,
+            history: list[tuple[str, str]], interactive: bool) -> str:
+    """Streams one answer and returns its text.  At a terminal, Ctrl-C
+    cancels the request (the daemon frees the slot) and keeps the REPL."""
+    call: Any = c.chat(history, model, **_options(args))    # a grpc.Call: cancellable
+    reply: list[str] = []
+    last = None
+    try:
+        for chunk in call:
+            sys.stdout.write(chunk.text)
+            sys.stdout.flush()
+            reply.append(chunk.text)
+            last = chunk
+    except KeyboardInterrupt:
+        if not interactive:
+            raise
+        call.cancel()
+        sys.stdout.write(" [stopped]")
+    sys.stdout.write("\n")
+    sys.stdout.flush()
+    _after_answer(args, last)
+    return "".join(reply)
+
+
 def cmd_chat(args: argparse.Namespace) -> int:
+    """A REPL at a terminal (line editing and in-session history through
+    readline; nothing is written to disk, since conversations may be
+    confidential); with piped input, one answer per line until EOF."""
     history: list[tuple[str, str]] = [("system", args.system)] if args.system else []
     interactive = sys.stdin.isatty()
     if interactive:
-        print("hearth chat: /reset clears the conversation, /exit or Ctrl-D leaves",
-              file=sys.stderr)
+        with contextlib.suppress(ImportError):
+            import readline  # noqa: F401  (input() gains editing and history)
     with connect(args) as c:
+        model = _chat_model(c, args.model)
+        if interactive:
+            print(f"hearth chat{f' with {model}' if model else ''}: /reset clears the "
+                  f"conversation, Ctrl-C stops an answer, /exit or Ctrl-D leaves",
+                  file=sys.stderr)
         while True:
-            if interactive:
-                sys.stderr.write("> ")
-                sys.stderr.flush()
-            line = sys.stdin.readline()
-            if not line or line.strip() == "/exit":
+            line = _read_turn(interactive)
+            if line is None or line.strip() == "/exit":
                 return ExitCode.OK
-            line = line.rstrip("\n")
             if line.strip() == "/reset":
                 history = history[:1] if args.system else []
                 continue
             if not line.strip():
                 continue
             history.append(("user", line))
-            reply: list[str] = []
-            last = None
-            for chunk in c.chat(history, args.model, **_options(args)):
-                sys.stdout.write(chunk.text)
-                sys.stdout.flush()
-                reply.append(chunk.text)
-                last = chunk
-            sys.stdout.write("\n")
-            if args.stats and last is not None:
-                _print_stats(last)
-            history.append(("assistant", "".join(reply)))
+            history.append(("assistant", _answer(c, args, model, history, interactive)))
 
 
 def _status_line(s: mpb.ModelStatus) -> str:
@@ -187,7 +266,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> argparse._SubParsersAction:
     p.add_argument("prompt")
     p.set_defaults(func=cmd_generate)
 
-    p = sub.add_parser("chat", help="interactive chat with the model's chat template")
+    p = sub.add_parser("chat", help="chat with a model that has a chat template (a REPL at a "
+                                    "terminal; one answer per line of piped input)")
     add_common(p)
     add_sampling(p)
     p.add_argument("--system", help="system prompt")

@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from runtime.cli.client import add_common, connect
-from runtime.cli.exit_codes import ExitCode
-from runtime.cli.storage import add_state_options, open_store
+from runtime.cli.state import add_state_options, opened_store
 from runtime.errors import ConfigError, FailedPrecondition
+from runtime.exit_codes import ExitCode
 from runtime.storage.store import SealedStore
 
 
@@ -60,11 +60,8 @@ def cmd_init(args: argparse.Namespace) -> int:
         secure_aggregation=args.secagg, round_seconds=args.round_seconds)
     if args.min_sites < 1 or args.clip_norm <= 0 or args.noise_multiplier < 0:
         raise ConfigError("--min-sites must be >= 1, --clip-norm > 0, --noise-multiplier >= 0")
-    store = open_store(args)
-    try:
+    with opened_store(args) as store:
         init_coordinator(store, settings, args.base_model)
-    finally:
-        store.close()
     _json({"federation": args.federation, "trainable_values": size,
            "base_model_sha256": settings.base_model_sha256})
     return ExitCode.OK
@@ -74,11 +71,8 @@ def cmd_issue(args: argparse.Namespace) -> int:
     from runtime.federation.enrollment import issue_kit
     from runtime.federation.files import private_write
 
-    store = open_store(args)
-    try:
+    with opened_store(args) as store:
         kit = issue_kit(store, Path(args.request).read_bytes(), args.coordinator_address)
-    finally:
-        store.close()
     private_write(Path(args.out), kit.dumps())
     print(f"enrolled site {kit.site}; its kit is {args.out}", file=sys.stderr)
     return ExitCode.OK
@@ -89,12 +83,9 @@ def cmd_coordinator(args: argparse.Namespace) -> int:
     from runtime.logs import setup_logging
 
     setup_logging("info", "text")      # the rounds' progress, on stderr
-    store = open_store(args)
-    try:
+    with opened_store(args) as store:
         summary = asyncio.run(serve_rounds(store, args.listen, args.rounds, args.step_seconds,
                                            args.ready_file, args.linger))
-    finally:
-        store.close()
     _json(summary)
     return ExitCode.OK
 
@@ -102,11 +93,8 @@ def cmd_coordinator(args: argparse.Namespace) -> int:
 def cmd_plan(args: argparse.Namespace) -> int:
     from runtime.federation.files import open_plan
 
-    store = open_store(args)
-    try:
+    with opened_store(args) as store:
         plan, path = open_plan(store, Path(args.out))
-    finally:
-        store.close()
     _json({"round": plan.round, "plan": str(path)})
     return ExitCode.OK
 
@@ -114,11 +102,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
 def cmd_collect(args: argparse.Namespace) -> int:
     from runtime.federation.files import collect_updates
 
-    store = open_store(args)
-    try:
+    with opened_store(args) as store:
         accepted, refused = collect_updates(store, Path(args.directory))
-    finally:
-        store.close()
     for line in refused:
         print(f"refused {line}", file=sys.stderr)
     _json({"accepted": accepted, "refused": refused})
@@ -128,11 +113,8 @@ def cmd_collect(args: argparse.Namespace) -> int:
 def cmd_publish(args: argparse.Namespace) -> int:
     from runtime.federation.files import publish_round
 
-    store = open_store(args)
-    try:
+    with opened_store(args) as store:
         published, path = publish_round(store, Path(args.out))
-    finally:
-        store.close()
     _json({"version": published.version, "release": str(path),
            "metrics": published.manifest.metrics,
            "rejected": [f"{r.site}: {r.reason}" for r in published.rejected]})
@@ -142,8 +124,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     from runtime.federation.state import load_coordinator_record, load_site_record
 
-    store = open_store(args)
-    try:
+    with opened_store(args) as store:
         doc: dict[str, Any] = {}
         try:
             r = load_coordinator_record(store)
@@ -162,8 +143,6 @@ def cmd_status(args: argparse.Namespace) -> int:
                            "plans_answered": len(s.answered)}
         except FailedPrecondition:
             pass
-    finally:
-        store.close()
     print(json.dumps(doc, indent=1, sort_keys=True))
     return ExitCode.OK
 
@@ -174,11 +153,8 @@ def cmd_enroll(args: argparse.Namespace) -> int:
     from runtime.federation.enrollment import enroll_site
     from runtime.federation.files import private_write
 
-    store = open_store(args)
-    try:
+    with opened_store(args) as store:
         request = enroll_site(store, args.site)
-    finally:
-        store.close()
     private_write(Path(args.out), request.dumps())
     print(f"site {args.site}: keys created; take {args.out} to the coordinator "
           "(`hearth fed issue`)", file=sys.stderr)
@@ -188,11 +164,8 @@ def cmd_enroll(args: argparse.Namespace) -> int:
 def cmd_join(args: argparse.Namespace) -> int:
     from runtime.federation.enrollment import join_site
 
-    store = open_store(args)
-    try:
+    with opened_store(args) as store:
         kit = join_site(store, Path(args.kit).read_bytes(), args.base_model)
-    finally:
-        store.close()
     _json({"site": kit.site, "federation": kit.federation, "coordinator": kit.coordinator})
     return ExitCode.OK
 
@@ -222,8 +195,7 @@ def cmd_participate(args: argparse.Namespace) -> int:
 
     setup_logging("info", "text")
     policy = _site_policy(args)
-    store = open_store(args)
-    try:
+    with opened_store(args) as store:
         site = _site(store)
         data = site_data(store, args.data, args.heldout)
         link = GrpcLink(site, args.coordinator, args.server_name, args.wait)
@@ -231,8 +203,6 @@ def cmd_participate(args: argparse.Namespace) -> int:
             run = participate(site, link, data, policy, args.threads)
         finally:
             link.close()
-    finally:
-        store.close()
     _json(asdict(run))
     return ExitCode.OK
 
@@ -242,14 +212,11 @@ def cmd_export_update(args: argparse.Namespace) -> int:
     from runtime.federation.site_training import site_data
 
     policy = _site_policy(args)
-    store = open_store(args)
-    try:
+    with opened_store(args) as store:
         site = _site(store)
         data = site_data(store, args.data, args.heldout)
         path, upd = export_update(site, Path(args.plan).read_bytes(), data, Path(args.out),
                                   policy, args.threads)
-    finally:
-        store.close()
     _json({"update": str(path), "bytes": path.stat().st_size, "tokens": upd.tokens,
            "ppl_start": upd.ppl_start, "ppl_local": upd.ppl_local, "norm": upd.norm})
     return ExitCode.OK
@@ -277,23 +244,19 @@ def _audit(store: SealedStore, action: str, detail: dict[str, Any]) -> None:
 def cmd_import_release(args: argparse.Namespace) -> int:
     from runtime.federation.site_loop import apply_release
 
-    store = open_store(args)
-    try:
+    with opened_store(args) as store:
         site = _site(store)
         manifest = apply_release(site, Path(args.file).read_bytes())
         _audit(store, "federation.release_applied",
                {"federation": manifest.federation, "version": manifest.version,
                 "adapter_sha256": manifest.adapter_sha256})
-    finally:
-        store.close()
     swapped = _swap_into_daemon(args, manifest.federation)
     _json({"version": manifest.version, "metrics": manifest.metrics, "swapped_as": swapped})
     return ExitCode.OK
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
-    store = open_store(args)
-    try:
+    with opened_store(args) as store:
         site = _site(store)
         previous = site.record.applied_version
         manifest = site.rollback(args.to)
@@ -301,8 +264,6 @@ def cmd_rollback(args: argparse.Namespace) -> int:
                {"federation": manifest.federation, "from_version": previous,
                 "to_version": manifest.version, "high_water": site.record.high_water,
                 "adapter_sha256": manifest.adapter_sha256})
-    finally:
-        store.close()
     swapped = _swap_into_daemon(args, manifest.federation)
     _json({"version": manifest.version, "from_version": previous, "swapped_as": swapped})
     return ExitCode.OK
@@ -311,13 +272,10 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from runtime.federation.site_training import evaluate_site, site_data
 
-    store = open_store(args)
-    try:
+    with opened_store(args) as store:
         site = _site(store)
         ppl = evaluate_site(site, site_data(store, args.data, args.heldout), args.threads)
         version = site.record.applied_version
-    finally:
-        store.close()
     _json({"ppl": ppl, "version": version})
     return ExitCode.OK
 

@@ -7,7 +7,18 @@ import sys
 import grpc
 
 from runtime import __version__, errors
-from runtime.cli import bundle, client, doctor, drift, fed, serve, storage, tokens, transparency
+from runtime.cli import (
+    bundle,
+    client,
+    doctor,
+    drift,
+    fed,
+    rpc_worker,
+    serve,
+    storage,
+    tokens,
+    transparency,
+)
 from runtime.exit_codes import HELP, ExitCode
 
 
@@ -22,9 +33,10 @@ def cmd_devices(args: argparse.Namespace) -> int:
 
 
 def cmd_default_model(args: argparse.Namespace) -> int:
-    from runtime.models.default_model import prepare_default_model
+    from runtime.models.default_model import prepare_default_models
 
-    print(prepare_default_model(args.dir))
+    for _, path in prepare_default_models(args.dir):
+        print(path)
     return ExitCode.OK
 
 
@@ -60,9 +72,11 @@ def parser() -> argparse.ArgumentParser:
     drift.add_parsers(sub)
     transparency.add_parsers(sub)
     doctor.add_parser(sub)
+    rpc_worker.add_parser(sub)
     d = sub.add_parser("devices", help="show the devices ggml can use")
     d.set_defaults(func=cmd_devices)
-    d = sub.add_parser("default-model", help="assemble the default model (Gemma 3 270M)")
+    d = sub.add_parser("default-model", help="prepare the default models (Gemma 3 270M, "
+                                                 "SmolLM2-135M-Instruct)")
     d.add_argument("--dir", default="models", help="where to write it (default: models/)")
     d.set_defaults(func=cmd_default_model)
     d = sub.add_parser("exit-codes", help="what each exit status means")

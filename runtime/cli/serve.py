@@ -41,6 +41,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n-gpu-layers", metavar="N|auto", help="layers to offload (--model models)")
     p.add_argument("--max-queue", type=int, metavar="N",
                    help="requests waiting beyond the slots (--model models)")
+    p.add_argument("--chat-template", metavar="NAME|JINJA",
+                   help="chat template of --model models: a llama.cpp template name "
+                        "(chatml, gemma, llama3, ...) or Jinja text; default: the GGUF's own "
+                        "(a model without one is refused by Chat)")
     p.add_argument("--models-dir", help="folder whose NAME.gguf files Models.Load accepts")
     p.add_argument("--log-format", choices=["text", "json"])
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
@@ -105,6 +109,8 @@ def build_config(args: argparse.Namespace) -> tuple[Config, list[ModelConfig]]:
         "max_queue": _int_arg("max-queue", args.max_queue, 0),
         "n_draft": _int_arg("n-draft", args.n_draft, 1),
     }.items() if v is not None}
+    if args.chat_template:
+        overrides["chat_template"] = args.chat_template
     if args.draft:
         overrides["draft"] = check_source(args.draft, "--draft").resolved_against(Path.cwd())
     if args.n_gpu_layers is not None:

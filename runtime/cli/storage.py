@@ -13,9 +13,9 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from runtime.cli.exit_codes import ExitCode
-from runtime.cli.state import add_state_options, open_store, source_of
+from runtime.cli.state import add_state_options, opened_store, source_of
 from runtime.errors import ConfigError, InvalidArgument
+from runtime.exit_codes import ExitCode
 from runtime.storage.audit import AuditLog, verify_audit
 from runtime.storage.catalog import Catalog
 from runtime.storage.keys import Keyring, create_key_file, key_source
@@ -85,11 +85,10 @@ def cmd_keys_rotate(args: argparse.Namespace) -> int:
         create_key_file(args.new_key_file)       # "created if missing", before reading it
     new = key_source(args.new_key_file, args.new_passphrase_file, args.new_credential,
                      confirm=True)
-    store = open_store(args)
-    old = store.master.id
-    count = len(store.catalog.rows())
-    master = store.rotate(new)
-    store.close()
+    with opened_store(args) as store:
+        old = store.master.id
+        count = len(store.catalog.rows())
+        master = store.rotate(new)
     print(f"re-wrapped {count} objects from {old} to {master.id}")
     return ExitCode.OK
 
@@ -110,11 +109,10 @@ def gguf_check(fd: int, path: Path, kind: Kind) -> None:
 
 
 def _seal_file(args: argparse.Namespace, kind: Kind, done: str) -> int:
-    store = open_store(args)
-    path = Path(args.path)
-    obj = store.import_file(path, args.name, kind, args.remove_source,
-                            progress=ProgressBar(f"sealing {path.name}"), check=gguf_check)
-    store.close()
+    with opened_store(args) as store:
+        path = Path(args.path)
+        obj = store.import_file(path, args.name, kind, args.remove_source,
+                                progress=ProgressBar(f"sealing {path.name}"), check=gguf_check)
     print(f"{done} {obj.name} version {obj.version}: {obj.size} bytes, "
           f"sha256 {obj.sha256[:16]}…")
     if args.remove_source:
@@ -132,19 +130,17 @@ def cmd_data_add(args: argparse.Namespace) -> int:
 
 
 def cmd_store_list(args: argparse.Namespace) -> int:
-    store = open_store(args)
-    for o in store.list():
-        when = datetime.fromtimestamp(o.created_at, UTC).strftime("%Y-%m-%d %H:%M")
-        print(f"{o.kind:8} {o.name:24} v{o.version:<3} {o.size / 2**20:9.1f} MiB  {when}  "
-              f"sha256 {o.sha256[:12]}  from {o.source}")
-    store.close()
+    with opened_store(args) as store:
+        for o in store.list():
+            when = datetime.fromtimestamp(o.created_at, UTC).strftime("%Y-%m-%d %H:%M")
+            print(f"{o.kind:8} {o.name:24} v{o.version:<3} {o.size / 2**20:9.1f} MiB  {when}  "
+                  f"sha256 {o.sha256[:12]}  from {o.source}")
     return ExitCode.OK
 
 
 def cmd_store_verify(args: argparse.Namespace) -> int:
-    store = open_store(args)
-    obj = store.verify(Kind.parse(args.kind), args.name, args.version)
-    store.close()
+    with opened_store(args) as store:
+        obj = store.verify(Kind.parse(args.kind), args.name, args.version)
     print(f"{obj.kind} {obj.name} v{obj.version}: every chunk and the SHA-256 verify")
     return ExitCode.OK
 
@@ -157,11 +153,8 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     names the signing key (the chain is over ciphertext)."""
     directory = state_dir(args.state_dir)
     if args.key_file or args.passphrase_file or args.credential:
-        store = open_store(args)
-        try:
+        with opened_store(args) as store:
             verdict = verify_audit(directory, args.fingerprint, store)
-        finally:
-            store.close()
     else:
         verdict = verify_audit(directory, args.fingerprint)
     if verdict.broken is not None:
@@ -188,25 +181,23 @@ def _since(text: str | None) -> float:
 
 
 def cmd_audit_export(args: argparse.Namespace) -> int:
-    store = open_store(args)
-    audit = AuditLog(store)
-    broken = audit.verify()
-    if broken is not None:
-        print(f"warning: the audit log is broken at {broken}; exporting what decrypts",
-              file=sys.stderr)
-    count = 0
-    for entry in audit.entries(since=_since(args.since)):
-        sys.stdout.write(json.dumps(entry, sort_keys=True) + "\n")
-        count += 1
-    store.close()
+    with opened_store(args) as store:
+        audit = AuditLog(store)
+        broken = audit.verify()
+        if broken is not None:
+            print(f"warning: the audit log is broken at {broken}; exporting what decrypts",
+                  file=sys.stderr)
+        count = 0
+        for entry in audit.entries(since=_since(args.since)):
+            sys.stdout.write(json.dumps(entry, sort_keys=True) + "\n")
+            count += 1
     print(f"exported {count} records", file=sys.stderr)
     return ExitCode.OK
 
 
 def cmd_audit_erase(args: argparse.Namespace) -> int:
-    store = open_store(args)
-    erased = AuditLog(store).erase_subject(args.subject)
-    store.close()
+    with opened_store(args) as store:
+        erased = AuditLog(store).erase_subject(args.subject)
     if erased:
         print(f"destroyed the content key of {args.subject!r}: their logged prompts and "
               "responses can no longer be decrypted; the chain is unchanged")
@@ -216,9 +207,8 @@ def cmd_audit_erase(args: argparse.Namespace) -> int:
 
 
 def cmd_audit_repair(args: argparse.Namespace) -> int:
-    store = open_store(args)
-    aside = AuditLog(store).repair()
-    store.close()
+    with opened_store(args) as store:
+        aside = AuditLog(store).repair()
     print(f"set the broken log aside as {aside} and started a new, signed chain that "
           "records where the old one broke")
     return ExitCode.OK

@@ -2,200 +2,48 @@
 
 The engine enforces the grammar with llama.cpp's grammar sampler.  llama.cpp
 reports a syntax error only on the daemon's stderr, so grammars are checked
-here first, and the client is told what is wrong and where:
-`grammar: line 2, column 9: expected '::='`.  JSON schemas are checked
-against their JSON Schema meta-schema (jsonschema), then converted with
+here first (runtime/core/gbnf.py), and the client is told what is wrong and
+where: `grammar: line 2, column 9: expected '::='`.  The same reading bounds
+what the grammar will cost llama.cpp (its compiled size and its parse
+stacks), before anything is compiled.
+
+JSON schemas are bounded first (nesting depth, every length and item count),
+checked against their meta-schema (jsonschema), then converted with
 llama-cpp-python's converter (the same code llama.cpp's server uses), whose
 refusals (an unsupported keyword, a bad $ref) become InvalidArgument too.
+The converter's own repetition writer lays a bound out as one nested group
+per unit, so `maxLength: N` grew with N before any size check could run;
+ours (_repetition) writes llama.cpp's {m,n} instead, within its limits, so
+the grammar's size does not depend on the bounds.
 """
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
-import re
 from collections.abc import Callable
 from typing import Any
 
+from runtime.core import gbnf, gbnf_cost
 from runtime.core.types import StructuredOutput
 from runtime.errors import InvalidArgument
 
 MAX_SPEC_BYTES = 64 << 10
 # Any JSON object, for response_format {"type": "json_object"}.
 JSON_OBJECT_SCHEMA = '{"type": "object"}'
-_NAME = re.compile(r"[A-Za-z0-9-]+")
-
-
-class _GrammarError(Exception):
-    def __init__(self, pos: int, message: str) -> None:
-        super().__init__(message)
-        self.pos = pos
-
-
-class _Checker:
-    """A recursive-descent reading of GBNF (llama.cpp's grammars/README.md):
-    rules `name ::= alternatives`, each a sequence of "literals", [classes],
-    rule names, (groups), `.`, <token>/<[id]> (optionally negated with !),
-    with repetition suffixes * + ? {m} {m,} {m,n}; `#` comments; newlines end
-    a rule except inside parentheses and after '|'."""
-
-    def __init__(self, text: str) -> None:
-        self.s = text
-        self.i = 0
-        self.defined: dict[str, int] = {}
-        self.used: list[tuple[str, int]] = []
-
-    def fail(self, message: str) -> _GrammarError:
-        return _GrammarError(self.i, message)
-
-    def peek(self) -> str:
-        return self.s[self.i] if self.i < len(self.s) else ""
-
-    def space(self, newlines: bool) -> None:
-        while self.i < len(self.s):
-            c = self.s[self.i]
-            if c in " \t" or (newlines and c in "\r\n"):
-                self.i += 1
-            elif c == "#":
-                while self.i < len(self.s) and self.s[self.i] not in "\r\n":
-                    self.i += 1
-            else:
-                return
-
-    def name(self) -> str:
-        m = _NAME.match(self.s, self.i)
-        if not m:
-            raise self.fail("expected a rule name")
-        self.i = m.end()
-        return m.group()
-
-    def escape(self) -> None:
-        self.i += 1  # the backslash
-        c = self.peek()
-        widths = {"x": 2, "u": 4, "U": 8}
-        if c in widths:
-            digits = self.s[self.i + 1:self.i + 1 + widths[c]]
-            if len(digits) != widths[c] or not all(d in "0123456789abcdefABCDEF" for d in digits):
-                raise self.fail(f"\\{c} needs {widths[c]} hex digits")
-            self.i += 1 + widths[c]
-        elif c and c in 'nrt\\"[]-^':
-            self.i += 1
-        else:
-            raise self.fail(f"unknown escape \\{c}" if c else "unfinished escape")
-
-    def literal(self, close: str) -> None:
-        start = self.i
-        self.i += 1
-        while self.peek() != close:
-            c = self.peek()
-            if not c or (close == '"' and c in "\r\n"):
-                self.i = start
-                what = "string" if close == '"' else "character class"
-                raise self.fail(f"unterminated {what}")
-            if c == "\\":
-                self.escape()
-            else:
-                self.i += 1
-        self.i += 1
-
-    def repetition(self) -> None:
-        start = self.i
-        m = re.compile(r"\{\s*(\d+)\s*(,\s*(\d*)\s*)?\}").match(self.s, self.i)
-        if not m:
-            raise self.fail("expected {m}, {m,} or {m,n}")
-        lo, hi = int(m.group(1)), m.group(3)
-        if hi and int(hi) < lo:
-            self.i = start
-            raise self.fail(f"repetition {{{lo},{hi}}}: the maximum is below the minimum")
-        self.i = m.end()
-
-    def sequence(self, nested: bool) -> None:
-        items = 0
-        while True:
-            self.space(nested)
-            c = self.peek()
-            if not c:
-                return
-            if c == '"':
-                self.literal('"')
-            elif c == "[":
-                self.literal("]")
-            elif c == ".":
-                self.i += 1
-            elif c == "(":
-                self.i += 1
-                self.alternatives(nested=True)
-                if self.peek() != ")":
-                    raise self.fail("expected ')'")
-                self.i += 1
-            elif c in "!<":
-                if c == "!":
-                    self.i += 1
-                m = re.compile(r"<(\[\d+\]|[^<>\s]+)>").match(self.s, self.i)
-                if not m:
-                    raise self.fail("expected a token reference such as <[42]> or <tok>")
-                self.i = m.end()
-            elif _NAME.match(c):
-                at = self.i
-                ref = self.name()
-                after = self.i
-                self.space(nested)
-                if self.s.startswith("::=", self.i):
-                    self.i = at
-                    if nested:
-                        raise self.fail(f"rule {ref!r} starts inside parentheses")
-                    return  # the next rule begins
-                self.i = after
-                self.used.append((ref, at))
-            elif c in "*+?{":
-                if items == 0:
-                    raise self.fail(f"{c!r} has nothing to repeat")
-                if c == "{":
-                    self.repetition()
-                else:
-                    self.i += 1
-                continue
-            else:
-                return
-            items += 1
-
-    def alternatives(self, nested: bool) -> None:
-        self.sequence(nested)
-        while self.peek() == "|":
-            self.i += 1
-            self.space(True)
-            self.sequence(nested)
-
-    def rule(self) -> None:
-        at = self.i
-        name = self.name()
-        self.space(False)
-        if not self.s.startswith("::=", self.i):
-            raise self.fail("expected '::='")
-        self.i += 3
-        self.space(True)
-        if name in self.defined:
-            # llama.cpp would silently keep only the last definition.
-            raise _GrammarError(at, f"rule {name!r} is defined twice")
-        self.defined[name] = at
-        self.alternatives(nested=False)
-        self.space(False)
-        c = self.peek()
-        if c and c not in "\r\n":
-            raise self.fail(f"unexpected {c!r}")
-
-    def check(self) -> None:
-        self.space(True)
-        while self.i < len(self.s):
-            self.rule()
-            self.space(True)
-        if "root" not in self.defined:
-            raise _GrammarError(0, "no 'root' rule (generation starts there)")
-        for ref, at in self.used:
-            if ref not in self.defined:
-                raise _GrammarError(at, f"rule {ref!r} is used but never defined")
+# The largest minLength, maxLength, minItems or maxItems a schema may set.
+MAX_SCHEMA_REPEAT = 10_000
+# The deepest nesting of objects and arrays in a schema document.
+MAX_SCHEMA_DEPTH = 64
+# Specs up to this size are checked on the caller's thread; larger ones in a
+# worker thread (grammar_for_async), so the event loop never waits on them.
+INLINE_SPEC_BYTES = 4096
 
 
 def check_gbnf(text: str, field: str = "grammar") -> str:
+    """The grammar, if llama.cpp will read it as written and its cost is
+    within the limits (runtime/core/gbnf_cost.py); else InvalidArgument naming
+    the problem, or the limit."""
     if not text.strip():
         raise InvalidArgument(f"{field}: must not be empty")
     if len(text.encode("utf-8")) > MAX_SPEC_BYTES:
@@ -203,24 +51,102 @@ def check_gbnf(text: str, field: str = "grammar") -> str:
     if "\0" in text:
         raise InvalidArgument(f"{field}: must not contain NUL")
     try:
-        _Checker(text).check()
-    except _GrammarError as exc:
+        cost = gbnf_cost.cost(gbnf.parse(text))
+    except gbnf.GrammarError as exc:
+        if exc.pos is None:
+            raise InvalidArgument(f"{field}: {exc}") from None
         line = text.count("\n", 0, exc.pos) + 1
         column = exc.pos - (text.rfind("\n", 0, exc.pos) + 1) + 1
         raise InvalidArgument(f"{field}: line {line}, column {column}: {exc}") from None
+    if cost.elements > gbnf_cost.MAX_ELEMENTS:
+        raise InvalidArgument(
+            f"{field}: expands to about {cost.elements} grammar elements once its repetitions "
+            f"are laid out; the limit is {gbnf_cost.MAX_ELEMENTS}")
+    hint = ("each rule or item that may match nothing multiplies the ways a text can "
+            "continue: make items required, or merge alternatives")
+    if cost.stacks > gbnf_cost.MAX_STACKS:
+        raise InvalidArgument(
+            f"{field}: up to {cost.stacks} parse stacks can be open at once (at {cost.where}); "
+            f"the limit is {gbnf_cost.MAX_STACKS} ({hint})")
+    if cost.duplicates > gbnf_cost.MAX_DUPLICATES:
+        raise InvalidArgument(
+            f"{field}: {cost.duplicated} recurs {cost.duplicates} times among the parse stacks "
+            f"one position opens; the limit is {gbnf_cost.MAX_DUPLICATES} (llama.cpp tries a token "
+            f"against every copy, again for each of its characters; {hint})")
+    if cost.work > gbnf_cost.MAX_WORK:
+        raise InvalidArgument(
+            f"{field}: testing a token could take {cost.work} parse-stack comparisons (up to "
+            f"{cost.stacks} stacks open, at {cost.where}); the limit is "
+            f"{gbnf_cost.MAX_WORK} ({hint})")
     return text
 
 
 @functools.cache
 def _converter() -> Callable[[str], str]:
     """Importing llama_cpp installs its own llama.cpp log callback; the
-    daemon's (log format and level) is put back at once."""
-    from llama_cpp.llama_grammar import json_schema_to_gbnf
+    daemon's (log format and level) is put back at once.  The converter
+    calls its module's repetition writer by name: ours replaces it."""
+    from llama_cpp import llama_grammar
 
     from runtime import logs
 
     logs.reapply_native_logging()
-    return json_schema_to_gbnf
+    llama_grammar._build_repetition = _repetition
+    return llama_grammar.json_schema_to_gbnf
+
+
+# Copies of one symbol per {m,n} group: llama.cpp allows REPEAT_LIMIT rules
+# per repeated symbol, and a separated list item is a group of up to four
+# symbols (the separator's and the item's rule names, the group itself).
+_CHUNK = 1000
+_SEPARATED_CHUNK = 400
+
+
+def _repetition(item_rule: str, min_items: int, max_items: int | None,
+                separator_rule: str | None = None, item_rule_is_literal: bool = False) -> str:
+    """`item_rule` repeated min..max times (max None: unbounded), each
+    separated by `separator_rule` when given, in the converter's signature.
+    Written as {m,n} groups of at most a chunk each; a longer optional run
+    nests one alternative per chunk, so every count has a single parse."""
+    lo, hi = int(min_items), None if max_items is None else int(max_items)
+    for n in (lo, hi):
+        if n is not None and n > MAX_SCHEMA_REPEAT:
+            raise ValueError(f"a repetition of {n} is above the limit of {MAX_SCHEMA_REPEAT}")
+    if hi is not None and hi < lo:
+        raise ValueError(f"a repetition of at least {lo} and at most {hi}")
+    if hi == 0:
+        return ""
+    if not separator_rule:
+        return _repeat(item_rule, lo, hi, _CHUNK)
+    rest = _repeat(f"({separator_rule} {item_rule})", max(lo - 1, 0),
+                   None if hi is None else hi - 1, _SEPARATED_CHUNK)
+    body = f"{item_rule} {rest}".rstrip()
+    # Not (body)?: llama.cpp counts every rule inside a group against the
+    # group's own repetition limit, and body can hold thousands.
+    return body if lo > 0 else f"({body} | )"
+
+
+def _repeat(atom: str, lo: int, hi: int | None, chunk: int) -> str:
+    parts = []
+    n = lo
+    while n > 0:
+        k = min(n, chunk)
+        parts.append(atom if k == 1 else f"({atom}{{{k}}})")
+        n -= k
+    if hi is None:
+        parts.append(f"{atom}*")
+    elif hi > lo:
+        parts.append(_optional(atom, hi - lo, chunk))
+    return " ".join(parts)
+
+
+def _optional(atom: str, k: int, chunk: int) -> str:
+    """atom 0..k times: fewer than a chunk, or a full chunk and the rest."""
+    if k == 1:
+        return f"{atom}?"
+    if k <= chunk:
+        return f"({atom}{{0,{k}}})"
+    return f"({atom}{{0,{chunk - 1}}} | ({atom}{{{chunk}}}) {_optional(atom, k - chunk, chunk)})"
 
 
 # What llama-cpp-python's converter turns into grammar rules.  Anything else
@@ -237,14 +163,23 @@ _SUBSCHEMA_MAPS = ("properties", "$defs", "definitions")
 _SUBSCHEMA_LISTS = ("oneOf", "anyOf", "allOf", "prefixItems")
 
 
+_COUNTS = ("minLength", "maxLength", "minItems", "maxItems")
+
+
 def _check_enforceable(schema: Any, field: str, where: str = "") -> None:
     if not isinstance(schema, dict):
         return
+    at = f" at {where}" if where else ""
     for key in schema:
         if key not in _ENFORCED and key not in _ANNOTATIONS:
             raise InvalidArgument(
-                f"{field}: {key!r}{f' at {where}' if where else ''} cannot be enforced "
+                f"{field}: {key!r}{at} cannot be enforced "
                 "during generation (supported: " + ", ".join(sorted(_ENFORCED)) + ")")
+    for key in _COUNTS:
+        value = schema.get(key)
+        if isinstance(value, int) and value > MAX_SCHEMA_REPEAT:
+            raise InvalidArgument(f"{field}: {key} {value}{at} is above the limit of "
+                                  f"{MAX_SCHEMA_REPEAT}")
     for key in _SUBSCHEMA_MAPS:
         for name, sub in (schema.get(key) or {}).items():
             _check_enforceable(sub, field, f"{where}/{key}/{name}".lstrip("/"))
@@ -259,12 +194,26 @@ def _check_enforceable(schema: Any, field: str, where: str = "") -> None:
             _check_enforceable(item, field, f"{where}/{key}{suffix}".lstrip("/"))
 
 
+def _check_depth(doc: Any, field: str) -> None:
+    """Refuses documents nested deeper than MAX_SCHEMA_DEPTH, without
+    recursion (the checks after this one recurse)."""
+    todo = [(doc, 1)]
+    while todo:
+        value, depth = todo.pop()
+        if depth > MAX_SCHEMA_DEPTH:
+            raise InvalidArgument(f"{field}: nested deeper than {MAX_SCHEMA_DEPTH} levels")
+        children = value.values() if isinstance(value, dict) else (
+            value if isinstance(value, list) else ())
+        todo.extend((c, depth + 1) for c in children if isinstance(c, (dict, list)))
+
+
 def _check_schema(schema: Any, field: str) -> None:
     import jsonschema
 
     if not isinstance(schema, dict):
         raise InvalidArgument(f"{field}: a JSON schema must be an object, got "
                               f"{type(schema).__name__}")
+    _check_depth(schema, field)
     try:
         jsonschema.validators.validator_for(schema).check_schema(schema)
     except jsonschema.SchemaError as exc:
@@ -297,6 +246,14 @@ def schema_to_gbnf(schema_text: str, field: str = "json_schema") -> str:
 
 _LAX_JSON_CHAR = r'char ::= [^"\\] |'
 _JSON_CHAR = r'char ::= [^"\\\x00-\x1F] |'
+
+
+async def grammar_for_async(structured: StructuredOutput | None) -> str | None:
+    """grammar_for, in a worker thread when the spec is large enough that
+    checking and converting it would hold the event loop."""
+    if structured is None or len(structured.spec) <= INLINE_SPEC_BYTES:
+        return grammar_for(structured)
+    return await asyncio.to_thread(grammar_for, structured)
 
 
 def grammar_for(structured: StructuredOutput | None) -> str | None:

@@ -9,7 +9,7 @@ from dataclasses import replace
 
 from runtime import errors
 from runtime.core.chat import render_chat
-from runtime.core.grammar import grammar_for
+from runtime.core.grammar import grammar_for_async
 from runtime.core.repository import ModelRepository
 from runtime.core.response_cache import ResponseCache, is_deterministic
 from runtime.core.types import (
@@ -136,7 +136,7 @@ class InferenceService:
         handle = self._model(req.model, ctx)
         assert handle.engine is not None
         check_messages(req.messages)
-        prompt = render_chat(handle.engine, req.messages, handle.chat_template)
+        prompt = render_chat(handle.engine, req.messages, handle.chat_template, handle.name)
         tokens = await self._tokenize(handle.engine, prompt, True, True)
         async for chunk in self._run(handle, tokens, req.options, ctx, "chat", prompt):
             yield chunk
@@ -149,7 +149,7 @@ class InferenceService:
         stops = check_stops(opts.stop)
         check_structured(opts)
         logprobs = native_logprobs(opts)
-        grammar = grammar_for(opts.structured)
+        grammar = await grammar_for_async(opts.structured)
         max_tokens = check_max_tokens(opts.max_tokens, len(tokens), engine.info.n_ctx_slot,
                                       self.max_tokens_default)
         deadline_ns = 0
@@ -205,7 +205,7 @@ class InferenceService:
         assert engine is not None and session is not None
         stops = params.stop
         try:
-            stream = session.generate(params)
+            stream = await session.generate_async(params)
         except errors.ResourceExhausted as exc:
             raise errors.ResourceExhausted(
                 f"model {handle.name!r}: {exc}", retry_after_s=self._retry_after(engine)) from None

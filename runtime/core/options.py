@@ -70,6 +70,9 @@ class Option:
     # same name; the others are set by the core from the resolved request.
     c_field: str = ""
     cli: bool = False                  # a flag of `hearth generate` and `hearth chat`
+    # The CLI's default for a person at a terminal, where it differs from the
+    # API's (a screenful, repetition curbed); None: the server's.
+    cli_default: Any = None
     empty: Any = None                  # the value of an option a request does not set
     doc: str = ""
 
@@ -98,7 +101,7 @@ class GenerationOptions:
     is a row of the table (see the module docstring)."""
 
     max_tokens: int | None = field(default=None, metadata=row(
-        Kind.INT, cli=True, lo=1, openai="max_tokens", kserve="max_tokens",
+        Kind.INT, cli=True, cli_default=200, lo=1, openai="max_tokens", kserve="max_tokens",
         c_field="max_tokens",
         doc="most tokens to generate; default: the config's max_tokens_default, at most "
             "what the request's context leaves"))
@@ -122,7 +125,8 @@ class GenerationOptions:
         Kind.FLOAT, lo=0.0, hi=1.0, default=0.05, openai="min_p", kserve="min_p",
         c_field="sampling", doc="0 disables"))
     repeat_penalty: float | None = field(default=None, metadata=row(
-        Kind.FLOAT, lo=0.0, lo_open=True, hi=100.0, default=1.0, openai="repeat_penalty",
+        Kind.FLOAT, cli=True, cli_default=1.1, lo=0.0, lo_open=True, hi=100.0, default=1.0,
+        openai="repeat_penalty",
         kserve="repetition_penalty", c_field="sampling", doc="1 disables"))
     frequency_penalty: float | None = field(default=None, metadata=row(
         Kind.FLOAT, lo=-2.0, hi=2.0, default=0.0, openai="frequency_penalty",

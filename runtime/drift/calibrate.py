@@ -53,12 +53,12 @@ def onset_upper_bound(onsets: int) -> float:
     return onsets + 1.645 * onsets ** 0.5 + 1.0
 
 
-def alarm_onsets(min_p: np.ndarray, threshold: float, hold: int) -> int:
+def alarm_onsets(lowest_p: np.ndarray, threshold: float, hold: int) -> int:
     """Alarm episodes: an alarm holds until `hold` evaluations in a row stay
     above the threshold (one window), so a flickering statistic raises one
     alarm, not several; the live monitor applies the same rule."""
     onsets = 0
-    for row in min_p:
+    for row in lowest_p:
         hits = np.flatnonzero(row <= threshold)
         if hits.size:
             onsets += 1 + int(np.count_nonzero(np.diff(hits) > hold))

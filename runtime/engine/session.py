@@ -50,6 +50,11 @@ class RequestStream:
         self._request.free()
 
 
+def _free_submitted(future: asyncio.Future[NativeRequest]) -> None:
+    if not future.cancelled() and future.exception() is None:
+        future.result().free()
+
+
 class EngineSession:
     """Owns the event-loop side of one NativeEngine."""
 
@@ -85,6 +90,26 @@ class EngineSession:
     def generate(self, params: RequestParams) -> RequestStream:
         """Submits at once (so a full queue raises here, before any output)."""
         return self._track(self.engine.submit(params))
+
+    async def generate_async(self, params: RequestParams) -> RequestStream:
+        """generate, but a request with a grammar is submitted from a worker
+        thread: submit compiles the grammar, which within the checked limits
+        (runtime/core/gbnf_cost.py) can still take a fraction of a second.  If
+        the caller goes away meanwhile, the request is freed (so cancelled)
+        once submitted."""
+        if not params.grammar:
+            return self.generate(params)
+        future = self._loop.run_in_executor(None, self.engine.submit, params)
+        try:
+            request = await asyncio.shield(future)
+        except asyncio.CancelledError:
+            future.add_done_callback(_free_submitted)
+            raise
+        stream = self._track(request)
+        # Its first output may have been drained (and its id dropped, the
+        # stream unknown yet) while the loop waited: look once now.
+        stream.notify()
+        return stream
 
     def embed(self, tokens: list[int], normalize: bool) -> RequestStream:
         return self._track(self.engine.submit_embedding(tokens, normalize))

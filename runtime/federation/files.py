@@ -12,7 +12,6 @@ publish closes it.  Secure aggregation needs the online transport.
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from runtime.federation.rounds import CoordinatorRounds, Delivery, SiteExchange
 from runtime.federation.site_loop import CoordinatorLink, take_part
 from runtime.federation.site_training import SiteData
 from runtime.federation.state import SiteContext
+from runtime.storage.fsutil import atomic_write
 from runtime.storage.store import SealedStore
 
 PLAN_FILE = "plan.json"
@@ -32,13 +32,7 @@ PLAN_FILE = "plan.json"
 def private_write(path: Path, data: bytes) -> Path:
     """Files for removable media: written whole (temp + rename), mode 0600."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write(path, data)
     return path
 
 

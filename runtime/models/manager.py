@@ -61,25 +61,33 @@ class ModelHandle:
     adapters: dict[str, int] = field(default_factory=dict)  # LoRA name -> engine id
 
 
+# Models.Get's chat_template when the model has none and none is configured:
+# Chat refuses the model (render_chat says how to configure one).
+NO_CHAT_TEMPLATE = "none"
+
+
 def chat_template_for(cfg: ModelConfig, engine: NativeEngine) -> tuple[str | None, str]:
     """Which chat template Chat uses, and where it comes from.  Base models
-    often ship without one (Gemma 3 270M does); they get their family's
-    llama.cpp built-in template, or ChatML, and the log says so."""
+    often ship without one (Gemma 3 270M does); they get none, rather than a
+    guess, and Chat refuses them until the operator configures one."""
     if cfg.chat_template:
         return cfg.chat_template, "config"
     if engine.meta("tokenizer.chat_template"):
         return None, "gguf"
-    fallback = "gemma" if engine.info.arch.startswith("gemma") else "chatml"
-    return fallback, f"fallback:{fallback} (the GGUF has none)"
+    return None, NO_CHAT_TEMPLATE
 
 
 def engine_params(cfg: ModelConfig, info: GGUFInfo | None) -> tuple[EngineParams, str]:
     """Turns a model's config into engine parameters, resolving "auto"
     (which needs the GGUF header when a GPU is present)."""
     n_gpu_layers = cfg.n_gpu_layers
-    tensor_split: tuple[float, ...] = ()
+    tensor_split: tuple[float, ...] = cfg.tensor_split
     reason = ""
-    if n_gpu_layers == "auto":
+    if n_gpu_layers == "auto" and cfg.rpc_workers:
+        # every layer over the workers and local GPUs, by free memory unless
+        # tensor_split says otherwise
+        n_gpu_layers, reason = -1, f"all layers over RPC workers {', '.join(cfg.rpc_workers)}"
+    elif n_gpu_layers == "auto":
         if info is None:
             n_gpu_layers, reason = 0, "no GPU visible to ggml: running on the CPU"
         else:
@@ -111,6 +119,7 @@ def engine_params(cfg: ModelConfig, info: GGUFInfo | None) -> tuple[EngineParams
         n_draft=cfg.n_draft,
         repack_weights=not (cfg.draft is not None and cfg.draft_exact),
         draft_n_gpu_layers=-1 if n_gpu_layers != 0 else 0,
+        rpc_workers=cfg.rpc_workers,
     )
     return params, reason
 

@@ -123,7 +123,7 @@ def _child(model_fd: int, draft_fd: int) -> int:
     try:
         tokens = engine.tokenize("Hello", True, False) or [0]
         request = engine.submit(RequestParams(prompt=tokens[:32], max_tokens=1,
-                                              sampling=Sampling(temperature=0.0)))
+                                              sampling=Sampling()))   # any token will do
         try:
             deadline = time.monotonic() + PROBE_TIMEOUT_S
             while not request.take().finished:

@@ -71,9 +71,11 @@ def _vocab(extra_tokens: int = 0, rename: dict[int, str] | None = None
 
 
 def add_tiny_tokenizer(w: Any, extra_tokens: int = 0,
-                       rename_tokens: dict[int, str] | None = None) -> int:
+                       rename_tokens: dict[int, str] | None = None,
+                       chat_template: str | None = CHATML_TEMPLATE) -> int:
     """The tiny models' tokenizer (byte pieces, words, ChatML markers) into a
-    GGUFWriter; returns the vocabulary size."""
+    GGUFWriter; returns the vocabulary size.  `chat_template=None` leaves
+    the template out, as base models do."""
     tokens, scores, types = _vocab(extra_tokens, rename_tokens)
     w.add_tokenizer_model("llama")
     w.add_token_list(tokens)
@@ -84,7 +86,8 @@ def add_tiny_tokenizer(w: Any, extra_tokens: int = 0,
     w.add_unk_token_id(0)
     w.add_add_bos_token(True)
     w.add_add_eos_token(False)
-    w.add_chat_template(CHATML_TEMPLATE)
+    if chat_template is not None:
+        w.add_chat_template(chat_template)
     return len(tokens)
 
 
@@ -92,7 +95,8 @@ def write_tiny_model(path: str | Path, *, seed: int = 0, n_layer: int = 2, n_emb
                      n_head: int = 4, n_head_kv: int = 2, n_ff: int = 128,
                      n_ctx_train: int = 4096, weight_scale: float = 0.5,
                      extra_tokens: int = 0, rename_tokens: dict[int, str] | None = None,
-                     output_scale: float = 2.0) -> Path:
+                     output_scale: float = 2.0,
+                     chat_template: str | None = CHATML_TEMPLATE) -> Path:
     """Writes the model to `path` and returns the path.  The same seed with
     fewer layers gives a smaller sibling that shares the embeddings, the
     output head and the first layers: a draft model for speculative tests.
@@ -122,7 +126,7 @@ def write_tiny_model(path: str | Path, *, seed: int = 0, n_layer: int = 2, n_emb
     w.add_layer_norm_rms_eps(1e-5)
     w.add_rope_freq_base(10000.0)
     w.add_file_type(gguf.LlamaFileType.ALL_F32)
-    n_vocab = add_tiny_tokenizer(w, extra_tokens, rename_tokens)
+    n_vocab = add_tiny_tokenizer(w, extra_tokens, rename_tokens, chat_template)
 
     w.add_tensor("token_embd.weight", mat(n_vocab, n_embd, 1.0))
     w.add_tensor("output_norm.weight", np.ones(n_embd, dtype=np.float32))

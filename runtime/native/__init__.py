@@ -2,7 +2,8 @@
 
 `ffi`/`lib` come from native/include/hearth_core.h, which is both the C API
 and the cdef; `check()` is the only place a C status becomes an exception.
-`NativeEngine` and `NativeRequest` wrap the handles with typed results.
+`NativeEngine` and `NativeRequest` wrap the handles with typed results;
+`runtime.native.rpc` probes and runs ggml RPC workers.
 """
 from runtime.native._ffi import check, ffi, lib, library_path
 from runtime.native.engine import (

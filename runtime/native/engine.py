@@ -38,6 +38,7 @@ class EngineParams:
     prefill_chunk: int = 512
     max_queue: int = 64
     burst_window_us: int = 3000
+    grammar_budget_us: int = 0           # see hearth_core.h (0: the default)
     n_threads: int = 4
     n_threads_batch: int = 4
     n_gpu_layers: int = 0
@@ -57,6 +58,7 @@ class EngineParams:
     n_draft: int = 4
     draft_n_gpu_layers: int = 0
     drift_rows: int = 0                  # logits rows per step for drift prompt NLL
+    rpc_workers: tuple[str, ...] = ()    # ggml RPC workers, "HOST:PORT" (see hearth_core.h)
 
 
 _SAMPLING_FIELDS = frozenset(name for name, _ in ffi.typeof("hearth_sampling").fields)
@@ -186,10 +188,12 @@ class EngineStats:
     requests_cancelled: int
     tokens_prompt: int
     tokens_cached: int
+    tokens_copied: int
     tokens_generated: int
     decode_steps: int
     decode_failures: int
     decode_ns_total: int
+    grammar_jobs: int
     last_heartbeat_ns: int
     admission_open: bool
 
@@ -330,8 +334,11 @@ class NativeEngine:
         p.n_draft = params.n_draft
         p.draft_n_gpu_layers = params.draft_n_gpu_layers
         p.drift_rows = params.drift_rows
+        if params.rpc_workers:
+            keep.append(ffi.new("char[]", ",".join(params.rpc_workers).encode()))
+            p.rpc_workers = keep[-1]
         for name in ("n_ctx", "n_parallel", "n_batch", "n_ubatch", "prefill_chunk", "max_queue",
-                     "burst_window_us",
+                     "burst_window_us", "grammar_budget_us",
                      "n_threads", "n_threads_batch", "n_gpu_layers", "main_gpu", "flash_attn",
                      "kv_unified", "swa_full", "use_mmap", "use_mlock", "enable_embeddings",
                      "repack_weights"):

@@ -16,7 +16,7 @@ from runtime import errors
 from runtime._proto.hearth.v1 import inference_pb2 as ipb
 from runtime._proto.hearth.v1 import models_pb2 as mpb
 from runtime.auth import principal
-from runtime.core import CallContext, InferenceService, ModelRepository
+from runtime.core import CallContext, GenerateChunk, InferenceService, ModelRepository
 from runtime.drift.service import DriftService
 from runtime.names import check_name
 from runtime.request_meta import REQUEST_ID_KEY, SUBJECT_KEY, sane_request_id, sane_subject
@@ -47,22 +47,32 @@ class InferenceServicer:
     def __init__(self, core: InferenceService) -> None:
         self.core = core
 
-    async def _start(self, context: grpc.aio.ServicerContext) -> CallContext:
-        ctx = call_context(context)
-        await context.send_initial_metadata(((REQUEST_ID_KEY, ctx.request_id),))
-        return ctx
+    async def _stream(self, chunks: AsyncIterator[GenerateChunk], ctx: CallContext,
+                      context: grpc.aio.ServicerContext) -> AsyncIterator[ipb.GenerateResponse]:
+        """Response headers go out with the first chunk, not before: until
+        then a refusal (draining, model not ready) is a trailers-only response,
+        which gRPC may retry on another replica; after headers it may not
+        (docs/scale-out.md)."""
+        first = True
+        async for chunk in chunks:
+            if first:
+                await context.send_initial_metadata(((REQUEST_ID_KEY, ctx.request_id),))
+                first = False
+            yield converters.generate_response(chunk)
 
     async def Generate(self, request: ipb.GenerateRequest, context: grpc.aio.ServicerContext
                        ) -> AsyncIterator[ipb.GenerateResponse]:
-        ctx = await self._start(context)
-        async for chunk in self.core.generate(converters.generate_request(request), ctx):
-            yield converters.generate_response(chunk)
+        ctx = call_context(context)
+        chunks = self.core.generate(converters.generate_request(request), ctx)
+        async for response in self._stream(chunks, ctx, context):
+            yield response
 
     async def Chat(self, request: ipb.ChatRequest, context: grpc.aio.ServicerContext
                    ) -> AsyncIterator[ipb.GenerateResponse]:
-        ctx = await self._start(context)
-        async for chunk in self.core.chat(converters.chat_request(request), ctx):
-            yield converters.generate_response(chunk)
+        ctx = call_context(context)
+        async for response in self._stream(self.core.chat(converters.chat_request(request), ctx),
+                                           ctx, context):
+            yield response
 
     async def Embed(self, request: ipb.EmbedRequest, context: grpc.aio.ServicerContext
                     ) -> ipb.EmbedResponse:

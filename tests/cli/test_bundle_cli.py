@@ -5,7 +5,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from runtime.cli.exit_codes import ExitCode
+from runtime.exit_codes import ExitCode
 from tests.bundle.helpers import signed_tree, tar_of
 from tests.cli.test_cli import hearth
 

@@ -14,13 +14,36 @@ def hearth(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
 
 
 def test_generate_streams_to_stdout(tiny_daemon: Daemon) -> None:
+    """The CLI curbs repetition by default (repeat_penalty 1.1); the API
+    does not."""
     with tiny_daemon.client() as c:
-        expected, _, _ = c.complete("hello world", max_tokens=16, temperature=0.0)
+        expected, _, _ = c.complete("hello world", max_tokens=16, temperature=0.0,
+                                    repeat_penalty=1.1)
     out = hearth("generate", "--addr", tiny_daemon.tcp, "--max-tokens", "16",
                  "--temperature", "0", "--stats", "hello world")
     assert out.returncode == 0, out.stderr
     assert out.stdout == expected + "\n"
     assert "generated tokens" in out.stderr and "first token" in out.stderr
+
+
+def test_generate_prints_a_screenful_by_default_and_says_how_to_get_more(
+        tiny_daemon: Daemon) -> None:
+    """Without --max-tokens the CLI stops at 200 tokens and says so on
+    stderr; the API's default (512 here) is unchanged.  Fails on ea4a01e,
+    which generated up to the server's default."""
+    prompt = "hello world"         # greedy with the penalty runs past 200 tokens
+    with tiny_daemon.client() as c:
+        _, api_tokens, _ = c.complete(prompt, temperature=0.0, ignore_eos=True)
+        expected, _, last = c.complete(prompt, temperature=0.0, repeat_penalty=1.1,
+                                       max_tokens=200)
+    assert len(api_tokens) > 200 and last.finish_reason == 2     # length
+    out = hearth("generate", "--addr", tiny_daemon.tcp, "--temperature", "0", prompt)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == expected + "\n"
+    assert "[stopped at 200 tokens, the default here; --max-tokens N for more]" in out.stderr
+    more = hearth("generate", "--addr", tiny_daemon.tcp, "--temperature", "0",
+                  "--max-tokens", "8", prompt)
+    assert more.returncode == 0 and "stopped at" not in more.stderr
 
 
 def test_generate_over_the_unix_socket_from_stdin(tiny_daemon: Daemon) -> None:

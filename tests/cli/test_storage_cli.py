@@ -8,8 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from runtime.cli.exit_codes import ExitCode
 from runtime.events import RequestFinished
+from runtime.exit_codes import ExitCode
 from runtime.storage.audit import AuditLog
 from runtime.storage.keys import key_from_file
 from runtime.storage.store import SealedStore
@@ -159,17 +159,17 @@ def test_audit_repair_sets_a_broken_log_aside_and_starts_a_new_chain(tmp_path: P
                                    3, 5, 0, 0.0, 0.01, 0.02))
     log.close()
     store.close()
-    assert "audit log intact" in ok(hearth("audit", "verify", "--state-dir", str(state)))
+    assert "audit log intact" in ok(hearth("audit", "verify", *common))
     path = state / "audit" / "log.jsonl"
     lines = path.read_text().splitlines()
     del lines[2]
     path.write_text("\n".join(lines) + "\n")
-    broken = hearth("audit", "verify", "--state-dir", str(state))
+    broken = hearth("audit", "verify", *common)
     assert broken.returncode == ExitCode.INTEGRITY and "audit log BROKEN" in broken.stdout
     repaired = ok(hearth("audit", "repair", *common))
     assert "set the broken log aside as" in repaired
     (aside,) = (state / "audit").glob("log-broken-*.jsonl")
     assert aside.read_text().splitlines() == lines
-    assert "audit log intact" in ok(hearth("audit", "verify", "--state-dir", str(state)))
+    assert "audit log intact" in ok(hearth("audit", "verify", *common))
     again = hearth("audit", "repair", *common)
     assert again.returncode != 0 and "nothing to repair" in again.stderr

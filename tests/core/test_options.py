@@ -19,8 +19,9 @@ ALLOWED = {"proto/hearth/v1/inference.proto", "native/include/hearth_core.h",
            "native/src/sampling.c", "runtime/core/options.py"}
 # Files where the same word means something else.
 UNRELATED = {
-    # the federation's and the tiny test model's random seeds
+    # the federation's, the drift calibration's and the tiny test model's random seeds
     "seed": ("runtime/federation/", "runtime/cli/fed.py", "runtime/models/tiny.py",
+             "runtime/drift/",
              "proto/hearth/federation/"),
     # a body temperature in the synthetic clinical corpus; and a client of the
     # API (the bias evaluation) asking for greedy decoding by its name

@@ -75,7 +75,7 @@ def test_managing_models_needs_an_admin() -> None:
         await repo.load("tiny", OPS, n_ctx=64)
         await repo.unload("tiny", OPS)
         await repo.set_adapter("tiny", "clinic", "fed-clinic", OPS)
-        with pytest.raises(errors.ConfigError):
+        with pytest.raises(errors.InvalidArgument):
             await repo.set_adapter("tiny", "clinic", "../x", OPS)
         assert manager.calls == [("load", "tiny", 64, None), ("unload", "tiny", 7.0),
                                  ("set_adapter", "tiny", "clinic", StoredSource("fed-clinic"))]

@@ -1,4 +1,5 @@
-"""FedAvg and the checks an update must pass to count."""
+"""FedAvg and the checks an update must pass to count (SECURITY-CASES 23:
+NaN/Inf, wrong shapes, an update crafted to dominate)."""
 from __future__ import annotations
 
 import numpy as np

@@ -1,5 +1,5 @@
-"""Release manifests: SECURITY-CASES 9 (rollback) and 10 (unknown key, bad
-signature), tampering, base-model and adapter checks, explicit rollback."""
+"""Release manifests: SECURITY-CASES 9 and 10 (rollback; an unknown key or a
+bad signature), tampering, base-model and adapter checks, explicit rollback."""
 from __future__ import annotations
 
 import base64

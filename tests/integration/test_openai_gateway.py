@@ -561,3 +561,25 @@ def test_a_token_works_and_its_acl_holds(secured: dict) -> None:
     ops = client(secured["http"], secured["ops"])
     assert sorted(m.id for m in ops.models.list()) == ["other", "tiny"]
     assert "client=token:ward" in secured["daemon"].log()
+
+
+def test_chat_on_a_model_without_a_template_is_refused(tmp_path: Path) -> None:
+    """/v1/chat/completions on a base model (no template in its GGUF) is a
+    400 failed_precondition naming the way out; /v1/completions still
+    works.  Fails on ea4a01e, which chatted with a guessed ChatML template."""
+    from runtime.models.tiny import write_tiny_model
+
+    base = write_tiny_model(tmp_path / "base.gguf", chat_template=None)
+    d, addr = start_gateway(tmp_path, "--model", f"base={base}", "--parallel", "1",
+                            "--ctx", "512")
+    try:
+        status, _, body = post_json(addr, "/v1/chat/completions",
+                                    {"model": "base", "messages": CHAT, "max_tokens": 3})
+        done, _, _ = post_json(addr, "/v1/completions",
+                               {"model": "base", "prompt": "hi", "max_tokens": 2})
+    finally:
+        assert d.stop() == 0, d.log()
+    assert status == 400 and body["error"]["code"] == "failed_precondition"
+    assert "model 'base' has no chat template" in body["error"]["message"]
+    assert "[models.base] chat_template" in body["error"]["message"]
+    assert done == 200

@@ -23,8 +23,8 @@ import pytest
 
 from runtime._proto.hearth.v1 import inference_pb2 as ipb
 from runtime._proto.hearth.v1 import models_pb2 as mpb
-from runtime.cli.exit_codes import ExitCode
 from runtime.client import Credentials, HearthClient
+from runtime.exit_codes import ExitCode
 from tests.integration.conftest import Daemon, start_daemon, wait_for
 from tests.integration.test_sealed_serving import hearth
 

@@ -57,15 +57,14 @@ def _nested_grammar(depth: int) -> str:
 
 
 def _schema(doc: object) -> ipb.ResponseFormat:
-    return ipb.ResponseFormat(type=ipb.ResponseFormat.TYPE_JSON_SCHEMA,
-                              json_schema=json.dumps(doc))
+    text = doc if isinstance(doc, str) else json.dumps(doc)
+    return ipb.ResponseFormat(type=ipb.ResponseFormat.TYPE_JSON_SCHEMA, json_schema=text)
 
 
-def _deep_schema(depth: int) -> dict:
-    doc: dict = {"type": "string"}
-    for _ in range(depth):
-        doc = {"type": "object", "properties": {"a": doc}, "required": ["a"]}
-    return doc
+def _deep_schema(depth: int) -> str:
+    """As text: json.dumps itself recurses once per level."""
+    return ('{"type":"object","properties":{"a":' * depth + '{"type":"string"}'
+            + '},"required":["a"]}' * depth)
 
 
 @dataclass(frozen=True)
@@ -137,7 +136,7 @@ async def _bad(client: AsyncHearthClient, bad: Bad) -> grpc.StatusCode:
 async def _cancelled_grammar(client: AsyncHearthClient) -> grpc.StatusCode:
     """A legitimate grammar request whose client gives up after a moment."""
     request = ipb.GenerateRequest(model=MODEL, prompt="Digits:", max_tokens=400,
-                                  ignore_eos=True, grammar='root ::= [0-9]+\n')
+                                  grammar="root ::= [0-9]{300}\n")     # cannot end early
     try:
         async for _ in client.inference.Generate(request, timeout=0.5):
             pass
@@ -166,7 +165,7 @@ async def _soak(addr: str) -> tuple[dict[int, list[list[int]]], list[tuple[str, 
                     p = (i + r) % len(PROMPTS)
                     good.setdefault(p, []).append(await _good(client, PROMPTS[p]))
                 elif kind == 2:
-                    bad = bads[(i + r) % len(bads)]
+                    bad = bads[((i + r) // 4) % len(bads)]     # every class in turn
                     answers.append((bad.name, await _bad(client, bad)))
                 elif (i + r) % 8 == 3:
                     answers.append(("cancelled grammar", await _cancelled_grammar(client)))

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import select
+import threading
+from collections.abc import Callable, Sequence
 
 from runtime.native import NativeEngine, NativeRequest, Output
 
@@ -28,3 +30,28 @@ def collect(engine: NativeEngine, requests: list[NativeRequest], timeout: float 
             if out.finished:
                 final[rid] = out
     return {rid: (acc[rid][0], "".join(acc[rid][1]), final[rid]) for rid in by_id}
+
+
+def run_in_threads(target: Callable[..., None], args: Sequence[tuple], timeout: float = 60.0,
+                   start: Callable[[], None] | None = None) -> None:
+    """Runs target(*a) in a thread for each a in args (then start(), if
+    given, on this thread) and re-raises the first exception a thread
+    raised: a worker that dies must fail the test, not vanish."""
+    errors: list[BaseException] = []
+
+    def guarded(*a: object) -> None:
+        try:
+            target(*a)
+        except BaseException as exc:  # handed to the test
+            errors.append(exc)
+
+    threads = [threading.Thread(target=guarded, args=a) for a in args]
+    for t in threads:
+        t.start()
+    if start is not None:
+        start()
+    for t in threads:
+        t.join(timeout)
+    assert not any(t.is_alive() for t in threads), "a worker thread hung"
+    if errors:
+        raise errors[0]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from runtime.cli.exit_codes import ExitCode
+from runtime.exit_codes import ExitCode
 
 UNIT = Path(__file__).resolve().parents[2] / "packaging" / "systemd" / "hearth.service"
 README = UNIT.parents[2] / "README.md"
@@ -67,4 +67,5 @@ def test_service_contract() -> None:
                 "SystemCallFilter"):
         assert key in d
     prevent = {int(x) for x in d["RestartPreventExitStatus"][0].split()}
-    assert prevent == {ExitCode.CONFIG, ExitCode.WRONG_KEY, ExitCode.INTEGRITY}
+    assert prevent == {ExitCode.CONFIG, ExitCode.MODEL_LOAD, ExitCode.WRONG_KEY,
+                       ExitCode.INTEGRITY}      # SECURITY-CASES 26: no crash loop

@@ -21,10 +21,10 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from runtime.cli.exit_codes import ExitCode
 from runtime.cli.main import main
 from runtime.errors import ConfigError, IntegrityError
 from runtime.events import RequestFinished
+from runtime.exit_codes import ExitCode
 from runtime.storage.audit import GENESIS, AuditLog, chain_hash, verify_audit
 from runtime.storage.keys import KeySource, key_fingerprint
 from runtime.storage.store import SealedStore

@@ -7,7 +7,7 @@ import ast
 from pathlib import Path
 
 STORAGE = Path(__file__).resolve().parents[2] / "runtime" / "storage"
-ALLOWED = ("runtime.storage", "runtime.errors", "runtime.config", "runtime.events")
+ALLOWED = ("runtime.storage", "runtime.errors", "runtime.names", "runtime.config", "runtime.events")
 
 
 def test_storage_imports_only_downward() -> None:
