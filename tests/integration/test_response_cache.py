@@ -87,7 +87,7 @@ def test_an_adapter_swap_is_never_answered_from_the_old_versions_cache(
     config = tmp_path / "hearth.toml"
     config.write_text(f'''
 [server]
-listen = ["127.0.0.1:0"]
+listen = ["127.0.0.1:0", "unix:{tmp_path / "h.sock"}"]
 response_cache_mb = 16
 
 [models.tiny]
@@ -110,7 +110,8 @@ v2-alone = "store:clinic-v2"
             assert v1_again[0] == v1_first[0]
             v2_alone = c.complete("the patient", adapter="v2-alone", **ask)
             assert v2_alone[0] != v1_first[0]
-            c.set_adapter("tiny", "clinic", "clinic-v2")
+            with d.admin_client() as admin:          # setting adapters needs an admin
+                admin.set_adapter("tiny", "clinic", "clinic-v2")
             swapped = c.complete("the patient", adapter="clinic", **ask)
             assert not swapped[2].cached
             assert swapped[0] == v2_alone[0]
