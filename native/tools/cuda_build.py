@@ -46,7 +46,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import llama_dist  # noqa: E402  (beside this file)
+import llama_dist  # beside this file
 
 TOOLKIT_VERSION = "13.0.3.0"
 TOOLKIT_SPEC = f"cuda-toolkit[nvcc,cublas,cccl]=={TOOLKIT_VERSION}"
