@@ -76,14 +76,20 @@ timeout "${HEARTH_GPU_TESTS_S:-180}" "$py" -m pytest tests/gpu -m gpu -q -rs -p 
     --junitxml="$out/gpu-tests.xml" -o junit_family=xunit2
 echo "pytest exit: $?"
 
-step "the llama.cpp peers, linked to the carried libraries"
+bench_peers=hearth
 peers=$work/peers
-mkdir -p "$peers"
-tar -xzf "$carry/peers.tar.gz" -C "$peers"
-for lib in "$site"/llama_cpp/lib/lib*.so*; do
-    ln -sf "$lib" "$peers/bin/"
-done
-"$peers/bin/llama-server" --version 2>&1 | tail -n 2
+if [ -f "$carry/peers.tar.gz" ]; then
+    step "the llama.cpp peers, linked to the carried libraries"
+    mkdir -p "$peers"
+    tar -xzf "$carry/peers.tar.gz" -C "$peers"
+    for lib in "$site"/llama_cpp/lib/lib*.so*; do
+        ln -sf "$lib" "$peers/bin/"
+    done
+    "$peers/bin/llama-server" --version 2>&1 | tail -n 2
+    bench_peers=hearth,llama-server-tuned,batched-bench
+else
+    echo "no peers.tar.gz carried: Hearth is measured alone"
+fi
 
 model=${HEARTH_GPU_MODEL:-}
 if [ -z "$model" ]; then
@@ -96,8 +102,11 @@ fi
 step "serving benchmark at N=$ns"
 HEARTH_PEERS_BUILD=$peers timeout "${HEARTH_GPU_BENCH_S:-300}" "$py" -m benchmarks.serving \
     --model "$model" --concurrency "$ns" --parallel 64 --ctx 32768 --repeat 1 \
-    --peers hearth,llama-server-tuned,batched-bench --out "$out/serving"
+    --peers "$bench_peers" --out "$out/serving"
 echo "benchmark exit: $?"
+if [ -f "$out/serving/serving-latest.json" ]; then
+    "$py" -m benchmarks.gpu.summary "$out/serving/serving-latest.json" --out "$out/gpu-summary.md"
+fi
 step "done; results in $out"
 ls -la "$out" "$out/serving" 2>/dev/null
 rm -rf "$work"

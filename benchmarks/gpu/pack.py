@@ -117,7 +117,7 @@ def pack_peers(build: Path, out: Path) -> None:
         for b in bins:
             tar.add(b, f"bin/{b.name}")
         for lib in sorted((build / "bin").glob("lib*.so*")):
-            if not lib.name.startswith(("libggml", "libllama.so")):
+            if not lib.name.startswith(("libggml", "libllama.so", "libmtmd")):
                 tar.add(lib, f"bin/{lib.name}")
 
 
@@ -140,15 +140,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--python", required=True,
                     help="the Python whose llama-cpp-python is carried")
     ap.add_argument("--py-version", default="3.12", help="the GPU machine's Python (3.12)")
-    ap.add_argument("--peers-build", type=Path, required=True,
-                    help="a llama.cpp build folder with bin/llama-server (shared libraries)")
+    ap.add_argument("--peers-build", type=Path,
+                    help="a llama.cpp build folder with bin/llama-server (shared libraries; "
+                         "benchmarks/gpu/build_peers.sh); without it Hearth runs alone")
     ap.add_argument("--out", type=Path, default=CARRY)
     args = ap.parse_args(argv)
+    args.python = os.path.abspath(args.python)   # not resolved: a venv's python is a link
     shutil.rmtree(args.out, ignore_errors=True)
     args.out.mkdir(parents=True)
     flavour = pack_llama(args.python, args.out / "llama_cpp.tar.gz")
     pack_core(args.python, args.out / "core.tar.gz")
-    pack_peers(args.peers_build, args.out / "peers.tar.gz")
+    if args.peers_build:
+        pack_peers(args.peers_build, args.out / "peers.tar.gz")
     wheels = pack_wheels(args.py_version, args.out / "wheels", args.python)
     files = {p.relative_to(args.out).as_posix(): p.stat().st_size
              for p in sorted(args.out.rglob("*")) if p.is_file()}
