@@ -52,3 +52,20 @@ def test_cuda_flavour_without_gpu_serves_on_the_cpu(tiny_model: Path, tmp_path: 
         assert d.stop() == 0, d.log()
     lines = [ln for ln in d.log().splitlines() if "CUDA build, but" in ln]
     assert len(lines) == 1 and "models run on the CPU" in lines[0], d.log()
+
+
+def test_doctor_names_the_reason_in_a_cuda_build(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Any flavour: doctor's gpu line for a CUDA core with no driver, from a
+    stubbed probe.  Fails if check_gpu ignores cpu_fallback (it then says
+    "no GPU on this machine", an OK)."""
+    import runtime.models.gpu_fallback as fb
+    import runtime.native
+
+    monkeypatch.setattr(fb, "probe", lambda: GpuProbe(True, False, 0, ()))
+    monkeypatch.setattr(runtime.native, "build_info", lambda: "hearth-core x cuda=1")
+    monkeypatch.setattr(runtime.native, "list_devices", lambda: [])
+    monkeypatch.setattr("runtime.doctor.nvidia_nodes", lambda: [])
+    gpu = next(f for f in check_gpu(None) if f.check == "gpu")  # type: ignore[arg-type]
+    assert gpu.status is Status.WARN
+    assert gpu.detail == ("CUDA build, but no NVIDIA driver (libcuda.so.1 does not load): "
+                          "models run on the CPU")
