@@ -117,7 +117,7 @@ def pack_peers(build: Path, out: Path) -> None:
         for b in bins:
             tar.add(b, f"bin/{b.name}")
         for lib in sorted((build / "bin").glob("lib*.so*")):
-            if not lib.name.startswith(("libggml", "libllama.so", "libmtmd")):
+            if not lib.name.startswith(("libggml", "libllama", "libmtmd")):
                 tar.add(lib, f"bin/{lib.name}")
 
 
