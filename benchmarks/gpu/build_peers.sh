@@ -10,12 +10,12 @@ cd "$(dirname "$0")/../.."
 build=${1:-$HOME/.cache/hearth/peers-gpu}
 py=${PYTHON:-python3}
 src=$("$py" native/tools/llama_dist.py source | tail -n 1)
-flags=""
-if [ "$(uname -m)" = x86_64 ]; then
-    flags="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"   # as the CUDA flavour's CPU code
-fi
+# The CPU build's options (RPC on, no AMX kernels), and no -march=native:
+# the binaries run on another machine.
+mapfile -t cpu_args < <("$py" native/tools/llama_dist.py cmake-args |
+    "$py" -c 'import shlex, sys; print("\n".join(shlex.split(sys.stdin.read())))')
 cmake -S "$src" -B "$build" -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=ON \
     -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF -DGGML_NATIVE=OFF \
-    -DGGML_RPC=ON -DCMAKE_C_FLAGS="$flags" -DCMAKE_CXX_FLAGS="$flags" >/dev/null
+    "${cpu_args[@]}" >/dev/null
 cmake --build "$build" --target llama-server llama-batched-bench -j "${CMAKE_BUILD_PARALLEL_LEVEL:-2}"
 echo "$build/bin"

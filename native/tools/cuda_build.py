@@ -58,9 +58,9 @@ DEFAULT_ARCHS = "90-real"
 RUNTIME_WHEELS = ("nvidia-cuda-runtime", "nvidia-cublas")
 RUNTIME_LIBS = ("libcudart.so", "libcublas.so", "libcublasLt.so")
 WHEEL_LIB_DIR = f"nvidia/cu{CUDA_MAJOR}/lib"
-# This machine's AMX kernels crash in ggml's CPU backend; the CPU flags are
-# the CPU build's (Makefile), so the CPU fallback of this flavour is the same.
-X86_CPU_FLAGS = "-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+# The CPU build's flags (no AMX kernels: see llama_dist.py), so that this
+# flavour's CPU fallback runs the same CPU code.
+X86_CPU_FLAGS = llama_dist.NO_AMX
 FINISH_VERSION = 1      # bump when finish_wheel changes what it writes
 
 
@@ -174,7 +174,7 @@ def flavour_args(archs: str, machine: str | None = None) -> list[str]:
             # Without VMM the backend does not link libcuda.so.1, the driver:
             # the library loads on a machine with no driver and serves on the CPU.
             "-DGGML_CUDA_NO_VMM=ON", "-DGGML_RPC=ON"]
-    if (machine or platform.machine()) == "x86_64":
+    if (machine or platform.machine()) in ("x86_64", "AMD64"):
         args += [f"-DCMAKE_C_FLAGS={X86_CPU_FLAGS}", f"-DCMAKE_CXX_FLAGS={X86_CPU_FLAGS}"]
     return args
 
@@ -336,8 +336,9 @@ def install(python: str, archs: str, mode: str) -> None:
     built = wheel(archs, mode)
     pip = [python, "-m", "pip", "--disable-pip-version-check", "install"]
     subprocess.run([*pip, "--force-reinstall", "--no-deps", str(built)], check=True)
-    toolkit_py = pip_toolkit_python()
-    subprocess.run([*pip, *runtime_pins(toolkit_py)], check=True)
+    # Then what it requires (numpy ..., and the runtime wheels, at the
+    # toolkit's versions where the toolkit came from wheels).
+    subprocess.run([*pip, str(built), *runtime_pins(pip_toolkit_python())], check=True)
 
 
 def pip_toolkit_python() -> Path | None:
