@@ -137,7 +137,7 @@ def pip_toolkit(cache: Path) -> Toolkit:
                                 "['purelib'])"], capture_output=True, text=True,
                                check=True).stdout.strip())
     root = site / "nvidia" / f"cu{CUDA_MAJOR}"
-    if not (root / "bin" / "nvcc").exists() or not _has_module(py, "patchelf"):
+    if not (root / "bin" / "nvcc").exists() or not (venv / "bin" / "patchelf").exists():
         subprocess.run([str(py), "-m", "pip", "install", "--disable-pip-version-check", "-q",
                         TOOLKIT_SPEC, "patchelf"], check=True, stdout=sys.stderr)
     for name in add_missing_links(root):
@@ -146,11 +146,6 @@ def pip_toolkit(cache: Path) -> Toolkit:
     if not version:
         raise SystemExit(f"{root}/bin/nvcc does not run")
     return Toolkit(root, version, "pip", py)
-
-
-def _has_module(py: Path, name: str) -> bool:
-    return subprocess.run([str(py), "-c", f"import {name}"], capture_output=True,
-                          check=False).returncode == 0
 
 
 def choose_toolkit(mode: str, cache: Path) -> Toolkit:
@@ -282,13 +277,17 @@ def finish_wheel(raw: Path, out: Path, patchelf: list[str]) -> list[str]:
     return patched
 
 
-def patchelf_cmd(toolkit: Toolkit) -> list[str]:
+def patchelf_cmd(cache: Path) -> list[str]:
+    """patchelf from PATH, else from its wheel in a small venv of the cache."""
     if shutil.which("patchelf"):
         return ["patchelf"]
-    if toolkit.python and _has_module(toolkit.python, "patchelf"):
-        return [str(toolkit.python.parent / "patchelf")]
-    raise SystemExit("patchelf is needed to set the RPATH (apt-get install patchelf, or "
-                     "CUDA_TOOLKIT=pip, whose venv has it)")
+    venv = cache / "patchelf-venv"
+    tool = venv / "bin" / "patchelf"
+    if not tool.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q",
+                        "--disable-pip-version-check", "patchelf"], check=True, stdout=sys.stderr)
+    return [str(tool)]
 
 
 def wheel(archs: str, mode: str) -> Path:
@@ -309,7 +308,8 @@ def wheel(archs: str, mode: str) -> Path:
         raw_dir.mkdir(exist_ok=True)
         raw = build_raw_wheel(toolkit, archs, raw_dir, folder / "build.log")
     partial = folder / (raw.name + ".partial")
-    patched = finish_wheel(raw, partial, patchelf_cmd(toolkit))
+    tool = [str(toolkit.python.parent / "patchelf")] if toolkit.python else patchelf_cmd(cache)
+    patched = finish_wheel(raw, partial, tool)
     if not patched:
         raise SystemExit(f"{raw.name} links no CUDA runtime library: not a CUDA build?")
     final = folder / raw.name
