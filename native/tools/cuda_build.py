@@ -39,6 +39,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 import zipfile
@@ -204,8 +205,20 @@ def _cmake_quote(arg: str) -> str:
 
 def build_raw_wheel(toolkit: Toolkit, archs: str, into: Path, log: Path) -> Path:
     builder = toolkit.python or Path(sys.executable)
+    # The source unpacked and the build folder (scikit-build-core's build-dir)
+    # kept in the cache, both at fixed paths, rather than pip's temporary
+    # ones: an interrupted build resumes where ninja stopped.
+    src = into.parent / "src"
+    if not (src / "pyproject.toml").exists():
+        shutil.rmtree(src, ignore_errors=True)
+        with tarfile.open(llama_dist.sdist_path()) as tar:
+            tar.extractall(into.parent / "src.partial", filter="data")
+        top = next((into.parent / "src.partial").iterdir())
+        top.rename(src)
+        (into.parent / "src.partial").rmdir()
     cmd = [str(builder), "-m", "pip", "wheel", "--disable-pip-version-check", "--no-cache-dir",
-           "--no-deps", "-v", "-w", str(into), str(llama_dist.sdist_path())]
+           "--no-deps", "-v", "--config-settings", f"build-dir={into.parent / 'build'}",
+           "-w", str(into), str(src)]
     print(f"building llama-cpp-python's CUDA flavour for {archs} with the {toolkit.source} "
           f"toolkit {toolkit.version} (about 40 minutes per architecture on 2 cores); "
           f"log: {log}", file=sys.stderr)
@@ -315,6 +328,8 @@ def wheel(archs: str, mode: str) -> Path:
     final = folder / raw.name
     partial.rename(final)
     shutil.rmtree(raw_dir)
+    shutil.rmtree(folder / "build", ignore_errors=True)
+    shutil.rmtree(folder / "src", ignore_errors=True)
     print(f"RPATH set on {len(patched)} libraries; wheel: {final}", file=sys.stderr)
     return final
 
