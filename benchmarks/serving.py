@@ -73,6 +73,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help=f"comma list, a subset of {','.join(PEERS)} (default: all)")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results"),
                    help="results folder (default: %(default)s)")
+    p.add_argument("--parallel", type=int, default=32,
+                   help="slots of every serving peer (default: %(default)s)")
+    p.add_argument("--ctx", type=int, default=8192,
+                   help="context of every peer, shared by its slots (default: %(default)s)")
     p.add_argument("--repeat", type=int, default=3,
                    help="runs per N and peer, interleaved, each with fresh prompts; the "
                         "median by throughput is reported (default: %(default)s; fewer "
@@ -164,7 +168,8 @@ def describe(args: argparse.Namespace, model: Path, prompt_tokens: dict[int, lis
         "parameters": {"concurrency": args.concurrency, "max_tokens": args.max_tokens,
                        "threads": args.threads, "peers": args.peers, "quick": args.quick,
                        "repeat": args.repeat,
-                       "n_ctx": 8192, "n_parallel": 32, "prompt_tokens": prompt_tokens,
+                       "n_ctx": args.ctx, "n_parallel": args.parallel,
+                       "prompt_tokens": prompt_tokens,
                        "itl_counting": "a chunk of k tokens: its gap once, then k-1 zeros",
                        "order": "every peer once per (N, repetition), rotated each round",
                        "figure": "the repetition with the median aggregate tok/s"},
@@ -281,7 +286,8 @@ def main(argv: list[str] | None = None) -> int:
     load_start = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="hearth-bench-") as logs:
         setup = Setup(model=model, threads=args.threads, max_tokens=args.max_tokens,
-                      ns=args.concurrency, prompts=prompts, log_dir=Path(logs))
+                      ns=args.concurrency, prompts=prompts, log_dir=Path(logs),
+                      n_ctx=args.ctx, n_parallel=args.parallel)
         print("== reading Hearth's settings (a start with llama.cpp's log on)",
               file=sys.stderr, flush=True)
         try:

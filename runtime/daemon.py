@@ -38,6 +38,7 @@ from runtime.events import EventBus, RequestFinished
 from runtime.exit_codes import ExitCode
 from runtime.http import HttpGateway
 from runtime.logs import setup_logging
+from runtime.models.gpu_fallback import cpu_fallback
 from runtime.models.manager import ModelManager
 from runtime.reload import Reloader
 from runtime.server import GrpcServer
@@ -261,6 +262,9 @@ def serve(config: Config, models: list[ModelConfig],
     """Runs the daemon until SIGTERM/SIGINT; returns its exit code.
     `open_store` is called once logging is set up (it may read a key)."""
     setup_logging(config.server.log_level, config.server.log_format)
+    fallback = cpu_fallback()
+    if fallback:
+        log.warning("%s", fallback)
     store = open_store()
     audit = None
     try:

@@ -103,12 +103,22 @@ def driver_version() -> str | None:
 
 
 def check_gpu(_: DoctorInput) -> Iterator[Finding]:
+    from runtime.models.gpu_fallback import cpu_fallback
     from runtime.native import build_info, list_devices
 
     nodes = nvidia_nodes()
     gpus = [d for d in list_devices() if d.type in ("gpu", "igpu")]
     cuda_core = "cuda=1" in build_info().split()    # the core says "cuda=0" or "cuda=1"
-    if gpus:
+    fallback = cpu_fallback() if cuda_core else None
+    if fallback and not nodes:
+        yield Finding("gpu", Status.WARN, fallback,
+                      "serve on a machine with an NVIDIA GPU and driver, or install the CPU "
+                      "build (make setup)")
+    elif fallback:
+        yield Finding("gpu", Status.FAIL, fallback,
+                      "check the driver (nvidia-smi), free GPU memory, and that DeviceAllow= "
+                      "lets the service open /dev/nvidia*")
+    elif gpus:
         names = ", ".join(f"{d.description or d.name} ({d.free_bytes / GIB:.1f}/"
                           f"{d.total_bytes / GIB:.1f} GiB free)" for d in gpus)
         yield Finding("gpu", Status.OK, f"{len(gpus)} visible to ggml: {names}")

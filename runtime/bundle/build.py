@@ -148,12 +148,18 @@ class BundleBuilder:
         self._pip("wheel", "--no-deps", "--no-build-isolation", "-w", str(wh),
                   str(source), env={"HEARTH_CUDA": "ON" if cuda else "AUTO"})
         shutil.rmtree(source)
-        llama_env = {"CMAKE_ARGS": "-DGGML_CUDA=on"} if cuda else {}
-        # pip's wheel cache is keyed by the sdist, not by CMAKE_ARGS: a CUDA
-        # build must not come from (or go into) it.
-        no_cache = ["--no-cache-dir", "--no-binary", LLAMA_DIST] if cuda else []
-        self._pip("wheel", "--no-deps", *no_cache, "-w", str(wh),
-                  f"{LLAMA_DIST}=={self.llama_version}", env=llama_env)
+        prebuilt = os.environ.get("HEARTH_LLAMA_WHEEL")
+        if prebuilt:
+            # The CUDA flavour's finished wheel (native/tools/cuda_build.py):
+            # its libraries find the runtime wheels it requires by RPATH.
+            shutil.copy2(prebuilt, wh / Path(prebuilt).name)
+        else:
+            llama_env = {"CMAKE_ARGS": "-DGGML_CUDA=on"} if cuda else {}
+            # pip's wheel cache is keyed by the sdist, not by CMAKE_ARGS: a CUDA
+            # build must not come from (or go into) it.
+            no_cache = ["--no-cache-dir", "--no-binary", LLAMA_DIST] if cuda else []
+            self._pip("wheel", "--no-deps", *no_cache, "-w", str(wh),
+                      f"{LLAMA_DIST}=={self.llama_version}", env=llama_env)
         llama = next(wh.glob("llama_cpp_python-*.whl"))
         if wheel_flavour(llama) != self.flavour:
             raise ConfigError(f"{llama.name} is a {wheel_flavour(llama)} build, not "
