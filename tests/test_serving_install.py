@@ -34,9 +34,14 @@ def pip_installs(*goals: str) -> list[list[str]]:
                          capture_output=True, text=True, timeout=60, check=True).stdout
     installs = []
     for line in out.replace("\\\n", " ").splitlines():
-        words = shlex.split(line)
-        if "pip" in words and "install" in words:
-            installs.append(words[words.index("install") + 1:])
+        command: list[str] = []
+        for word in [*shlex.split(line), "&&"]:       # one recipe line may chain commands
+            if word not in ("&&", ";"):
+                command.append(word)
+                continue
+            if "pip" in command and "install" in command:
+                installs.append(command[command.index("install") + 1:])
+            command = []
     return installs
 
 
@@ -55,7 +60,7 @@ def roots(installs: list[list[str]]) -> tuple[list[Requirement], list[Requiremen
     for args in installs:
         target = leaves if "--no-deps" in args else walked
         for arg in args:
-            if arg.startswith("-"):
+            if arg.startswith(("-", "$")):  # options; the CPU llama wheel built from the pin
                 continue
             if arg.startswith(".["):            # the project itself, with extras
                 extras = re.fullmatch(r"\.\[(.*)\]", arg)
