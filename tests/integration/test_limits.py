@@ -130,9 +130,13 @@ def test_the_server_enforces_the_deadline_without_the_clients_help(one_slot: Dae
                if line.startswith("{") and '"deadline-1"' in line]
     assert len(records) == 1, one_slot.log()
     record = records[0]
+    # Which of the server's two deadline paths wins decides the record's words
+    # (and a handler cancelled by gRPC's timer closes with GeneratorExit, its
+    # count not yet taken): the stop itself is what assert_stopped_early shows.
     assert record["msg"] in ("generate tiny DeadlineExceeded deadline",
-                             "generate tiny CancelledError cancelled"), record
-    assert 0 < record["completion_tokens"] <= generated
+                             "generate tiny CancelledError cancelled",
+                             "generate tiny GeneratorExit cancelled"), record
+    assert 0 <= record["completion_tokens"] <= generated
 
 
 def test_full_queue_is_resource_exhausted_with_retry_hint(one_slot: Daemon) -> None:
