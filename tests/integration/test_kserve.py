@@ -26,12 +26,13 @@ from runtime._proto.kserve.v2 import inference_pb2_grpc as kgrpc
 from runtime.server.kserve.tensors import deserialize_bytes, serialize_bytes
 from tests.integration.conftest import Daemon, start_daemon
 from tests.integration.near_tie import top2_gap
-from tests.integration.test_concurrency import NEAR_TIE
 from tests.integration.test_limits import ASKED, assert_stopped_early
 from tests.integration.test_sealed_serving import hearth
 
 SCRIPT = Path(__file__).with_name("triton_client_script.py")
 SERVICE = "inference.GRPCInferenceService"
+
+BATCH_FLIP = 0.25     # logits; as the Gemma comparisons allow
 
 
 def run_script(address: str, model: str, *scenarios: str) -> dict:
@@ -273,7 +274,10 @@ def test_requests_on_one_stream_run_concurrently_and_keep_their_ids(
             k = next(i for i in range(len(tokens))
                      if not texts[rid].startswith(c.detokenize(tokens[:i + 1])))
             gap = top2_gap(tiny_model, [*c.tokenize(prompt), *tokens[:k]])
-            assert k > 0 and gap < NEAR_TIE, (rid, k, gap)
+            # Swapped answers would part at once (k = 0); a later parting is
+            # a batch-shape rounding flip, seen here at token 99 of b with a
+            # reference gap of 0.0 and, with the non-AMX kernels, 0.18.
+            assert k > 0 and gap < BATCH_FLIP, (rid, k, gap)
 
 
 def test_malformed_message_on_the_stream_is_answered_and_the_stream_goes_on(
