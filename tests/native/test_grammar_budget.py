@@ -23,6 +23,8 @@ from tests.native.helpers import collect, wait_ready
 
 GREEDY = Sampling(temperature=0.0)
 CHAIN = 'root ::= item{1000}\nitem ::= "x" | "y"'
+# 2,000 tokens (a slot's context): more than this engine writes in half a second.
+LONG_CHAIN = 'root ::= item{1000} item{1000}\nitem ::= "x" | "y"'
 
 
 @pytest.fixture(scope="module")
@@ -45,12 +47,12 @@ def start_plain(engine: NativeEngine, text: str, max_tokens: int):  # type: igno
 
 
 def start_grammar_job(engine: NativeEngine, max_tokens: int = 400,  # type: ignore[no-untyped-def]
-                      **kw: object):
+                      grammar: str = CHAIN, **kw: object):
     """Submits the grammar request and waits until its first job is open."""
-    check_gbnf(CHAIN)  # within the limits: this is what a client may send
+    check_gbnf(grammar)  # within the limits: this is what a client may send
     jobs = engine.stats().grammar_jobs
     r = engine.submit(RequestParams(prompt=engine.tokenize("hello"), max_tokens=max_tokens,
-                                    sampling=GREEDY, grammar=CHAIN, **kw))  # type: ignore[arg-type]
+                                    sampling=GREEDY, grammar=grammar, **kw))  # type: ignore[arg-type]
     deadline = time.monotonic() + 60
     while engine.stats().grammar_jobs == jobs and time.monotonic() < deadline:
         time.sleep(0.005)
@@ -128,10 +130,10 @@ def test_deadline_ends_a_grammar_job(engine: NativeEngine) -> None:
     (checked between chunks, and by the next reap), and the plain request
     on the same model completes."""
     plain = start_plain(engine, "the bank", 400)
-    # The whole grammar (1,000 tokens) cannot be written within the deadline,
-    # even on an idle machine (400 tokens once took just under 1.5 s here).
-    g = start_grammar_job(engine, max_tokens=1000,
-                          deadline_ns=time.monotonic_ns() + 800_000_000)
+    # The whole grammar (2,000 tokens) cannot be written within the deadline,
+    # even on an idle machine (1,000 tokens once took under 0.8 s here).
+    g = start_grammar_job(engine, max_tokens=2000, grammar=LONG_CHAIN,
+                          deadline_ns=time.monotonic_ns() + 500_000_000)
     assert finish(engine, g).finish_reason is FinishReason.DEADLINE
     assert finish(engine, plain).finish_reason is FinishReason.LENGTH
     plain.free()
