@@ -192,7 +192,15 @@ def cmd_chat(args: argparse.Namespace) -> int:
             if not line.strip():
                 continue
             history.append(("user", line))
-            history.append(("assistant", _answer(c, args, model, history, interactive)))
+            try:
+                history.append(("assistant", _answer(c, args, model, history, interactive)))
+            except KeyboardInterrupt:
+                # Ctrl-C just after an answer ended (outside its stream): the
+                # turn is dropped, the REPL stays.
+                if not interactive:
+                    raise
+                history.pop()
+                sys.stdout.write("\n")
 
 
 def _status_line(s: mpb.ModelStatus) -> str:
