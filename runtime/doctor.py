@@ -275,7 +275,7 @@ def _open_store(inp: DoctorInput) -> Iterator[Finding]:
 
 
 def _audit(d: Path) -> Iterator[Finding]:
-    from runtime.storage.audit import verify_state_dir
+    from runtime.storage.audit_verify import verify_state_dir
 
     if not (d / "audit").exists():
         yield Finding("audit", Status.SKIP, "no audit log yet")

@@ -16,7 +16,8 @@ from pathlib import Path
 from runtime.cli.state import add_state_options, opened_store, source_of
 from runtime.errors import ConfigError, InvalidArgument
 from runtime.exit_codes import ExitCode
-from runtime.storage.audit import AuditLog, verify_audit
+from runtime.storage.audit import AuditLog
+from runtime.storage.audit_verify import verify_audit
 from runtime.storage.catalog import Catalog
 from runtime.storage.keys import Keyring, create_key_file, key_source
 from runtime.storage.paths import state_dir

@@ -155,7 +155,7 @@ def test_audit_v1() -> None:
                                                                    u64(s) + sid.encode()))
         assert plain["subject"] == v["subject"] and plain["prompt"].startswith("prompt ")
 
-    from runtime.storage.audit import verify_lines
+    from runtime.storage.audit_verify import verify_lines
 
     with tempfile.TemporaryDirectory() as tmp:
         log = Path(tmp) / "log.jsonl"

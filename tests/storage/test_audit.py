@@ -15,7 +15,8 @@ from runtime.errors import FailedPrecondition, IntegrityError
 from runtime.events import RequestFinished
 from runtime.storage import audit as audit_mod
 from runtime.storage import failpoints
-from runtime.storage.audit import AuditLog, chain_hash
+from runtime.storage.audit import AuditLog
+from runtime.storage.audit_verify import chain_hash
 from runtime.storage.keys import KeySource
 from runtime.storage.store import SealedStore
 

@@ -25,7 +25,8 @@ from runtime.cli.main import main
 from runtime.errors import ConfigError, IntegrityError
 from runtime.events import RequestFinished
 from runtime.exit_codes import ExitCode
-from runtime.storage.audit import GENESIS, AuditLog, chain_hash, verify_audit
+from runtime.storage.audit import AuditLog
+from runtime.storage.audit_verify import GENESIS, chain_hash, verify_audit
 from runtime.storage.keys import KeySource, key_fingerprint
 from runtime.storage.store import SealedStore
 
