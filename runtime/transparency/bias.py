@@ -32,24 +32,20 @@ from runtime.transparency import bias_data
 
 
 def t_quantile_975(df: float) -> float:
-    """The 0.975 quantile of Student's t with `df` degrees of freedom, by
-    bisection on its CDF (the density integrated numerically; exact to about
-    1e-6, no statistics library needed)."""
+    """The 0.975 quantile of Student's t with `df` degrees of freedom: the
+    density integrated once from the far tail inward (trapezoids on a fine
+    grid), then the point where the tail holds 2.5% (no statistics library
+    needed; within 1e-5 for df >= 3)."""
     if df > 1e6:
         return 1.959963984540054
     log_norm = (math.lgamma((df + 1) / 2) - math.lgamma(df / 2)
                 - 0.5 * math.log(df * math.pi))
-
-    def upper_tail(t: float) -> float:        # P(T > t) for t >= 0
-        x = np.linspace(t, t + 200.0, 400_001)
-        pdf = np.exp(log_norm - (df + 1) / 2 * np.log1p(x * x / df))
-        return float(np.sum((pdf[1:] + pdf[:-1]) / 2) * (x[1] - x[0]))
-
-    lo, hi = 0.0, 20.0
-    for _ in range(40):
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if upper_tail(mid) > 0.025 else (lo, mid)
-    return (lo + hi) / 2
+    x = np.linspace(0.0, 400.0, 2_000_001)
+    pdf = np.exp(log_norm - (df + 1) / 2 * np.log1p(x * x / df))
+    steps = (pdf[1:] + pdf[:-1]) / 2 * (x[1] - x[0])
+    tail = np.concatenate([np.cumsum(steps[::-1])[::-1], [0.0]])   # P(x < T < 400)
+    i = int(np.searchsorted(-tail, -0.025))                           # tail decreases
+    return float(np.interp(0.025, [tail[i], tail[i - 1]], [x[i], x[i - 1]]))
 
 
 @dataclass(frozen=True)
