@@ -45,6 +45,15 @@ ConfigError whose message starts with the dotted path of the key, e.g.
                "finish_stop", "prompt_embedding"]
     nll_rows = 64                             # logits rows per step for prompt NLL
     embedding_dims = 32                       # projected size of the prompt embedding
+
+    [energy]                                  # energy per request (docs/energy.md)
+    enabled = true
+    cpu_watts = 65.0                          # package power at full load, for the estimate
+    powercap_root = "/sys/class/powercap"     # RAPL counters (the udev rule grants read)
+    grid_g_per_kwh = 300                      # gCO2e/kWh, or [{from="00:00", to="07:00",
+                                              #   g=180}, ...] covering the day once
+    window_s = 1.0                            # meter window (cut short when a request ends)
+    gpu = true                                # NVML energy counters when a GPU is present
 """
 from __future__ import annotations
 
@@ -193,6 +202,20 @@ class DriftConfig:
 
 
 @dataclass(frozen=True)
+class EnergyConfig:
+    """Energy accounting (runtime/energy/).  grid_g_per_kwh is checked in
+    full by runtime/energy/carbon.py when the daemon builds its accountant
+    (energy sits above config); here only its shape."""
+
+    enabled: bool = True
+    cpu_watts: float = 65.0
+    powercap_root: str = "/sys/class/powercap"
+    grid_g_per_kwh: float | tuple[dict[str, Any], ...] = 0.0
+    window_s: float = 1.0
+    gpu: bool = True
+
+
+@dataclass(frozen=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     models: dict[str, ModelConfig] = field(default_factory=dict)
@@ -201,6 +224,7 @@ class Config:
     acl: dict[str, tuple[str, ...]] = field(default_factory=dict)  # identity -> models
     federation: FederationConfig = field(default_factory=FederationConfig)
     drift: DriftConfig = field(default_factory=DriftConfig)
+    energy: EnergyConfig = field(default_factory=EnergyConfig)
 
 
 _INT_RANGES: dict[str, tuple[int, int]] = {
@@ -291,6 +315,18 @@ def _check_value(path: str, key: str, value: Any, default: Any) -> Any:
         if not isinstance(value, list) or not all(isinstance(x, str) and x for x in value):
             raise ConfigError(f"{where}: must be a list of identities")
         return tuple(value)
+    if key == "grid_g_per_kwh":
+        if isinstance(value, list) and all(isinstance(x, dict) for x in value):
+            return tuple(value)
+        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+            raise ConfigError(f"{where}: must be a number >= 0 or a list of "
+                              "{from, to, g} tables")
+        return float(value)
+    if key in ("cpu_watts", "window_s"):
+        lo, hi = (0.1, 60.0) if key == "window_s" else (0.001, 100_000.0)
+        if isinstance(value, bool) or not isinstance(value, int | float) or not lo <= value <= hi:
+            raise ConfigError(f"{where}: must be a number in {lo:g}..{hi:g}, got {value!r}")
+        return float(value)
     if key == "socket_mode":
         if not isinstance(value, str) or not re.fullmatch(r"0?[0-7]{3}", value):
             raise ConfigError(f"{where}: must be an octal mode like \"0660\", got {value!r}")
@@ -387,7 +423,7 @@ def _build(cls: type, path: str, table: dict[str, Any], **fixed: Any) -> Any:
 def parse_config(data: dict[str, Any], base_dir: Path | None = None) -> Config:
     """Validates a parsed TOML document.  Relative model paths are resolved
     against base_dir (the config file's folder)."""
-    tables = ["server", "models", "auth", "tls", "acl", "federation", "drift"]
+    tables = ["server", "models", "auth", "tls", "acl", "federation", "drift", "energy"]
     for key in data:
         if key not in tables:
             raise _unknown("", key, tables)
@@ -401,6 +437,7 @@ def parse_config(data: dict[str, Any], base_dir: Path | None = None) -> Config:
     acl = _acl(data.get("acl", {}))
     federation = _build(FederationConfig, "federation.", data.get("federation", {}))
     drift = _build(DriftConfig, "drift.", data.get("drift", {}))
+    energy = _build(EnergyConfig, "energy.", data.get("energy", {}))
     if drift.window > drift.reference_size:
         raise ConfigError(f"drift.window: must not exceed drift.reference_size "
                           f"({drift.reference_size}), got {drift.window}")
@@ -428,7 +465,7 @@ def parse_config(data: dict[str, Any], base_dir: Path | None = None) -> Config:
     if server.models_dir and base_dir is not None and not os.path.isabs(server.models_dir):
         server = replace(server, models_dir=str((base_dir / server.models_dir).resolve()))
     return Config(server=server, models=models, auth=auth, tls=tls, acl=acl,
-                  federation=federation, drift=drift)
+                  federation=federation, drift=drift, energy=energy)
 
 
 def _acl(table: Any) -> dict[str, tuple[str, ...]]:

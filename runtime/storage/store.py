@@ -51,6 +51,7 @@ class Kind(StrEnum):
     RELEASE = "release"
     UPDATE = "update"
     DRIFT = "drift"         # a model version's drift reference: aggregates only
+    ENERGY = "energy"       # energy attribution weights (idle W, J per prefill/decode token)
 
     @classmethod
     def parse(cls, text: str) -> Kind:
