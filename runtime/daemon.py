@@ -10,7 +10,8 @@ models to load, then calls serve().  Everything after that is here:
                   and READY=1, then waits and drains
   build_daemon()  one ModelManager, InferenceService and Authenticator, with
                   the faces over them: gRPC (server/) and HTTP (http/), and the
-                  drift watch (drift/service.py) when [drift] is on
+                  drift watch (drift/service.py) when [drift] is on, and the
+                  energy accountant (energy/service.py) when [energy] is on
   Daemon          those parts and their start / mark_serving / drain
 
 Start-up failures end with an exit code (runtime/exit_codes.py) that systemd
@@ -34,6 +35,7 @@ from runtime.config import Config, ModelConfig, is_local_address
 from runtime.core import InferenceService
 from runtime.core.response_cache import ResponseCache
 from runtime.drift.service import DriftService
+from runtime.energy.service import EnergyService
 from runtime.events import EventBus, RequestFinished
 from runtime.exit_codes import ExitCode
 from runtime.http import HttpGateway
@@ -60,13 +62,15 @@ class Daemon:
 
     def __init__(self, config: Config, events: EventBus, models: ModelManager,
                  core: InferenceService, authenticator: Authenticator,
-                 drift: DriftService | None = None) -> None:
+                 drift: DriftService | None = None,
+                 energy: EnergyService | None = None) -> None:
         self.config = config
         self.events = events
         self.models = models
         self.core = core
         self.authenticator = authenticator
         self.drift = drift          # the drift watch, when [drift] is on
+        self.energy = energy        # energy accounting, when [energy] is on
         self.grpc = GrpcServer(config, models, core, events, authenticator, drift)
         # The OpenAI-compatible HTTP gateway, over the same core and auth.
         self.http = HttpGateway(core, authenticator,
@@ -127,7 +131,11 @@ def build_daemon(config: Config, events: EventBus | None = None,
     if config.drift.enabled:
         drift = DriftService(config.drift, events, store)
         core.drift_sample = drift.should_sample
-    return Daemon(config, events, models, core, authenticator, drift)
+    energy = None
+    if config.energy.enabled:
+        energy = EnergyService(config.energy, models, store, events=events)
+        core.energy = energy
+    return Daemon(config, events, models, core, authenticator, drift, energy)
 
 
 def write_ready_file(path: str, addresses: list[str], metrics: str, http: str = "") -> None:
@@ -143,7 +151,7 @@ def start_metrics(daemon: Daemon, audit: AuditLog | None) -> str:
     if not is_local_address(addr):
         raise errors.ConfigError(f"server.metrics_listen: {addr} is not a loopback address")
     metrics = Metrics(daemon.events, daemon.models, (lambda: audit.lag_s) if audit else None,
-                      daemon.core.cache, daemon.drift)
+                      daemon.core.cache, daemon.drift, daemon.energy)
     port = metrics.serve(addr)
     return f"{addr.rpartition(':')[0]}:{port}"
 
@@ -192,12 +200,16 @@ async def run(config: Config, models: list[ModelConfig], ready_file: str | None 
     if daemon.drift is not None:
         daemon.drift.audit = audit.record_admin if audit is not None else None
         daemon.drift.start(loop)
+    if daemon.energy is not None:
+        daemon.energy.start(loop)
     try:
         return await _serve(daemon, config, models, ready_file, audit, reload_config,
                             notifier, stop)
     finally:
         if daemon.drift is not None:
             daemon.drift.close()
+        if daemon.energy is not None:
+            daemon.energy.close()
 
 
 async def _serve(daemon: Daemon, config: Config, models: list[ModelConfig],

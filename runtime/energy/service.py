@@ -23,6 +23,7 @@ from runtime.energy.carbon import GridIntensity
 from runtime.energy.meters import NvmlMeter, SumMeter, open_cpu_meter
 from runtime.energy.weights import Weights
 from runtime.errors import IntegrityError
+from runtime.events import EventBus, ModelStateChanged
 from runtime.models.manager import ModelManager, ModelState
 from runtime.native import list_devices
 from runtime.storage.store import Kind, SealedStore
@@ -69,7 +70,8 @@ def _store_name(source: str) -> str:
 
 class EnergyService:
     def __init__(self, cfg: EnergyConfig, models: ModelManager,
-                 store: SealedStore | None = None, meter: Meter | None = None) -> None:
+                 store: SealedStore | None = None, meter: Meter | None = None,
+                 events: EventBus | None = None) -> None:
         self.cfg, self.models, self.store = cfg, models, store
         grid = GridIntensity.parse(list(cfg.grid_g_per_kwh)
                                    if isinstance(cfg.grid_g_per_kwh, tuple)
@@ -84,6 +86,8 @@ class EnergyService:
         self._task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.last: WindowReport | None = None
+        if events is not None:
+            events.subscribe(self._on_model, ModelStateChanged)
         log.info("energy: %s meter%s", source,
                  " (an estimate from CPU time, not a measurement)" if "estimate" in source
                  else "")
@@ -97,6 +101,12 @@ class EnergyService:
             if handle.engine is not None and handle.state in (ModelState.READY,
                                                                ModelState.DRAINING):
                 yield handle.name, handle.engine
+
+    def _on_model(self, event: ModelStateChanged) -> None:
+        # A model just became ready: a window now turns its step log on
+        # before its first request can run unlogged.
+        if event.state == ModelState.READY.value:
+            self.close_window()
 
     # -- windows --------------------------------------------------------------
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
