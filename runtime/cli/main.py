@@ -12,6 +12,7 @@ from runtime.cli import (
     client,
     doctor,
     drift,
+    energy,
     fed,
     rpc_worker,
     serve,
@@ -70,6 +71,7 @@ def parser() -> argparse.ArgumentParser:
     bundle.add_parsers(sub)
     fed.add_parsers(sub)
     drift.add_parsers(sub)
+    energy.add_parsers(sub)
     transparency.add_parsers(sub)
     doctor.add_parser(sub)
     rpc_worker.add_parser(sub)
