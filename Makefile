@@ -129,6 +129,7 @@ bench: setup model
 	$(BIN)/python -m benchmarks.storage
 	$(BIN)/python -m benchmarks.features
 	$(BIN)/python -m benchmarks.federation
+	$(BIN)/python -m benchmarks.energy
 
 # The signing key stays on the build machine; sites trust its fingerprint.
 bundle: setup $(if $(filter 1,$(BUNDLE_MODEL)),model)
