@@ -63,6 +63,7 @@ class GrpcLink(CoordinatorLink):
         self.stub = fgrpc.FederationStub(self.channel)
         self.wait_s = wait_s
         self.bytes_sent = 0
+        self.fetched: list[int] = []        # release versions this link brought
 
     def close(self) -> None:
         self.channel.close()
@@ -88,6 +89,7 @@ class GrpcLink(CoordinatorLink):
 
     def fetch_release(self, after_version: int) -> bytes:
         reply = self.call("GetRelease", fpb.GetReleaseRequest(after_version=after_version))
+        self.fetched.append(reply.version)
         return bytes(reply.release_file)
 
     def advertise_keys(self, round_no: int, mine: AdvertiseKeys) -> list[AdvertiseKeys]:
@@ -123,6 +125,7 @@ def participate_forever(site: SiteContext, link: GrpcLink, data: SiteData, stop:
     the round after the last one it answered (its ledger), so a plan is
     still answered at most once."""
     total = SiteRun(site.record.site)
+    answered_before = len(site.record.answered)
     while not stop.is_set():
         after = max((a.round for a in site.record.answered), default=0)
         try:
@@ -135,15 +138,16 @@ def participate_forever(site: SiteContext, link: GrpcLink, data: SiteData, stop:
         except errors.HearthError as exc:
             log.warning("round: %s; asking again in %g s", exc, retry_s)
         else:
-            total.rounds += run.rounds
-            total.releases += run.releases
-            total.ppl_before = total.ppl_before if total.ppl_before is not None \
-                else run.ppl_before
+            if total.ppl_before is None:
+                total.ppl_before = run.ppl_before
             total.ppl_after = run.ppl_after
-        total.bytes_sent = link.bytes_sent
         try:
             stop.wait(retry_s)
         except KeyboardInterrupt:
             break
+    # what this process did, however its last attempt ended: the plans it
+    # entered in the ledger, the releases it fetched (and applied)
+    total.rounds = [a.round for a in site.record.answered[answered_before:]]
+    total.releases = list(dict.fromkeys(link.fetched))
     total.bytes_sent = link.bytes_sent
     return total
