@@ -120,7 +120,8 @@ def test_report_files(tmp_path: Path) -> None:
 def federation(tmp_path: Path, tiny_model: Path):  # type: ignore[no-untyped-def]
     """A coordinator store with two joined sites, ward-0 and ward-1: (store,
     {site: its signing key})."""
-    from tests.federation.test_site_loop import KEY, federation as make
+    from tests.federation.test_site_loop import KEY
+    from tests.federation.test_site_loop import federation as make
 
     coordinator, site_dir = make(tmp_path, tiny_model, noise=0.0)
     second = SealedStore.init(tmp_path / "site-1", KEY)

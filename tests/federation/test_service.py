@@ -8,13 +8,12 @@ sites waiting in it are answered, not left hanging; after the restart the
 next round has a new number and completes; the published versions are 1,
 2 with none twice.  Every wait has a deadline; nothing is timed.
 
-Checked that it can fail, by edits run and reverted: without
+Checked that it can fail, by an edit run and reverted: without
 `self.record.last_round = ...; save_coordinator_record(...)` in
-CoordinatorRounds.open the restarted round reuses number 1, site-0 (which
-answered round 1) waits for round 2 and round 2 never gets its update, so
-`wait_for(... "release v1")` times out; without the withdraw_round call
-in service._one_round, site-0 stays in GetRelease through the stop (its
-log never shows the round ending) and the site-0 check fails.
+CoordinatorRounds.open the stopped service reports last_round 0, and the
+restarted one would open round 1 again, which site-0 already answered.
+(test_service_rounds.py pins the withdrawal and the crash-recovery in one
+process.)
 """
 from __future__ import annotations
 
@@ -126,9 +125,9 @@ def test_sigterm_mid_round_then_restart(tmp_path: Path, tiny_model: Path) -> Non
 
 
 def _no_release_twice(coordinator: Party) -> None:
-    from runtime.federation.state import coordinator_keys, load_coordinator_record
     from runtime.federation.documents import open_release_file
-    from runtime.federation.release import open_envelope, parse_manifest, key_fingerprint
+    from runtime.federation.release import key_fingerprint, open_envelope, parse_manifest
+    from runtime.federation.state import coordinator_keys, load_coordinator_record
     from runtime.storage.keys import key_from_file
     from runtime.storage.store import Kind, SealedStore
 
