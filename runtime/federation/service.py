@@ -43,7 +43,9 @@ from runtime.storage.store import SealedStore
 
 log = logging.getLogger("hearth.federation")
 
-MAX_KEPT_REPORTS = 1000
+# Kept per site, newest first: one site's flood of reports cannot push
+# another site's alarm out of the record.
+MAX_REPORTS_PER_SITE = 32
 MAX_WAIT_S = 3600.0             # the service decides again at least this often
 
 
@@ -81,8 +83,11 @@ class ReportDesk:
                                   adapter_version=report.adapter_version, digest=digest,
                                   p_values=dict(report.p_values), detail=report.detail)
         horizon = now - self.max_age_s - DAY_S
+        same_site = [r for r in self.record.reports if r.site == report.site]
+        dropped = {id(r) for r in same_site[:max(0, len(same_site) + 1 -
+                                                 MAX_REPORTS_PER_SITE)]}
         self.record.reports = [r for r in self.record.reports
-                               if r.received_at > horizon][-(MAX_KEPT_REPORTS - 1):]
+                               if r.received_at > horizon and id(r) not in dropped]
         self.record.reports.append(accepted)
         save_coordinator_record(self.store, self.record)
         detail = {k: v for k, v in asdict(accepted).items() if k != "received_at"}

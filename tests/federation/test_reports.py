@@ -219,3 +219,21 @@ def test_collect_takes_report_files_and_refuses_stale_ones(federation,  # type: 
     assert collect_reports(store, media, 3600.0)[0] == []
     assert [r.site for r in load_coordinator_record(store).reports] == ["ward-0"]
     assert not list(store.list(Kind.RELEASE))
+
+
+def test_one_site_flooding_reports_keeps_the_others(federation,  # type: ignore[no-untyped-def]
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each site keeps its newest MAX_REPORTS_PER_SITE reports; another
+    site's alarm stays.  Fails with one cap over all sites (tried: ward-0's
+    alarm was pushed out)."""
+    from runtime.federation import service
+
+    monkeypatch.setattr(service, "MAX_REPORTS_PER_SITE", 3)
+    store, keys = federation
+    desk = ReportDesk(store, load_coordinator_record(store), 3600.0)
+    desk.receive(sign_report(site_report(store, "ward-0"), keys["ward-0"]))
+    now = time.time()
+    for i in range(10):
+        desk.receive(sign_report(site_report(store, "ward-1", at=now - i), keys["ward-1"]))
+    sites = [r.site for r in load_coordinator_record(store).reports]
+    assert sites.count("ward-0") == 1 and sites.count("ward-1") == 3
