@@ -176,7 +176,12 @@ def cmd_status(args: argparse.Namespace) -> int:
                                   "round_open": bool(r.open_plan),
                                   "values": r.settings.trainable_size,
                                   "secure_aggregation": r.settings.secure_aggregation,
-                                  "noise_multiplier": r.settings.noise_multiplier}
+                                  "noise_multiplier": r.settings.noise_multiplier,
+                                  "last_round": r.last_round,
+                                  "reports": [{"site": x.site, "kind": x.kind,
+                                               "raised_at": x.raised_at,
+                                               "adapter_version": x.adapter_version}
+                                              for x in r.reports[-20:]]}
         except FailedPrecondition:
             pass
         try:
