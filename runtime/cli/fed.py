@@ -32,6 +32,13 @@ def _store_command(sub: argparse._SubParsersAction, name: str, help_text: str,
     return p
 
 
+def _coordinator_writer(store: SealedStore) -> Any:
+    """state.coordinator_writer: one command at a time changes the record."""
+    from runtime.federation.state import coordinator_writer
+
+    return coordinator_writer(store)
+
+
 def _json(doc: dict[str, Any]) -> None:
     """One JSON line on stdout: what scripts (and simulate) read."""
     print(json.dumps({k: (None if isinstance(v, float) and not math.isfinite(v) else v)
@@ -71,7 +78,7 @@ def cmd_issue(args: argparse.Namespace) -> int:
     from runtime.federation.enrollment import issue_kit
     from runtime.federation.files import private_write
 
-    with opened_store(args) as store:
+    with opened_store(args) as store, _coordinator_writer(store):
         kit = issue_kit(store, Path(args.request).read_bytes(), args.coordinator_address)
     private_write(Path(args.out), kit.dumps())
     print(f"enrolled site {kit.site}; its kit is {args.out}", file=sys.stderr)
@@ -111,7 +118,7 @@ def cmd_coordinator(args: argparse.Namespace) -> int:
     if args.config and not args.serve:
         raise ConfigError("--config: the [coordinator] policy is for --serve")
     policy = _coordinator_policy(args) if args.serve else None
-    with opened_store(args) as store:
+    with opened_store(args) as store, _coordinator_writer(store):
         if args.serve:
             summary = asyncio.run(_serve_until_stopped(store, args, policy))
         else:
@@ -125,7 +132,7 @@ def cmd_coordinator(args: argparse.Namespace) -> int:
 def cmd_plan(args: argparse.Namespace) -> int:
     from runtime.federation.files import open_plan
 
-    with opened_store(args) as store:
+    with opened_store(args) as store, _coordinator_writer(store):
         plan, path = open_plan(store, Path(args.out))
     _json({"round": plan.round, "plan": str(path)})
     return ExitCode.OK
@@ -140,7 +147,7 @@ def cmd_collect(args: argparse.Namespace) -> int:
     accepted: list[str] = []
     refused: list[str] = []
     reports: list[str] = []
-    with opened_store(args) as store:
+    with opened_store(args) as store, _coordinator_writer(store):
         if report_files(directory):
             reports, refused = collect_reports(store, directory, max_age_s)
         # updates need an open round; a directory of reports alone does not
@@ -156,7 +163,7 @@ def cmd_collect(args: argparse.Namespace) -> int:
 def cmd_publish(args: argparse.Namespace) -> int:
     from runtime.federation.files import publish_round
 
-    with opened_store(args) as store:
+    with opened_store(args) as store, _coordinator_writer(store):
         published, path = publish_round(store, Path(args.out))
     _json({"version": published.version, "release": str(path),
            "metrics": published.manifest.metrics,

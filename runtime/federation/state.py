@@ -7,8 +7,12 @@ applied release or rollback, so the daemon loads it as store:fed-<name>).
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
+import os
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,7 +21,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
-from runtime.errors import FailedPrecondition, IntegrityError, NotFound
+from runtime.errors import FailedPrecondition, IntegrityError, NotFound, StorageError
 from runtime.federation.coordinator import Coordinator, FederationSettings
 from runtime.federation.documents import SiteKit, open_release_file, unb64
 from runtime.federation.dp import PrivacyAccountant
@@ -104,6 +108,31 @@ class CoordinatorRecord:
         s["trainer"] = TrainerSettings(**s["trainer"])
         reports = [AcceptedReport(**r) for r in doc.pop("reports", [])]
         return cls(settings=FederationSettings(**s), reports=reports, **doc)
+
+
+@contextlib.contextmanager
+def coordinator_writer(store: SealedStore) -> Iterator[None]:
+    """Held by every command that changes the coordinator's record (issue,
+    plan, collect, publish, and `fed coordinator` while it runs): each
+    keeps the record in memory and saves it whole, so a second writer at
+    the same time would undo the first's change (a site enrolled, reports
+    collected)."""
+    path = store.state_dir / "federation-coordinator.lock"
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise StorageError(f"{path}: cannot open: {exc.strerror}") from exc
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise FailedPrecondition(
+                "another `hearth fed` command is changing this coordinator's record (the "
+                "coordinator service?); stop it first (systemctl stop hearth-coordinator), "
+                "or send reports to it over the network instead of `collect`") from None
+        yield
+    finally:
+        os.close(fd)
 
 
 def save_coordinator_record(store: SealedStore, record: CoordinatorRecord) -> None:

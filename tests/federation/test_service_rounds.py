@@ -138,3 +138,24 @@ def test_a_crash_between_storing_the_release_and_saving_the_record(
     finally:
         site.close()
         coordinator.close()
+
+
+def test_one_writer_of_the_coordinator_record_at_a_time(tmp_path: Path) -> None:
+    """While `fed coordinator` runs (it keeps the record in memory and saves
+    it whole), `fed issue` or `collect` would have its change undone by the
+    service's next save: they are refused instead.  Fails without the
+    LOCK_NB flock in coordinator_writer (the second enters)."""
+    from runtime.federation.state import coordinator_writer
+
+    store = SealedStore.init(tmp_path / "coordinator", KEY)
+    other = SealedStore.open(tmp_path / "coordinator", KEY)   # another process's view
+    try:
+        with coordinator_writer(store):
+            with pytest.raises(errors.FailedPrecondition, match="stop it first"):
+                with coordinator_writer(other):
+                    pass
+        with coordinator_writer(other):                  # free again
+            pass
+    finally:
+        other.close()
+        store.close()
