@@ -274,6 +274,10 @@ class FederationServicer:
             raise errors.NotFound(f"no release above version {request.after_version}")
         return fpb.Release(version=found[0], release_file=found[1])
 
+    async def Report(self, request: fpb.ReportRequest, context: Any) -> fpb.Ack:
+        # A placeholder until the coordinator takes site reports (reports.read_report).
+        raise errors.FailedPrecondition("this coordinator does not take site reports yet")
+
 
 def add_federation_service(server: grpc.aio.Server, exchange: GrpcExchange,
                            sites: Mapping[str, Any]) -> None:

@@ -146,6 +146,22 @@ class AuditLog:
                         time.time()))
         return key
 
+    def subject_id(self, subject: str) -> str:
+        """The keyed id of a subject (the name itself is never stored)."""
+        return self._subject_id(subject)
+
+    def content_key(self, subject_id: str, create: bool) -> bytes | None:
+        """The subject's erasable key, None once erased (or, without
+        `create`, never made).  Whatever else keeps a subject's content seals
+        it under this key (drift/retain.py), so erase_subject shreds that too."""
+        try:
+            return self._subject_key(subject_id, create)
+        except Exception:
+            if not create:
+                raise
+            # another thread made it between our read and our insert
+            return self._subject_key(subject_id, False)
+
     # ---- lifecycle -------------------------------------------------------------
 
     def anchor(self) -> tuple[int, bytes] | None:
