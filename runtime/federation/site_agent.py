@@ -464,5 +464,13 @@ class SiteAgent:
             raise ConnectionError(f"coordinator: {exc.code()}: {exc.details()}") from None
 
     def _record(self, action: str, detail: dict[str, Any]) -> None:
-        if self.audit is not None:
+        """Audits an action already taken (as `hearth fed import-release`
+        does: the store changed first); a failure to record is logged loudly
+        and does not leave the daemon serving another release than the
+        store's."""
+        if self.audit is None:
+            return
+        try:
             self.audit(action, detail)
+        except Exception:
+            log.exception("federation: %s (%s) could not be audited", action, detail)

@@ -243,10 +243,21 @@ class AuditLog:
         back), appended now, from whichever process took it: the log's file
         lock orders writers, and each picks up the chain where the last one
         left it."""
-        self._open_chain(f"`{action}` was not recorded")
-        now = time.time()
-        self._append_now([(now, {"action": action, "time": now, **detail})], rtype="admin")
-        self._append_now([], rtype="checkpoint")
+        # Under the writers' lock: the daemon's own writer thread (or another
+        # process) must not append between the check and this record, or the
+        # check would read a log ahead of its anchor and call it broken.
+        with self._writers_lock():
+            broken = self.verify()
+            if broken is not None:
+                raise IntegrityError(f"the audit log is broken at {broken}; `{action}` was "
+                                     "not recorded: run `hearth audit verify`, then "
+                                     "`hearth audit repair`")
+            if self.seq == 0:
+                self._append_locked([(time.time(), {"genesis": True, "created": time.time()})],
+                                    "genesis")
+            now = time.time()
+            self._append_locked([(now, {"action": action, "time": now, **detail})], "admin")
+            self._append_locked([], "checkpoint")
 
     @property
     def lag_s(self) -> float:

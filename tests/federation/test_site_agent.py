@@ -92,7 +92,7 @@ def test_federation_models_by_name_or_by_the_base_models_file(tmp_path: Path) ->
               ModelConfig("b", path=str(tmp_path / "other.gguf"))]
     assert federation_models(FederationConfig(), models, str(base)) == ["a"]
     assert federation_models(FederationConfig(model="b"), models, str(base)) == ["b"]
-    with pytest.raises(ConfigError, match="federation.model"):
+    with pytest.raises(ConfigError, match=r"federation\.model"):
         federation_models(FederationConfig(model="c"), models, str(base))
     with pytest.raises(ConfigError, match="no model served is the base model"):
         federation_models(FederationConfig(), models[1:], str(base))
@@ -191,7 +191,7 @@ def test_a_report_gives_up_after_a_bounded_number_of_attempts(
 def test_an_air_gapped_site_writes_the_signed_report_file(tmp_path: Path,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     send = FakeSend()
-    sender, audit = deliver(FederationConfig(report_dir=str(tmp_path / "media")), send,
+    _, audit = deliver(FederationConfig(report_dir=str(tmp_path / "media")), send,
                             monkeypatch)
     assert send.calls == 0
     (path,) = report_files(tmp_path / "media")

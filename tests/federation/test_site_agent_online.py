@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-import pytest
 
 from runtime._proto.hearth.federation.v1 import federation_pb2 as fpb
 from runtime.federation.reports import ReportKind, SiteReport, read_report, sign_report
@@ -128,7 +127,7 @@ release_wait_s = 20
                 and k["end"] > swapped_at - 1], "no stream ran across the swap"
         with d.client() as c:
             assert list(c.get_model("tiny").adapters) == ["fed-clinics"]
-            text, tokens, _ = c.complete("the patient", max_tokens=4, temperature=0.0,
+            _, tokens, _ = c.complete("the patient", max_tokens=4, temperature=0.0,
                                          adapter="fed-clinics")
             assert len(tokens) == 4
     finally:
