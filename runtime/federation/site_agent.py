@@ -118,7 +118,7 @@ class ReleaseTrial:
             self._recent.clear()
             self._trial = [] if len(self._baseline) >= self.after else None
             self._versions = (new, previous)
-        if self._trial is None:
+        if self._trial is None and previous:
             log.info("release v%d: no baseline of %d sampled requests under v%d; it will "
                      "not be rolled back automatically", new, self.after, previous)
 
@@ -271,13 +271,13 @@ class ReportSender:
 class SiteAgent:
     """Reports, auto-apply and automatic rollback for one daemon.
 
-    `swap(model, adapter, stored_name)` is a coroutine function that hot-swaps
-    an adapter (ModelManager.set_adapter); `reset_drift(version)` starts a new
+    `swap(model, adapter, source, version)` is a coroutine function that
+    hot-swaps an adapter (ModelManager.set_adapter); `reset_drift(version)` starts a new
     drift reference for a model@adapter after a swap (the new release's own).
     """
 
     def __init__(self, cfg: FederationConfig, store: Any, models: list[str],
-                 events: EventBus, swap: Callable[[str, str, Any], Any],
+                 events: EventBus, swap: Callable[..., Any],
                  audit: AuditSink | None = None,
                  reset_drift: Callable[[str], Any] | None = None,
                  send: Callable[[SiteContext, bytes, str | None], None] = send_report
@@ -363,7 +363,8 @@ class SiteAgent:
         assert self._loop is not None
         for model in self.models:
             fut = asyncio.run_coroutine_threadsafe(
-                self._swap_fn(model, self.adapter, StoredSource(adapter_name(self.federation))),
+                self._swap_fn(model, self.adapter, StoredSource(adapter_name(self.federation)),
+                              version),
                 self._loop)
             fut.result(timeout=SWAP_TIMEOUT_S)
             if self._reset_drift is not None:

@@ -237,8 +237,8 @@ def make_agent(monkeypatch: pytest.MonkeyPatch, cfg: FederationConfig
     swaps: list[tuple[str, str, str]] = []
     audit: list[tuple[str, dict]] = []
 
-    async def swap(model: str, adapter: str, source: Any) -> None:
-        swaps.append((model, adapter, str(source)))
+    async def swap(model: str, adapter: str, source: Any, version: int) -> None:
+        swaps.append((model, adapter, f"{source}#{version}"))
 
     send = FakeSend()
     events = EventBus()
@@ -281,7 +281,7 @@ def test_a_worse_release_is_rolled_back_audited_swapped_back_and_reported(
         agent.close()
         lt.close()
     assert state["rolled_back_to"] == 1 and agent.served == 1
-    assert swaps == [("tiny", "fed-clinics", "store:fed-clinics")]
+    assert swaps == [("tiny", "fed-clinics", "store:fed-clinics#1")]
     (action, detail), *rest = audit
     assert action == "federation.rollback" and detail["reason"] == "automatic"
     assert (detail["from_version"], detail["to_version"]) == (2, 1)

@@ -126,7 +126,9 @@ release_wait_s = 20
         assert [k for k in calls if k["first"] and k["first"] < swapped_at - 1
                 and k["end"] > swapped_at - 1], "no stream ran across the swap"
         with d.client() as c:
-            assert list(c.get_model("tiny").adapters) == ["fed-clinics"]
+            status = c.get_model("tiny")
+            assert list(status.adapters) == ["fed-clinics"]
+            assert dict(status.adapter_versions) == {"fed-clinics": 1}   # Models.Get
             _, tokens, _ = c.complete("the patient", max_tokens=4, temperature=0.0,
                                          adapter="fed-clinics")
             assert len(tokens) == 4
