@@ -320,3 +320,30 @@ def test_an_alarm_on_a_federation_model_is_reported_others_are_not(
         lt.close()
     assert len(send.sent) == 1
     assert [a for a, _ in audit] == ["federation.report_sent"]
+
+
+# ---- the config --------------------------------------------------------------------------
+
+def test_the_federation_and_retention_keys_are_validated_and_off_by_default() -> None:
+    """Fails if a bad coordinator address or model name were let through,
+    or if anything here were on without being asked for."""
+    from runtime.config import parse_config
+
+    cfg = parse_config({})
+    assert not (cfg.federation.report_alarms or cfg.federation.report_dir
+                or cfg.federation.auto_apply or cfg.drift.retain_for_training)
+    assert (cfg.federation.rollback_after, cfg.federation.rollback_margin,
+            cfg.drift.retention_days) == (100, 0.05, 30)
+    ok = parse_config({"federation": {"coordinator": "10.0.0.1:7443", "auto_apply": True,
+                                      "model": "gemma", "rollback_margin": 0.1},
+                       "drift": {"retain_for_training": True, "retention_days": 7}})
+    assert ok.federation.coordinator == "10.0.0.1:7443" and ok.drift.retention_days == 7
+    for table, bad, match in (
+            ({"coordinator": "no-port"}, "federation", "federation.coordinator"),
+            ({"model": "bad name\n"}, "federation", "federation.model"),
+            ({"rollback_after": 0}, "federation", "federation.rollback_after"),
+            ({"rollback_margin": -1}, "federation", "federation.rollback_margin"),
+            ({"retention_days": 0}, "drift", "drift.retention_days"),
+            ({"retain_for_training": "yes"}, "drift", "drift.retain_for_training")):
+        with pytest.raises(ConfigError, match=match):
+            parse_config({bad: table})
