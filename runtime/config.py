@@ -33,6 +33,13 @@ ConfigError whose message starts with the dotted path of the key, e.g.
     min_noise_multiplier = 1.0                # plans with less DP noise are refused
     max_epsilon = 8.0                         # over every plan this site answered
     max_rounds_per_day = 4                    # 0 = no limit
+    report_alarms = true                      # signed drift alarms to the coordinator
+    report_dir = "/media/usb/reports"         # air-gapped: .hreport files instead
+    coordinator = "fed.example.org:7443"      # overrides the kit's address
+    auto_apply = true                         # fetch, check, hot-swap new releases
+    model = "gemma"                           # the model serving the base model
+    rollback_after = 100                      # sampled requests before judging a release
+    rollback_margin = 0.05                    # nats of prompt NLL: worse -> roll back
 
     [drift]                                   # drift watch on live traffic (docs/drift.md)
     enabled = true                            # or `hearth serve --drift`
@@ -45,6 +52,8 @@ ConfigError whose message starts with the dotted path of the key, e.g.
                "finish_stop", "prompt_embedding"]
     nll_rows = 64                             # logits rows per step for prompt NLL
     embedding_dims = 32                       # projected size of the prompt embedding
+    retain_for_training = false               # keep sampled prompts (docs/drift.md)
+    retention_days = 30                       # then shredded
 
     [coordinator]                             # `hearth fed coordinator --serve`: when rounds
     every_s = 86400.0                         # run (docs/federation.md); 0 = no fixed period
@@ -180,6 +189,16 @@ class FederationConfig:
     min_noise_multiplier: float = 0.0
     max_epsilon: float = math.inf
     max_rounds_per_day: int = 0     # 0 = no limit
+    # The daemon's part (runtime/federation/site_agent.py), for a joined site:
+    report_alarms: bool = False     # drift alarms go to the coordinator, signed
+    report_dir: str = ""            # air-gapped: write signed .hreport files here instead
+    coordinator: str = ""           # HOST:PORT, overriding the kit's address
+    auto_apply: bool = False        # fetch, check and hot-swap new releases
+    model: str = ""                 # the model serving the base ("": the base model's file)
+    adapter: str = ""               # the adapter name requests use ("": fed-<federation>)
+    rollback_after: int = 100       # sampled requests under a new release before judging it
+    rollback_margin: float = 0.05   # nats of prompt NLL worse than the previous: roll back
+    release_wait_s: float = 300.0   # one long poll for a new release
 
 
 @dataclass(frozen=True)
@@ -199,6 +218,9 @@ class DriftConfig:
     nll_rows: int = 64
     embedding_dims: int = 32
     queue: int = 10_000             # events waiting for the drift worker; more are dropped
+    # Off by default: keeps sampled prompts, sealed per subject (drift/retain.py)
+    retain_for_training: bool = False
+    retention_days: int = 30
 
 
 @dataclass(frozen=True)
@@ -238,6 +260,7 @@ _INT_RANGES: dict[str, tuple[int, int]] = {
     "reference_size": (20, 1 << 20), "window": (10, 1 << 20), "stride": (1, 1 << 16),
     "ert_requests": (100, 1 << 40), "nll_rows": (0, 256), "embedding_dims": (1, 64),
     "queue": (1, 1 << 24), "trigger_sites": (0, 1_000_000),
+    "rollback_after": (1, 1 << 24), "retention_days": (1, 3650),
 }
 _CHOICES: dict[str, tuple[str, ...]] = {
     "flash_attn": ("auto", "on", "off"), "cache_type_k": ("f16", "f32", "q8_0", "q4_0"),
@@ -322,6 +345,15 @@ def _check_value(path: str, key: str, value: Any, default: Any) -> Any:
         if not isinstance(value, list) or not all(isinstance(x, str) and x for x in value):
             raise ConfigError(f"{where}: must be a list of identities")
         return tuple(value)
+    if key == "coordinator":
+        if not isinstance(value, str) or (value and not re.fullmatch(
+                r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):[0-9]{1,5}", value)):
+            raise ConfigError(f"{where}: must be \"HOST:PORT\", got {value!r}")
+        return value
+    if key in ("model", "adapter") and path == "federation.":
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: must be a name, got {value!r}")
+        return check_config_name(value, where) if value else value
     if key == "socket_mode":
         if not isinstance(value, str) or not re.fullmatch(r"0?[0-7]{3}", value):
             raise ConfigError(f"{where}: must be an octal mode like \"0660\", got {value!r}")

@@ -33,7 +33,12 @@ Around them, written once for every transport:
 * `rounds`      - the coordinator's round steps on its store
                   (`CoordinatorRounds`) and `drive_round`, against
                   `SiteExchange`;
-* `site_training` - a site's data sets, trainer and evaluation;
+* `site_training` - a site's data sets (and the reserved `traffic`: prompts
+                  the daemon kept), trainer and evaluation;
+* `site_agent`  - the daemon's side of a joined site: signed drift-alarm
+                  reports, auto-apply of new releases with an in-process hot
+                  swap, and automatic rollback of a release that does worse
+                  on live traffic (the decision, `judge_release`, is pure);
 * `state`       - every key, record, ledger, release and update, sealed in
                   the store; `enrollment` - init, enroll, issue, join.
 
@@ -43,6 +48,7 @@ GrpcExchange and the Federation service, mTLS site identity) with
 coordinator`: its gRPC server, and `--rounds N`), `service` (`--serve`: rounds
 by `policy`, ReportDesk taking in site reports); and `files` (FileLink,
 FileExchange, the plan/collect/publish commands, report files).
+`reports` holds the signed site reports (drift alarm, rollback).
 `train/` is the PyTorch LoRA trainer (the `hearth[train]` extra);
 `simulate` and `corpus` run a whole federation on one machine.
 """
