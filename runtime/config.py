@@ -193,6 +193,16 @@ class DriftConfig:
 
 
 @dataclass(frozen=True)
+class ExplainConfig:
+    """Explanations (Inference.Explain, runtime/core/explain.py): the most
+    segments one request may have (each costs a prefill), and the default
+    length of the greedy answer explained."""
+
+    max_segments: int = 256
+    answer_tokens: int = 32
+
+
+@dataclass(frozen=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     models: dict[str, ModelConfig] = field(default_factory=dict)
@@ -201,6 +211,7 @@ class Config:
     acl: dict[str, tuple[str, ...]] = field(default_factory=dict)  # identity -> models
     federation: FederationConfig = field(default_factory=FederationConfig)
     drift: DriftConfig = field(default_factory=DriftConfig)
+    explain: ExplainConfig = field(default_factory=ExplainConfig)
 
 
 _INT_RANGES: dict[str, tuple[int, int]] = {
@@ -387,7 +398,7 @@ def _build(cls: type, path: str, table: dict[str, Any], **fixed: Any) -> Any:
 def parse_config(data: dict[str, Any], base_dir: Path | None = None) -> Config:
     """Validates a parsed TOML document.  Relative model paths are resolved
     against base_dir (the config file's folder)."""
-    tables = ["server", "models", "auth", "tls", "acl", "federation", "drift"]
+    tables = ["server", "models", "auth", "tls", "acl", "federation", "drift", "explain"]
     for key in data:
         if key not in tables:
             raise _unknown("", key, tables)
@@ -401,6 +412,9 @@ def parse_config(data: dict[str, Any], base_dir: Path | None = None) -> Config:
     acl = _acl(data.get("acl", {}))
     federation = _build(FederationConfig, "federation.", data.get("federation", {}))
     drift = _build(DriftConfig, "drift.", data.get("drift", {}))
+    explain = _build(ExplainConfig, "explain.", data.get("explain", {}))
+    if not 1 <= explain.max_segments <= 4096 or explain.answer_tokens < 1:
+        raise ConfigError("explain: max_segments must be in 1..4096 and answer_tokens >= 1")
     if drift.window > drift.reference_size:
         raise ConfigError(f"drift.window: must not exceed drift.reference_size "
                           f"({drift.reference_size}), got {drift.window}")
@@ -428,7 +442,7 @@ def parse_config(data: dict[str, Any], base_dir: Path | None = None) -> Config:
     if server.models_dir and base_dir is not None and not os.path.isabs(server.models_dir):
         server = replace(server, models_dir=str((base_dir / server.models_dir).resolve()))
     return Config(server=server, models=models, auth=auth, tls=tls, acl=acl,
-                  federation=federation, drift=drift)
+                  federation=federation, drift=drift, explain=explain)
 
 
 def _acl(table: Any) -> dict[str, tuple[str, ...]]:

@@ -400,7 +400,7 @@ class NativeEngine:
         self.params = params
         self.info = self._model_info()
         self._ids = ffi.new("uint64_t[]", 256)
-        self._pieces: dict[int, str] = {}
+        self._pieces: dict[int, bytes] = {}
         # Distinguishes this load from any earlier one of the same model
         # (response-cache keys); id() could be reused after a reload.
         self.serial = next(_SERIALS)
@@ -501,9 +501,8 @@ class NativeEngine:
             h, toks, len(tokens), render_special, b, c, n), "char[]", 8 * len(tokens) + 16, n)
         return ffi.unpack(buf, n[0]).decode("utf-8", errors="replace")
 
-    def token_piece(self, token: int) -> str:
-        """The text of one token as generated (special tokens rendered),
-        for logprobs; part of a UTF-8 character shows as U+FFFD."""
+    def token_bytes(self, token: int) -> bytes:
+        """The bytes of one token as generated (special tokens rendered)."""
         cache = self._pieces
         if token not in cache:
             if len(cache) > 65536:
@@ -511,8 +510,13 @@ class NativeEngine:
             n = ffi.new("int32_t *")
             buf = self._grow(lambda h, b, c: lib.hearth_engine_token_piece(h, token, b, c, n),
                              "char[]", 64, n)
-            cache[token] = ffi.unpack(buf, n[0]).decode("utf-8", errors="replace")
+            cache[token] = ffi.unpack(buf, n[0])
         return cache[token]
+
+    def token_piece(self, token: int) -> str:
+        """token_bytes as text, for logprobs; part of a UTF-8 character
+        shows as U+FFFD."""
+        return self.token_bytes(token).decode("utf-8", errors="replace")
 
     def apply_chat_template(self, messages: Sequence[tuple[str, str]], add_assistant: bool = True,
                             template: str | None = None) -> str:
