@@ -107,7 +107,7 @@ class Explainer:
         engine, session = handle.engine, handle.session
         assert engine is not None and session is not None
         n_ctx_slot = engine.info.n_ctx_slot
-        tokens = engine.tokenize(req.prompt, True, True)
+        tokens = await self.core._tokenize(engine, req.prompt, True, True)
         n_special = len(engine.tokenize("", True, True))
         spans = self._spans(engine, tokens, n_special, req.prompt, segments)
         deadline_ns = _deadline_ns(ctx)

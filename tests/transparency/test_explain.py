@@ -165,3 +165,12 @@ def test_the_page_renders_in_headless_chromium(tmp_path: Path) -> None:
                     page.as_uri()], capture_output=True, timeout=120, check=True)
     data = shot.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+
+
+def test_the_segment_limit_is_configured_in_its_own_section() -> None:
+    from runtime.config import ConfigError, parse_config
+
+    assert parse_config({}).explain.max_segments == 256
+    assert parse_config({"explain": {"max_segments": 16}}).explain.max_segments == 16
+    with pytest.raises(ConfigError, match="explain"):
+        parse_config({"explain": {"max_segments": 0}})
