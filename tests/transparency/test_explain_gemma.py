@@ -35,8 +35,9 @@ def gemma_daemon(gemma_model: Path, tmp_path_factory: pytest.TempPathFactory
 def test_the_sentence_holding_the_fact_ranks_first(gemma_daemon: Daemon) -> None:
     """Fails if the score's sign is reversed: measured on this prompt
     (docs/img/explain.png) the fact scores +11.8 nats and every distractor
-    within 0.1 of 0, so reversed the fact would rank last.  Fails too if
-    variants did not leave their segment out (all scores would be 0)."""
+    within 0.1 of 0, so reversed the fact ranks last (checked: with
+    occlusion_scores returning without - full this test failed).  Fails too
+    if variants did not leave their segment out (all scores would be 0)."""
     out = subprocess.run([sys.executable, "-m", "runtime.cli.main", "explain", "--addr",
                           gemma_daemon.tcp, "--unit", "sentence", "--max-tokens", "6", "--json",
                           VAULT], capture_output=True, text=True, timeout=1800)
