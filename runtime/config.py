@@ -33,6 +33,13 @@ ConfigError whose message starts with the dotted path of the key, e.g.
     min_noise_multiplier = 1.0                # plans with less DP noise are refused
     max_epsilon = 8.0                         # over every plan this site answered
     max_rounds_per_day = 4                    # 0 = no limit
+    report_alarms = true                      # signed drift alarms to the coordinator
+    report_dir = "/media/usb/reports"         # air-gapped: .hreport files instead
+    coordinator = "fed.example.org:7443"      # overrides the kit's address
+    auto_apply = true                         # fetch, check, hot-swap new releases
+    model = "gemma"                           # the model serving the base model
+    rollback_after = 100                      # sampled requests before judging a release
+    rollback_margin = 0.05                    # nats of prompt NLL: worse -> roll back
 
     [drift]                                   # drift watch on live traffic (docs/drift.md)
     enabled = true                            # or `hearth serve --drift`
@@ -45,6 +52,17 @@ ConfigError whose message starts with the dotted path of the key, e.g.
                "finish_stop", "prompt_embedding"]
     nll_rows = 64                             # logits rows per step for prompt NLL
     embedding_dims = 32                       # projected size of the prompt embedding
+    retain_for_training = false               # keep sampled prompts (docs/drift.md)
+    retention_days = 30                       # then shredded
+
+    [coordinator]                             # `hearth fed coordinator --serve`: when rounds
+    every_s = 86400.0                         # run (docs/federation.md); 0 = no fixed period
+    daily_at = ["02:00"]                      # also at these UTC times
+    trigger_sites = 2                         # a round when this many sites alarmed ...
+    trigger_window_s = 3600.0                 # ... within this many seconds; 0 sites = off
+    min_interval_s = 3600.0                   # between the starts of two rounds
+    max_rounds_per_day = 4                    # in any 24 hours; 0 = no limit
+    report_max_age_s = 86400.0                # older site reports are refused
 
     [energy]                                  # energy per request (docs/energy.md)
     enabled = true
@@ -63,6 +81,7 @@ import math
 import os
 import re
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -180,6 +199,16 @@ class FederationConfig:
     min_noise_multiplier: float = 0.0
     max_epsilon: float = math.inf
     max_rounds_per_day: int = 0     # 0 = no limit
+    # The daemon's part (runtime/federation/site_agent.py), for a joined site:
+    report_alarms: bool = False     # drift alarms go to the coordinator, signed
+    report_dir: str = ""            # air-gapped: write signed .hreport files here instead
+    coordinator: str = ""           # HOST:PORT, overriding the kit's address
+    auto_apply: bool = False        # fetch, check and hot-swap new releases
+    model: str = ""                 # the model serving the base ("": the base model's file)
+    adapter: str = ""               # the adapter name requests use ("": fed-<federation>)
+    rollback_after: int = 100       # sampled requests under a new release before judging it
+    rollback_margin: float = 0.05   # nats of prompt NLL worse than the previous: roll back
+    release_wait_s: float = 300.0   # one long poll for a new release
 
 
 @dataclass(frozen=True)
@@ -199,6 +228,34 @@ class DriftConfig:
     nll_rows: int = 64
     embedding_dims: int = 32
     queue: int = 10_000             # events waiting for the drift worker; more are dropped
+    # Off by default: keeps sampled prompts, sealed per subject (drift/retain.py)
+    retain_for_training: bool = False
+    retention_days: int = 30
+
+
+@dataclass(frozen=True)
+class CoordinatorConfig:
+    """When `hearth fed coordinator --serve` starts a round: on a schedule,
+    or when enough sites report drift (runtime/federation/policy.py
+    decides; these are its inputs)."""
+
+    every_s: float = 0.0            # seconds from one round's start to the next; 0 = off
+    daily_at: tuple[str, ...] = ()  # "HH:MM" UTC: a round at each (a missed one runs late)
+    trigger_sites: int = 0          # distinct sites alarmed within the window; 0 = off
+    trigger_window_s: float = 3600.0
+    min_interval_s: float = 3600.0  # between round starts, whatever asks for one
+    max_rounds_per_day: int = 0     # round starts in any 24 hours; 0 = no limit
+    report_max_age_s: float = 86400.0   # a site report older than this is refused
+
+
+@dataclass(frozen=True)
+class ExplainConfig:
+    """Explanations (Inference.Explain, runtime/core/explain.py): the most
+    segments one request may have (each costs a prefill), and the default
+    length of the greedy answer explained."""
+
+    max_segments: int = 256
+    answer_tokens: int = 32
 
 
 @dataclass(frozen=True)
@@ -224,6 +281,8 @@ class Config:
     acl: dict[str, tuple[str, ...]] = field(default_factory=dict)  # identity -> models
     federation: FederationConfig = field(default_factory=FederationConfig)
     drift: DriftConfig = field(default_factory=DriftConfig)
+    coordinator: CoordinatorConfig = field(default_factory=CoordinatorConfig)
+    explain: ExplainConfig = field(default_factory=ExplainConfig)
     energy: EnergyConfig = field(default_factory=EnergyConfig)
 
 
@@ -236,7 +295,8 @@ _INT_RANGES: dict[str, tuple[int, int]] = {
     "response_cache_mb": (0, 1 << 20), "n_draft": (1, 16), "max_rounds_per_day": (0, 1_000_000),
     "reference_size": (20, 1 << 20), "window": (10, 1 << 20), "stride": (1, 1 << 16),
     "ert_requests": (100, 1 << 40), "nll_rows": (0, 256), "embedding_dims": (1, 64),
-    "queue": (1, 1 << 24),
+    "queue": (1, 1 << 24), "trigger_sites": (0, 1_000_000),
+    "rollback_after": (1, 1 << 24), "retention_days": (1, 3650),
 }
 _CHOICES: dict[str, tuple[str, ...]] = {
     "flash_attn": ("auto", "on", "off"), "cache_type_k": ("f16", "f32", "q8_0", "q4_0"),
@@ -297,6 +357,12 @@ def _check_value(path: str, key: str, value: Any, default: Any) -> Any:
                 isinstance(x, str) and x for x in value):
             raise ConfigError(f"{where}: must be a non-empty list of signal names")
         return tuple(value)
+    if key == "daily_at":
+        if not isinstance(value, list) or not all(
+                isinstance(x, str) and re.fullmatch(r"([01][0-9]|2[0-3]):[0-5][0-9]", x)
+                for x in value) or len(set(value)) != len(value):
+            raise ConfigError(f"{where}: must be a list of distinct \"HH:MM\" times (UTC)")
+        return tuple(sorted(value))
     if key == "rpc_workers":
         if not isinstance(value, list) or not all(
                 isinstance(x, str) and re.fullmatch(r"[A-Za-z0-9.-]+:[0-9]{1,5}", x)
@@ -327,6 +393,15 @@ def _check_value(path: str, key: str, value: Any, default: Any) -> Any:
         if isinstance(value, bool) or not isinstance(value, int | float) or not lo <= value <= hi:
             raise ConfigError(f"{where}: must be a number in {lo:g}..{hi:g}, got {value!r}")
         return float(value)
+    if key == "coordinator":
+        if not isinstance(value, str) or (value and not re.fullmatch(
+                r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):[0-9]{1,5}", value)):
+            raise ConfigError(f"{where}: must be \"HOST:PORT\", got {value!r}")
+        return value
+    if key in ("model", "adapter") and path == "federation.":
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: must be a name, got {value!r}")
+        return check_config_name(value, where) if value else value
     if key == "socket_mode":
         if not isinstance(value, str) or not re.fullmatch(r"0?[0-7]{3}", value):
             raise ConfigError(f"{where}: must be an octal mode like \"0660\", got {value!r}")
@@ -420,13 +495,45 @@ def _build(cls: type, path: str, table: dict[str, Any], **fixed: Any) -> Any:
     return replace(defaults, **values)
 
 
+def _check_drift(drift: DriftConfig) -> None:
+    if drift.window > drift.reference_size:
+        raise ConfigError(f"drift.window: must not exceed drift.reference_size "
+                          f"({drift.reference_size}), got {drift.window}")
+
+
+def _check_coordinator(coordinator: CoordinatorConfig) -> None:
+    for key in ("every_s", "trigger_window_s", "min_interval_s", "report_max_age_s"):
+        value = getattr(coordinator, key)
+        if not math.isfinite(value) or (value == 0 and key.startswith(("trigger", "report"))):
+            raise ConfigError(f"coordinator.{key}: must be a finite number "
+                              f"{'> 0' if key.startswith(('trigger', 'report')) else '>= 0'}, "
+                              f"got {value!r}")
+
+
+def _check_explain(explain: ExplainConfig) -> None:
+    if not 1 <= explain.max_segments <= 4096 or explain.answer_tokens < 1:
+        raise ConfigError("explain: max_segments must be in 1..4096 and answer_tokens >= 1")
+
+
+# The plain [section] tables: the dataclass whose fields are the section's
+# keys, and the checks across keys.  A new section is one line here and its
+# field in Config.
+_SECTIONS: dict[str, tuple[type, Callable[[Any], None] | None]] = {
+    "federation": (FederationConfig, None),
+    "drift": (DriftConfig, _check_drift),
+    "coordinator": (CoordinatorConfig, _check_coordinator),
+    "explain": (ExplainConfig, _check_explain),
+    "energy": (EnergyConfig, None),
+}
+
+
 def parse_config(data: dict[str, Any], base_dir: Path | None = None) -> Config:
     """Validates a parsed TOML document.  Relative model paths are resolved
     against base_dir (the config file's folder)."""
-    tables = ["server", "models", "auth", "tls", "acl", "federation", "drift", "energy"]
+    known = [f.name for f in fields(Config)]
     for key in data:
-        if key not in tables:
-            raise _unknown("", key, tables)
+        if key not in known:
+            raise _unknown("", key, known)
     server = _build(ServerConfig, "server.", data.get("server", {}))
     auth = _build(AuthConfig, "auth.", data.get("auth", {}))
     tls = _build(TlsConfig, "tls.", data.get("tls", {}))
@@ -435,12 +542,11 @@ def parse_config(data: dict[str, Any], base_dir: Path | None = None) -> Config:
                               for k in ("cert_file", "key_file", "client_ca_file")
                               if getattr(tls, k) and not os.path.isabs(getattr(tls, k))})
     acl = _acl(data.get("acl", {}))
-    federation = _build(FederationConfig, "federation.", data.get("federation", {}))
-    drift = _build(DriftConfig, "drift.", data.get("drift", {}))
-    energy = _build(EnergyConfig, "energy.", data.get("energy", {}))
-    if drift.window > drift.reference_size:
-        raise ConfigError(f"drift.window: must not exceed drift.reference_size "
-                          f"({drift.reference_size}), got {drift.window}")
+    sections: dict[str, Any] = {}
+    for name, (cls, check) in _SECTIONS.items():
+        sections[name] = _build(cls, f"{name}.", data.get(name, {}))
+        if check is not None:
+            check(sections[name])
     models: dict[str, ModelConfig] = {}
     tables = data.get("models", {})
     if not isinstance(tables, dict):
@@ -465,7 +571,7 @@ def parse_config(data: dict[str, Any], base_dir: Path | None = None) -> Config:
     if server.models_dir and base_dir is not None and not os.path.isabs(server.models_dir):
         server = replace(server, models_dir=str((base_dir / server.models_dir).resolve()))
     return Config(server=server, models=models, auth=auth, tls=tls, acl=acl,
-                  federation=federation, drift=drift, energy=energy)
+                  **sections)
 
 
 def _acl(table: Any) -> dict[str, tuple[str, ...]]:

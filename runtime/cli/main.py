@@ -13,6 +13,7 @@ from runtime.cli import (
     doctor,
     drift,
     energy,
+    explain,
     fed,
     rpc_worker,
     serve,
@@ -73,6 +74,7 @@ def parser() -> argparse.ArgumentParser:
     drift.add_parsers(sub)
     energy.add_parsers(sub)
     transparency.add_parsers(sub)
+    explain.add_parsers(sub)
     doctor.add_parser(sub)
     rpc_worker.add_parser(sub)
     d = sub.add_parser("devices", help="show the devices ggml can use")
