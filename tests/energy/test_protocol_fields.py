@@ -42,3 +42,14 @@ def test_kserve_final_parameters() -> None:
     assert params["energy_source"] == "estimate"
     off = finish_parameters(GenerateChunk("", [], finish_reason="stop", usage=OFF))
     assert "energy_joules" not in off
+
+
+def test_generate_stats_prints_joules_and_joules_per_token() -> None:
+    """`hearth generate --stats`: per token of the request's work (prompt
+    tokens computed plus generated: 12 - 4 + 30 = 38)."""
+    from runtime.cli.client import _energy
+
+    u = generate_response(LAST).usage
+    assert _energy(u) == f", 2.75 J ({2.75 / 38:.4g} J/token, estimate)"
+    assert _energy(generate_response(GenerateChunk("", [], finish_reason="stop",
+                                                   usage=OFF)).usage) == ""
