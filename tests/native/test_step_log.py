@@ -75,3 +75,25 @@ def test_off_by_default_and_bounded(engine: NativeEngine) -> None:
     assert engine.drain_steps() == ([], 0)
     with pytest.raises(errors.InvalidArgument):
         engine.enable_step_log(-1)
+
+
+def test_score_requests_log_their_prefill_work(engine: NativeEngine) -> None:
+    """An occlusion score request (explanations) runs as prefill chunks:
+    its records add up to the prefill tokens it computed, and it ends with
+    one FINISHED record, so its energy is counted like any other's."""
+    from runtime.native import ScoreParams
+
+    engine.enable_step_log(4096)
+    prompt = list(range(3, 40))
+    r = engine.submit_score(ScoreParams(prompt=prompt, target=[5, 6, 7],
+                                        spans=[(1, 5), (10, 20)]))
+    try:
+        out = collect(engine, [r])[r.id][2]
+    finally:
+        r.free()
+    records, lost = engine.drain_steps()
+    mine = [x for x in records if x.request_id == r.id]
+    assert lost == 0 and out.score is not None
+    assert sum(x.n_prefill for x in mine if not x.finished) == out.score.prefill_tokens
+    assert sum(x.n_decode for x in mine) == 0
+    assert [x.finished for x in mine].count(True) == 1 and mine[-1].finished
