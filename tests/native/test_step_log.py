@@ -26,8 +26,9 @@ def test_records_count_every_token_once_and_mark_the_end(engine: NativeEngine) -
     """Three concurrent requests: each one's prefill records add up to its
     prompt, its decode records to its generated tokens (the first token comes
     from the prefill step), and one FINISHED record follows its last step.
-    Checked that it can fail: staging the plan after sampling (drafts and
-    plan consumed) or committing after the finishes breaks the order/sums."""
+    Checked that it can fail: committing the step's records after its
+    finishes (at the end of publish_step) fails this, the ring test and the
+    score test (the end record is no longer last)."""
     engine.enable_step_log(4096)
     prompts = [list(range(3, 3 + n)) for n in (5, 40, 23)]
     reqs = [engine.submit(RequestParams(prompt=p, max_tokens=7, sampling=GREEDY,
@@ -80,8 +81,11 @@ def test_off_by_default_and_bounded(engine: NativeEngine) -> None:
 def test_score_requests_log_their_prefill_work(engine: NativeEngine) -> None:
     """An occlusion score request (explanations) runs as prefill chunks:
     its records add up to the prefill tokens it computed, and it ends with
-    one FINISHED record, so its energy is counted like any other's."""
+    one FINISHED record, so its energy is counted like any other's.
+    Checked that it can fail: committing a step's records after its
+    finishes (at the end of publish_step) puts the end record before them."""
     from runtime.native import ScoreParams
+
 
     engine.enable_step_log(4096)
     prompt = list(range(3, 40))
