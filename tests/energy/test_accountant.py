@@ -67,8 +67,8 @@ def test_exact_joules_and_conservation_over_wrapping_counters(tmp_path: Path) ->
 def test_a_request_figure_is_final_once_and_adds_up(tmp_path: Path) -> None:
     """Requests' final figures plus idle energy equal the counter's total;
     each final figure is handed over once.  Checked that it can fail:
-    settling a request before the window of its end record closes leaves
-    its last window's share out of the sum."""
+    closing the ended requests' figures before the window's shares are
+    added (a figure closed before its last window) breaks the sum."""
     tree = FakePowercap(tmp_path, packages=1, max_range_uj=(1 << 40))
     clock, engine = Clock(), FakeEngine(serial=7)
     acc = Accountant(RaplMeter(tmp_path), Engines(gemma=engine), clock_ns=clock)
@@ -101,7 +101,8 @@ def test_a_request_figure_is_final_once_and_adds_up(tmp_path: Path) -> None:
 def test_weights_are_calibrated_from_the_windows(tmp_path: Path) -> None:
     """Windows of a known load model (idle 3 W, prefill 0.02 J, decode
     0.15 J per token) give those prices back, and the new weights are
-    handed to the store callback."""
+    handed to the store callback.  Checked that it can fail: with no refit
+    (REFIT_EVERY above the run's windows) the defaults (0 W, 1, 1) stay."""
     tree = FakePowercap(tmp_path, packages=1, max_range_uj=(1 << 32) - 1)
     clock, engine = Clock(), FakeEngine(serial=1)
     saved: list[Weights] = []
@@ -130,6 +131,8 @@ def test_weights_are_calibrated_from_the_windows(tmp_path: Path) -> None:
 
 
 def test_carbon_follows_the_grid_table(tmp_path: Path) -> None:
+    """The window's wall-clock time picks the band: at 13:00, 400 g/kWh
+    (the other band, 100 g, would give a quarter)."""
     from datetime import datetime
 
     tree = FakePowercap(tmp_path, packages=1, max_range_uj=(1 << 40))
@@ -161,7 +164,8 @@ def test_settle_closes_the_window_at_a_requests_end() -> None:
     """The final chunk's figure: settle() closes the window at once when the
     request's end is in the step log, so it waits for nothing and the
     figure is whole; a second settle of another request of the same window
-    needs no new window."""
+    needs no new window.  Checked that it can fail: returning so_far()
+    without closing the window gives 0 J."""
     engine = FakeEngine(serial=3)
     handle = SimpleNamespace(name="m", engine=engine, state=__import__(
         "runtime.models.manager", fromlist=["ModelState"]).ModelState.READY)

@@ -27,6 +27,7 @@ def test_grpc_usage_carries_energy() -> None:
 
 
 def test_openai_usage_extension() -> None:
+    """Fails without the extension in usage_json (the keys are missing)."""
     body = usage_json(USAGE)
     assert body is not None
     assert body["energy_joules"] == pytest.approx(2.75) and body["energy_source"] == "estimate"
@@ -36,6 +37,7 @@ def test_openai_usage_extension() -> None:
 
 
 def test_kserve_final_parameters() -> None:
+    """Fails without the two parameters in finish_parameters."""
     params = finish_parameters(LAST)
     assert params["energy_joules"] == pytest.approx(2.75)
     assert isinstance(params["energy_joules"], float)       # a double_param on the wire
