@@ -12,6 +12,7 @@ from runtime.errors import ConfigError
 
 
 def test_on_by_default_and_keys_parse() -> None:
+    """Fails when [energy] is missing from the config's sections (unknown table)."""
     assert parse_config({}).energy == EnergyConfig(enabled=True)
     got = parse_config({"energy": {"cpu_watts": 35, "window_s": 2, "gpu": False,
                                    "powercap_root": "/tmp/pc", "grid_g_per_kwh": 250}}).energy
@@ -25,6 +26,7 @@ def test_on_by_default_and_keys_parse() -> None:
     ({"grid_g_per_kwh": "300"}, "energy.grid_g_per_kwh"), ({"watts": 3}, "energy.watts"),
 ])
 def test_bad_values_name_the_key(table: dict, key: str) -> None:
+    """Fails without the range checks in _check_value (0 W, a 10 ms window pass)."""
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         parse_config({"energy": table})
 

@@ -58,6 +58,8 @@ def test_audit_records_carry_energy_and_the_report_adds_them(store: SealedStore)
 
 
 def test_weights_are_sealed_and_read_back(store: SealedStore) -> None:
+    """Fails when the weights are not put in the store (the second service
+    starts from the defaults)."""
     from types import SimpleNamespace
 
     from runtime.config import EnergyConfig

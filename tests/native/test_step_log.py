@@ -55,6 +55,8 @@ def test_records_count_every_token_once_and_mark_the_end(engine: NativeEngine) -
 
 
 def test_a_small_ring_loses_the_oldest_and_says_so(engine: NativeEngine) -> None:
+    """11 records into a ring of 4: the last 4 stay, 7 counted lost (fails
+    if an overrun dropped the newest instead)."""
     engine.enable_step_log(4)
     r = engine.submit(RequestParams(prompt=[5, 6, 7], max_tokens=10, sampling=GREEDY,
                                     ignore_eos=True))
@@ -67,6 +69,7 @@ def test_a_small_ring_loses_the_oldest_and_says_so(engine: NativeEngine) -> None
 
 
 def test_off_by_default_and_bounded(engine: NativeEngine) -> None:
+    """Capacity 0 frees the log: nothing is recorded (fails if 0 kept it)."""
     engine.enable_step_log(0)
     r = engine.submit(RequestParams(prompt=[5, 6], max_tokens=2, sampling=GREEDY))
     try:
