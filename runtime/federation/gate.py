@@ -49,7 +49,6 @@ from runtime.names import is_name
 CANDIDATE_FORMAT = "hearth-candidate/1"
 EVALUATION_FORMAT = "hearth-candidate-evaluation/1"
 REJECTION_FORMAT = "hearth-gate-rejection/1"
-DEFAULT_MARGIN = 0.02
 
 
 def _canonical(doc: dict[str, Any]) -> bytes:
