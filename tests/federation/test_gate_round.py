@@ -168,31 +168,34 @@ def test_a_harmful_candidate_is_refused_recorded_and_not_published(
     against one gave 10,567-18,659.)  Nothing is published (the coordinator's version stays 0,
     no release is stored, and neither site's high-water mark moves), the
     signed rejection record is in the sealed state with the reason and
-    both sites' figures, and the audit log has it.  Fails with the gate
-    taken out of drive_round (tried: promote on every decision; the release
-    v1 is published and applied at both sites, high-water 1)."""
+    every site's figures, and the audit log has it.  Fails with the gate
+    taken out of drive_round (tried: promoting whatever the decision; the
+    round reports a promoted release v1)."""
     trainer = TrainerSettings(rank=2, steps=12, learning_rate=1.0, batch_tokens=256)
     fed = make_federation(tmp_path, learnable_model, trainer, 3)
     summary, runs = run_rounds(fed, {"ward-0": corpus_data(0), "ward-1": garbage_data(),
-                                     "ward-2": garbage_data()}, 1,
+                                     "ward-2": garbage_data()}, 2,
                                tmp_path)
-    print("harmful round:", json.dumps(summary.get("gate")))
-    (decision,) = summary["gate"]
+    print("harmful rounds:", json.dumps(summary.get("gate")))
+    # the second round starts again from version 0 (the sites accept its
+    # plan, which builds on the version they hold) and is refused again
+    decision, again = summary["gate"]
     assert decision["promoted"] is False and "site ward-0: candidate perplexity" in \
         decision["reason"]
-    assert summary["versions"] == [0]
+    assert again["promoted"] is False and again["version"] == 1
+    assert summary["versions"] == [0, 0]
     for name, path in fed.sites.items():
-        assert runs[name].withheld == [1] and runs[name].releases == []
+        assert runs[name].withheld == [1, 2] and runs[name].releases == []
         assert high_water(path) == (0, 0)
 
     store = SealedStore.open(fed.coordinator, KEY)
     try:
         record = load_coordinator_record(store)
-        assert record.version == 0 and record.rounds_done == 1
-        assert [g["promoted"] for g in record.gate] == [False]
+        assert record.version == 0 and record.rounds_done == 2
+        assert [g["promoted"] for g in record.gate] == [False, False]
         assert store.list(Kind.RELEASE) == []
         key = coordinator_keys(store)[0].public_key()
-        (envelope,) = stored_rejections(store, "clinics")
+        envelope, _ = stored_rejections(store, "clinics")
         doc = read_rejection(envelope, {key_fingerprint(key): key})
         assert doc["format"] == "hearth-gate-rejection/1" and doc["round"] == 1
         assert doc["reason"] == decision["reason"] and doc["margin"] == 0.02
@@ -203,7 +206,7 @@ def test_a_harmful_candidate_is_refused_recorded_and_not_published(
             ward0["candidate_ppl"] > ward0["current_ppl"] * 1.02
         audited = [e for e in AuditLog(store).entries()
                    if e.get("action") == "federation.gate_rejected"]
-        assert len(audited) == 1 and audited[0]["reason"] == decision["reason"]
+        assert len(audited) == 2 and audited[0]["reason"] == decision["reason"]
         assert audited[0]["candidate_sha256"] == doc["candidate_adapter_sha256"]
     finally:
         store.close()
