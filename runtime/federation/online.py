@@ -326,7 +326,9 @@ class FederationServicer:
     async def SubmitEvaluation(self, request: fpb.SubmitEvaluationRequest, context: Any
                                ) -> fpb.GateOutcome:
         phase = self.x.channels(request.round).phase(EVALUATIONS)
-        phase.add(_site(), request.evaluation)
+        if not phase.closed.is_set():
+            phase.add(_site(), request.evaluation)
+        # else: too late to count; the site still learns what was decided
         decision, version = await _waiting(asyncio.wait_for(phase.outcome(),
                                                             _remaining(context)))
         return fpb.GateOutcome(promoted=decision.promoted, reason=decision.reason,

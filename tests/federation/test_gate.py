@@ -265,3 +265,51 @@ def test_fed_init_takes_the_gate_margin_and_status_shows_it(
     status = json.loads(capsys.readouterr().out)["coordinator"]
     assert status["gate_margin"] == 0.05
     assert status["gate"] == [] and status["gate_rejections"] == []
+
+
+# ---- the online step, in process -----------------------------------------------------------
+
+class _Rpc:
+    def time_remaining(self) -> float:
+        return 5.0
+
+
+def test_the_candidate_goes_to_counted_sites_and_a_late_one_learns_the_decision() -> None:
+    """GrpcExchange's gate step with the servicer called as the registry
+    would: a site whose update counted gets the candidate file, another is
+    told why it gets none; an evaluation that comes after the gate decided
+    is not counted but answered with the decision (without the `closed`
+    check in SubmitEvaluation it failed: "this step of the round is over")."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from runtime._proto.hearth.federation.v1 import federation_pb2 as fpb
+    from runtime.auth import principal
+    from runtime.auth.principal import Principal
+    from runtime.federation.gate import GateDecision
+    from runtime.federation.online import FederationServicer, GrpcExchange
+
+    def as_site(name: str) -> None:
+        principal.current.set(Principal(f"site:{name}", frozenset()))
+
+    async def run() -> None:
+        x = GrpcExchange()
+        servicer = FederationServicer(x)
+        plan = SimpleNamespace(round=1, adapter_version=2)
+        await x.announce_plan(plan, b"plan", {"ward-0", "ward-1"})  # type: ignore[arg-type]
+        as_site("ward-0")                       # the task takes the context as it is now
+        waiting = asyncio.create_task(servicer.GetCandidate(fpb.GetCandidateRequest(round=1),
+                                                            _Rpc()))
+        await asyncio.sleep(0)                  # GetCandidate waits for the candidate
+        got = await x.evaluations(plan, b"candidate", {"ward-0"}, 0.05)  # type: ignore[arg-type]
+        assert got == {} and (await waiting).candidate_file == b"candidate"
+        as_site("ward-1")
+        other = await servicer.GetCandidate(fpb.GetCandidateRequest(round=1), _Rpc())
+        assert other.candidate_file == b"" and "did not count" in other.reason
+        await x.gate_decided(plan, GateDecision(False, "0 of 1 sites", 0.02))  # type: ignore[arg-type]
+        as_site("ward-0")
+        late = await servicer.SubmitEvaluation(
+            fpb.SubmitEvaluationRequest(round=1, evaluation=b"late"), _Rpc())
+        assert (late.promoted, late.reason, late.version) == (False, "0 of 1 sites", 2)
+
+    asyncio.run(run())
