@@ -27,7 +27,7 @@ import hashlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -46,6 +46,9 @@ from runtime.federation.plan import (
 from runtime.federation.release import ReleaseManifest, key_fingerprint, sign_release
 from runtime.federation.secagg import SecAggCoordinator
 from runtime.federation.update_bundle import UpdateInbox
+
+if TYPE_CHECKING:                       # gate.py reads SiteEval from here
+    from runtime.federation.gate import GateDecision
 
 EVAL_FIELDS = 2          # held-out NLL sum and token count, of the round's starting adapter
 
@@ -101,7 +104,7 @@ class Published:
     adapter: bytes
     manifest: ReleaseManifest
     rejected: list[Rejection]
-    gate: Any = None                   # gate.GateDecision; None: released without the gate
+    gate: GateDecision | None = None   # None: released without the gate (air-gapped)
     promoted: bool = True
 
 
@@ -113,7 +116,7 @@ class Withheld:
     version: int                       # the federation's version, unchanged
     manifest: ReleaseManifest
     rejected: list[Rejection]
-    gate: Any                          # gate.GateDecision
+    gate: GateDecision
     record: bytes                      # the signed hearth-gate-rejection/1 envelope
     promoted: bool = False
 
@@ -317,7 +320,7 @@ class Coordinator:
             raise FailedPrecondition(f"round {candidate.round}: not this coordinator's pending "
                                      "candidate")
 
-    def promote(self, candidate: Candidate, now: float, gate: Any = None,
+    def promote(self, candidate: Candidate, now: float, gate: GateDecision | None = None,
                 metrics: dict[str, float] | None = None) -> Published:
         """Signs the candidate as the next release; `metrics`: the gate's
         figures, added to the manifest's."""

@@ -241,8 +241,9 @@ class CoordinatorRounds:
         from runtime.storage.audit import AuditLog
 
         signing, _, _ = coordinator_keys(self.store)
+        decided = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now))
         text = rejection_text(self.federation, cand.round, self.c.version, cand.adapter_sha256,
-                              decision, cand.manifest.created)
+                              decision, decided)
         record = sign_rejection(text, signing)
         save_rejection(self.store, self.federation, cand.round, record)
         self.c.withhold(cand)
