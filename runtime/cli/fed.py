@@ -389,7 +389,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--listen", default="127.0.0.1:7443")
     p.add_argument("--rounds", type=int, default=1)
     p.add_argument("--step-seconds", type=float, default=120.0,
-                   help="how long each secure-aggregation step waits for the sites")
+                   help="how long each secure-aggregation step, and the gate's evaluation "
+                        "of the candidate, waits for the sites")
     p.add_argument("--ready-file", help="write the bound address here once listening")
     p.add_argument("--linger", type=float, default=5.0,
                    help="seconds to keep serving releases after the last round")
