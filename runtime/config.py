@@ -45,6 +45,14 @@ ConfigError whose message starts with the dotted path of the key, e.g.
                "finish_stop", "prompt_embedding"]
     nll_rows = 64                             # logits rows per step for prompt NLL
     embedding_dims = 32                       # projected size of the prompt embedding
+
+    [audit]
+    retention_days = 183                      # older records are crypto-shredded
+
+    [report]                                  # the operator's text in `hearth report`
+    provider = "Example Clinic IT"            # (docs/transparency.md); a key left out is
+    contact = "ai-officer@example.org"        # reported as missing, never invented
+    intended_purpose = "..."
 """
 from __future__ import annotations
 
@@ -193,6 +201,33 @@ class DriftConfig:
 
 
 @dataclass(frozen=True)
+class AuditConfig:
+    """The audit log's retention (runtime/storage/audit.py prunes)."""
+
+    retention_days: int = 183       # EU AI Act Art. 19: at least six months
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    """The operator's own text for `hearth report` (EU AI Act Art. 13(3));
+    "" = not given, which the report marks as missing."""
+
+    provider: str = ""              # (a) who provides / deploys the system
+    contact: str = ""               # (a) contact details
+    intended_purpose: str = ""      # (b)(i)
+    out_of_scope_uses: str = ""     # (b)(iii) misuse, uses it is not for
+    known_risks: str = ""           # (b)(iii) foreseeable risks
+    training_data: str = ""         # (b)(vi) what the model and adapters learnt from
+    output_interpretation: str = "" # (b)(vii) how to read the output
+    predetermined_changes: str = "" # (c) changes planned at the initial assessment
+    human_oversight: str = ""       # (d) Art. 14 measures
+    expected_lifetime: str = ""     # (e)
+    maintenance: str = ""           # (e) care and updates
+    license: str = ""               # the model card's licence
+    language: str = ""              # the model card's language(s), e.g. "en"
+
+
+@dataclass(frozen=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     models: dict[str, ModelConfig] = field(default_factory=dict)
@@ -201,6 +236,8 @@ class Config:
     acl: dict[str, tuple[str, ...]] = field(default_factory=dict)  # identity -> models
     federation: FederationConfig = field(default_factory=FederationConfig)
     drift: DriftConfig = field(default_factory=DriftConfig)
+    audit: AuditConfig = field(default_factory=AuditConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
 
 
 _INT_RANGES: dict[str, tuple[int, int]] = {
@@ -212,7 +249,7 @@ _INT_RANGES: dict[str, tuple[int, int]] = {
     "response_cache_mb": (0, 1 << 20), "n_draft": (1, 16), "max_rounds_per_day": (0, 1_000_000),
     "reference_size": (20, 1 << 20), "window": (10, 1 << 20), "stride": (1, 1 << 16),
     "ert_requests": (100, 1 << 40), "nll_rows": (0, 256), "embedding_dims": (1, 64),
-    "queue": (1, 1 << 24),
+    "queue": (1, 1 << 24), "retention_days": (1, 36_500),
 }
 _CHOICES: dict[str, tuple[str, ...]] = {
     "flash_attn": ("auto", "on", "off"), "cache_type_k": ("f16", "f32", "q8_0", "q4_0"),
@@ -387,7 +424,8 @@ def _build(cls: type, path: str, table: dict[str, Any], **fixed: Any) -> Any:
 def parse_config(data: dict[str, Any], base_dir: Path | None = None) -> Config:
     """Validates a parsed TOML document.  Relative model paths are resolved
     against base_dir (the config file's folder)."""
-    tables = ["server", "models", "auth", "tls", "acl", "federation", "drift"]
+    tables = ["server", "models", "auth", "tls", "acl", "federation", "drift", "audit",
+              "report"]
     for key in data:
         if key not in tables:
             raise _unknown("", key, tables)
@@ -401,6 +439,8 @@ def parse_config(data: dict[str, Any], base_dir: Path | None = None) -> Config:
     acl = _acl(data.get("acl", {}))
     federation = _build(FederationConfig, "federation.", data.get("federation", {}))
     drift = _build(DriftConfig, "drift.", data.get("drift", {}))
+    audit = _build(AuditConfig, "audit.", data.get("audit", {}))
+    report = _build(ReportConfig, "report.", data.get("report", {}))
     if drift.window > drift.reference_size:
         raise ConfigError(f"drift.window: must not exceed drift.reference_size "
                           f"({drift.reference_size}), got {drift.window}")
@@ -428,7 +468,7 @@ def parse_config(data: dict[str, Any], base_dir: Path | None = None) -> Config:
     if server.models_dir and base_dir is not None and not os.path.isabs(server.models_dir):
         server = replace(server, models_dir=str((base_dir / server.models_dir).resolve()))
     return Config(server=server, models=models, auth=auth, tls=tls, acl=acl,
-                  federation=federation, drift=drift)
+                  federation=federation, drift=drift, audit=audit, report=report)
 
 
 def _acl(table: Any) -> dict[str, tuple[str, ...]]:

@@ -19,6 +19,7 @@ acts on: CONFIG, LISTEN, MODEL_LOAD or INTEGRITY.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -49,6 +50,7 @@ from runtime.storage.store import SealedStore
 from runtime.systemd import Notifier, watchdog
 
 log = logging.getLogger("hearth.serve")
+PRUNE_EVERY_S = 3600.0          # audit retention runs at start and hourly
 server_log = logging.getLogger("hearth.server")   # listeners, requests, drain
 
 ConfigSource = Callable[[], tuple[Config, list[ModelConfig]]]
@@ -220,6 +222,8 @@ async def _serve(daemon: Daemon, config: Config, models: list[ModelConfig],
         log.error("%s", exc)
         return ExitCode.LISTEN
     pinger = asyncio.ensure_future(watchdog(notifier, lambda: engine_heartbeats(daemon), stop))
+    pruner = (asyncio.ensure_future(prune_audit(audit, config.audit.retention_days, stop))
+              if audit is not None else None)
     try:
         await _load_models(daemon, models, notifier, stop)
     except (errors.ModelLoadError, errors.IntegrityError) as exc:
@@ -228,6 +232,8 @@ async def _serve(daemon: Daemon, config: Config, models: list[ModelConfig],
         stop.set()
         await daemon.drain(0.0)
         await pinger
+        if pruner is not None:
+            await pruner
         return ExitCode.INTEGRITY if isinstance(exc, errors.IntegrityError) \
             else ExitCode.MODEL_LOAD
     if not stop.is_set():
@@ -242,7 +248,26 @@ async def _serve(daemon: Daemon, config: Config, models: list[ModelConfig],
     notifier.stopping("draining")
     await daemon.drain(config.server.grace_period_s)
     await pinger
+    if pruner is not None:
+        await pruner
     return ExitCode.OK
+
+
+async def prune_audit(audit: AuditLog, retention_days: int, stop: asyncio.Event,
+                      every_s: float = PRUNE_EVERY_S) -> None:
+    """Retention: crypto-shreds audit records older than `retention_days`
+    at start and then every `every_s` until the daemon stops.  A failure is
+    logged and retried at the next turn; serving goes on."""
+    while not stop.is_set():
+        try:
+            pruned = await asyncio.to_thread(audit.prune, retention_days)
+            if pruned.epochs:
+                log.info("audit retention: shredded %d day(s) older than %d days",
+                         len(pruned.epochs), retention_days)
+        except Exception as exc:
+            log.error("audit retention failed, will retry: %s", exc)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), every_s)
 
 
 def disable_core_dumps() -> None:
