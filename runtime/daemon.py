@@ -19,6 +19,7 @@ acts on: CONFIG, LISTEN, MODEL_LOAD or INTEGRITY.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import json
 import logging
@@ -35,7 +36,7 @@ from runtime.config import Config, ModelConfig, is_local_address
 from runtime.core import InferenceService
 from runtime.core.response_cache import ResponseCache
 from runtime.drift.service import DriftService
-from runtime.events import EventBus, RequestFinished
+from runtime.events import EventBus, ModelStateChanged, RequestFinished
 from runtime.exit_codes import ExitCode
 from runtime.http import HttpGateway
 from runtime.logs import setup_logging
@@ -188,6 +189,7 @@ async def run(config: Config, models: list[ModelConfig], ready_file: str | None 
     daemon = build_daemon(config, events, store=store)
     if audit is not None:
         events.subscribe(audit.record, RequestFinished)
+        events.subscribe(model_changes_to(audit), ModelStateChanged)
         daemon.core.collect_content = audit.content
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -200,6 +202,26 @@ async def run(config: Config, models: list[ModelConfig], ready_file: str | None 
     finally:
         if daemon.drift is not None:
             daemon.drift.close()
+
+
+def model_changes_to(audit: AuditLog) -> Callable[[ModelStateChanged], None]:
+    """Model loads and unloads into the audit log (the transparency report's
+    change log), off the event loop (an admin record reads the chain), in
+    the order they happened."""
+    writer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="hearth-audit-admin")
+
+    def record(event: ModelStateChanged) -> None:
+        if event.state not in ("ready", "unloaded", "failed"):
+            return
+        detail = {"model": event.name, "state": event.state, "error": event.error}
+        future = writer.submit(audit.record_admin, "model." + event.state, detail)
+        def failed(f: concurrent.futures.Future[None]) -> None:
+            if f.exception() is not None:
+                log.error("audit: model %s %s not recorded: %s", event.name, event.state,
+                          f.exception())
+
+        future.add_done_callback(failed)
+    return record
 
 
 async def _serve(daemon: Daemon, config: Config, models: list[ModelConfig],

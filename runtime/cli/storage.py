@@ -90,6 +90,9 @@ def cmd_keys_rotate(args: argparse.Namespace) -> int:
         old = store.master.id
         count = len(store.catalog.rows())
         master = store.rotate(new)
+        if (store.state_dir / "audit" / "log.jsonl").exists():   # for the change log
+            AuditLog(store).record_admin("keys.rotated", {"from_key": old, "to_key": master.id,
+                                                          "objects": count})
     print(f"re-wrapped {count} objects from {old} to {master.id}")
     return ExitCode.OK
 

@@ -258,10 +258,19 @@ class AuditLog:
         back), appended now, from whichever process took it: the log's file
         lock orders writers, and each picks up the chain where the last one
         left it."""
-        self._open_chain(f"`{action}` was not recorded")
         now = self.clock()
-        self._append_now([(now, {"action": action, "time": now, **detail})], rtype="admin")
-        self._append_now([], rtype="checkpoint")
+        # Under the writers' lock throughout, so that the chain is read and
+        # extended whole even while the daemon's writer thread appends.
+        with self._writers_lock():
+            broken = self.verify()
+            if broken is not None:
+                raise IntegrityError(f"the audit log is broken at {broken}; `{action}` was not "
+                                     "recorded: run `hearth audit verify`, then `hearth audit "
+                                     "repair`")
+            if self.seq == 0:
+                self._append_locked([(now, {"genesis": True, "created": now})], "genesis")
+            self._append_locked([(now, {"action": action, "time": now, **detail})], "admin")
+            self._append_locked([], "checkpoint")
 
     @property
     def lag_s(self) -> float:

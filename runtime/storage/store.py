@@ -51,6 +51,7 @@ class Kind(StrEnum):
     RELEASE = "release"
     UPDATE = "update"
     DRIFT = "drift"         # a model version's drift reference: aggregates only
+    EVALUATION = "evaluation"   # the latest result of an evaluation (hearth eval bias)
 
     @classmethod
     def parse(cls, text: str) -> Kind:
