@@ -206,6 +206,7 @@ class AuditSummary:
     content_logged: int = 0
     energy_joules: float = 0.0
     energy_requests: int = 0
+    energy_tokens: int = 0                    # tokens of the measured requests
     energy_sources: Counter[str] = field(default_factory=Counter)
     changes: list[dict[str, Any]] = field(default_factory=list)
     drift_alarms: list[dict[str, Any]] = field(default_factory=list)
@@ -234,6 +235,8 @@ def summarize_audit(entries: Iterable[dict[str, Any]]) -> AuditSummary:
             if isinstance(joules, int | float) and not isinstance(joules, bool):
                 s.energy_joules += float(joules)
                 s.energy_requests += 1
+                s.energy_tokens += int(e.get("prompt_tokens") or 0) + int(
+                    e.get("completion_tokens") or 0)
                 s.energy_sources[str(e.get("energy_source", "unknown"))] += 1
             continue
         action = str(e.get("action", ""))
@@ -250,7 +253,7 @@ def energy(s: AuditSummary) -> dict[str, Any]:
     if not s.energy_requests:
         return {"status": NOT_MEASURED,
                 "why": "the audit log's request records carry no energy_joules"}
-    tokens = s.prompt_tokens + s.completion_tokens
+    tokens = s.energy_tokens
     return {"status": "measured", "total_joules": round(s.energy_joules, 3),
             "requests_measured": s.energy_requests,
             "joules_per_token": round(s.energy_joules / tokens, 6) if tokens else MISSING,
