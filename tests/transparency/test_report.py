@@ -199,3 +199,37 @@ def test_energy_is_read_when_the_records_carry_it() -> None:
     assert e["status"] == "measured" and e["total_joules"] == 2.0
     assert e["sources"] == {"rapl": 1} and e["joules_per_token"] == pytest.approx(2.0 / 40)
     assert energy(summarize_audit(records[1:]))["status"] == "not measured"
+
+
+def test_a_report_still_verifies_after_its_records_are_shredded(tmp_path: Path) -> None:
+    """Retention destroys day keys, not the chain: a report made before a
+    prune still verifies after it.  Checked that it can fail: a prune that
+    rewrote the shredded lines (instead of destroying keys) breaks the log
+    and the second verify fails."""
+    from runtime.cli.main import main
+    from runtime.storage.audit import DAY_S, AuditLog
+    from runtime.storage.keys import KeySource
+    from runtime.storage.store import SealedStore
+
+    key = KeySource("key-file", "t", b"d" * 32)
+    state = tmp_path / "state"
+    store = SealedStore.init(state, key)
+    audit = AuditLog(store)
+    audit.clock = lambda: __import__("time").time() - 400 * DAY_S
+    audit.record_admin("model.ready", {"model": "old", "state": "ready", "error": ""})
+    store.close()
+    keyfile = tmp_path / "k"
+    keyfile.write_bytes(key.secret)
+    keyfile.chmod(0o600)
+    opts = ["--state-dir", str(state), "--key-file", str(keyfile)]
+    assert main(["report", "--out", str(tmp_path / "out"), "--no-doctor", *opts]) == 0
+    doc = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert [c["action"] for c in doc["change_log"]] == ["model.ready"]
+    assert main(["report", "verify", str(tmp_path / "out"), *opts]) == 0
+    assert main(["audit", "prune", *opts]) == 0
+    assert main(["report", "verify", str(tmp_path / "out"), *opts]) == 0
+    assert main(["report", "--out", str(tmp_path / "after"), "--no-doctor", *opts]) == 0
+    after = json.loads((tmp_path / "after" / "report.json").read_text())
+    assert after["logs"]["records_shredded"] >= 1
+    assert "model.ready" not in [c["action"] for c in after["change_log"]]
+    assert "audit.retention" in [c["action"] for c in after["change_log"]]
