@@ -146,7 +146,7 @@ def test_html_and_model_card_are_escaped_and_self_contained(
 
 def test_verify_passes_and_fails_after_any_changed_byte(served: tuple[Path, list[str], Path],
                                                        tmp_path: Path) -> None:
-    """SECURITY: a report changed after signing is refused.  Checked that it
+    """SECURITY-CASES 34: a report changed after signing is refused.  Checked that it
     can fail: with verify_report's public.verify call removed, the flipped
     copies pass."""
     out, opts, _ = served
@@ -176,7 +176,8 @@ def test_verify_passes_and_fails_after_any_changed_byte(served: tuple[Path, list
 
 def test_verify_needs_the_log_the_report_names(served: tuple[Path, list[str], Path],
                                                tmp_path: Path) -> None:
-    """Another state directory's log does not hold the report's chain head."""
+    """SECURITY-CASES 34: another state directory's log does not hold the
+    report's chain head."""
     out, _, _ = served
     other = ["--state-dir", str(tmp_path / "other"), "--key-file", str(tmp_path / "other.key")]
     assert hearth("keys", "init", *other).returncode == 0
