@@ -147,8 +147,8 @@ def test_html_and_model_card_are_escaped_and_self_contained(
 def test_verify_passes_and_fails_after_any_changed_byte(served: tuple[Path, list[str], Path],
                                                        tmp_path: Path) -> None:
     """SECURITY-CASES 34: a report changed after signing is refused.  Checked that it
-    can fail: with verify_report's public.verify call removed, the flipped
-    copies pass."""
+    can fail: with verify_report's public.verify call removed, the copies
+    whose JSON still parses (flips inside a value) pass."""
     out, opts, _ = served
     ok = hearth("report", "verify", str(out), *opts)
     assert ok.returncode == 0, ok.stderr
@@ -176,8 +176,8 @@ def test_verify_passes_and_fails_after_any_changed_byte(served: tuple[Path, list
 
 def test_verify_needs_the_log_the_report_names(served: tuple[Path, list[str], Path],
                                                tmp_path: Path) -> None:
-    """SECURITY-CASES 34: another state directory's log does not hold the
-    report's chain head."""
+    """SECURITY-CASES 34: shown with another appliance's log (made under
+    another audit key than the signed report names), verify fails."""
     out, _, _ = served
     other = ["--state-dir", str(tmp_path / "other"), "--key-file", str(tmp_path / "other.key")]
     assert hearth("keys", "init", *other).returncode == 0
@@ -185,7 +185,45 @@ def test_verify_needs_the_log_the_report_names(served: tuple[Path, list[str], Pa
     fingerprint = json.loads((out / "report.json").read_text())["signing_key"]["fingerprint"]
     r = hearth("report", "verify", str(out), "--state-dir", other[1], "--fingerprint",
                fingerprint)
-    assert r.returncode != 0 and "audit" in r.stderr, r.stderr
+    assert r.returncode != 0 and "the audit log does not verify" in r.stderr, r.stderr
+
+
+def test_a_signed_report_naming_a_head_the_log_lacks_fails(tmp_path: Path) -> None:
+    """SECURITY-CASES 34: even correctly signed, a report whose chain head is
+    not in the log is refused.  Checked that it can fail: with _log_has
+    returning True the verify passes."""
+    from runtime.errors import IntegrityError
+    from runtime.storage.audit import AuditLog
+    from runtime.storage.keys import KeySource
+    from runtime.storage.store import SealedStore
+    from runtime.transparency.report_sign import (
+        encode,
+        key_block,
+        report_signer,
+        sign,
+        verify_report,
+    )
+
+    store = SealedStore.init(tmp_path / "state", KeySource("key-file", "t", b"e" * 32))
+    try:
+        audit = AuditLog(store)
+        audit.record_admin("model.ready", {"model": "m", "state": "ready", "error": ""})
+        signer = report_signer(store)
+        for head, ok in ((audit.head.hex(), True), ("00" * 32, False)):
+            doc = {"schema": "hearth-report/1", "signing_key": key_block(signer.public_key()),
+                   "audit_chain": {"seq": audit.seq, "head": head,
+                                   "signing_key_fingerprint": audit.fingerprint()}}
+            out = tmp_path / head[:8]
+            out.mkdir()
+            (out / "report.json").write_bytes(encode(doc))
+            (out / "report.json.sig").write_bytes(sign(encode(doc), signer))
+            if ok:
+                assert verify_report(out, store.state_dir, store=store).audit_seq == audit.seq
+            else:
+                with pytest.raises(IntegrityError, match="not bound to this log"):
+                    verify_report(out, store.state_dir, store=store)
+    finally:
+        store.close()
 
 
 def test_energy_is_read_when_the_records_carry_it() -> None:
