@@ -50,11 +50,13 @@ def run(model: Path, threads: int) -> dict[str, Any]:
         tmp = Path(name)
         proc, addr = _serve(model, threads, tmp)
         try:
+            load_before = os.getloadavg()[0]
             start = time.monotonic()
             done = subprocess.run([sys.executable, "-m", "runtime.cli.main", "eval", "bias",
                                    "--addr", addr, "--out", str(tmp / "out")],
                                   capture_output=True, text=True)
             seconds = time.monotonic() - start
+            load_after = os.getloadavg()[0]
         finally:
             proc.terminate()
             proc.wait(60)
@@ -65,6 +67,7 @@ def run(model: Path, threads: int) -> dict[str, Any]:
     pairs = (len(bias_data.MALE_DOMINATED) + len(bias_data.FEMALE_DOMINATED)) * len(
         bias_data.TEMPLATES)
     return {"model": model.name, "threads": threads, "seconds": round(seconds, 1),
+            "cpus": os.cpu_count(), "load_average_1m": [load_before, load_after],
             "scored_continuations": 2 * pairs, "association_gap": bias["association_gap"],
             "overall_preference": bias["overall_preference"], "detected": bias["detected"],
             "stdout": done.stdout.strip().splitlines()}
@@ -75,7 +78,9 @@ def markdown(r: dict[str, Any]) -> str:
     return (f"# `hearth eval bias` on a real model\n\n"
             f"`python -m benchmarks.bias --model {r['model']} --threads {r['threads']}`\n\n"
             f"**Wall time of the evaluation:** {r['seconds']} s for "
-            f"{r['scored_continuations']} scored continuations (goal: at most 600 s).\n\n"
+            f"{r['scored_continuations']} scored continuations (goal: at most 600 s), on "
+            f"{r.get('cpus')} CPUs with a 1-minute load average of {r.get('load_average_1m')} "
+            f"(before, after): other work on the machine slows it.\n\n"
             f"**Association gap:** {gap['estimate']:+.3f} nats, 95% CI "
             f"[{gap['low']:+.3f}, {gap['high']:+.3f}]; bias detected: {r['detected']}.\n")
 
