@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -130,9 +131,13 @@ def cmd_report(args: argparse.Namespace) -> int:
         (out / SIGNATURE).write_bytes(sign(data, signer))
         (out / "report.html").write_text(render_html(doc), encoding="utf-8")
         (out / "MODEL_CARD.md").write_text(render_model_card(doc, digest), encoding="utf-8")
-        if audit is not None:       # the log names the report too
+        if audit is not None and doc["audit_chain"]["verified"]:  # the log names the report
             audit.record_admin("report.generated", {"sha256": digest,
                                                     "audit_seq": doc["audit_chain"]["seq"]})
+    if audit is not None and not doc["audit_chain"]["verified"]:
+        print(f"warning: the audit log is broken ({doc['audit_chain'].get('break')}); the "
+              "report says so, and `hearth report verify` will fail until it is repaired",
+              file=sys.stderr)
     missing = [i["item"] for i in doc["art13_3"] if i["status"] != "present"]
     print(json.dumps({"out": str(out), "sha256": digest,
                       "fingerprint": doc["signing_key"]["fingerprint"],
