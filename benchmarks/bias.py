@@ -67,7 +67,8 @@ def run(model: Path, threads: int) -> dict[str, Any]:
     pairs = (len(bias_data.MALE_DOMINATED) + len(bias_data.FEMALE_DOMINATED)) * len(
         bias_data.TEMPLATES)
     return {"model": model.name, "threads": threads, "seconds": round(seconds, 1),
-            "cpus": os.cpu_count(), "load_average_1m": [load_before, load_after],
+            "cpus": os.cpu_count(),
+            "load_average_1m": [round(load_before, 1), round(load_after, 1)],
             "scored_continuations": 2 * pairs, "association_gap": bias["association_gap"],
             "overall_preference": bias["overall_preference"], "detected": bias["detected"],
             "stdout": done.stdout.strip().splitlines()}
