@@ -72,6 +72,14 @@ ConfigError whose message starts with the dotted path of the key, e.g.
                                               #   g=180}, ...] covering the day once
     window_s = 1.0                            # meter window (cut short when a request ends)
     gpu = true                                # NVML energy counters when a GPU is present
+
+    [audit]
+    retention_days = 183                      # older records are crypto-shredded
+
+    [report]                                  # the operator's text in `hearth report`
+    provider = "Example Clinic IT"            # (docs/transparency.md); a key left out is
+    contact = "ai-officer@example.org"        # reported as missing, never invented
+    intended_purpose = "..."
 """
 from __future__ import annotations
 
@@ -273,6 +281,33 @@ class EnergyConfig:
 
 
 @dataclass(frozen=True)
+class AuditConfig:
+    """The audit log's retention (runtime/storage/audit.py prunes)."""
+
+    retention_days: int = 183       # EU AI Act Art. 19: at least six months
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    """The operator's own text for `hearth report` (EU AI Act Art. 13(3));
+    "" = not given, which the report marks as missing."""
+
+    provider: str = ""              # (a) who provides / deploys the system
+    contact: str = ""               # (a) contact details
+    intended_purpose: str = ""      # (b)(i)
+    out_of_scope_uses: str = ""     # (b)(iii) misuse, uses it is not for
+    known_risks: str = ""           # (b)(iii) foreseeable risks
+    training_data: str = ""         # (b)(vi) what the model and adapters learnt from
+    output_interpretation: str = "" # (b)(vii) how to read the output
+    predetermined_changes: str = "" # (c) changes planned at the initial assessment
+    human_oversight: str = ""       # (d) Art. 14 measures
+    expected_lifetime: str = ""     # (e)
+    maintenance: str = ""           # (e) care and updates
+    license: str = ""               # the model card's licence
+    language: str = ""              # the model card's language(s), e.g. "en"
+
+
+@dataclass(frozen=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     models: dict[str, ModelConfig] = field(default_factory=dict)
@@ -284,6 +319,8 @@ class Config:
     coordinator: CoordinatorConfig = field(default_factory=CoordinatorConfig)
     explain: ExplainConfig = field(default_factory=ExplainConfig)
     energy: EnergyConfig = field(default_factory=EnergyConfig)
+    audit: AuditConfig = field(default_factory=AuditConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
 
 
 _INT_RANGES: dict[str, tuple[int, int]] = {
@@ -296,7 +333,7 @@ _INT_RANGES: dict[str, tuple[int, int]] = {
     "reference_size": (20, 1 << 20), "window": (10, 1 << 20), "stride": (1, 1 << 16),
     "ert_requests": (100, 1 << 40), "nll_rows": (0, 256), "embedding_dims": (1, 64),
     "queue": (1, 1 << 24), "trigger_sites": (0, 1_000_000),
-    "rollback_after": (1, 1 << 24), "retention_days": (1, 3650),
+    "rollback_after": (1, 1 << 24), "retention_days": (1, 36_500),
 }
 _CHOICES: dict[str, tuple[str, ...]] = {
     "flash_attn": ("auto", "on", "off"), "cache_type_k": ("f16", "f32", "q8_0", "q4_0"),
@@ -524,6 +561,8 @@ _SECTIONS: dict[str, tuple[type, Callable[[Any], None] | None]] = {
     "coordinator": (CoordinatorConfig, _check_coordinator),
     "explain": (ExplainConfig, _check_explain),
     "energy": (EnergyConfig, None),
+    "audit": (AuditConfig, None),
+    "report": (ReportConfig, None),
 }
 
 

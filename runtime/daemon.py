@@ -23,6 +23,8 @@ acts on: CONFIG, LISTEN, MODEL_LOAD or INTEGRITY.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
 import json
 import logging
 import os
@@ -40,7 +42,7 @@ from runtime.core.response_cache import ResponseCache
 from runtime.drift.retain import TrafficRetainer
 from runtime.drift.service import DriftService
 from runtime.energy.service import EnergyService
-from runtime.events import EventBus, RequestFinished
+from runtime.events import EventBus, ModelStateChanged, RequestFinished
 from runtime.exit_codes import ExitCode
 from runtime.federation.site_agent import SiteAgent, federation_models
 from runtime.federation.state import SiteContext
@@ -57,6 +59,7 @@ from runtime.storage.store import SealedStore
 from runtime.systemd import Notifier, watchdog
 
 log = logging.getLogger("hearth.serve")
+PRUNE_EVERY_S = 3600.0          # audit retention runs at start and hourly
 server_log = logging.getLogger("hearth.server")   # listeners, requests, drain
 
 ConfigSource = Callable[[], tuple[Config, list[ModelConfig]]]
@@ -200,6 +203,7 @@ async def run(config: Config, models: list[ModelConfig], ready_file: str | None 
     daemon = build_daemon(config, events, store=store)
     if audit is not None:
         events.subscribe(audit.record, RequestFinished)
+        events.subscribe(model_changes_to(audit), ModelStateChanged)
         daemon.core.collect_content = audit.content
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -271,6 +275,26 @@ def build_site_agent(daemon: Daemon, models: list[ModelConfig], store: SealedSto
                      (lambda v: drift.reset(v, actor="federation")) if drift else None)
 
 
+def model_changes_to(audit: AuditLog) -> Callable[[ModelStateChanged], None]:
+    """Model loads and unloads into the audit log (the transparency report's
+    change log), off the event loop (an admin record reads the chain), in
+    the order they happened."""
+    writer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="hearth-audit-admin")
+
+    def record(event: ModelStateChanged) -> None:
+        if event.state not in ("ready", "unloaded", "failed"):
+            return
+        detail = {"model": event.name, "state": event.state, "error": event.error}
+        future = writer.submit(audit.record_admin, "model." + event.state, detail)
+        def failed(f: concurrent.futures.Future[None]) -> None:
+            if f.exception() is not None:
+                log.error("audit: model %s %s not recorded: %s", event.name, event.state,
+                          f.exception())
+
+        future.add_done_callback(failed)
+    return record
+
+
 async def _serve(daemon: Daemon, config: Config, models: list[ModelConfig],
                  ready_file: str | None, audit: AuditLog | None,
                  reload_config: ConfigSource | None, notifier: Notifier,
@@ -291,6 +315,8 @@ async def _serve(daemon: Daemon, config: Config, models: list[ModelConfig],
         log.error("%s", exc)
         return ExitCode.LISTEN
     pinger = asyncio.ensure_future(watchdog(notifier, lambda: engine_heartbeats(daemon), stop))
+    pruner = (asyncio.ensure_future(prune_audit(audit, config.audit.retention_days, stop))
+              if audit is not None else None)
     try:
         await _load_models(daemon, models, notifier, stop)
     except (errors.ModelLoadError, errors.IntegrityError) as exc:
@@ -299,6 +325,8 @@ async def _serve(daemon: Daemon, config: Config, models: list[ModelConfig],
         stop.set()
         await daemon.drain(0.0)
         await pinger
+        if pruner is not None:
+            await pruner
         return ExitCode.INTEGRITY if isinstance(exc, errors.IntegrityError) \
             else ExitCode.MODEL_LOAD
     if not stop.is_set():
@@ -313,7 +341,26 @@ async def _serve(daemon: Daemon, config: Config, models: list[ModelConfig],
     notifier.stopping("draining")
     await daemon.drain(config.server.grace_period_s)
     await pinger
+    if pruner is not None:
+        await pruner
     return ExitCode.OK
+
+
+async def prune_audit(audit: AuditLog, retention_days: int, stop: asyncio.Event,
+                      every_s: float = PRUNE_EVERY_S) -> None:
+    """Retention: crypto-shreds audit records older than `retention_days`
+    at start and then every `every_s` until the daemon stops.  A failure is
+    logged and retried at the next turn; serving goes on."""
+    while not stop.is_set():
+        try:
+            pruned = await asyncio.to_thread(audit.prune, retention_days)
+            if pruned.epochs:
+                log.info("audit retention: shredded %d day(s) older than %d days",
+                         len(pruned.epochs), retention_days)
+        except Exception as exc:
+            log.error("audit retention failed, will retry: %s", exc)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), every_s)
 
 
 def disable_core_dumps() -> None:

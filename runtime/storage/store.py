@@ -52,6 +52,7 @@ class Kind(StrEnum):
     UPDATE = "update"
     DRIFT = "drift"         # a model version's drift reference: aggregates only
     ENERGY = "energy"       # energy attribution weights (idle W, J per prefill/decode token)
+    EVALUATION = "evaluation"   # the latest result of an evaluation (hearth eval bias)
 
     @classmethod
     def parse(cls, text: str) -> Kind:
