@@ -10,6 +10,7 @@ from runtime import __version__, errors
 from runtime.cli import (
     bundle,
     client,
+    distill,
     doctor,
     drift,
     fed,
@@ -71,6 +72,7 @@ def parser() -> argparse.ArgumentParser:
     fed.add_parsers(sub)
     drift.add_parsers(sub)
     transparency.add_parsers(sub)
+    distill.add_parser(sub)
     doctor.add_parser(sub)
     rpc_worker.add_parser(sub)
     d = sub.add_parser("devices", help="show the devices ggml can use")
