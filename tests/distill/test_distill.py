@@ -105,8 +105,9 @@ def test_exported_draft_speculates_with_the_exact_greedy_text(
         model: Path, tmp_path: Path, merged_type: str) -> None:
     """The distilled draft (LoRA merged, K blocks) loads as the engine's
     draft, proposes tokens, and greedy output equals the plain run's.  The
-    merged tensors differ from the originals (fails if the export dropped
-    the LoRA)."""
+    merged tensors differ from the originals and the draft holds them, to
+    the stored type's rounding (fails if the export wrote the original
+    tensors: checked by passing no replacements)."""
     trainer = DistillTrainer(model, 2, rank=4, threads=1)
     trainer.train(tokenize_texts(str(model), TEXTS, 1), steps=3, learning_rate=1e-2,
                   batch_tokens=64)
@@ -115,6 +116,11 @@ def test_exported_draft_speculates_with_the_exact_greedy_text(
     assert not np.allclose(merged["blk.0.attn_q.weight"], base)
     draft = early_exit_draft(model, tmp_path / "draft.gguf", 2, merged, merged_type)
     assert _blocks(draft) == (2, {0, 1})
+    stored = next(t for t in gguf.GGUFReader(str(draft)).tensors
+                  if t.name == "blk.0.attn_q.weight")
+    values = gguf.quants.dequantize(stored.data, stored.tensor_type).reshape(base.shape)
+    want = merged["blk.0.attn_q.weight"]
+    assert np.abs(values - want).max() < 0.02 * np.abs(want).max()
     plain, _ = _greedy(model, None)
     spec, drafted = _greedy(model, draft)
     assert drafted > 0
