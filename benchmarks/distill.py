@@ -12,7 +12,8 @@
 4. After: the distilled draft.
 Each draft is measured as the engine uses it: one stream at a time, greedy,
 --tokens new tokens after each held-out prompt (the note's first half), with
---n-draft proposals per step, against the same prompts without a draft:
+--n-draft proposals per step, against the same prompts without a draft
+(run just before the plain draft and again just after the distilled one):
 acceptance (accepted / drafted proposals), tokens/s with and without the
 draft, and whether the text is identical (it must be).  Also the held-out
 KL(model || draft) per position.
@@ -77,7 +78,8 @@ def markdown(r: dict[str, Any]) -> str:
     d = r["distill"]
     lines = [f"# Distilled early-exit draft ({r['timestamp']})", "",
              f"{r['machine'].get('cpu', 'CPU')}, {r['threads']} threads, CPU only, on a "
-             "machine shared with other jobs (tokens/s are indicative only).  Model "
+             "machine shared with other jobs (tokens/s are indicative only; each draft's "
+             "speed is against a run without a draft made beside it).  Model "
              f"{r['model']}; draft = its first {d['draft_layers']} of {d['model_layers']} "
              f"blocks and its head; LoRA rank {r['rank']} on every projection of those "
              f"blocks, merged and stored as {r['merged_type']}.", "",
@@ -92,12 +94,11 @@ def markdown(r: dict[str, Any]) -> str:
              f"{r['n_draft']} proposals per step.", "",
              "| draft | acceptance | tok/s with draft | tok/s without | speedup | same text |",
              "|---|---|---|---|---|---|"]
-    plain = r["plain"]
     for label, key in (("early exit, before", "before"), ("early exit, distilled", "after")):
         x = r[key]
         lines.append(f"| {label} | {x['acceptance']:.1%} ({x['accepted']}/{x['drafted']}) | "
-                     f"{x['tok_s']:.1f} | {plain['tok_s']:.1f} | "
-                     f"{x['tok_s'] / plain['tok_s']:.2f}x | "
+                     f"{x['tok_s']:.1f} | {x['plain_tok_s']:.1f} | "
+                     f"{x['tok_s'] / x['plain_tok_s']:.2f}x | "
                      f"{'yes' if x['same_text'] else 'NO'} |")
     return "\n".join(lines) + "\n"
 
@@ -119,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n-draft", type=int, default=4)
     p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     p.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    p.add_argument("--keep-draft", type=Path, help="also save the distilled draft here")
     args = p.parse_args(argv)
     model = resolve_model(args.model)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
@@ -142,9 +144,17 @@ def main(argv: list[str] | None = None) -> int:
             threads=args.threads, merged_type=args.merged_type,
             max_seconds=args.train_minutes * 60), distilled, say)
         after = generate(model, distilled, prompts, args.tokens, args.n_draft, args.threads)
-        say(f"acceptance after: {after['acceptance']:.1%}")
+        say(f"acceptance after: {after['acceptance']:.1%}; without a draft again ...")
+        # The machine's load changes over half an hour of training: each
+        # draft's speed is compared with a run without one made beside it.
+        plain_after = generate(model, None, prompts, args.tokens, args.n_draft, args.threads)
+        if args.keep_draft:
+            args.keep_draft.write_bytes(distilled.read_bytes())
+    before["plain_tok_s"] = plain["tok_s"]
+    after["plain_tok_s"] = plain_after["tok_s"]
     for x in (before, after):
         x["same_text"] = x.pop("texts") == plain["texts"]
+    assert plain_after.pop("texts") == plain["texts"]
     result = {"schema": "hearth-distill-benchmark/1",
               "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
               "machine": describe_machine(), "model": model.name, "threads": args.threads,
@@ -154,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
               "train_notes": len(train), "heldout_notes": len(heldout), "prompts": prompts,
               "distill": asdict(report),
               "plain": {k: v for k, v in plain.items() if k != "texts"},
+              "plain_after": plain_after,
               "before": before, "after": after}
     md = markdown(result)
     save_results(args.out, "distill", stamp, result, md)
