@@ -180,6 +180,14 @@ class DistillTrainer:
         return DistillResult(steps=len(losses), tokens=tokens, kl_first=losses[0],
                              kl_last=losses[-1])
 
+    def student_logprobs(self, tokens: list[int]) -> np.ndarray:
+        """[len(tokens), n_vocab] log-softmax of the draft with its LoRA: row
+        i is its distribution of the token after tokens[i]."""
+        self._check_ids([tokens])
+        with torch.no_grad():
+            hidden = self.student.hidden(pack([list(tokens)]), self.lora())
+            return F.log_softmax(self.student.logits(hidden), dim=-1).numpy()
+
     # --- export --------------------------------------------------------------
 
     def merged_weights(self) -> dict[str, np.ndarray]:

@@ -177,3 +177,33 @@ def test_cli_distils_into_the_store(model: Path, tmp_path: Path) -> None:
     out = tmp_path / "back.gguf"
     out.write_bytes(data)
     assert _blocks(out) == (2, {0, 1})
+
+
+def test_exported_draft_computes_what_the_student_computed(tmp_path: Path) -> None:
+    """The engine running the exported draft (f32 merge) gives the
+    student's log-probabilities, on the tiny gemma3 model (sliding window,
+    per-layer RoPE bases, soft-cap), as the trainer's own engine agreement
+    test measures (1e-3: ggml's GELU table); the LoRA's effect is far
+    larger (fails if the merge used A B, the wrong scale, or the draft kept
+    other blocks' settings)."""
+    from tests.federation.train.conftest import engine_generate, logprob_gaps
+    from tests.federation.train.tiny_gemma import write_tiny_gemma
+
+    model = write_tiny_gemma(tmp_path / "tiny-gemma.gguf")
+    trainer = DistillTrainer(model, 2, rank=4, threads=1)
+    rng = np.random.default_rng(5)
+    with torch.no_grad():
+        for b in trainer.b:
+            b.copy_(torch.from_numpy(rng.standard_normal(tuple(b.shape)).astype(np.float32))
+                    * 0.05)
+    draft = early_exit_draft(model, tmp_path / "draft.gguf", 2, trainer.merged_weights(),
+                             "f32")
+    prompt = "the patient had a fever and the doctor went home to see the nurse at the clinic"
+    got = engine_generate(draft, prompt, adapter=None)
+    gaps = logprob_gaps(got, trainer.student_logprobs(got.prompt + got.tokens))
+    assert gaps.max() <= 2.5e-3
+    with torch.no_grad():
+        for b in trainer.b:
+            b.zero_()
+    changes = logprob_gaps(got, trainer.student_logprobs(got.prompt + got.tokens))
+    assert changes.max() > 0.5
