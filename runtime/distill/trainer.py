@@ -6,7 +6,7 @@ on the one dequantized copy of the weights (`runtime.federation.train`: the
 forward pass llama.cpp computes, the AdamW, the packing of texts into rows).
 
 The loss is KL(teacher || student) of the next-token distribution at every
-position of the training text, temperature 1:
+position of the training text, on the logits as they are (no softening):
 
     sum_v p_teacher(v) (log p_teacher(v) - log p_student(v))
 
