@@ -10,6 +10,7 @@ from runtime import __version__, errors
 from runtime.cli import (
     bundle,
     client,
+    distill,
     doctor,
     drift,
     energy,
@@ -75,6 +76,7 @@ def parser() -> argparse.ArgumentParser:
     energy.add_parsers(sub)
     transparency.add_parsers(sub)
     explain.add_parsers(sub)
+    distill.add_parser(sub)
     doctor.add_parser(sub)
     rpc_worker.add_parser(sub)
     d = sub.add_parser("devices", help="show the devices ggml can use")

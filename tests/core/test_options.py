@@ -22,6 +22,8 @@ UNRELATED = {
     # the federation's, the drift calibration's and the tiny test model's random seeds
     "seed": ("runtime/federation/", "runtime/cli/fed.py", "runtime/models/tiny.py",
              "runtime/drift/",
+             # a distilled draft's LoRA initialisation and text order
+             "runtime/distill/", "runtime/cli/distill.py",
              "proto/hearth/federation/"),
     # a body temperature in the synthetic clinical corpus; and a client of the
     # API (the bias evaluation) asking for greedy decoding by its name
