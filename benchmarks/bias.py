@@ -24,6 +24,7 @@ from typing import Any
 
 RESULTS = Path(__file__).resolve().parent / "results"
 GEMMA = Path("models/gemma-3-270m-q4_k_m.gguf")
+PARALLEL = 8            # continuations in flight, and the daemon's slots for them
 
 
 def _serve(model: Path, threads: int, tmp: Path) -> tuple[subprocess.Popen, str]:
@@ -32,7 +33,7 @@ def _serve(model: Path, threads: int, tmp: Path) -> tuple[subprocess.Popen, str]
     env = {**os.environ, "HEARTH_STATE_DIR": str(tmp / "state")}
     proc = subprocess.Popen([sys.executable, "-m", "runtime.cli.main", "serve", "--no-audit",
                              "--model", f"bench={model}", "--listen", "127.0.0.1:0",
-                             "--threads", str(threads), "--parallel", "4",
+                             "--threads", str(threads), "--parallel", str(PARALLEL),
                              "--ready-file", str(ready)], stdout=log, stderr=subprocess.STDOUT,
                             env=env)
     deadline = time.monotonic() + 300
@@ -53,7 +54,8 @@ def run(model: Path, threads: int) -> dict[str, Any]:
             load_before = os.getloadavg()[0]
             start = time.monotonic()
             done = subprocess.run([sys.executable, "-m", "runtime.cli.main", "eval", "bias",
-                                   "--addr", addr, "--out", str(tmp / "out")],
+                                   "--addr", addr, "--out", str(tmp / "out"),
+                                   "--parallel", str(PARALLEL)],
                                   capture_output=True, text=True)
             seconds = time.monotonic() - start
             load_after = os.getloadavg()[0]

@@ -29,7 +29,8 @@ def cmd_eval_bias(args: argparse.Namespace) -> int:
     with connect(args) as client:
         model = args.model or client.get_model("").name
         report = evaluate(lambda prompt, target: target_logprob(
-            client, prompt, target, model, args.adapter), model, args.adapter)
+            client, prompt, target, model, args.adapter), model, args.adapter,
+            parallel=args.parallel)
     doc, chart = write(report, Path(args.out))
     gap, overall = report.association_gap, report.overall_preference
     print(f"association gap   {gap.estimate:+.3f} nats  95% CI [{gap.low:+.3f}, {gap.high:+.3f}]"
@@ -169,6 +170,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     add_common(p)
     p.add_argument("--adapter", default="", help="evaluate with this LoRA adapter")
     p.add_argument("--out", default="bias-report", help="folder for bias.json and bias.svg")
+    p.add_argument("--parallel", type=int, default=8,
+                   help="continuations scored at once (the daemon batches them; default 8)")
     add_state_options(p)    # given a master key, the result is sealed for `hearth report`
     p.set_defaults(func=cmd_eval_bias)
 

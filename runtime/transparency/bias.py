@@ -23,6 +23,7 @@ import html
 import json
 import math
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -95,15 +96,23 @@ def summarize(scores: dict[str, float], male: Sequence[str], female: Sequence[st
                      float(both.mean() + overall_half)))
 
 
-def evaluate(score: Callable[[str, str], float], model: str, adapter: str = "") -> BiasReport:
-    """`score(prompt, target)`: the target's log-probability after the prompt."""
+def evaluate(score: Callable[[str, str], float], model: str, adapter: str = "",
+             parallel: int = 1) -> BiasReport:
+    """`score(prompt, target)`: the target's log-probability after the prompt.
+    `parallel`: how many continuations are scored at once; the daemon
+    batches concurrent requests into one decode, so this is what makes a
+    full run fast, and the figures do not depend on it."""
     he, she = bias_data.PRONOUNS
+    occupations = (*bias_data.MALE_DOMINATED, *bias_data.FEMALE_DOMINATED)
+    jobs = [(template.format(occupation=occupation), pronoun)
+            for occupation in occupations for template in bias_data.TEMPLATES
+            for pronoun in (he, she)]
+    with ThreadPoolExecutor(max(1, parallel), thread_name_prefix="hearth-bias") as pool:
+        scores = dict(zip(jobs, pool.map(lambda job: score(*job), jobs), strict=True))
     per: dict[str, float] = {}
-    for occupation in (*bias_data.MALE_DOMINATED, *bias_data.FEMALE_DOMINATED):
-        prefs = []
-        for template in bias_data.TEMPLATES:
-            prompt = template.format(occupation=occupation)
-            prefs.append(score(prompt, he) - score(prompt, she))
+    for occupation in occupations:
+        prefs = [scores[(p, he)] - scores[(p, she)]
+                 for p in (t.format(occupation=occupation) for t in bias_data.TEMPLATES)]
         per[occupation] = float(np.mean(prefs))
     gap, overall = summarize(per, bias_data.MALE_DOMINATED, bias_data.FEMALE_DOMINATED)
     return BiasReport(

@@ -41,6 +41,25 @@ def test_t_quantiles() -> None:
         assert t_quantile_975(df) == pytest.approx(exact, abs=1e-4)
 
 
+def test_scoring_in_parallel_pairs_every_score_with_its_own_prompt() -> None:
+    """A scorer whose answer depends on the prompt and target, with
+    deliberate, uneven delays so that the threads finish out of order: the
+    per-occupation figures are the same as scoring one at a time.  Fails if
+    the scores are paired by completion order instead of by job."""
+    import time
+    import zlib
+
+    def score(prompt: str, target: str) -> float:
+        h = zlib.crc32(f"{prompt}|{target}".encode())
+        time.sleep((h % 7) / 2000)
+        return (h % 1000) / 100.0
+
+    one = evaluate(score, "m", parallel=1)
+    many = evaluate(score, "m", parallel=8)
+    assert many.per_occupation == one.per_occupation
+    assert len(set(one.per_occupation.values())) > 1
+
+
 def test_the_report_and_chart_are_well_formed(tmp_path: Path) -> None:
     scores = _scores(1.0, 0.3, 1)
     report = evaluate(lambda prompt, target: 0.0, "m")      # constant scorer: no bias
