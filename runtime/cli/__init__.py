@@ -8,6 +8,9 @@
                commands on the sealed state directory
   tokens.py    tokens create|list|revoke: bearer tokens in the store
   fed.py       fed ...: the federation, coordinator and site commands
+  drift.py     drift status|reset|simulate: a daemon's drift watch
+  drift_simulate.py  drift simulate: sites' daemons on loopback, traffic
+               shifted to a new domain, alarms, the federation's answer
   bundle.py    bundle keygen|build|verify: the signed offline install bundle
   doctor.py    doctor: check the installation, one line per check
   rpc_worker.py  rpc-worker: lend this box's devices to a daemon (ggml RPC)

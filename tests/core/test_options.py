@@ -21,6 +21,7 @@ ALLOWED = {"proto/hearth/v1/inference.proto", "native/include/hearth_core.h",
 UNRELATED = {
     # the federation's, the drift calibration's and the tiny test model's random seeds
     "seed": ("runtime/federation/", "runtime/cli/fed.py", "runtime/models/tiny.py",
+             "runtime/cli/drift_simulate.py",
              "runtime/drift/",
              "proto/hearth/federation/"),
     # a body temperature in the synthetic clinical corpus; and a client of the
