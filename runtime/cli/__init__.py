@@ -11,6 +11,8 @@
   drift.py     drift status|reset|simulate: a daemon's drift watch
   drift_simulate.py  drift simulate: sites' daemons on loopback, traffic
                shifted to a new domain, alarms, the federation's answer
+  drift_loop.py  its federation half: the coordinator service, the sites'
+               training, the rounds and the gate as they happened
   bundle.py    bundle keygen|build|verify: the signed offline install bundle
   doctor.py    doctor: check the installation, one line per check
   rpc_worker.py  rpc-worker: lend this box's devices to a daemon (ggml RPC)

@@ -1,4 +1,6 @@
-"""`hearth drift simulate`: the drift watch on real daemons, on loopback.
+"""`hearth drift simulate`: the drift watch and the federation's answer to
+it, on real daemons on loopback (docs/drift.md, "The whole loop in
+simulation").
 
 Every site is a `hearth serve` process with the drift watch on, its own
 sealed state directory and master key, set up with the commands an operator
@@ -16,7 +18,15 @@ the request:
 
 * a false alarm is an alarm onset before the shift (with `null`, any onset);
 * a site's detection delay is the number of requests from the shift to its
-  first alarm onset after it (None when it never alarms).
+  first alarm onset after it (None when none comes within `requests_after`).
+
+With the federation (the default; drift_loop.py), the daemons send signed
+alarms to a coordinator service, whose drift trigger starts a round; the
+sites train on the traffic their daemons kept, the gate judges the
+candidate, and the daemons apply a promoted release themselves, hot-swapped
+while their streams run (a second, longer stream per site from the round's
+start on makes sure some span the swap).  Requests then ask for the
+federation's adapter.
 
 New-domain perplexity is measured by `hearth fed evaluate` on held-out
 new-domain notes (a sealed data set at each site, never sent as traffic)
@@ -51,11 +61,12 @@ from runtime.errors import ConfigError, InternalError
 log = logging.getLogger("hearth.drift")
 
 MODEL_NAME = "clinic"
-FEDERATION = "drift-sim"
 TRAFFIC_POOL = 400          # distinct home-domain notes a site's traffic is drawn from
 NEW_POOL = 400              # distinct new-domain notes the shifted traffic is drawn from
 NEW_HELDOUT = 40            # new-domain notes kept for perplexity, never sent
 MAX_SITES = 6               # the corpus has 8 specialties; the new one must be no site's
+MAX_FAILURES = 50           # a site's traffic stops after this many failed streams
+LONG_TOKENS = 48            # the second stream's generations, long enough to span a swap
 
 
 @dataclass(frozen=True)
@@ -66,7 +77,9 @@ class DriftSimulationOptions:
     seed: int = 0
     null: bool = False
     requests_before: int = 300       # per site, before the shift (reference included)
-    requests_after: int = 600        # per site, at most, after the shift
+    requests_after: int = 600        # per site: the longest wait for an alarm after the shift
+    after_swap: int = 30             # per site, requests under the release once swapped in
+    federation: bool = True          # the coordinator, rounds and auto-apply
     workdir: str | None = None
     reference_size: int = 200        # the daemons' [drift] table: sized for a short run
     window: int = 50
@@ -77,8 +90,8 @@ class DriftSimulationOptions:
     timeout_s: float = 1800.0
 
     def check(self) -> None:
-        if not 1 <= self.sites <= MAX_SITES:
-            raise ConfigError(f"--sites: 1..{MAX_SITES} (the new domain must be a specialty "
+        if not 2 <= self.sites <= MAX_SITES:
+            raise ConfigError(f"--sites: 2..{MAX_SITES} (the new domain must be a specialty "
                               f"no site has), got {self.sites}")
         if not 0.0 < self.shift <= 1.0 and not self.null:
             raise ConfigError(f"--shift: in (0, 1], got {self.shift}")
@@ -86,8 +99,8 @@ class DriftSimulationOptions:
             raise ConfigError(f"--requests-before: at least reference ({self.reference_size})"
                               f" + window ({self.window}), so the watch is armed before the "
                               f"shift; got {self.requests_before}")
-        if self.requests_after < 1:
-            raise ConfigError("--requests-after: at least 1")
+        if self.requests_after < 1 or self.after_swap < 0:
+            raise ConfigError("--requests-after: at least 1; --after-swap: at least 0")
 
 
 @dataclass
@@ -98,11 +111,20 @@ class SiteRun:
     index: int
     addr: str = ""
     proc: subprocess.Popen[bytes] | None = None
-    sent: int = 0
+    sent: int = 0                   # requests served (both streams)
+    new_sent: int = 0               # of them, from the new domain
+    new_before_training: int | None = None
+    long_done: int = 0              # the second stream's requests finished
+    across_swap: int = 0            # of them, begun before the swap and ended after it
     failed_streams: int = 0
-    onsets: list[int] = field(default_factory=list)     # request numbers (1-based)
+    onsets: list[int] = field(default_factory=list)     # `sent` at each alarm onset
     versions: list[str] = field(default_factory=list)   # drift versions seen, in order
+    swapped_at: int | None = None   # `sent` when the release was first asked for
     error: str | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def shifted_at(self, o: DriftSimulationOptions, sent: int) -> bool:
+        return not o.null and sent > o.requests_before
 
 
 # ---- the corpus -----------------------------------------------------------------------
@@ -127,15 +149,11 @@ def new_domain(sites: int, seed: int) -> tuple[list[str], list[str]]:
 
 # ---- setup: the operator's commands -------------------------------------------------
 
-def _write_lines(path: Path, notes: list[str]) -> Path:
-    path.write_text("".join(f"{n}\n" for n in notes), encoding="utf-8")
-    return path
-
-
 def setup(o: DriftSimulationOptions, root: Path) -> tuple[Any, list[Any], str]:
     """The coordinator's and the sites' sealed state, enrolled in a federation;
     each site holds its training notes, its held-out notes and the new
     domain's held-out notes (`newdomain`) as sealed data sets."""
+    from runtime.cli.drift_loop import init_args
     from runtime.federation.corpus import write_corpus
     from runtime.federation.simulate import Party
     from runtime.models.tiny import write_tiny_model
@@ -144,10 +162,10 @@ def setup(o: DriftSimulationOptions, root: Path) -> tuple[Any, list[Any], str]:
     corpus = root / "corpus"
     write_corpus(corpus, o.sites, seed=o.seed)
     _, new_heldout = new_domain(o.sites, o.seed)
-    newdomain = _write_lines(root / "newdomain-heldout.txt", new_heldout)
+    newdomain = root / "newdomain-heldout.txt"
+    newdomain.write_text("".join(f"{n}\n" for n in new_heldout), encoding="utf-8")
     coordinator = Party(root, "coordinator", o.timeout_s)
-    coordinator.run("fed", "init", "--federation", FEDERATION, "--base-model", model,
-                    "--min-sites", str(max(1, o.sites - o.sites // 3)))
+    coordinator.run(*init_args(model, o.sites))
     sites = []
     for i in range(o.sites):
         site = Party(root, f"site-{i}", o.timeout_s)
@@ -162,18 +180,22 @@ def setup(o: DriftSimulationOptions, root: Path) -> tuple[Any, list[Any], str]:
     return coordinator, sites, model
 
 
-def drift_toml(o: DriftSimulationOptions) -> str:
-    """The sites' [drift] table: every request sampled (the harness counts
-    requests), a reference and window small enough for a short run."""
-    return (f"[drift]\nenabled = true\nsample_fraction = 1.0\n"
-            f"reference_size = {o.reference_size}\nwindow = {o.window}\n"
-            f"stride = {o.stride}\nert_requests = {o.ert_requests}\n")
+def site_toml(o: DriftSimulationOptions, coordinator: str | None) -> str:
+    """A site's hearth.toml: the [drift] table (every request sampled, so the
+    harness counts requests; a reference and window small enough for a short
+    run) and, with the federation, its [federation] table."""
+    from runtime.cli.drift_loop import site_toml as federation_tables
+
+    drift = (f"[drift]\nenabled = true\nsample_fraction = 1.0\n"
+             f"reference_size = {o.reference_size}\nwindow = {o.window}\n"
+             f"stride = {o.stride}\nert_requests = {o.ert_requests}\n")
+    return drift + (federation_tables(coordinator, MODEL_NAME) if coordinator else "")
 
 
 def start_daemon(o: DriftSimulationOptions, root: Path, site: Any, model: str,
-                 run: SiteRun) -> None:
+                 run: SiteRun, coordinator: str | None) -> None:
     config = root / f"{site.name}.toml"
-    config.write_text(drift_toml(o))
+    config.write_text(site_toml(o, coordinator))
     ready = root / f"{site.name}.ready.json"
     logs = root / "logs"
     logs.mkdir(exist_ok=True)
@@ -181,7 +203,7 @@ def start_daemon(o: DriftSimulationOptions, root: Path, site: Any, model: str,
     argv = [sys.executable, "-m", "runtime.cli.main", "serve", "--config", str(config),
             "--model", f"{MODEL_NAME}={model}", "--listen", "127.0.0.1:0",
             "--listen", f"unix:{root / (site.name + '.sock')}",
-            "--parallel", "2", "--ctx", "4096", "--threads", str(o.threads),
+            "--parallel", "4", "--ctx", "8192", "--threads", str(o.threads),
             "--state-dir", str(site.dir), "--key-file", str(site.key),
             "--ready-file", str(ready)]
     run.proc = subprocess.Popen(argv, stdout=log_file, stderr=subprocess.STDOUT,
@@ -196,25 +218,34 @@ def start_daemon(o: DriftSimulationOptions, root: Path, site: Any, model: str,
     run.addr = next(a for a in addresses if not a.startswith("unix:"))
 
 
-def stop_daemon(run: SiteRun) -> None:
-    if run.proc is None or run.proc.poll() is not None:
+def stop_process(proc: subprocess.Popen[Any] | None) -> None:
+    if proc is None or proc.poll() is not None:
         return
-    run.proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signal.SIGTERM)
     try:
-        run.proc.wait(60)
+        proc.wait(60)
     except subprocess.TimeoutExpired:
-        run.proc.kill()
-        run.proc.wait()
+        proc.kill()
+        proc.wait()
 
 
 # ---- traffic ------------------------------------------------------------------------
 
-def request_plan(o: DriftSimulationOptions, index: int) -> list[bool]:
-    """Per request of a site, whether it comes from the new domain."""
-    rng = random.Random(f"hearth-drift-sim/{o.seed}/{index}")
-    total = o.requests_before + o.requests_after
-    return [not o.null and k >= o.requests_before and rng.random() < o.shift
-            for k in range(total)]
+@dataclass
+class Traffic:
+    """What every site's streams share: the pools, the stop signal, and
+    whether the sites' requests ask for the federation's adapter."""
+
+    o: DriftSimulationOptions
+    new: list[str]
+    stop: threading.Event = field(default_factory=threading.Event)
+    long_streams: threading.Event = field(default_factory=threading.Event)
+    adapter: dict[str, str] = field(default_factory=dict)    # site -> adapter once swapped
+
+    def pick(self, run: SiteRun, rng: random.Random, home: list[str]) -> tuple[str, bool]:
+        """The next prompt and whether it is from the new domain."""
+        shifted = run.shifted_at(self.o, run.sent + 1) and rng.random() < self.o.shift
+        return rng.choice(self.new if shifted else home), shifted
 
 
 def drift_state(client: Any) -> tuple[int, bool, str]:
@@ -227,45 +258,6 @@ def drift_state(client: Any) -> tuple[int, bool, str]:
     return observed, alarm, newest
 
 
-def drive_site(o: DriftSimulationOptions, run: SiteRun, home: list[str], new: list[str],
-               stop: threading.Event, until_alarm: bool) -> None:
-    """One stream of requests, each awaited and then its drift verdict read;
-    with `until_alarm` it ends at the site's first alarm after the shift."""
-    from runtime.client import HearthClient
-
-    rng = random.Random(f"hearth-drift-sim/prompts/{o.seed}/{run.index}")
-    plan = request_plan(o, run.index)
-    alarmed = False
-    try:
-        with HearthClient(run.addr, timeout=120.0) as client:
-            for k, shifted in enumerate(plan):
-                if stop.is_set():
-                    return
-                prompt = rng.choice(new if shifted else home)
-                try:
-                    client.complete(prompt, MODEL_NAME, max_tokens=o.max_tokens)
-                except grpc.RpcError as exc:
-                    run.failed_streams += 1
-                    log.warning("%s: request %d failed: %s", run.name, k + 1, exc.code())
-                    continue
-                run.sent = k + 1
-                _, alarm, version = wait_observed(client, run.sent - run.failed_streams)
-                if version and (not run.versions or run.versions[-1] != version):
-                    run.versions.append(version)
-                if alarm and not alarmed:
-                    run.onsets.append(run.sent)
-                alarmed = alarm
-                if until_alarm and run.onsets and shifted_yet(o, run.onsets[-1]):
-                    return
-    except Exception as exc:        # reported, not raised: the other sites go on
-        run.error = f"{type(exc).__name__}: {exc}"
-        log.exception("%s: traffic stopped", run.name)
-
-
-def shifted_yet(o: DriftSimulationOptions, sent: int) -> bool:
-    return not o.null and sent > o.requests_before
-
-
 def wait_observed(client: Any, want: int, timeout_s: float = 30.0) -> tuple[int, bool, str]:
     """The drift summary once the worker has observed `want` requests."""
     deadline = time.monotonic() + timeout_s
@@ -274,6 +266,86 @@ def wait_observed(client: Any, want: int, timeout_s: float = 30.0) -> tuple[int,
         if observed >= want or time.monotonic() > deadline:
             return observed, alarm, version
         time.sleep(0.005)
+
+
+def swapped(client: Any) -> bool:
+    from runtime.cli.drift_loop import ADAPTER
+
+    return ADAPTER in client.get_model(MODEL_NAME).adapters
+
+
+def drive_site(t: Traffic, run: SiteRun, home: list[str], until_alarm: bool) -> None:
+    """The site's main stream: one request at a time, each awaited and then
+    its drift verdict read.  Without the federation (`until_alarm`) it ends
+    at the first alarm after the shift; with it, when told to stop."""
+    from runtime.client import HearthClient
+
+    o = t.o
+    rng = random.Random(f"hearth-drift-sim/prompts/{o.seed}/{run.index}")
+    cap = o.requests_before + o.requests_after
+    alarmed = False
+    try:
+        with HearthClient(run.addr, timeout=120.0) as client:
+            while not t.stop.is_set() and (run.sent < cap or not until_alarm):
+                if o.null and run.sent >= cap:
+                    return
+                prompt, shifted = t.pick(run, rng, home)
+                if run.name not in t.adapter and t.o.federation and swapped(client):
+                    from runtime.cli.drift_loop import ADAPTER
+                    t.adapter[run.name] = ADAPTER
+                    run.swapped_at = run.sent
+                try:
+                    client.complete(prompt, MODEL_NAME, max_tokens=o.max_tokens,
+                                    adapter=t.adapter.get(run.name, ""))
+                except grpc.RpcError as exc:
+                    run.failed_streams += 1
+                    log.warning("%s: a request failed: %s", run.name, exc.code())
+                    if run.failed_streams > MAX_FAILURES:
+                        raise
+                    continue
+                with run.lock:
+                    run.sent += 1
+                    run.new_sent += shifted
+                    want = run.sent
+                _, alarm, version = wait_observed(client, want)
+                if version and (not run.versions or run.versions[-1] != version):
+                    run.versions.append(version)
+                if alarm and not alarmed:
+                    run.onsets.append(run.sent)
+                alarmed = alarm
+                if until_alarm and run.onsets and run.shifted_at(o, run.onsets[-1]):
+                    return
+    except Exception as exc:        # reported, not raised: the other sites go on
+        run.error = f"{type(exc).__name__}: {exc}"
+        log.exception("%s: traffic stopped", run.name)
+
+
+def drive_long(t: Traffic, run: SiteRun, home: list[str]) -> None:
+    """The site's second stream, from the round's start on: longer
+    generations, so that some are running when the release is swapped in."""
+    from runtime.client import HearthClient
+
+    rng = random.Random(f"hearth-drift-sim/long/{t.o.seed}/{run.index}")
+    t.long_streams.wait()
+    with HearthClient(run.addr, timeout=300.0) as client:
+        while not t.stop.is_set():
+            prompt, shifted = t.pick(run, rng, home)
+            before_swap = run.name not in t.adapter
+            try:
+                for _ in client.generate(prompt, MODEL_NAME, max_tokens=LONG_TOKENS,
+                                         ignore_eos=True, adapter=t.adapter.get(run.name, "")):
+                    pass
+            except grpc.RpcError as exc:
+                run.failed_streams += 1
+                log.warning("%s: a long stream failed: %s", run.name, exc.code())
+                if run.failed_streams > MAX_FAILURES:
+                    return
+                continue
+            with run.lock:
+                run.sent += 1
+                run.new_sent += shifted
+                run.long_done += 1
+                run.across_swap += before_swap and run.name in t.adapter
 
 
 # ---- measuring ------------------------------------------------------------------------
@@ -290,7 +362,7 @@ def summarize(o: DriftSimulationOptions, runs: list[SiteRun],
     delays: dict[str, int | None] = {}
     false_alarms = 0
     for r in runs:
-        after = [t for t in r.onsets if shifted_yet(o, t)]
+        after = [t for t in r.onsets if r.shifted_at(o, t)]
         false_alarms += len(r.onsets) - len(after)
         delays[r.name] = after[0] - o.requests_before if after else None
     return {
@@ -303,7 +375,13 @@ def summarize(o: DriftSimulationOptions, runs: list[SiteRun],
                   for name, (b, a) in ppl.items()},
         "failed_streams": sum(r.failed_streams for r in runs),
         "null": o.null, "shift": 0.0 if o.null else o.shift, "seed": o.seed,
+        "federation": o.federation,
         "requests": {r.name: r.sent for r in runs},
+        "new_domain_requests": {r.name: r.new_sent for r in runs},
+        "new_domain_requests_before_training": {r.name: r.new_before_training for r in runs},
+        "long_streams": {r.name: r.long_done for r in runs},
+        "streams_across_swap": {r.name: r.across_swap for r in runs},
+        "swapped_at_request": {r.name: r.swapped_at for r in runs},
         "versions": {r.name: r.versions for r in runs},
         "errors": {r.name: r.error for r in runs if r.error},
         "drift": {"reference_size": o.reference_size, "window": o.window,
@@ -313,6 +391,8 @@ def summarize(o: DriftSimulationOptions, runs: list[SiteRun],
     }
 
 
+# ---- the run ------------------------------------------------------------------------
+
 def run(o: DriftSimulationOptions) -> dict[str, Any]:
     o.check()
     started = time.monotonic()
@@ -320,30 +400,48 @@ def run(o: DriftSimulationOptions) -> dict[str, Any]:
         root = Path(o.workdir) if o.workdir else Path(tmp)
         root.mkdir(parents=True, exist_ok=True)
         os.chmod(root, 0o700)
-        _, sites, model = setup(o, root)
+        coordinator, sites, model = setup(o, root)
         new_traffic, _ = new_domain(o.sites, o.seed)
         before = {s.name: new_domain_ppl(s, o.threads) for s in sites}
         runs = [SiteRun(s.name, i) for i, s in enumerate(sites)]
-        stop = threading.Event()
+        traffic = Traffic(o, new_traffic)
+        loop = None
         try:
+            if o.federation:
+                from runtime.cli.drift_loop import FederationLoop
+                loop = FederationLoop(coordinator, sites, runs, root, o.threads)
             for s, r in zip(sites, runs, strict=True):
-                start_daemon(o, root, s, model, r)
-            threads = [threading.Thread(
-                target=drive_site, name=f"traffic-{r.name}", daemon=True,
-                args=(o, r, home_pool(r.index, o.sites, o.seed), new_traffic, stop, True))
-                for r in runs]
-            for t in threads:
-                t.start()
+                start_daemon(o, root, s, model, r, loop.address if loop else None)
+            homes = [home_pool(r.index, o.sites, o.seed) for r in runs]
+            threads = [threading.Thread(target=drive_site, name=f"traffic-{r.name}",
+                                        args=(traffic, r, h, loop is None), daemon=True)
+                       for r, h in zip(runs, homes, strict=True)]
+            if loop is not None:
+                threads += [threading.Thread(target=drive_long, name=f"long-{r.name}",
+                                             args=(traffic, r, h), daemon=True)
+                            for r, h in zip(runs, homes, strict=True)]
+            for th in threads:
+                th.start()
             deadline = time.monotonic() + o.timeout_s
-            for t in threads:
-                t.join(max(0.0, deadline - time.monotonic()))
-            stop.set()
+            main = threads[:len(runs)]
+            while time.monotonic() < deadline and any(th.is_alive() for th in main):
+                if loop is not None and loop.step(o, traffic):
+                    break
+                time.sleep(0.25)
+            traffic.stop.set()
+            traffic.long_streams.set()
+            for th in threads:
+                th.join(max(1.0, deadline - time.monotonic()))
         finally:
+            traffic.stop.set()
+            traffic.long_streams.set()
             for r in runs:
-                stop_daemon(r)
+                stop_process(r.proc)
+            summary = loop.stop() if loop is not None else None
         after = {s.name: new_domain_ppl(s, o.threads) for s in sites}
         ppl = {n: (before[n], after[n]) for n in before}
-        return summarize(o, runs, ppl, 0, [], time.monotonic() - started)
+        rounds, gate = summary if summary is not None else (0, [])
+        return summarize(o, runs, ppl, rounds, gate, time.monotonic() - started)
 
 
 # ---- the command line ---------------------------------------------------------------
@@ -361,12 +459,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--requests-before", type=int, default=d.requests_before,
                    help="requests per site before the shift (the reference included)")
     p.add_argument("--requests-after", type=int, default=d.requests_after,
-                   help="requests per site after the shift, at most")
+                   help="requests per site after the shift: the longest wait for an alarm "
+                        "(with --null: the run's length after the first --requests-before)")
+    p.add_argument("--after-swap", type=int, default=d.after_swap,
+                   help="requests per site under the release once it is swapped in")
+    p.add_argument("--no-federation", action="store_true",
+                   help="the watch alone: no coordinator, no rounds, no auto-apply")
     p.add_argument("--reference-size", type=int, default=d.reference_size)
     p.add_argument("--window", type=int, default=d.window)
     p.add_argument("--ert", type=int, default=d.ert_requests,
                    help="the daemons' drift.ert_requests")
     p.add_argument("--threads", type=int, default=d.threads, help="CPU threads per process")
+    p.add_argument("--timeout", type=float, default=d.timeout_s,
+                   help="seconds the traffic may run, at most")
     p.add_argument("--workdir", help="keep every party's state here (default: a temporary "
                                      "directory, removed at the end)")
 
@@ -375,5 +480,6 @@ def options_of(args: argparse.Namespace) -> DriftSimulationOptions:
     return DriftSimulationOptions(
         sites=args.sites, model=args.model, shift=args.shift, seed=args.seed, null=args.null,
         requests_before=args.requests_before, requests_after=args.requests_after,
+        after_swap=args.after_swap, federation=not args.no_federation,
         reference_size=args.reference_size, window=args.window, ert_requests=args.ert,
-        threads=args.threads, workdir=args.workdir)
+        threads=args.threads, timeout_s=args.timeout, workdir=args.workdir)
