@@ -15,7 +15,9 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.slow
+from runtime.cli.drift_loop import read_events
+from runtime.cli.drift_simulate import DriftSimulationOptions
+from runtime.errors import ConfigError
 
 KEYS = {"detection_delay_requests", "false_alarms", "requests_before_shift",
         "rounds_triggered", "gate", "sites", "failed_streams"}
@@ -31,6 +33,7 @@ def simulate(tmp: Path, *extra: str) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_a_shift_is_detected_at_every_site_and_the_json_has_the_issues_shape(
         tmp_path: Path) -> None:
     """Fails if a site's alarm never rises within 250 requests of a 20% shift
@@ -57,6 +60,7 @@ def test_a_shift_is_detected_at_every_site_and_the_json_has_the_issues_shape(
     assert all((tmp_path / "logs" / f"{s}-daemon.log").is_file() for s in sites)
 
 
+@pytest.mark.slow
 def test_the_whole_loop_alarms_start_a_round_the_gate_promotes_and_every_daemon_swaps(
         tmp_path: Path) -> None:
     """The issue's loop on two sites: both alarm, one round is triggered,
@@ -81,3 +85,35 @@ def test_the_whole_loop_alarms_start_a_round_the_gate_promotes_and_every_daemon_
         ppl = out["sites"][s]
         assert ppl["new_domain_ppl_after"] < ppl["new_domain_ppl_before"], out
     assert out["errors"] == {}
+
+
+COORDINATOR_LOG = """\
+01:35:44 info    hearth.federation: no round now: no round is due
+01:36:06 info    hearth.federation: starting round 1: drift: 2 sites alarmed within 3600 s (a, b)
+01:37:06 info    hearth.federation: round 1 closed: release v1 (round=1, sites=2, rejected=0)
+01:39:00 info    hearth.federation: starting round 2: drift: 2 sites alarmed within 3600 s (a, b)
+01:40:00 warning hearth.federation: round 2: candidate withheld by the gate: worse on site a
+01:41:00 info    hearth.federation: starting round 3: drift: 2 sites alarmed within 3600 s (a, b)
+01:42:00 warning hearth.federation: round 3 abandoned: the coordinator is stopping; nothing
+"""
+
+
+def test_the_coordinators_log_is_read_as_rounds_and_outcomes() -> None:
+    """The lines as runtime/federation/service.py and rounds.py write them.
+    Fails if a pattern drifts from its line (checked: "closed: release" in
+    the pattern spelled "closed, release" leaves round 1 undecided)."""
+    ev = read_events(COORDINATOR_LOG)
+    assert ev.started == [1, 2, 3]
+    assert ev.released == {1: 1}
+    assert ev.withheld == {2: "worse on site a"}
+    assert list(ev.failed) == [3]
+    assert all(ev.decided(r) for r in (1, 2, 3)) and not ev.decided(4)
+
+
+@pytest.mark.parametrize("bad", [dict(sites=1), dict(sites=7), dict(shift=0.0),
+                                 dict(requests_before=100), dict(requests_after=0)])
+def test_options_out_of_range_are_config_errors(bad: dict) -> None:
+    """Fails if check() let a run through that cannot measure what it says
+    (a shift before the watch is armed, a new domain some site has)."""
+    with pytest.raises(ConfigError):
+        DriftSimulationOptions(**bad).check()
