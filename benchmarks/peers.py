@@ -129,7 +129,8 @@ def ensure_llama_tools() -> Path:
     steps = [["cmake", "-S", src, "-B", str(build), "-DCMAKE_BUILD_TYPE=Release",
               "-DLLAMA_CURL=OFF", "-DLLAMA_OPENSSL=OFF", "-DLLAMA_BUILD_TESTS=OFF",
               *peers_cmake_args()],
-             ["cmake", "--build", str(build), "--target", *LLAMA_TOOLS, "-j"]]
+             ["cmake", "--build", str(build), "--target", *LLAMA_TOOLS, "-j",
+              str(os.cpu_count() or 1)]]    # a bare -j starts every job at once
     with log.open("w") as out:
         for step in steps:
             _build_step(step, out, log)

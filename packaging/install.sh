@@ -194,8 +194,9 @@ install_venv() {
         [ -f "$src/setup.py" ] || die "no --offline bundle and no checkout around $0"
         "$PREFIX/venv/bin/python" -m pip install --upgrade "$src" >&2
         mkdir -p "$PREFIX/share/packaging"
-        cp "$src/packaging/systemd/hearth.service" "$src/packaging/hearth.example.toml" \
-           "$PREFIX/share/packaging/"
+        cp "$src/packaging/systemd/hearth.service" \
+           "$src/packaging/systemd/hearth-coordinator.service" \
+           "$src/packaging/hearth.example.toml" "$PREFIX/share/packaging/"
     fi
     chmod -R u=rwX,go=rX "$PREFIX"
     say "installed $("$PREFIX/venv/bin/hearth" --version) into $PREFIX/venv"
@@ -264,6 +265,14 @@ install_service() {
     sed "s|/opt/hearth|$PREFIX|g" "$PREFIX/share/packaging/hearth.service" \
         > "$UNIT_DIR/hearth.service"
     chmod 0644 "$UNIT_DIR/hearth.service"
+    # A federation's coordinator runs on one machine only: its unit is
+    # installed, never enabled here (docs/federation.md).
+    if [ -f "$PREFIX/share/packaging/hearth-coordinator.service" ]; then
+        sed "s|/opt/hearth|$PREFIX|g" "$PREFIX/share/packaging/hearth-coordinator.service" \
+            > "$UNIT_DIR/hearth-coordinator.service"
+        chmod 0644 "$UNIT_DIR/hearth-coordinator.service"
+        say "installed hearth-coordinator.service, disabled (for a federation's coordinator)"
+    fi
     systemctl daemon-reload
     "$hearth" doctor --config "$ETC/hearth.toml" --state-dir "$STATE_DIR" --key-file "$key" \
         --unit "$UNIT_DIR/hearth.service" >&2 || say "hearth doctor reports problems (above)"

@@ -33,6 +33,13 @@ ConfigError whose message starts with the dotted path of the key, e.g.
     min_noise_multiplier = 1.0                # plans with less DP noise are refused
     max_epsilon = 8.0                         # over every plan this site answered
     max_rounds_per_day = 4                    # 0 = no limit
+    report_alarms = true                      # signed drift alarms to the coordinator
+    report_dir = "/media/usb/reports"         # air-gapped: .hreport files instead
+    coordinator = "fed.example.org:7443"      # overrides the kit's address
+    auto_apply = true                         # fetch, check, hot-swap new releases
+    model = "gemma"                           # the model serving the base model
+    rollback_after = 100                      # sampled requests before judging a release
+    rollback_margin = 0.05                    # nats of prompt NLL: worse -> roll back
 
     [drift]                                   # drift watch on live traffic (docs/drift.md)
     enabled = true                            # or `hearth serve --drift`
@@ -45,6 +52,17 @@ ConfigError whose message starts with the dotted path of the key, e.g.
                "finish_stop", "prompt_embedding"]
     nll_rows = 64                             # logits rows per step for prompt NLL
     embedding_dims = 32                       # projected size of the prompt embedding
+    retain_for_training = false               # keep sampled prompts (docs/drift.md)
+    retention_days = 30                       # then shredded
+
+    [coordinator]                             # `hearth fed coordinator --serve`: when rounds
+    every_s = 86400.0                         # run (docs/federation.md); 0 = no fixed period
+    daily_at = ["02:00"]                      # also at these UTC times
+    trigger_sites = 2                         # a round when this many sites alarmed ...
+    trigger_window_s = 3600.0                 # ... within this many seconds; 0 sites = off
+    min_interval_s = 3600.0                   # between the starts of two rounds
+    max_rounds_per_day = 4                    # in any 24 hours; 0 = no limit
+    report_max_age_s = 86400.0                # older site reports are refused
 """
 from __future__ import annotations
 
@@ -171,6 +189,16 @@ class FederationConfig:
     min_noise_multiplier: float = 0.0
     max_epsilon: float = math.inf
     max_rounds_per_day: int = 0     # 0 = no limit
+    # The daemon's part (runtime/federation/site_agent.py), for a joined site:
+    report_alarms: bool = False     # drift alarms go to the coordinator, signed
+    report_dir: str = ""            # air-gapped: write signed .hreport files here instead
+    coordinator: str = ""           # HOST:PORT, overriding the kit's address
+    auto_apply: bool = False        # fetch, check and hot-swap new releases
+    model: str = ""                 # the model serving the base ("": the base model's file)
+    adapter: str = ""               # the adapter name requests use ("": fed-<federation>)
+    rollback_after: int = 100       # sampled requests under a new release before judging it
+    rollback_margin: float = 0.05   # nats of prompt NLL worse than the previous: roll back
+    release_wait_s: float = 300.0   # one long poll for a new release
 
 
 @dataclass(frozen=True)
@@ -190,6 +218,24 @@ class DriftConfig:
     nll_rows: int = 64
     embedding_dims: int = 32
     queue: int = 10_000             # events waiting for the drift worker; more are dropped
+    # Off by default: keeps sampled prompts, sealed per subject (drift/retain.py)
+    retain_for_training: bool = False
+    retention_days: int = 30
+
+
+@dataclass(frozen=True)
+class CoordinatorConfig:
+    """When `hearth fed coordinator --serve` starts a round: on a schedule,
+    or when enough sites report drift (runtime/federation/policy.py
+    decides; these are its inputs)."""
+
+    every_s: float = 0.0            # seconds from one round's start to the next; 0 = off
+    daily_at: tuple[str, ...] = ()  # "HH:MM" UTC: a round at each (a missed one runs late)
+    trigger_sites: int = 0          # distinct sites alarmed within the window; 0 = off
+    trigger_window_s: float = 3600.0
+    min_interval_s: float = 3600.0  # between round starts, whatever asks for one
+    max_rounds_per_day: int = 0     # round starts in any 24 hours; 0 = no limit
+    report_max_age_s: float = 86400.0   # a site report older than this is refused
 
 
 @dataclass(frozen=True)
@@ -201,6 +247,7 @@ class Config:
     acl: dict[str, tuple[str, ...]] = field(default_factory=dict)  # identity -> models
     federation: FederationConfig = field(default_factory=FederationConfig)
     drift: DriftConfig = field(default_factory=DriftConfig)
+    coordinator: CoordinatorConfig = field(default_factory=CoordinatorConfig)
 
 
 _INT_RANGES: dict[str, tuple[int, int]] = {
@@ -212,7 +259,8 @@ _INT_RANGES: dict[str, tuple[int, int]] = {
     "response_cache_mb": (0, 1 << 20), "n_draft": (1, 16), "max_rounds_per_day": (0, 1_000_000),
     "reference_size": (20, 1 << 20), "window": (10, 1 << 20), "stride": (1, 1 << 16),
     "ert_requests": (100, 1 << 40), "nll_rows": (0, 256), "embedding_dims": (1, 64),
-    "queue": (1, 1 << 24),
+    "queue": (1, 1 << 24), "trigger_sites": (0, 1_000_000),
+    "rollback_after": (1, 1 << 24), "retention_days": (1, 3650),
 }
 _CHOICES: dict[str, tuple[str, ...]] = {
     "flash_attn": ("auto", "on", "off"), "cache_type_k": ("f16", "f32", "q8_0", "q4_0"),
@@ -273,6 +321,12 @@ def _check_value(path: str, key: str, value: Any, default: Any) -> Any:
                 isinstance(x, str) and x for x in value):
             raise ConfigError(f"{where}: must be a non-empty list of signal names")
         return tuple(value)
+    if key == "daily_at":
+        if not isinstance(value, list) or not all(
+                isinstance(x, str) and re.fullmatch(r"([01][0-9]|2[0-3]):[0-5][0-9]", x)
+                for x in value) or len(set(value)) != len(value):
+            raise ConfigError(f"{where}: must be a list of distinct \"HH:MM\" times (UTC)")
+        return tuple(sorted(value))
     if key == "rpc_workers":
         if not isinstance(value, list) or not all(
                 isinstance(x, str) and re.fullmatch(r"[A-Za-z0-9.-]+:[0-9]{1,5}", x)
@@ -291,6 +345,15 @@ def _check_value(path: str, key: str, value: Any, default: Any) -> Any:
         if not isinstance(value, list) or not all(isinstance(x, str) and x for x in value):
             raise ConfigError(f"{where}: must be a list of identities")
         return tuple(value)
+    if key == "coordinator":
+        if not isinstance(value, str) or (value and not re.fullmatch(
+                r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):[0-9]{1,5}", value)):
+            raise ConfigError(f"{where}: must be \"HOST:PORT\", got {value!r}")
+        return value
+    if key in ("model", "adapter") and path == "federation.":
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: must be a name, got {value!r}")
+        return check_config_name(value, where) if value else value
     if key == "socket_mode":
         if not isinstance(value, str) or not re.fullmatch(r"0?[0-7]{3}", value):
             raise ConfigError(f"{where}: must be an octal mode like \"0660\", got {value!r}")
@@ -387,7 +450,7 @@ def _build(cls: type, path: str, table: dict[str, Any], **fixed: Any) -> Any:
 def parse_config(data: dict[str, Any], base_dir: Path | None = None) -> Config:
     """Validates a parsed TOML document.  Relative model paths are resolved
     against base_dir (the config file's folder)."""
-    tables = ["server", "models", "auth", "tls", "acl", "federation", "drift"]
+    tables = ["server", "models", "auth", "tls", "acl", "federation", "drift", "coordinator"]
     for key in data:
         if key not in tables:
             raise _unknown("", key, tables)
@@ -404,6 +467,13 @@ def parse_config(data: dict[str, Any], base_dir: Path | None = None) -> Config:
     if drift.window > drift.reference_size:
         raise ConfigError(f"drift.window: must not exceed drift.reference_size "
                           f"({drift.reference_size}), got {drift.window}")
+    coordinator = _build(CoordinatorConfig, "coordinator.", data.get("coordinator", {}))
+    for key in ("every_s", "trigger_window_s", "min_interval_s", "report_max_age_s"):
+        value = getattr(coordinator, key)
+        if not math.isfinite(value) or (value == 0 and key.startswith(("trigger", "report"))):
+            raise ConfigError(f"coordinator.{key}: must be a finite number "
+                              f"{'> 0' if key.startswith(('trigger', 'report')) else '>= 0'}, "
+                              f"got {value!r}")
     models: dict[str, ModelConfig] = {}
     tables = data.get("models", {})
     if not isinstance(tables, dict):
@@ -428,7 +498,7 @@ def parse_config(data: dict[str, Any], base_dir: Path | None = None) -> Config:
     if server.models_dir and base_dir is not None and not os.path.isabs(server.models_dir):
         server = replace(server, models_dir=str((base_dir / server.models_dir).resolve()))
     return Config(server=server, models=models, auth=auth, tls=tls, acl=acl,
-                  federation=federation, drift=drift)
+                  federation=federation, drift=drift, coordinator=coordinator)
 
 
 def _acl(table: Any) -> dict[str, tuple[str, ...]]:

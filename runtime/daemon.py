@@ -11,6 +11,9 @@ models to load, then calls serve().  Everything after that is here:
   build_daemon()  one ModelManager, InferenceService and Authenticator, with
                   the faces over them: gRPC (server/) and HTTP (http/), and the
                   drift watch (drift/service.py) when [drift] is on
+  build_site_agent()  a joined federation site's alarms, auto-apply and
+                  automatic rollback (federation/site_agent.py), when asked
+  build_retainer()    traffic kept for training (drift/retain.py), when asked
   Daemon          those parts and their start / mark_serving / drain
 
 Start-up failures end with an exit code (runtime/exit_codes.py) that systemd
@@ -33,9 +36,12 @@ from runtime.auth.tokens import TokenStore
 from runtime.config import Config, ModelConfig, is_local_address
 from runtime.core import InferenceService
 from runtime.core.response_cache import ResponseCache
+from runtime.drift.retain import TrafficRetainer
 from runtime.drift.service import DriftService
 from runtime.events import EventBus, RequestFinished
 from runtime.exit_codes import ExitCode
+from runtime.federation.site_agent import SiteAgent, federation_models
+from runtime.federation.state import SiteContext
 from runtime.http import HttpGateway
 from runtime.logs import setup_logging
 from runtime.models.gpu_fallback import cpu_fallback
@@ -189,15 +195,68 @@ async def run(config: Config, models: list[ModelConfig], ready_file: str | None 
         daemon.core.collect_content = audit.content
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    try:
+        retainer = build_retainer(daemon, audit)
+        agent = build_site_agent(daemon, models, store, audit)
+    except errors.ConfigError as exc:
+        log.error("%s", exc)
+        return ExitCode.CONFIG
     if daemon.drift is not None:
         daemon.drift.audit = audit.record_admin if audit is not None else None
         daemon.drift.start(loop)
+    if retainer is not None:
+        retainer.start()
+    if agent is not None:
+        agent.start(loop)
     try:
         return await _serve(daemon, config, models, ready_file, audit, reload_config,
                             notifier, stop)
     finally:
+        if agent is not None:
+            await loop.run_in_executor(None, agent.close)
         if daemon.drift is not None:
             daemon.drift.close()
+        if retainer is not None:
+            retainer.close()
+
+
+def build_retainer(daemon: Daemon, audit: AuditLog | None) -> TrafficRetainer | None:
+    """[drift] retain_for_training: the sampled requests' prompts, sealed per
+    subject under the audit log's erasable keys (drift/retain.py)."""
+    cfg = daemon.config.drift
+    if not cfg.retain_for_training:
+        return None
+    if daemon.drift is None or audit is None:
+        raise errors.ConfigError("drift.retain_for_training: keeps the prompts of requests "
+                                 "the drift watch samples, sealed under the audit log's "
+                                 "per-subject keys: it needs [drift] enabled, the sealed "
+                                 "store and server.audit")
+    retainer = TrafficRetainer(audit, cfg.retention_days)
+    daemon.events.subscribe(retainer.on_request, RequestFinished)
+    daemon.core.collect_content = True      # the audit log seals it only with audit_content
+    log.warning("drift: keeping the prompts of sampled requests for training, %d days "
+                "(docs/drift.md, \"Keeping traffic for training\")", cfg.retention_days)
+    return retainer
+
+
+def build_site_agent(daemon: Daemon, models: list[ModelConfig], store: SealedStore | None,
+                     audit: AuditLog | None) -> SiteAgent | None:
+    """[federation] report_alarms / report_dir / auto_apply on a joined site."""
+    cfg = daemon.config.federation
+    if not (cfg.report_alarms or cfg.report_dir or cfg.auto_apply):
+        return None
+    if store is None:
+        raise errors.ConfigError("federation: reporting alarms and applying releases need "
+                                 "the sealed store of a joined site (give the master key)")
+    try:
+        site = SiteContext.open(store)
+    except errors.FailedPrecondition as exc:
+        raise errors.ConfigError(f"federation: {exc}") from None
+    served = federation_models(cfg, models, site.record.base_model_path)
+    drift = daemon.drift
+    return SiteAgent(cfg, store, served, daemon.events, daemon.models.set_adapter,
+                     audit.record_admin if audit is not None else None,
+                     (lambda v: drift.reset(v, actor="federation")) if drift else None)
 
 
 async def _serve(daemon: Daemon, config: Config, models: list[ModelConfig],

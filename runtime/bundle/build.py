@@ -207,6 +207,8 @@ class BundleBuilder:
         shutil.copyfile(src / "install.sh", dst / "install.sh")
         (dst / "install.sh").chmod(0o755)
         shutil.copyfile(src / "systemd" / "hearth.service", dst / "hearth.service")
+        shutil.copyfile(src / "systemd" / "hearth-coordinator.service",
+                        dst / "hearth-coordinator.service")
         shutil.copyfile(src / "hearth.example.toml", dst / "hearth.example.toml")
         (dst / "hearth.toml").write_text(default_config([n for n, _ in self.spec.models]))
 

@@ -32,6 +32,13 @@ def _store_command(sub: argparse._SubParsersAction, name: str, help_text: str,
     return p
 
 
+def _coordinator_writer(store: SealedStore) -> Any:
+    """state.coordinator_writer: one command at a time changes the record."""
+    from runtime.federation.state import coordinator_writer
+
+    return coordinator_writer(store)
+
+
 def _json(doc: dict[str, Any]) -> None:
     """One JSON line on stdout: what scripts (and simulate) read."""
     print(json.dumps({k: (None if isinstance(v, float) and not math.isfinite(v) else v)
@@ -71,11 +78,33 @@ def cmd_issue(args: argparse.Namespace) -> int:
     from runtime.federation.enrollment import issue_kit
     from runtime.federation.files import private_write
 
-    with opened_store(args) as store:
+    with opened_store(args) as store, _coordinator_writer(store):
         kit = issue_kit(store, Path(args.request).read_bytes(), args.coordinator_address)
     private_write(Path(args.out), kit.dumps())
     print(f"enrolled site {kit.site}; its kit is {args.out}", file=sys.stderr)
     return ExitCode.OK
+
+
+def _coordinator_policy(args: argparse.Namespace) -> Any:
+    """[coordinator] of the hearth.toml given, or its defaults."""
+    from runtime.config import CoordinatorConfig, load_config
+
+    return load_config(args.config).coordinator if args.config else CoordinatorConfig()
+
+
+async def _serve_until_stopped(store: SealedStore, args: argparse.Namespace, policy: Any
+                               ) -> dict[str, Any]:
+    """The service until SIGTERM or SIGINT: both stop it cleanly (exit 0)."""
+    import signal
+
+    from runtime.federation.service import serve_forever
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    return await serve_forever(store, args.listen, policy, args.step_seconds,
+                               args.ready_file, stop)
 
 
 def cmd_coordinator(args: argparse.Namespace) -> int:
@@ -83,9 +112,19 @@ def cmd_coordinator(args: argparse.Namespace) -> int:
     from runtime.logs import setup_logging
 
     setup_logging("info", "text")      # the rounds' progress, on stderr
-    with opened_store(args) as store:
-        summary = asyncio.run(serve_rounds(store, args.listen, args.rounds, args.step_seconds,
-                                           args.ready_file, args.linger))
+    if args.serve and args.rounds is not None:
+        raise ConfigError("--serve runs rounds by the [coordinator] policy; --rounds N runs "
+                          "N rounds and stops: give one of them")
+    if args.config and not args.serve:
+        raise ConfigError("--config: the [coordinator] policy is for --serve")
+    policy = _coordinator_policy(args) if args.serve else None
+    with opened_store(args) as store, _coordinator_writer(store):
+        if args.serve:
+            summary = asyncio.run(_serve_until_stopped(store, args, policy))
+        else:
+            summary = asyncio.run(serve_rounds(store, args.listen, args.rounds or 1,
+                                               args.step_seconds, args.ready_file,
+                                               args.linger))
     _json(summary)
     return ExitCode.OK
 
@@ -93,27 +132,38 @@ def cmd_coordinator(args: argparse.Namespace) -> int:
 def cmd_plan(args: argparse.Namespace) -> int:
     from runtime.federation.files import open_plan
 
-    with opened_store(args) as store:
+    with opened_store(args) as store, _coordinator_writer(store):
         plan, path = open_plan(store, Path(args.out))
     _json({"round": plan.round, "plan": str(path)})
     return ExitCode.OK
 
 
 def cmd_collect(args: argparse.Namespace) -> int:
-    from runtime.federation.files import collect_updates
+    from runtime.federation.files import collect_reports, collect_updates, has_update_files
+    from runtime.federation.reports import report_files
 
-    with opened_store(args) as store:
-        accepted, refused = collect_updates(store, Path(args.directory))
+    directory = Path(args.directory)
+    max_age_s = _coordinator_policy(args).report_max_age_s
+    accepted: list[str] = []
+    refused: list[str] = []
+    reports: list[str] = []
+    with opened_store(args) as store, _coordinator_writer(store):
+        if report_files(directory):
+            reports, refused = collect_reports(store, directory, max_age_s)
+        # updates need an open round; a directory of reports alone does not
+        if has_update_files(directory) or not report_files(directory):
+            accepted, refused_updates = collect_updates(store, directory)
+            refused += refused_updates
     for line in refused:
         print(f"refused {line}", file=sys.stderr)
-    _json({"accepted": accepted, "refused": refused})
+    _json({"accepted": accepted, "reports": reports, "refused": refused})
     return ExitCode.OK if not refused else ExitCode.ERROR
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
     from runtime.federation.files import publish_round
 
-    with opened_store(args) as store:
+    with opened_store(args) as store, _coordinator_writer(store):
         published, path = publish_round(store, Path(args.out))
     _json({"version": published.version, "release": str(path),
            "metrics": published.manifest.metrics,
@@ -133,7 +183,12 @@ def cmd_status(args: argparse.Namespace) -> int:
                                   "round_open": bool(r.open_plan),
                                   "values": r.settings.trainable_size,
                                   "secure_aggregation": r.settings.secure_aggregation,
-                                  "noise_multiplier": r.settings.noise_multiplier}
+                                  "noise_multiplier": r.settings.noise_multiplier,
+                                  "last_round": r.last_round,
+                                  "reports": [{"site": x.site, "kind": x.kind,
+                                               "raised_at": x.raised_at,
+                                               "adapter_version": x.adapter_version}
+                                              for x in r.reports[-20:]]}
         except FailedPrecondition:
             pass
         try:
@@ -185,10 +240,22 @@ def _site_policy(args: argparse.Namespace) -> Any:
     return site_policy(load_config(args.config).federation) if args.config else SitePolicy()
 
 
+def _interrupt_on_sigterm() -> None:
+    """SIGTERM as SIGINT: the blocking calls and training stop, the command
+    reports what it did and exits 0 (a plan answered stays answered)."""
+    import signal
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+
+
 def cmd_participate(args: argparse.Namespace) -> int:
+    import threading
     from dataclasses import asdict
 
-    from runtime.federation.online_site import GrpcLink
+    from runtime.federation.online_site import GrpcLink, participate_forever
     from runtime.federation.site_loop import participate
     from runtime.federation.site_training import site_data
     from runtime.logs import setup_logging
@@ -200,7 +267,12 @@ def cmd_participate(args: argparse.Namespace) -> int:
         data = site_data(store, args.data, args.heldout)
         link = GrpcLink(site, args.coordinator, args.server_name, args.wait)
         try:
-            run = participate(site, link, data, policy, args.threads)
+            if args.forever:
+                _interrupt_on_sigterm()
+                run = participate_forever(site, link, data, threading.Event(), policy,
+                                          args.threads, args.retry)
+            else:
+                run = participate(site, link, data, policy, args.threads)
         finally:
             link.close()
     _json(asdict(run))
@@ -356,7 +428,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = _store_command(fsub, "coordinator", "run online rounds (gRPC, mutual TLS)",
                        cmd_coordinator)
     p.add_argument("--listen", default="127.0.0.1:7443")
-    p.add_argument("--rounds", type=int, default=1)
+    p.add_argument("--rounds", type=int, help="run this many rounds, then stop (default 1)")
+    p.add_argument("--serve", action="store_true",
+                   help="run as a service until SIGTERM: rounds on the [coordinator] "
+                        "schedule or drift trigger, site reports taken in")
+    p.add_argument("--config", help="hearth.toml whose [coordinator] table is the --serve "
+                                    "policy (default: none; no round starts)")
     p.add_argument("--step-seconds", type=float, default=120.0,
                    help="how long each secure-aggregation step waits for the sites")
     p.add_argument("--ready-file", help="write the bound address here once listening")
@@ -366,9 +443,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = _store_command(fsub, "plan", "open an air-gapped round; writes its signed plan",
                        cmd_plan)
     p.add_argument("--out", required=True, help="directory for plan.json")
-    p = _store_command(fsub, "collect", "check and take in the sites' update files",
-                       cmd_collect)
+    p = _store_command(fsub, "collect", "check and take in the sites' update files and "
+                       "report files (*.hreport)", cmd_collect)
     p.add_argument("directory")
+    p.add_argument("--config", help="hearth.toml whose [coordinator] report_max_age_s "
+                                    "bounds a report's age (default 86400 s)")
     p = _store_command(fsub, "publish", "aggregate the round; writes the signed release",
                        cmd_publish)
     p.add_argument("--out", required=True)
@@ -389,6 +468,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--server-name", help="the name in the coordinator's certificate, when "
                                          "the address differs")
     p.add_argument("--wait", type=float, default=3600.0, help="longest wait for one step")
+    p.add_argument("--forever", action="store_true",
+                   help="keep taking part in a serving coordinator's rounds (`fed coordinator "
+                        "--serve`) until SIGTERM or Ctrl-C, retrying when it is away")
+    p.add_argument("--retry", type=float, default=5.0,
+                   help="with --forever: seconds between attempts")
     p = _store_command(fsub, "export-update", "train for a plan; write the update file",
                        cmd_export_update)
     _data_options(p)

@@ -17,6 +17,9 @@ its RequestFinished event.  The parts here, all but the last without I/O:
     service.py     the daemon's DriftService: a monitor per (model, adapter),
                    fed off the event loop; sealed aggregates in the store,
                    DriftDetected on the bus and in the audit log, reset
+    retain.py      opt-in ([drift] retain_for_training): sampled prompts kept
+                   sealed per subject under the audit log's erasable keys,
+                   shredded after the retention period; the `traffic` data set
 
 Why calibration by simulation: a windowed test evaluated every few requests is
 a sequence of dependent tests, so a per-test alpha says nothing about how

@@ -20,7 +20,11 @@ logic runs over gRPC, over files on removable media, and in tests:
 * `aggregate`   - token-weighted FedAvg and the checks an update must pass;
 * `update_bundle`, `documents` - sealed update files, release files, site
                   requests and kits;
-* `pki`         - the federation's signing key and CA, site certificates.
+* `pki`         - the federation's signing key and CA, site certificates;
+* `reports`     - a site's signed reports to its coordinator (drift alarms,
+                  automatic rollbacks);
+* `policy`      - when the coordinator service starts a round: schedule,
+                  daily times, the drift trigger, its limits.
 
 Around them, written once for every transport:
 
@@ -29,14 +33,22 @@ Around them, written once for every transport:
 * `rounds`      - the coordinator's round steps on its store
                   (`CoordinatorRounds`) and `drive_round`, against
                   `SiteExchange`;
-* `site_training` - a site's data sets, trainer and evaluation;
+* `site_training` - a site's data sets (and the reserved `traffic`: prompts
+                  the daemon kept), trainer and evaluation;
+* `site_agent`  - the daemon's side of a joined site: signed drift-alarm
+                  reports, auto-apply of new releases with an in-process hot
+                  swap, and automatic rollback of a release that does worse
+                  on live traffic (the decision, `judge_release`, is pure);
 * `state`       - every key, record, ledger, release and update, sealed in
                   the store; `enrollment` - init, enroll, issue, join.
 
 The transports implement the two protocols: `online` (coordinator:
 GrpcExchange and the Federation service, mTLS site identity) with
-`online_site` (site: GrpcLink), `serve` (`hearth fed coordinator`); and
-`files` (FileLink, FileExchange, the plan/collect/publish commands).
+`online_site` (site: GrpcLink, participate_forever), `serve` (`hearth fed
+coordinator`: its gRPC server, and `--rounds N`), `service` (`--serve`: rounds
+by `policy`, ReportDesk taking in site reports); and `files` (FileLink,
+FileExchange, the plan/collect/publish commands, report files).
+`reports` holds the signed site reports (drift alarm, rollback).
 `train/` is the PyTorch LoRA trainer (the `hearth[train]` extra);
 `simulate` and `corpus` run a whole federation on one machine.
 """

@@ -115,6 +115,10 @@ class Coordinator:
     accountant: PrivacyAccountant | None = None
     rounds_done: int = 0
     current: OpenRound | None = None
+    # The highest round number a plan carried.  A round that opened and
+    # never closed (failed, or the service stopped) keeps its number: sites
+    # that answered it wait for a higher one, so numbers are never reused.
+    last_round: int = 0
 
     def __post_init__(self) -> None:
         n = self.settings.trainable_size
@@ -158,7 +162,7 @@ class Coordinator:
                     f"(delta {s.delta:g}); the federation has spent "
                     f"{self.accountant.epsilon():.3f}")
         plan = RoundPlan(
-            federation=s.federation, round=self.rounds_done + 1,
+            federation=s.federation, round=self.next_round(),
             base_model_sha256=s.base_model_sha256, adapter_version=self.version,
             clip_norm=float(s.clip_norm), noise_multiplier=float(s.noise_multiplier),
             deadline=float(now + s.round_seconds), secure_aggregation=s.secure_aggregation,
@@ -167,19 +171,26 @@ class Coordinator:
         self._start(plan, envelope)
         return envelope
 
+    def next_round(self) -> int:
+        return max(self.rounds_done, self.last_round) + 1
+
     def reopen_round(self, envelope: bytes) -> RoundPlan:
         """The round of a plan this coordinator signed earlier (air-gapped
         rounds span several commands); updates are submitted again."""
         key = self.signing_key.public_key()
         plan = read_plan(envelope, {key_fingerprint(key): key})
-        if plan.round != self.rounds_done + 1 or plan.adapter_version != self.version:
+        # opened by this coordinator (last_round), or by one from before
+        # last_round was kept (rounds_done + 1)
+        expected = max(self.last_round, self.rounds_done + 1)
+        if plan.round != expected or plan.adapter_version != self.version:
             raise FailedPrecondition(f"round plan {plan.round} is not the next round "
-                                     f"({self.rounds_done + 1})")
+                                     f"({expected})")
         self._start(plan, envelope)
         return plan
 
     def _start(self, plan: RoundPlan, envelope: bytes) -> None:
         s = self.settings
+        self.last_round = max(self.last_round, plan.round)
         if plan.secure_aggregation:
             round_id = hashlib.sha256(envelope).digest()
             self.current = OpenRound(plan, envelope,

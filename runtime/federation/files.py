@@ -8,6 +8,8 @@ as `plan.json`, update files come in from a directory, the release goes out
 as `FEDERATION-vN.hrel`.  The coordinator's commands each run one step of
 rounds.CoordinatorRounds: plan opens the round, collect takes updates in,
 publish closes it.  Secure aggregation needs the online transport.
+Sites' signed reports (drift alarms, rollbacks) travel as `*.hreport`
+files too; collect takes them in (`collect_reports`), round or not.
 """
 from __future__ import annotations
 
@@ -19,10 +21,11 @@ from runtime.errors import HearthError
 from runtime.federation.coordinator import Published
 from runtime.federation.participant import LocalUpdate
 from runtime.federation.plan import NO_FLOOR, RoundPlan, SitePolicy
+from runtime.federation.reports import report_files
 from runtime.federation.rounds import CoordinatorRounds, Delivery, SiteExchange
 from runtime.federation.site_loop import CoordinatorLink, take_part
 from runtime.federation.site_training import SiteData
-from runtime.federation.state import SiteContext
+from runtime.federation.state import SiteContext, load_coordinator_record
 from runtime.storage.fsutil import atomic_write
 from runtime.storage.store import SealedStore
 
@@ -128,3 +131,27 @@ def publish_round(store: SealedStore, out_dir: Path | None) -> tuple[Published, 
     exchange = FileExchange(release_dir=out_dir)
     asyncio.run(exchange.publish_release(published, blob))
     return published, (exchange.written[-1] if exchange.written else None)
+
+
+def collect_reports(store: SealedStore, directory: Path, max_age_s: float
+                    ) -> tuple[list[str], list[str]]:
+    """`hearth fed collect`: the `*.hreport` files in `directory`, each
+    checked and kept (service.ReportDesk), whether a round is open or not.
+    (accepted: "SITE KIND" per new report, refusals)."""
+    from runtime.federation.service import ReportDesk
+
+    desk = ReportDesk(store, load_coordinator_record(store), max_age_s)
+    accepted, refused = [], []
+    for path in report_files(directory):
+        try:
+            report, new = desk.receive(path.read_bytes())
+        except HearthError as exc:
+            refused.append(f"{path.name}: {exc}")
+            continue
+        if new:
+            accepted.append(f"{report.site} {report.kind}")
+    return accepted, refused
+
+
+def has_update_files(directory: Path) -> bool:
+    return any(p.is_file() for p in directory.glob("*.hupd"))

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -114,6 +114,16 @@ class GrpcExchange(SiteExchange):
         self.changed = asyncio.Condition()
         self.releases: dict[int, bytes] = {}
         self.finished = False
+        self.withdrawn = 0              # rounds that ended without a release
+
+    async def withdraw_round(self) -> None:
+        """The open round ended without a release (failed, or the service is
+        stopping): its plan is no longer handed out, and sites waiting for
+        its release stop waiting (GetRelease: NOT_FOUND)."""
+        async with self.changed:
+            self.round = None
+            self.withdrawn += 1
+            self.changed.notify_all()
 
     async def _announce(self, rc: RoundChannels | None = None, finished: bool = False) -> None:
         async with self.changed:
@@ -177,8 +187,10 @@ class GrpcExchange(SiteExchange):
 
     async def wait_release(self, after: int, timeout: float) -> tuple[int, bytes] | None:
         async with self.changed:
+            withdrawn = self.withdrawn
             await asyncio.wait_for(self.changed.wait_for(
-                lambda: self.finished or any(v > after for v in self.releases)), timeout)
+                lambda: self.finished or any(v > after for v in self.releases)
+                or self.withdrawn > withdrawn), timeout)
         newer = [v for v in self.releases if v > after]
         if newer:
             return max(newer), self.releases[max(newer)]
@@ -221,8 +233,10 @@ class FederationServicer:
     """hearth.federation.v1.Federation; authentication and error mapping
     are the registry's."""
 
-    def __init__(self, exchange: GrpcExchange) -> None:
+    def __init__(self, exchange: GrpcExchange,
+                 reports: Callable[[bytes, str], object] | None = None) -> None:
         self.x = exchange
+        self.reports = reports          # takes (signed report, the calling site)
 
     async def GetPlan(self, request: fpb.GetPlanRequest, context: Any) -> fpb.Plan:
         rc = await _waiting(self.x.wait_round(request.after_round, _remaining(context)))
@@ -274,11 +288,20 @@ class FederationServicer:
             raise errors.NotFound(f"no release above version {request.after_version}")
         return fpb.Release(version=found[0], release_file=found[1])
 
+    async def Report(self, request: fpb.ReportRequest, context: Any) -> fpb.Ack:
+        if self.reports is None:
+            raise errors.FailedPrecondition("this coordinator does not take site reports")
+        self.reports(bytes(request.envelope), _site())
+        return fpb.Ack()
+
 
 def add_federation_service(server: grpc.aio.Server, exchange: GrpcExchange,
-                           sites: Mapping[str, Any]) -> None:
+                           sites: Mapping[str, Any],
+                           reports: Callable[[bytes, str], object] | None = None) -> None:
+    """`reports`: where signed site reports go (service.ReportDesk.receive);
+    None: the Report call is refused."""
     add_service(server, fpb.DESCRIPTOR.services_by_name["Federation"],
-                FederationServicer(exchange), SiteAuthenticator(sites))
+                FederationServicer(exchange, reports), SiteAuthenticator(sites))
 
 
 def server_credentials(ca_pem: bytes, key_pem: bytes, cert_pem: bytes

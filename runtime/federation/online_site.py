@@ -5,6 +5,8 @@ site_loop.participate's.
 """
 from __future__ import annotations
 
+import logging
+import threading
 from typing import Any
 
 import grpc
@@ -13,15 +15,18 @@ import numpy as np
 from runtime import errors
 from runtime._proto.hearth.federation.v1 import federation_pb2 as fpb
 from runtime._proto.hearth.federation.v1 import federation_pb2_grpc as fgrpc
-from runtime.federation.plan import RoundPlan
+from runtime.federation.plan import NO_FLOOR, RoundPlan, SitePolicy
 from runtime.federation.secagg import (
     AdvertiseKeys,
     EncryptedShares,
     MaskedInput,
     UnmaskResponse,
 )
-from runtime.federation.site_loop import CoordinatorLink
+from runtime.federation.site_loop import CoordinatorLink, SiteRun, participate
+from runtime.federation.site_training import SiteData
 from runtime.federation.state import SiteContext
+
+log = logging.getLogger("hearth.federation")
 
 SHARE_BYTES = 66            # Shamir values below 2^521 - 1
 
@@ -58,6 +63,7 @@ class GrpcLink(CoordinatorLink):
         self.stub = fgrpc.FederationStub(self.channel)
         self.wait_s = wait_s
         self.bytes_sent = 0
+        self.fetched: list[int] = []        # release versions this link brought
 
     def close(self) -> None:
         self.channel.close()
@@ -74,8 +80,16 @@ class GrpcLink(CoordinatorLink):
         self.call("SubmitUpdate", fpb.SubmitUpdateRequest(round=plan.round,
                                                           update=sealed_update))
 
+    def report(self, envelope: bytes, timeout_s: float = 30.0) -> None:
+        """Sends a signed site report (reports.sign_report): a drift alarm or
+        a rollback.  The coordinator refuses one this site did not sign."""
+        self.bytes_sent += len(envelope)
+        self.stub.Report(fpb.ReportRequest(envelope=envelope),
+                         timeout=min(self.wait_s, timeout_s))
+
     def fetch_release(self, after_version: int) -> bytes:
         reply = self.call("GetRelease", fpb.GetReleaseRequest(after_version=after_version))
+        self.fetched.append(reply.version)
         return bytes(reply.release_file)
 
     def advertise_keys(self, round_no: int, mine: AdvertiseKeys) -> list[AdvertiseKeys]:
@@ -98,3 +112,42 @@ class GrpcLink(CoordinatorLink):
             round=round_no,
             b_shares={k: _to_share(v) for k, v in response.b_shares.items()},
             s_shares={k: _to_share(v) for k, v in response.s_shares.items()}))
+
+
+def participate_forever(site: SiteContext, link: GrpcLink, data: SiteData, stop: threading.Event,
+                        policy: SitePolicy = NO_FLOOR, threads: int | None = None,
+                        retry_s: float = 5.0) -> SiteRun:
+    """Takes part in a serving coordinator's rounds as they come, until
+    `stop` or an interrupt (SIGINT; the command turns SIGTERM into one).
+    Every wait is bounded: a long poll that times out, a
+    coordinator that restarts or is unreachable, a round that ends without
+    a release, all end the current attempt; the site then asks again for
+    the round after the last one it answered (its ledger), so a plan is
+    still answered at most once."""
+    total = SiteRun(site.record.site)
+    answered_before = len(site.record.answered)
+    while not stop.is_set():
+        after = max((a.round for a in site.record.answered), default=0)
+        try:
+            run = participate(site, link, data, policy, threads, after_round=after)
+        except KeyboardInterrupt:
+            break
+        except grpc.RpcError as exc:
+            log.info("coordinator: %s (%s); asking again in %g s", exc.code().name,
+                     exc.details(), retry_s)
+        except errors.HearthError as exc:
+            log.warning("round: %s; asking again in %g s", exc, retry_s)
+        else:
+            if total.ppl_before is None:
+                total.ppl_before = run.ppl_before
+            total.ppl_after = run.ppl_after
+        try:
+            stop.wait(retry_s)
+        except KeyboardInterrupt:
+            break
+    # what this process did, however its last attempt ended: the plans it
+    # entered in the ledger, the releases it fetched (and applied)
+    total.rounds = [a.round for a in site.record.answered[answered_before:]]
+    total.releases = list(dict.fromkeys(link.fetched))
+    total.bytes_sent = link.bytes_sent
+    return total

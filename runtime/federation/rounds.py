@@ -33,6 +33,7 @@ from runtime.federation.secagg import SecAggCoordinator
 from runtime.federation.state import (
     build_coordinator,
     coordinator_keys,
+    finish_interrupted_close,
     load_coordinator_record,
     record_progress,
     save_coordinator_record,
@@ -104,6 +105,7 @@ class CoordinatorRounds:
     def __init__(self, store: SealedStore) -> None:
         self.store = store
         self.record = load_coordinator_record(store)
+        finish_interrupted_close(store, self.record)
         self.c = build_coordinator(store, self.record)
 
     @property
@@ -120,9 +122,11 @@ class CoordinatorRounds:
                                          "publish it before running online rounds")
             return self.resume()
         envelope = self.c.open_round(now)
+        # The round's number is spent before any site sees the plan.
+        self.record.last_round = self.c.last_round
         if resumable:
             self.record.open_plan = b64(envelope)
-            save_coordinator_record(self.store, self.record)
+        save_coordinator_record(self.store, self.record)
         assert self.c.current is not None
         return self.c.current.plan, envelope
 

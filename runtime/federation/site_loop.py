@@ -169,12 +169,11 @@ def _fetch_and_apply(link: CoordinatorLink, site: SiteContext, after: int
 
 def participate(site: SiteContext, link: CoordinatorLink, data: SiteData,
                 policy: SitePolicy = NO_FLOOR, threads: int | None = None,
-                seed: int | None = None) -> SiteRun:
-    """Takes part in rounds until the coordinator has finished, or until the
-    link cannot bring a round's release (files)."""
+                seed: int | None = None, after_round: int = 0) -> SiteRun:
+    """Takes part in rounds after `after_round` until the coordinator has
+    finished, or until the link cannot bring a round's release (files)."""
     run = SiteRun(site.record.site)
     trainer: Trainer | None = None
-    after_round = 0
     while (envelope := link.fetch_plan(after_round)) is not None:
         announced = read_plan(envelope, site.federation_keys())
         if announced.adapter_version > site.record.applied_version:

@@ -30,10 +30,27 @@ class SiteData:
     heldout: list[str]
 
 
+TRAFFIC = "traffic"     # the reserved data set: prompts the daemon kept (drift/retain.py)
+
+
+def traffic_notes(store: SealedStore) -> list[str]:
+    """The retained prompts still readable: an erased subject's and an
+    expired day's are gone."""
+    from runtime.drift.retain import retained_prompts
+    from runtime.storage.audit import AuditLog
+
+    notes = [n for p in retained_prompts(AuditLog(store)) if (n := p.strip())]
+    if not notes:
+        raise NotFound("data: no retained traffic (turn on [drift] retain_for_training)")
+    return notes
+
+
 def site_data(store: SealedStore, data: str, heldout: str | None) -> SiteData:
-    """Training text from sealed data sets (`hearth data add`)."""
+    """Training text from sealed data sets (`hearth data add`), or, for the
+    reserved name `traffic`, from the prompts the daemon kept."""
     try:
-        notes = split_notes(store.read_bytes(Kind.DATASET, data).decode("utf-8"))
+        notes = traffic_notes(store) if data == TRAFFIC else \
+            split_notes(store.read_bytes(Kind.DATASET, data).decode("utf-8"))
         if heldout:
             return SiteData(notes, split_notes(store.read_bytes(Kind.DATASET, heldout)
                                                .decode("utf-8")))

@@ -7,8 +7,12 @@ applied release or rollback, so the daemon loads it as store:fed-<name>).
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
+import os
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,12 +21,18 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
-from runtime.errors import FailedPrecondition, NotFound
+from runtime.errors import FailedPrecondition, IntegrityError, NotFound, StorageError
 from runtime.federation.coordinator import Coordinator, FederationSettings
 from runtime.federation.documents import SiteKit, open_release_file, unb64
 from runtime.federation.dp import PrivacyAccountant
 from runtime.federation.plan import AnsweredPlan, RoundPlan, TrainerSettings, plan_id
-from runtime.federation.release import ReleaseManifest, TrustedReleases, key_fingerprint
+from runtime.federation.release import (
+    ReleaseManifest,
+    TrustedReleases,
+    key_fingerprint,
+    open_envelope,
+    parse_manifest,
+)
 from runtime.storage.store import Kind, SealedStore
 
 _PRIVATE_RAW = (serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
@@ -57,6 +67,22 @@ def _key(store: SealedStore, name: str) -> bytes:
 
 # ---- the coordinator ------------------------------------------------------------------------
 
+@dataclass(frozen=True)
+class AcceptedReport:
+    """A site report (reports.py) the coordinator accepted: what it said,
+    never data.  `digest` (SHA-256 of the signed text) recognises the same
+    report delivered again, over the other transport or replayed."""
+
+    site: str
+    kind: str                       # reports.ReportKind's value
+    raised_at: float                # the site's clock
+    received_at: float              # the coordinator's
+    adapter_version: int
+    digest: str
+    p_values: dict[str, float] = field(default_factory=dict)
+    detail: str = ""
+
+
 @dataclass
 class CoordinatorRecord:
     settings: FederationSettings
@@ -67,6 +93,10 @@ class CoordinatorRecord:
     rounds_done: int = 0
     rdp: list[float] = field(default_factory=list)
     open_plan: str = ""                                     # b64 envelope of the open round
+    # The service's memory (records from before it load with these empty):
+    last_round: int = 0                     # highest round number opened: never reused
+    round_starts: list[float] = field(default_factory=list)   # recent starts, for the policy
+    reports: list[AcceptedReport] = field(default_factory=list)   # recent, newest last
 
     def dumps(self) -> bytes:
         return json.dumps(asdict(self), sort_keys=True).encode()
@@ -76,7 +106,33 @@ class CoordinatorRecord:
         doc = json.loads(data)
         s = doc.pop("settings")
         s["trainer"] = TrainerSettings(**s["trainer"])
-        return cls(settings=FederationSettings(**s), **doc)
+        reports = [AcceptedReport(**r) for r in doc.pop("reports", [])]
+        return cls(settings=FederationSettings(**s), reports=reports, **doc)
+
+
+@contextlib.contextmanager
+def coordinator_writer(store: SealedStore) -> Iterator[None]:
+    """Held by every command that changes the coordinator's record (issue,
+    plan, collect, publish, and `fed coordinator` while it runs): each
+    keeps the record in memory and saves it whole, so a second writer at
+    the same time would undo the first's change (a site enrolled, reports
+    collected)."""
+    path = store.state_dir / "federation-coordinator.lock"
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise StorageError(f"{path}: cannot open: {exc.strerror}") from exc
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise FailedPrecondition(
+                "another `hearth fed` command is changing this coordinator's record (the "
+                "coordinator service?); stop it first (systemctl stop hearth-coordinator), "
+                "or send reports to it over the network instead of `collect`") from None
+        yield
+    finally:
+        os.close(fd)
 
 
 def save_coordinator_record(store: SealedStore, record: CoordinatorRecord) -> None:
@@ -134,13 +190,49 @@ def build_coordinator(store: SealedStore, record: CoordinatorRecord) -> Coordina
     return Coordinator(record.settings, signing, exchange, sites,
                        lambda v: adapter_from_trainable(layout, spec, v),
                        version=record.version, global_trainable=trainable,
-                       accountant=accountant, rounds_done=record.rounds_done)
+                       accountant=accountant, rounds_done=record.rounds_done,
+                       last_round=record.last_round)
 
 
 def record_progress(record: CoordinatorRecord, c: Coordinator) -> None:
     assert c.accountant is not None
     record.version, record.rounds_done = c.version, c.rounds_done
+    record.last_round = max(record.last_round, c.last_round)
     record.rdp = list(c.accountant.rdp)
+
+
+def finish_interrupted_close(store: SealedStore, record: CoordinatorRecord) -> int | None:
+    """Closing a round stores the release, then saves the record; a crash
+    between the two leaves a signed release the record does not count.
+    The stored release is the commit point: the record catches up with it
+    (version, rounds, privacy spent), so the next round builds on it and its
+    version is never signed twice with other contents.  Returns the version
+    taken in, None when nothing was pending."""
+    name = record.settings.federation
+    latest = max((o.version for o in store.list(Kind.RELEASE) if o.name == name), default=0)
+    if latest <= record.version:
+        return None
+    signing, _, release_key = coordinator_keys(store)
+    envelope, _ = open_release_file(store.read_bytes(Kind.RELEASE, name, latest), release_key)
+    public = signing.public_key()
+    manifest = parse_manifest(open_envelope(envelope, {key_fingerprint(public): public},
+                                            "release"))
+    if latest != record.version + 1 or manifest.version != latest or \
+            manifest.parent_version != record.version:
+        raise IntegrityError(f"federation {name}: the store holds release {latest} "
+                             f"(manifest v{manifest.version}) but the record is at "
+                             f"v{record.version}")
+    if record.settings.noise_multiplier > 0:
+        # the round's privacy cost, as close_round spent it (already within budget)
+        accountant = PrivacyAccountant(delta=record.settings.delta, rdp=list(record.rdp),
+                                       rounds=record.rounds_done)
+        accountant.spend(1.0, record.settings.noise_multiplier)
+        record.rdp = list(accountant.rdp)
+    record.version, record.rounds_done = latest, record.rounds_done + 1
+    record.last_round = max(record.last_round, int(manifest.metrics.get("round", 0)))
+    record.open_plan = ""
+    save_coordinator_record(store, record)
+    return latest
 
 
 # ---- a site ---------------------------------------------------------------------------------

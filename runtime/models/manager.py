@@ -59,6 +59,7 @@ class ModelHandle:
     chat_template_source: str = ""
     source: str = ""                    # the file, or the sealed object
     adapters: dict[str, int] = field(default_factory=dict)  # LoRA name -> engine id
+    adapter_versions: dict[str, int] = field(default_factory=dict)  # name -> fed release
 
 
 # Models.Get's chat_template when the model has none and none is configured:
@@ -290,10 +291,12 @@ class ModelManager:
         finally:
             adapter.close()
 
-    async def set_adapter(self, model: str, name: str, source: Source) -> ModelHandle:
+    async def set_adapter(self, model: str, name: str, source: Source, version: int = 0
+                          ) -> ModelHandle:
         """Loads `source` as adapter `name` of a ready model, replacing any
         adapter of that name: requests already running finish with the old
-        one, new ones get the new one (hot swap)."""
+        one, new ones get the new one (hot swap).  `version`: the federation
+        release it is, for Models.Get (0: none)."""
         check_name(name, "adapter")
         handle = self.ready(model)
         assert handle.engine is not None
@@ -302,6 +305,8 @@ class ModelManager:
             None, self._load_adapter, engine, handle.name, name, source)
         old_id = handle.adapters.get(name)
         handle.adapters = {**handle.adapters, name: new_id}
+        handle.adapter_versions = {**{k: v for k, v in handle.adapter_versions.items()
+                                      if k != name}, **({name: version} if version else {})}
         if old_id:
             engine.unload_adapter(old_id)
         log.info("%s: adapter %s loaded from %s%s", handle.name, name, source,
@@ -315,6 +320,7 @@ class ModelManager:
         if not old_id:
             raise errors.NotFound(f"adapter: model {handle.name!r} has no adapter {name!r}")
         handle.adapters = {k: v for k, v in handle.adapters.items() if k != name}
+        handle.adapter_versions = {k: v for k, v in handle.adapter_versions.items() if k != name}
         handle.engine.unload_adapter(old_id)
         return handle
 

@@ -135,7 +135,8 @@ def model_status(handle: ModelHandle) -> mpb.ModelStatus:
                           error=handle.error, load_seconds=handle.load_seconds,
                           source=handle.source or handle.config.path,
                           chat_template=handle.chat_template_source,
-                          adapters=sorted(handle.adapters))
+                          adapters=sorted(handle.adapters),
+                          adapter_versions=handle.adapter_versions)
     engine = handle.engine
     stats = engine.stats_if_open() if engine is not None else None
     if engine is None or stats is None:

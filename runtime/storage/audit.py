@@ -146,6 +146,22 @@ class AuditLog:
                         time.time()))
         return key
 
+    def subject_id(self, subject: str) -> str:
+        """The keyed id of a subject (the name itself is never stored)."""
+        return self._subject_id(subject)
+
+    def content_key(self, subject_id: str, create: bool) -> bytes | None:
+        """The subject's erasable key, None once erased (or, without
+        `create`, never made).  Whatever else keeps a subject's content seals
+        it under this key (drift/retain.py), so erase_subject shreds that too."""
+        try:
+            return self._subject_key(subject_id, create)
+        except Exception:
+            if not create:
+                raise
+            # another thread made it between our read and our insert
+            return self._subject_key(subject_id, False)
+
     # ---- lifecycle -------------------------------------------------------------
 
     def anchor(self) -> tuple[int, bytes] | None:
@@ -227,10 +243,21 @@ class AuditLog:
         back), appended now, from whichever process took it: the log's file
         lock orders writers, and each picks up the chain where the last one
         left it."""
-        self._open_chain(f"`{action}` was not recorded")
-        now = time.time()
-        self._append_now([(now, {"action": action, "time": now, **detail})], rtype="admin")
-        self._append_now([], rtype="checkpoint")
+        # Under the writers' lock: the daemon's own writer thread (or another
+        # process) must not append between the check and this record, or the
+        # check would read a log ahead of its anchor and call it broken.
+        with self._writers_lock():
+            broken = self.verify()
+            if broken is not None:
+                raise IntegrityError(f"the audit log is broken at {broken}; `{action}` was "
+                                     "not recorded: run `hearth audit verify`, then "
+                                     "`hearth audit repair`")
+            if self.seq == 0:
+                self._append_locked([(time.time(), {"genesis": True, "created": time.time()})],
+                                    "genesis")
+            now = time.time()
+            self._append_locked([(now, {"action": action, "time": now, **detail})], "admin")
+            self._append_locked([], "checkpoint")
 
     @property
     def lag_s(self) -> float:

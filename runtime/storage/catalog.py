@@ -31,6 +31,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from runtime.errors import FailedPrecondition, NotFound, StorageError
 from runtime.storage import catalog_auth as auth
@@ -134,6 +135,45 @@ def _private_file(path: Path) -> None:
             os.chmod(p, 0o600)
 
 
+
+class _Result:
+    """A statement's whole result, read while the connection was held."""
+
+    def __init__(self, rows: list[Any], rowcount: int, description: Any) -> None:
+        self._rows, self.rowcount, self.description = rows, rowcount, description
+
+    def fetchone(self) -> Any:
+        return self._rows.pop(0) if self._rows else None
+
+    def fetchall(self) -> list[Any]:
+        rows, self._rows = self._rows, []
+        return rows
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self.fetchall())
+
+
+class SerialConnection(sqlite3.Connection):
+    """The connection the daemon's threads share, one statement at a time.
+
+    CPython's sqlite3 prepares a statement with the GIL released and the
+    connection's mutex held, and the authorizer (Python) then needs the GIL;
+    binding parameters and reading columns take that mutex with the GIL held.
+    Two threads using the connection at once (the audit writer and a request,
+    the drift worker, the federation agent) can so deadlock for good.  Every
+    statement therefore runs, with its whole result read, under one lock,
+    whose waiters release the GIL."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.serial = threading.RLock()
+
+    def execute(self, sql: str, parameters: Any = (), /) -> Any:
+        with self.serial:
+            cursor = super().execute(sql, parameters)
+            return _Result(cursor.fetchall(), cursor.rowcount, cursor.description)
+
+
 class Catalog:
     """Opened without a key, the catalog can be read (keys status, doctor)
     but not written; authenticate() checks it under the master key and
@@ -154,7 +194,8 @@ class Catalog:
             # No statement cache: the authorizer runs when a statement is
             # prepared, so every statement must be prepared afresh.
             self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False,
-                                      timeout=30.0, cached_statements=0)
+                                      timeout=30.0, cached_statements=0,
+                                      factory=SerialConnection)
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=FULL")
             self.db.execute("PRAGMA secure_delete=ON")

@@ -253,6 +253,8 @@ def test_service_mode_user_sealed_key_import_doctor_and_enable(
     (top / "packaging").mkdir()
     shutil.copyfile(repo / "packaging" / "systemd" / "hearth.service",
                     top / "packaging" / "hearth.service")
+    shutil.copyfile(repo / "packaging" / "systemd" / "hearth-coordinator.service",
+                    top / "packaging" / "hearth-coordinator.service")
     shutil.copyfile(repo / "packaging" / "hearth.example.toml",
                     top / "packaging" / "hearth.toml")
     tag = f"cp{sys.version_info[0]}{sys.version_info[1]}"
@@ -311,6 +313,11 @@ def test_service_mode_user_sealed_key_import_doctor_and_enable(
     assert f"{prefix}/venv/bin/hearth" in unit and "/opt/hearth" not in unit
     assert "ok    core" in r.stderr                               # the doctor ran
     assert "enabled hearth.service; start it with: systemctl start hearth" in r.stderr
+    # the coordinator's unit: installed with this prefix, not enabled (the
+    # systemctl calls above enable hearth.service only)
+    coordinator = (etc / "systemd" / "system" / "hearth-coordinator.service").read_text()
+    assert f"{prefix}/venv/bin/hearth fed coordinator --serve" in coordinator
+    assert "/opt/hearth" not in coordinator
 
     # Again (an upgrade): the key is unsealed and kept, the config kept.
     config.write_text(config.read_text() + "\n# edited by the site\n")

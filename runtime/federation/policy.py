@@ -1,0 +1,111 @@
+"""When the coordinator service starts a round, with no I/O: given the time,
+the starts of the rounds so far and the drift alarms it accepted, start one
+now or not, why, and when to ask again.
+
+A round is *due* when
+
+* the period has passed: `every_s` since the last round started (or since
+  the service first started, before any round);
+* a daily time ("HH:MM", UTC) has passed since the last round started (a
+  time missed while the service was down runs once, late);
+* or the drift trigger fires: at least `trigger_sites` distinct sites raised
+  an alarm within the last `trigger_window_s` seconds, counting only alarms
+  raised after the last round started (those before it were about the
+  adapter that round replaced).  A site that reports twice counts once.
+
+A due round still waits for `min_interval_s` since the last start, and for
+`max_rounds_per_day` (starts in any 24 hours).  Every start counts, failed
+rounds too, so that a round that keeps failing does not run in a loop.
+Times are Unix seconds; alarms carry the site's clock (the coordinator
+refused those from the future beyond reports.CLOCK_SKEW_S).
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from runtime.config import CoordinatorConfig
+
+DAY_S = 86400.0
+
+
+@dataclass(frozen=True)
+class Alarm:
+    site: str
+    raised_at: float
+
+
+@dataclass(frozen=True)
+class Decision:
+    start: bool
+    reason: str                     # why (or why not), for the log and the audit
+    wake_at: float                  # when to decide again, absent new alarms (inf: never)
+
+
+def _daily_slot_before(now: float, hhmm: str) -> float:
+    """The latest time of day `hhmm` (UTC) at or before `now`."""
+    hours, minutes = (int(x) for x in hhmm.split(":"))
+    offset = hours * 3600.0 + minutes * 60.0
+    midnight = math.floor(now / DAY_S) * DAY_S
+    slot = midnight + offset
+    return slot if slot <= now else slot - DAY_S
+
+
+def _limit_lifts_at(policy: CoordinatorConfig, now: float, starts: Sequence[float]
+                    ) -> tuple[float, str]:
+    """When min_interval_s and max_rounds_per_day let the next round start
+    (<= now: they let it now), and which one holds it back."""
+    at, why = -math.inf, ""
+    if starts:
+        after_interval = max(starts) + policy.min_interval_s
+        if after_interval > now:
+            at, why = after_interval, f"min_interval_s ({policy.min_interval_s:g} s)"
+    if policy.max_rounds_per_day:
+        recent = sorted(s for s in starts if now - s < DAY_S)
+        if len(recent) >= policy.max_rounds_per_day:
+            # the oldest start that must leave the 24 hours for one more to fit
+            frees = recent[len(recent) - policy.max_rounds_per_day] + DAY_S
+            if frees > at:
+                at, why = frees, (f"max_rounds_per_day ({policy.max_rounds_per_day} in the "
+                                  "last 24 hours)")
+    return at, why
+
+
+def alarmed_sites(policy: CoordinatorConfig, now: float, starts: Sequence[float],
+                  alarms: Sequence[Alarm]) -> set[str]:
+    """Distinct sites whose alarm counts toward the trigger now."""
+    since = max(now - policy.trigger_window_s, max(starts, default=-math.inf))
+    return {a.site for a in alarms if a.raised_at > since}
+
+
+def decide(policy: CoordinatorConfig, now: float, starts: Sequence[float],
+           alarms: Sequence[Alarm], service_started: float) -> Decision:
+    """Start a round now?  `starts`: when each earlier round started;
+    `alarms`: the accepted drift alarms (rollback reports are not alarms);
+    `service_started`: when the service first ran, the schedule's origin
+    before any round."""
+    anchor = max(starts, default=service_started)
+    due: list[str] = []
+    wake = math.inf
+    if policy.every_s > 0:
+        at = anchor + policy.every_s
+        if at <= now:
+            due.append(f"schedule (every {policy.every_s:g} s)")
+        wake = min(wake, at)
+    for hhmm in policy.daily_at:
+        slot = _daily_slot_before(now, hhmm)
+        if slot > anchor:
+            due.append(f"schedule (daily at {hhmm} UTC)")
+        wake = min(wake, slot + DAY_S)
+    if policy.trigger_sites:
+        sites = alarmed_sites(policy, now, starts, alarms)
+        if len(sites) >= policy.trigger_sites:
+            due.append(f"drift: {len(sites)} sites alarmed within "
+                       f"{policy.trigger_window_s:g} s ({', '.join(sorted(sites))})")
+    if not due:
+        return Decision(False, "no round is due", wake)
+    lifts, held_by = _limit_lifts_at(policy, now, starts)
+    if lifts > now:
+        return Decision(False, f"{due[0]}, but held back by {held_by}", lifts)
+    return Decision(True, due[0], math.inf)

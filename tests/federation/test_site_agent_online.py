@@ -1,0 +1,210 @@
+"""The site agent against a real coordinator (`hearth fed coordinator
+--rounds 1` over loopback mTLS, tiny model): a running daemon with
+[federation] auto_apply fetches the round's release, checks it, audits it
+and hot-swaps it in while streams run; and a signed alarm crosses the
+site's mTLS channel to a server that speaks Federation.Report."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+from concurrent import futures
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from runtime._proto.hearth.federation.v1 import federation_pb2 as fpb
+from runtime.federation.reports import ReportKind, SiteReport, read_report, sign_report
+from runtime.federation.site_agent import send_report
+from runtime.federation.state import SiteContext
+from runtime.storage.keys import key_from_file
+from runtime.storage.store import SealedStore
+from tests.integration.conftest import start_daemon
+from tests.integration.test_federation import Party, federation
+
+
+def start_coordinator(coordinator: Party, ready: Path, linger: float) -> tuple[Any, str]:
+    server = subprocess.Popen([sys.executable, "-m", "runtime.cli.main", "fed", "coordinator",
+                               "--listen", "127.0.0.1:0", "--rounds", "1", "--linger",
+                               str(linger), "--ready-file", str(ready), *coordinator.opts],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not ready.exists():
+        if server.poll() is not None or time.monotonic() > deadline:
+            server.kill()
+            raise AssertionError(f"coordinator did not start: {server.communicate()[1]}")
+        time.sleep(0.05)
+    return server, ready.read_text()
+
+
+class BaseStreams:
+    """Clients streaming from the base model, one call after another, until
+    stopped; each call's start, first chunk, end and error recorded."""
+
+    def __init__(self, addr: str, clients: int) -> None:
+        from runtime.client import HearthClient
+
+        self.calls: list[dict[str, Any]] = []
+        self.stopped = threading.Event()
+        self.lock = threading.Lock()
+
+        def run() -> None:
+            with HearthClient(addr, timeout=300) as c:
+                while not self.stopped.is_set():
+                    call: dict[str, Any] = {"start": time.monotonic(), "first": None,
+                                            "error": None, "tokens": 0}
+                    with self.lock:
+                        self.calls.append(call)
+                    try:
+                        for chunk in c.generate("the ward", max_tokens=200, temperature=0.8,
+                                                ignore_eos=True):
+                            call["first"] = call["first"] or time.monotonic()
+                            call["tokens"] += len(chunk.token_ids)
+                    except Exception as exc:
+                        call["error"] = exc
+                    call["end"] = time.monotonic()
+
+        self.threads = [threading.Thread(target=run, daemon=True) for _ in range(clients)]
+        for t in self.threads:
+            t.start()
+
+    def stop(self) -> list[dict[str, Any]]:
+        self.stopped.set()
+        for t in self.threads:
+            t.join(300)
+        return self.calls
+
+
+def swap_time(log: str) -> bool:
+    return "release v1 serving as adapter fed-clinics of tiny" in log
+
+
+def test_a_daemon_with_auto_apply_takes_the_release_and_serves_it_under_load(
+        tmp_path: Path, tiny_model: Path) -> None:
+    """ward-1 does not train: its daemon only watches.  ward-0 trains the
+    round (`fed participate`), the coordinator publishes v1, and ward-1's
+    daemon imports it (audited as auto_apply) and hot-swaps it into `tiny`
+    while 4 clients stream; no stream fails, requests with the adapter
+    then work.  Fails without the watcher (no swap line, no audit record,
+    the adapter unknown) or if the swap broke a running stream."""
+    coordinator, (trainer, watcher) = federation(tmp_path, tiny_model, sites=2,
+                                                 extra=("--round-seconds", "60"))
+    server, address = start_coordinator(coordinator, tmp_path / "addr", linger=30)
+    config = tmp_path / "hearth.toml"
+    config.write_text(f'''
+[server]
+listen = ["127.0.0.1:0", "unix:{tmp_path}/h.sock"]
+
+[models.tiny]
+path = "{tiny_model}"
+n_ctx = 2048
+n_parallel = 6
+threads = 1
+
+[federation]
+auto_apply = true
+coordinator = "{address}"
+release_wait_s = 20
+''')
+    d = start_daemon(["--config", str(config), *watcher.opts], tmp_path)
+    try:
+        load = BaseStreams(d.tcp, clients=4)
+        out = trainer.json("fed", "participate", "--data", "notes", "--coordinator", address,
+                           "--threads", "1", "--wait", "120")
+        assert out["releases"] == [1]
+        deadline = time.monotonic() + 120
+        while not swap_time(d.log()):
+            assert time.monotonic() < deadline, d.log()[-3000:]
+            time.sleep(0.2)
+        swapped_at = time.monotonic()
+        time.sleep(1.0)                     # streams begun after the swap, too
+        calls = load.stop()
+        assert calls and all(k["error"] is None and k["tokens"] == 200 for k in calls), calls
+        assert [k for k in calls if k["first"] and k["first"] < swapped_at - 1
+                and k["end"] > swapped_at - 1], "no stream ran across the swap"
+        with d.client() as c:
+            status = c.get_model("tiny")
+            assert list(status.adapters) == ["fed-clinics"]
+            assert dict(status.adapter_versions) == {"fed-clinics": 1}   # Models.Get
+            _, tokens, _ = c.complete("the patient", max_tokens=4, temperature=0.0,
+                                         adapter="fed-clinics")
+            assert len(tokens) == 4
+    finally:
+        code = d.stop()
+        server.kill()
+        server.communicate()
+    assert code == 0, d.log()
+    status = json.loads(watcher("fed", "status").stdout)["site"]
+    assert status["applied_version"] == 1 and status["high_water"] == 1
+    records = [json.loads(line) for line in watcher("audit", "export").stdout.splitlines()]
+    applied = [r for r in records if r.get("action") == "federation.release_applied"]
+    assert [(r["version"], r["by"]) for r in applied] == [(1, "auto_apply")]
+    watcher("audit", "verify")
+
+
+class ReportServicer:
+    """A stand-in coordinator that speaks Federation.Report and nothing else."""
+
+    def __init__(self) -> None:
+        self.envelopes: list[bytes] = []
+
+    def report(self, request: fpb.ReportRequest, context: Any) -> fpb.Ack:
+        self.envelopes.append(bytes(request.envelope))
+        return fpb.Ack()
+
+
+def open_store(party: Party) -> SealedStore:
+    state, key = party.opts[1], party.opts[3]
+    return SealedStore.open(Path(state), key_from_file(key))
+
+
+def test_an_alarm_report_crosses_the_sites_mtls_channel(tmp_path: Path,
+                                                        tiny_model: Path) -> None:
+    """send_report (what the daemon's sender calls) over the kit's mutual TLS
+    to a server with the federation's certificate: the envelope arrives and
+    verifies as ward-0's.  Fails if the request were built under another
+    method name or without the site's client certificate (the server
+    requires one)."""
+    from runtime.federation.enrollment import coordinator_authority
+    from runtime.federation.online import server_credentials
+    from runtime.federation.pki import pem_cert, pem_key
+    from runtime.federation.state import load_coordinator_record
+
+    coordinator, (site,) = federation(tmp_path, tiny_model)
+    cstore = open_store(coordinator)
+    record = load_coordinator_record(cstore)
+    authority = coordinator_authority(cstore, record)
+    key, cert = authority.issue_server(["127.0.0.1"])
+    servicer = ReportServicer()
+    server = grpc.server(futures.ThreadPoolExecutor(2))
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+        "hearth.federation.v1.Federation", {"Report": grpc.unary_unary_rpc_method_handler(
+            servicer.report, request_deserializer=fpb.ReportRequest.FromString,
+            response_serializer=fpb.Ack.SerializeToString)}),))
+    port = server.add_secure_port("127.0.0.1:0", server_credentials(
+        pem_cert(authority.ca_cert), pem_key(key), pem_cert(cert)))
+    server.start()
+    sstore = open_store(site)
+    try:
+        ctx = SiteContext.open(sstore)
+        report = SiteReport("clinics", "ward-0", ReportKind.DRIFT_ALARM,
+                            ctx.base_model_sha256, 0, time.time(), {"prompt_nll": 1e-6})
+        send_report(ctx, sign_report(report, ctx.signing_key), f"127.0.0.1:{port}")
+    finally:
+        server.stop(None)
+        sstore.close()
+    (envelope,) = servicer.envelopes
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    from runtime.federation.documents import unb64
+    sites = {n: Ed25519PublicKey.from_public_bytes(unb64(k, "site key"))
+             for n, k in record.sites.items()}
+    cstore.close()
+    got = read_report(envelope, sites, "clinics", record.settings.base_model_sha256,
+                      time.time(), 600)
+    assert got == report
+
+
