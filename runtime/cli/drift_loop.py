@@ -159,7 +159,7 @@ def gate_decisions(party: Party, events: RoundEvents) -> list[dict[str, Any]]:
     if kept:
         return [{"version": int(g["version"]), "promoted": bool(g["promoted"]),
                  "reason": str(g.get("reason", ""))} for g in kept]
-    found = [{"version": v, "promoted": True, "reason": "released"}
+    found = [{"version": v, "promoted": True, "reason": "published (no gate on this coordinator)"}
              for _, v in sorted(events.released.items())]
     found += [{"version": None, "promoted": False, "reason": r}
               for _, r in sorted(events.withheld.items())]
