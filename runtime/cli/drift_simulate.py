@@ -56,6 +56,8 @@ from typing import Any
 
 import grpc
 
+from runtime.cli.drift_loop import ADAPTER, FederationLoop, init_args
+from runtime.cli.drift_loop import site_toml as federation_tables
 from runtime.errors import ConfigError, InternalError
 
 log = logging.getLogger("hearth.drift")
@@ -153,7 +155,6 @@ def setup(o: DriftSimulationOptions, root: Path) -> tuple[Any, list[Any], str]:
     """The coordinator's and the sites' sealed state, enrolled in a federation;
     each site holds its training notes, its held-out notes and the new
     domain's held-out notes (`newdomain`) as sealed data sets."""
-    from runtime.cli.drift_loop import init_args
     from runtime.federation.corpus import write_corpus
     from runtime.federation.simulate import Party
     from runtime.models.tiny import write_tiny_model
@@ -184,8 +185,6 @@ def site_toml(o: DriftSimulationOptions, coordinator: str | None) -> str:
     """A site's hearth.toml: the [drift] table (every request sampled, so the
     harness counts requests; a reference and window small enough for a short
     run) and, with the federation, its [federation] table."""
-    from runtime.cli.drift_loop import site_toml as federation_tables
-
     drift = (f"[drift]\nenabled = true\nsample_fraction = 1.0\n"
              f"reference_size = {o.reference_size}\nwindow = {o.window}\n"
              f"stride = {o.stride}\nert_requests = {o.ert_requests}\n")
@@ -269,8 +268,6 @@ def wait_observed(client: Any, want: int, timeout_s: float = 30.0) -> tuple[int,
 
 
 def swapped(client: Any) -> bool:
-    from runtime.cli.drift_loop import ADAPTER
-
     return ADAPTER in client.get_model(MODEL_NAME).adapters
 
 
@@ -291,7 +288,6 @@ def drive_site(t: Traffic, run: SiteRun, home: list[str], until_alarm: bool) -> 
                     return
                 prompt, shifted = t.pick(run, rng, home)
                 if run.name not in t.adapter and t.o.federation and swapped(client):
-                    from runtime.cli.drift_loop import ADAPTER
                     t.adapter[run.name] = ADAPTER
                     run.swapped_at = run.sent
                 try:
@@ -408,7 +404,6 @@ def run(o: DriftSimulationOptions) -> dict[str, Any]:
         loop = None
         try:
             if o.federation:
-                from runtime.cli.drift_loop import FederationLoop
                 loop = FederationLoop(coordinator, sites, runs, root, o.threads)
             for s, r in zip(sites, runs, strict=True):
                 start_daemon(o, root, s, model, r, loop.address if loop else None)
