@@ -69,8 +69,6 @@ def test_the_whole_loop_alarms_start_a_round_the_gate_promotes_and_every_daemon_
     Fails without a triggered round (checked: with the coordinator's
     trigger_sites raised above the number of sites, rounds_triggered is 0
     and the gate list empty) or if a daemon never swaps the release in."""
-    for part in ("service", "site_agent", "gate"):      # until coord, site and gate merge
-        pytest.importorskip(f"runtime.federation.{part}")
     out = simulate(tmp_path, "--after-swap", "10")
     sites = ["site-0", "site-1"]
     assert all(out["detection_delay_requests"][s] is not None for s in sites), out
