@@ -72,6 +72,7 @@ import math
 import os
 import re
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -239,6 +240,16 @@ class CoordinatorConfig:
 
 
 @dataclass(frozen=True)
+class ExplainConfig:
+    """Explanations (Inference.Explain, runtime/core/explain.py): the most
+    segments one request may have (each costs a prefill), and the default
+    length of the greedy answer explained."""
+
+    max_segments: int = 256
+    answer_tokens: int = 32
+
+
+@dataclass(frozen=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     models: dict[str, ModelConfig] = field(default_factory=dict)
@@ -248,6 +259,7 @@ class Config:
     federation: FederationConfig = field(default_factory=FederationConfig)
     drift: DriftConfig = field(default_factory=DriftConfig)
     coordinator: CoordinatorConfig = field(default_factory=CoordinatorConfig)
+    explain: ExplainConfig = field(default_factory=ExplainConfig)
 
 
 _INT_RANGES: dict[str, tuple[int, int]] = {
@@ -447,13 +459,44 @@ def _build(cls: type, path: str, table: dict[str, Any], **fixed: Any) -> Any:
     return replace(defaults, **values)
 
 
+def _check_drift(drift: DriftConfig) -> None:
+    if drift.window > drift.reference_size:
+        raise ConfigError(f"drift.window: must not exceed drift.reference_size "
+                          f"({drift.reference_size}), got {drift.window}")
+
+
+def _check_coordinator(coordinator: CoordinatorConfig) -> None:
+    for key in ("every_s", "trigger_window_s", "min_interval_s", "report_max_age_s"):
+        value = getattr(coordinator, key)
+        if not math.isfinite(value) or (value == 0 and key.startswith(("trigger", "report"))):
+            raise ConfigError(f"coordinator.{key}: must be a finite number "
+                              f"{'> 0' if key.startswith(('trigger', 'report')) else '>= 0'}, "
+                              f"got {value!r}")
+
+
+def _check_explain(explain: ExplainConfig) -> None:
+    if not 1 <= explain.max_segments <= 4096 or explain.answer_tokens < 1:
+        raise ConfigError("explain: max_segments must be in 1..4096 and answer_tokens >= 1")
+
+
+# The plain [section] tables: the dataclass whose fields are the section's
+# keys, and the checks across keys.  A new section is one line here and its
+# field in Config.
+_SECTIONS: dict[str, tuple[type, Callable[[Any], None] | None]] = {
+    "federation": (FederationConfig, None),
+    "drift": (DriftConfig, _check_drift),
+    "coordinator": (CoordinatorConfig, _check_coordinator),
+    "explain": (ExplainConfig, _check_explain),
+}
+
+
 def parse_config(data: dict[str, Any], base_dir: Path | None = None) -> Config:
     """Validates a parsed TOML document.  Relative model paths are resolved
     against base_dir (the config file's folder)."""
-    tables = ["server", "models", "auth", "tls", "acl", "federation", "drift", "coordinator"]
+    known = [f.name for f in fields(Config)]
     for key in data:
-        if key not in tables:
-            raise _unknown("", key, tables)
+        if key not in known:
+            raise _unknown("", key, known)
     server = _build(ServerConfig, "server.", data.get("server", {}))
     auth = _build(AuthConfig, "auth.", data.get("auth", {}))
     tls = _build(TlsConfig, "tls.", data.get("tls", {}))
@@ -462,18 +505,11 @@ def parse_config(data: dict[str, Any], base_dir: Path | None = None) -> Config:
                               for k in ("cert_file", "key_file", "client_ca_file")
                               if getattr(tls, k) and not os.path.isabs(getattr(tls, k))})
     acl = _acl(data.get("acl", {}))
-    federation = _build(FederationConfig, "federation.", data.get("federation", {}))
-    drift = _build(DriftConfig, "drift.", data.get("drift", {}))
-    if drift.window > drift.reference_size:
-        raise ConfigError(f"drift.window: must not exceed drift.reference_size "
-                          f"({drift.reference_size}), got {drift.window}")
-    coordinator = _build(CoordinatorConfig, "coordinator.", data.get("coordinator", {}))
-    for key in ("every_s", "trigger_window_s", "min_interval_s", "report_max_age_s"):
-        value = getattr(coordinator, key)
-        if not math.isfinite(value) or (value == 0 and key.startswith(("trigger", "report"))):
-            raise ConfigError(f"coordinator.{key}: must be a finite number "
-                              f"{'> 0' if key.startswith(('trigger', 'report')) else '>= 0'}, "
-                              f"got {value!r}")
+    sections: dict[str, Any] = {}
+    for name, (cls, check) in _SECTIONS.items():
+        sections[name] = _build(cls, f"{name}.", data.get(name, {}))
+        if check is not None:
+            check(sections[name])
     models: dict[str, ModelConfig] = {}
     tables = data.get("models", {})
     if not isinstance(tables, dict):
@@ -498,7 +534,7 @@ def parse_config(data: dict[str, Any], base_dir: Path | None = None) -> Config:
     if server.models_dir and base_dir is not None and not os.path.isabs(server.models_dir):
         server = replace(server, models_dir=str((base_dir / server.models_dir).resolve()))
     return Config(server=server, models=models, auth=auth, tls=tls, acl=acl,
-                  federation=federation, drift=drift, coordinator=coordinator)
+                  **sections)
 
 
 def _acl(table: Any) -> dict[str, tuple[str, ...]]:

@@ -39,7 +39,7 @@ extern "C" {
 /* HEARTH_CDEF_BEGIN */
 
 /* Bumped whenever a struct layout or a signature below changes. */
-#define HEARTH_CORE_ABI_VERSION 5
+#define HEARTH_CORE_ABI_VERSION 6
 
 /* Seed value that asks for a random seed. */
 #define HEARTH_SEED_RANDOM 4294967295
@@ -203,6 +203,11 @@ typedef struct hearth_engine_params {
      * one fails create with HEARTH_E_FAILED_PRECONDITION naming it.  Read
      * during hearth_engine_create only. */
     const char *rpc_workers;
+    /* Score requests (explanations): logits rows per step they may use
+     * beyond one per sequence (0..256, default 16).  Each row reserves
+     * n_vocab floats twice, like drift_rows; with 0 a score request scores
+     * one target token per step. */
+    int32_t score_rows;
 } hearth_engine_params;
 
 /* Fill *p with defaults (n_ctx 4096, n_parallel 4, ...). */
@@ -454,6 +459,64 @@ HEARTH_API void hearth_request_cancel(hearth_request *r);
 /* Drops the caller's reference, cancelling the request if it is still
  * running.  NULL is ignored. */
 HEARTH_API void hearth_request_free(hearth_request *r);
+
+/* ---------------------------------------------------------------- scoring
+ *
+ * Occlusion scoring (explanations): the log-probability of a fixed target
+ * continuation, teacher-forced (nothing is sampled), under the whole prompt
+ * and under the prompt with each of n_spans token spans left out.  One
+ * request, one slot, going through the scheduler like a generation: the
+ * whole prompt first, then the spans by decreasing start, so each variant
+ * keeps the KV of the tokens before its span (the previous variant computed
+ * them) and computes only the tokens after it plus the target.  n_spans
+ * spans cost at most n_spans + 1 prefills; the engine counts them.
+ */
+
+/* Most spans one score request may name. */
+#define HEARTH_MAX_SCORE_SPANS 4096
+
+typedef struct hearth_score_params {
+    const int32_t *prompt;     /* the whole prompt; copied by submit */
+    int32_t n_prompt;
+    const int32_t *target;     /* the continuation scored (>= 1 token); copied */
+    int32_t n_target;
+    const int32_t *spans;      /* 2 * n_spans token offsets into prompt:
+                                  [start, end) left out, one variant each;
+                                  0 <= start < end <= n_prompt, and a
+                                  variant keeps at least one prompt token */
+    int32_t n_spans;
+    int64_t deadline_ns;       /* CLOCK_MONOTONIC, 0 = none */
+    int32_t adapter;           /* a loaded LoRA adapter's id, 0 for none */
+    float adapter_scale;
+} hearth_score_params;
+
+HEARTH_API void hearth_score_params_init(hearth_score_params *p);
+
+/* Queues a score request; it finishes like a generation (ready list,
+ * hearth_request_take: finished, finish_reason STOP, no tokens), then
+ * hearth_request_score reads its result.  HEARTH_E_INVALID_ARGUMENT for bad
+ * spans or a prompt plus target longer than a slot's context; admission
+ * errors as for hearth_engine_submit. */
+HEARTH_API hearth_status hearth_engine_submit_score(hearth_engine *e,
+                                                    const hearth_score_params *p,
+                                                    hearth_request **out);
+
+typedef struct hearth_score_result {
+    const double *logprob;     /* n_variants sums of the target's token
+                                  log-probabilities: [0] under the whole
+                                  prompt, [1 + i] without span i; valid
+                                  until the request is freed */
+    int32_t n_variants;        /* n_spans + 1 */
+    int32_t n_prefills;        /* variants whose tokens were computed, one
+                                  prefill each (its chunks count once) */
+    int64_t prefill_tokens;    /* tokens computed for the request */
+    int64_t reused_tokens;     /* tokens whose KV was reused instead */
+} hearth_score_result;
+
+/* The result of a finished score request.  HEARTH_E_INVALID_ARGUMENT for a
+ * request that is not one, HEARTH_E_FAILED_PRECONDITION before it finished
+ * with HEARTH_FINISH_STOP. */
+HEARTH_API hearth_status hearth_request_score(hearth_request *r, hearth_score_result *out);
 
 typedef struct hearth_engine_stats {
     int32_t n_slots;

@@ -34,6 +34,7 @@ void hearth_engine_params_init(hearth_engine_params *p) {
     p->draft_fd = -1;
     p->n_draft = 4;
     p->repack_weights = true;
+    p->score_rows = 16;
 }
 
 void hearth_request_params_init(hearth_request_params *p) {
@@ -49,6 +50,10 @@ static hearth_status validate_params(const hearth_engine_params *p) {
     if (p->drift_rows < 0 || p->drift_rows > 256) {
         return hearth_fail(HEARTH_E_INVALID_ARGUMENT, "drift_rows must be in 0..256, got %d",
                            p->drift_rows);
+    }
+    if (p->score_rows < 0 || p->score_rows > 256) {
+        return hearth_fail(HEARTH_E_INVALID_ARGUMENT, "score_rows must be in 0..256, got %d",
+                           p->score_rows);
     }
     if (p->n_parallel < 1 || p->n_parallel > 256) {
         return hearth_fail(HEARTH_E_INVALID_ARGUMENT, "n_parallel must be in 1..256, got %d",
@@ -391,18 +396,27 @@ hearth_status hearth_engine_submit(hearth_engine *e, const hearth_request_params
     }
     hearth_sampler_prime(&r->sampler, p->prompt, p->n_prompt);
 
+    if ((st = hearth_engine_enqueue(e, r, p->adapter)) != HEARTH_OK) {
+        return st;
+    }
+    *out = r;
+    return HEARTH_OK;
+}
+
+hearth_status hearth_engine_enqueue(hearth_engine *e, hearth_request *r, int32_t adapter) {
+    hearth_status st;
     pthread_mutex_lock(&e->mu);
     if (!e->admission_open) {
         pthread_mutex_unlock(&e->mu);
         hearth_request_discard(r);
         return hearth_fail(HEARTH_E_FAILED_PRECONDITION, "the engine is not admitting requests");
     }
-    if ((st = hearth_adapter_acquire(e, p->adapter)) != HEARTH_OK) {
+    if ((st = hearth_adapter_acquire(e, adapter)) != HEARTH_OK) {
         pthread_mutex_unlock(&e->mu);
         hearth_request_discard(r);
         return st;
     }
-    r->adapter = p->adapter;
+    r->adapter = adapter;
     r->id = e->next_id++;
     st = hearth_sched_enqueue(e->sched, r->id, r->prompt.len);
     if (st == HEARTH_OK && !push_ptr(&e->live, &e->n_live, &e->cap_live, r)) {
@@ -420,7 +434,6 @@ hearth_status hearth_engine_submit(hearth_engine *e, const hearth_request_params
     e->stats.requests_submitted++;
     pthread_cond_signal(&e->cv);
     pthread_mutex_unlock(&e->mu);
-    *out = r;
     return HEARTH_OK;
 }
 

@@ -274,6 +274,10 @@ static void pack_batch(hearth_engine *e, int32_t n_plan) {
             }
             continue;
         }
+        if (r->score) {
+            hearth_score_pack(e, r, &e->plan[i]);
+            continue;
+        }
         for (int32_t j = 0; j < ent->n_tokens; j++) {
             bool last = ent->completes_prompt && j == ent->n_tokens - 1;
             bool out = last || hearth_drift_want_logits(e, r, r->n_past + j, b->n_tokens);
@@ -333,6 +337,10 @@ static uint64_t sample_plan(hearth_engine *e, int32_t n_plan) {
     for (int32_t i = 0; i < n_plan; i++) {
         hearth_request *r = e->plan_reqs[i];
         r->pending_finish = HEARTH_FINISH_NONE;
+        if (r->score) {
+            hearth_score_collect(e, r, &e->plan[i]);
+            continue;
+        }
         if (r->batch_index < 0) {
             continue;
         }
@@ -361,6 +369,9 @@ static uint64_t sample_plan(hearth_engine *e, int32_t n_plan) {
 
 /* Finishes or publishes a request after its step. e->mu held. */
 static void settle(hearth_engine *e, hearth_request *r, bool produced) {
+    if (r->score && r->pending_finish == HEARTH_FINISH_NONE) {
+        hearth_score_advance(e, r); /* its next variant, if this one ended */
+    }
     if (r->pending_finish != HEARTH_FINISH_NONE) {
         const char *why = NULL;
         if (r->pending_finish == HEARTH_FINISH_ERROR) {

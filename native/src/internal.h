@@ -201,6 +201,7 @@ struct hearth_request {
     int32_t n_drafted;
     int32_t n_draft_accepted;
     drift_signals drift;
+    struct score_job *score; /* score requests (score.c), else NULL */
     hearth_finish_reason pending_finish; /* decided during a step */
     bool finished_engine;  /* engine has finished it (publish pending) */
     hearth_finish_reason finish_reason;
@@ -272,6 +273,8 @@ struct hearth_engine {
     draft_model *draft;    /* NULL without a draft model */
     struct drift_table *drift_table; /* signals.c: token embeddings, mapped lazily */
     struct drift_step *drift_step;   /* signals.c: this step's prompt rows to score */
+    uint64_t score_step;             /* score.c: the step score_rows_used counts */
+    int32_t score_rows_used;
     struct llama_model *model;
     struct llama_context *ctx;
     struct llama_context *embd_ctx; /* created on first embedding request */
@@ -341,11 +344,18 @@ uint64_t hearth_grammar_run_jobs(struct hearth_engine *e, int64_t decode_ns);
 void hearth_engine_publish(struct hearth_engine *e, hearth_request *r);
 void hearth_engine_finish(struct hearth_engine *e, hearth_request *r,
                           hearth_finish_reason reason, const char *error);
+/* engine.c: takes the adapter's use, queues r for a slot and lists it live;
+ * on failure r is discarded.  Shared by generation and score requests. */
+hearth_status hearth_engine_enqueue(struct hearth_engine *e, hearth_request *r, int32_t adapter);
 
 /* slots.c: choose a slot for a request and reuse what its KV cache holds. */
 int32_t hearth_slots_assign(struct hearth_engine *e, hearth_request *r);
 void hearth_slots_release(struct hearth_engine *e, hearth_request *r, bool keep_cache);
 int32_t hearth_common_prefix(const int32_t *a, int32_t na, const int32_t *b, int32_t nb);
+/* Keeps the first n tokens of r's slot cache (less if llama.cpp cannot cut
+ * the sequence there or a sliding window dropped what the next token needs);
+ * returns how many it kept. */
+int32_t hearth_slots_rewind(struct hearth_engine *e, hearth_request *r, int32_t n);
 
 /* model.c */
 hearth_status hearth_model_open(const char *path, int32_t fd, struct llama_model_params mp,
@@ -396,5 +406,23 @@ void hearth_drift_score_prompt(struct hearth_engine *e);
 void hearth_drift_first_token(struct hearth_engine *e, hearth_request *r);
 /* r->mu held: the signals into a finished request's output. */
 void hearth_drift_output(const hearth_request *r, hearth_output *out);
+
+/* scheduler.c: a running sequence starts another prompt of n_prompt
+ * tokens of which n_remaining still need computing (a score request's next
+ * variant, in the same slot). */
+hearth_status hearth_sched_restart_prefill(hearth_scheduler *s, uint64_t id, int32_t n_prompt,
+                                           int32_t n_remaining);
+
+/* score.c: score requests (see hearth_core.h), engine thread.  The most
+ * prompt tokens admission may reuse (the first scored row is computed);
+ * packs a prefill chunk, listing the rows that predict target tokens (the
+ * chunk is cut short when the step's score rows run out); adds
+ * up those rows once decoded; after the step (e->mu held) moves on to the
+ * next variant, or marks the request finished. */
+int32_t hearth_score_reuse_limit(const hearth_request *r);
+void hearth_score_pack(struct hearth_engine *e, hearth_request *r, hearth_sched_entry *ent);
+void hearth_score_collect(struct hearth_engine *e, hearth_request *r, const hearth_sched_entry *ent);
+void hearth_score_advance(struct hearth_engine *e, hearth_request *r);
+void hearth_score_free(hearth_request *r);
 
 #endif

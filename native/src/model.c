@@ -184,6 +184,7 @@ hearth_status hearth_model_create_context(hearth_engine *e) {
         cp.swa_full = true;
     }
     cp.n_outputs_max += (uint32_t)p->drift_rows; /* signals.c: prompt rows scored */
+    cp.n_outputs_max += (uint32_t)p->score_rows; /* score.c: target rows scored */
     cp.no_perf = true;
     cp.embeddings = false;
     e->ctx = llama_init_from_model(e->model, cp);

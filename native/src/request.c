@@ -49,6 +49,7 @@ void hearth_request_unref(hearth_request *r) {
     hearth_textstream_free(r->text);
     free(r->error);
     hearth_drift_request_free(r);
+    hearth_score_free(r);
     output_free(&r->pending);
     output_free(&r->taken);
     pthread_mutex_destroy(&r->mu);

@@ -134,6 +134,24 @@ hearth_status hearth_sched_set_prefill(hearth_scheduler *s, uint64_t id, int32_t
     return HEARTH_OK;
 }
 
+hearth_status hearth_sched_restart_prefill(hearth_scheduler *s, uint64_t id, int32_t n_prompt,
+                                           int32_t n_remaining) {
+    sched_seq *seq = find_running(s, id);
+    if (!seq) {
+        return hearth_fail(HEARTH_E_NOT_FOUND, "scheduler: id %llu is not running",
+                           (unsigned long long)id);
+    }
+    if (n_remaining < 1 || n_remaining > n_prompt) {
+        return hearth_fail(HEARTH_E_INVALID_ARGUMENT,
+                           "scheduler: prefill of %d tokens is out of range 1..%d", n_remaining,
+                           n_prompt);
+    }
+    seq->n_prompt = n_prompt;
+    seq->n_remaining = n_remaining;
+    seq->state = SEQ_PREFILL;
+    return HEARTH_OK;
+}
+
 int32_t hearth_sched_plan(hearth_scheduler *s, hearth_sched_entry *out, int32_t cap) {
     int32_t n = 0;
     int32_t budget = s->cfg.max_batch_tokens;

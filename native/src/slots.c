@@ -73,8 +73,8 @@ static int32_t lru_free_slot(const hearth_engine *e) {
 int32_t hearth_slots_assign(hearth_engine *e, hearth_request *r) {
     const int32_t *prompt = r->prompt.data;
     /* The last prompt token is always computed: its logits give the first
-     * generated token. */
-    const int32_t limit = r->prompt.len - 1;
+     * generated token (a score request's first scored row, likewise). */
+    const int32_t limit = r->score ? hearth_score_reuse_limit(r) : r->prompt.len - 1;
     int32_t own = -1;
     int32_t own_len = -1;
     int32_t src = -1;
@@ -132,6 +132,15 @@ int32_t hearth_slots_assign(hearth_engine *e, hearth_request *r) {
     r->n_past = reuse;
     r->n_cached = reuse;
     return dst;
+}
+
+int32_t hearth_slots_rewind(hearth_engine *e, hearth_request *r, int32_t n) {
+    slot *s = &e->slots[r->slot];
+    int32_t kept = prefix_usable(e, s->id, n) ? slot_trim(e, s, n) : 0;
+    if (kept == 0) {
+        slot_clear(e, s);
+    }
+    return kept;
 }
 
 void hearth_slots_release(hearth_engine *e, hearth_request *r, bool keep_cache) {

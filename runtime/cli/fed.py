@@ -64,9 +64,13 @@ def cmd_init(args: argparse.Namespace) -> int:
         trainable_size=size, trainer=trainer, clip_norm=args.clip_norm,
         noise_multiplier=args.noise_multiplier, delta=args.delta,
         epsilon_budget=args.epsilon_budget, min_sites=args.min_sites,
-        secure_aggregation=args.secagg, round_seconds=args.round_seconds)
+        secure_aggregation=args.secagg, round_seconds=args.round_seconds,
+        **({} if args.gate_margin is None else {"gate_margin": args.gate_margin}))
     if args.min_sites < 1 or args.clip_norm <= 0 or args.noise_multiplier < 0:
         raise ConfigError("--min-sites must be >= 1, --clip-norm > 0, --noise-multiplier >= 0")
+    if not 0 <= settings.gate_margin < 1:
+        raise ConfigError("--gate-margin must be >= 0 and below 1 (0.02: a candidate may be "
+                          "at most 2% worse in held-out perplexity)")
     with opened_store(args) as store:
         init_coordinator(store, settings, args.base_model)
     _json({"federation": args.federation, "trainable_values": size,
@@ -165,10 +169,29 @@ def cmd_publish(args: argparse.Namespace) -> int:
 
     with opened_store(args) as store, _coordinator_writer(store):
         published, path = publish_round(store, Path(args.out))
+    print(f"warning: {GATE_NOT_RUN}", file=sys.stderr)
     _json({"version": published.version, "release": str(path),
            "metrics": published.manifest.metrics,
-           "rejected": [f"{r.site}: {r.reason}" for r in published.rejected]})
+           "rejected": [f"{r.site}: {r.reason}" for r in published.rejected],
+           "gate": GATE_NOT_RUN})
     return ExitCode.OK
+
+
+GATE_NOT_RUN = ("the gate did not run: air-gapped rounds have no candidate round trip, so "
+                "this release was published without the sites evaluating it first")
+
+
+def _rejection_records(store: SealedStore, federation: str) -> list[dict[str, Any]]:
+    """The signed rejection records in the store, each signature checked."""
+    from runtime.federation.gate import read_rejection
+    from runtime.federation.release import key_fingerprint
+    from runtime.federation.state import coordinator_keys, stored_rejections
+
+    key = coordinator_keys(store)[0].public_key()
+    docs = [read_rejection(env, {key_fingerprint(key): key})
+            for env in stored_rejections(store, federation)]
+    return [{"round": d["round"], "candidate_adapter_sha256": d["candidate_adapter_sha256"],
+             "reason": d["reason"], "signature": "verified"} for d in docs]
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -188,7 +211,11 @@ def cmd_status(args: argparse.Namespace) -> int:
                                   "reports": [{"site": x.site, "kind": x.kind,
                                                "raised_at": x.raised_at,
                                                "adapter_version": x.adapter_version}
-                                              for x in r.reports[-20:]]}
+                                              for x in r.reports[-20:]],
+                                  "gate_margin": r.settings.gate_margin,
+                                  "gate": r.gate,
+                                  "gate_rejections": _rejection_records(
+                                      store, r.settings.federation)}
         except FailedPrecondition:
             pass
         try:
@@ -418,6 +445,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--secagg", action="store_true", help="secure aggregation (online only)")
     g.add_argument("--round-seconds", type=float, default=3600.0,
                    help="a round's deadline, from its plan")
+    g.add_argument("--gate-margin", type=float,
+                   help="the gate: an online round's candidate is released only if its "
+                        "held-out perplexity is at most the current version's x (1 + margin) "
+                        "on every site that evaluated it (default 0.02)")
 
     p = _store_command(fsub, "issue", "enroll a site from its request; writes its kit",
                        cmd_issue)
@@ -435,7 +466,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", help="hearth.toml whose [coordinator] table is the --serve "
                                     "policy (default: none; no round starts)")
     p.add_argument("--step-seconds", type=float, default=120.0,
-                   help="how long each secure-aggregation step waits for the sites")
+                   help="how long each secure-aggregation step, and the gate's evaluation "
+                        "of the candidate, waits for the sites")
     p.add_argument("--ready-file", help="write the bound address here once listening")
     p.add_argument("--linger", type=float, default=5.0,
                    help="seconds to keep serving releases after the last round")

@@ -12,6 +12,7 @@ from runtime.cli import (
     client,
     doctor,
     drift,
+    explain,
     fed,
     rpc_worker,
     serve,
@@ -71,6 +72,7 @@ def parser() -> argparse.ArgumentParser:
     fed.add_parsers(sub)
     drift.add_parsers(sub)
     transparency.add_parsers(sub)
+    explain.add_parsers(sub)
     doctor.add_parser(sub)
     rpc_worker.add_parser(sub)
     d = sub.add_parser("devices", help="show the devices ggml can use")

@@ -7,6 +7,10 @@ with the access checks; InferenceService finds its models through it.
 The gRPC, KServe and HTTP faces are thin adapters over both, so every
 transport shares one code path.
 
+explain.py (Explainer) explains a completion by occlusion: the answer's
+log-probability without each segment of the prompt, from one native score
+request (docs/explain.md).
+
 options.py is the one table of generation options (name, type, range,
 budget, server default, OpenAI and KServe spellings); validation.py checks
 requests against it, and the transports' converters read requests by it.

@@ -5,7 +5,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
-from runtime.native import NativeEngine, NativeRequest, Output, RequestParams
+from runtime.native import NativeEngine, NativeRequest, Output, RequestParams, ScoreParams
 
 
 class RequestStream:
@@ -38,7 +38,7 @@ class RequestStream:
             self.close()
 
     async def result(self) -> Output:
-        """Waits for a single-shot request (embeddings) to finish."""
+        """Waits for a single-shot request (embeddings, scores) to finish."""
         final = None
         async for out in self:
             final = out
@@ -113,6 +113,10 @@ class EngineSession:
 
     def embed(self, tokens: list[int], normalize: bool) -> RequestStream:
         return self._track(self.engine.submit_embedding(tokens, normalize))
+
+    def score(self, params: ScoreParams) -> RequestStream:
+        """An occlusion score request; its result() carries Output.score."""
+        return self._track(self.engine.submit_score(params))
 
     def cancel_all(self) -> None:
         for stream in list(self._streams.values()):

@@ -6,7 +6,10 @@ The parts that decide what to trust and compute do no I/O, so the same
 logic runs over gRPC, over files on removable media, and in tests:
 
 * `coordinator` - a round from the coordinator's side: signed plan,
-                  the updates that count, FedAvg, privacy budget, release;
+                  the updates that count, FedAvg, privacy budget, the
+                  candidate, release;
+* `gate`        - the candidate's round trip: the sites' signed evaluations,
+                  the promote/withhold decision, the signed rejection record;
 * `participant` - a site's update: train, clip, add noise, lay it out;
 * `plan`        - signed round plans, and a site's decision to answer one:
                   its privacy floor (`SitePolicy`) and its ledger of answered
@@ -29,7 +32,8 @@ logic runs over gRPC, over files on removable media, and in tests:
 Around them, written once for every transport:
 
 * `site_loop`   - the site's round (accept -> record -> train -> send ->
-                  apply the release) against `CoordinatorLink`;
+                  evaluate the candidate -> apply the release) against
+                  `CoordinatorLink`;
 * `rounds`      - the coordinator's round steps on its store
                   (`CoordinatorRounds`) and `drive_round`, against
                   `SiteExchange`;

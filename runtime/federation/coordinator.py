@@ -1,6 +1,8 @@
 """The coordinator's round logic, with no I/O: open a round with a signed plan,
 take the sites' updates (sealed files, or the secure-aggregation exchange),
-refuse what must not count, combine, and sign the next release.
+refuse what must not count, combine into a candidate, and sign it as the
+next release (`promote`) or drop it (`withhold`) as the gate decides
+(gate.py; rounds.py runs the round trip to the sites).
 
 Transports (gRPC, files on removable media) and persistence are injected
 around it; building the adapter file from the global vector is a callable
@@ -24,7 +26,8 @@ import datetime
 import hashlib
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -44,6 +47,9 @@ from runtime.federation.release import ReleaseManifest, key_fingerprint, sign_re
 from runtime.federation.secagg import SecAggCoordinator
 from runtime.federation.update_bundle import UpdateInbox
 
+if TYPE_CHECKING:                       # gate.py reads SiteEval from here
+    from runtime.federation.gate import GateDecision
+
 EVAL_FIELDS = 2          # held-out NLL sum and token count, of the round's starting adapter
 
 
@@ -62,6 +68,10 @@ class FederationSettings:
     # come off with shares from that many survivors, and no fewer.
     secure_aggregation: bool = False
     round_seconds: float = 600.0
+    # The gate (gate.py): a candidate is released only if its held-out
+    # perplexity is at most the current version's times (1 + gate_margin),
+    # on every site that evaluated it and over all of them.
+    gate_margin: float = 0.02
 
 
 @dataclass(frozen=True)
@@ -71,12 +81,44 @@ class SiteEval:
 
 
 @dataclass(frozen=True)
+class Candidate:
+    """A round's aggregate before the gate: the adapter the coordinator
+    would release, and its manifest, not signed yet."""
+
+    round: int
+    trainable: np.ndarray
+    adapter: bytes
+    manifest: ReleaseManifest          # unsigned; the version it would get
+    rejected: list[Rejection]          # updates that did not count
+    sites: list[str]                   # the sites whose updates counted
+
+    @property
+    def adapter_sha256(self) -> str:
+        return self.manifest.adapter_sha256
+
+
+@dataclass(frozen=True)
 class Published:
     version: int
     envelope: bytes
     adapter: bytes
     manifest: ReleaseManifest
     rejected: list[Rejection]
+    gate: GateDecision | None = None   # None: released without the gate (air-gapped)
+    promoted: bool = True
+
+
+@dataclass(frozen=True)
+class Withheld:
+    """A candidate the gate refused: nothing was published, the version
+    stays.  `manifest` is the candidate's, never signed."""
+
+    version: int                       # the federation's version, unchanged
+    manifest: ReleaseManifest
+    rejected: list[Rejection]
+    gate: GateDecision
+    record: bytes                      # the signed hearth-gate-rejection/1 envelope
+    promoted: bool = False
 
 
 def update_norm_bound(plan: RoundPlan, n: int) -> float:
@@ -119,6 +161,8 @@ class Coordinator:
     # never closed (failed, or the service stopped) keeps its number: sites
     # that answered it wait for a higher one, so numbers are never reused.
     last_round: int = 0
+    pending: Candidate | None = None               # aggregated, before the gate
+
 
     def __post_init__(self) -> None:
         n = self.settings.trainable_size
@@ -146,6 +190,9 @@ class Coordinator:
         s = self.settings
         if self.current is not None:
             raise FailedPrecondition(f"round {self.current.plan.round} is still open")
+        if self.pending is not None:
+            raise FailedPrecondition(f"round {self.pending.round}: its candidate is before "
+                                     "the gate")
         if len(self.sites) < s.min_sites:
             raise FailedPrecondition(f"a round needs {s.min_sites} sites, {len(self.sites)} "
                                      "are enrolled")
@@ -223,10 +270,13 @@ class Coordinator:
         r.evals[update.site] = ev
         return update.site
 
-    def close_round(self, now: float, secagg_sum: tuple[np.ndarray, list[str]] | None = None
-                    ) -> Published:
-        """Aggregates what arrived and signs the next release.  With secure
-        aggregation, `secagg_sum` is SecAggCoordinator.finish's result."""
+    def aggregate(self, now: float, secagg_sum: tuple[np.ndarray, list[str]] | None = None
+                  ) -> Candidate:
+        """Aggregates what arrived into the round's candidate (not signed,
+        not released: the gate decides).  The round's privacy is spent here:
+        the sites' noised updates have left them whatever the gate says.
+        With secure aggregation, `secagg_sum` is SecAggCoordinator.finish's
+        result."""
         r = self._round()
         s = self.settings
         n = s.trainable_size
@@ -246,20 +296,20 @@ class Coordinator:
             # sites clip themselves, and the plan they verified says how.
             mean = (total[:n] / weight).astype(np.float32)
             evals = SiteEval(float(total[n + 1]), float(total[n + 2]))
-            contributors, rejected = len(survivors), list(r.refused)
+            counted, rejected = sorted(survivors), list(r.refused)
         else:
             mean, rejected = fedavg(r.updates, n, update_norm_bound(r.plan, n), s.min_sites)
             rejected = list(r.refused) + rejected
             bad = {x.site for x in rejected}
             kept = [r.evals[u.site] for u in r.updates if u.site not in bad]
             evals = SiteEval(math.fsum(e.nll_sum for e in kept), math.fsum(e.tokens for e in kept))
-            contributors = len(r.updates) - len(bad & {u.site for u in r.updates})
+            counted = sorted(u.site for u in r.updates if u.site not in bad)
         assert self.accountant is not None and self.global_trainable is not None
         if s.noise_multiplier > 0:
             self.accountant.spend(1.0, s.noise_multiplier)
         new_global = (self.global_trainable + mean).astype(np.float32)
         adapter = self.build_adapter(new_global)
-        metrics = {"round": float(r.plan.round), "sites": float(contributors),
+        metrics = {"round": float(r.plan.round), "sites": float(len(counted)),
                    "rejected": float(len(rejected))}
         if evals.tokens > 0:
             metrics["heldout_ppl_parent"] = math.exp(evals.nll_sum / evals.tokens)
@@ -271,19 +321,56 @@ class Coordinator:
             federation=s.federation, version=self.version + 1, parent_version=self.version,
             base_model_sha256=s.base_model_sha256,
             adapter_sha256=hashlib.sha256(adapter).hexdigest(), adapter_bytes=len(adapter),
-            created=datetime.datetime.fromtimestamp(now, datetime.UTC).strftime(
-                "%Y-%m-%dT%H:%M:%SZ"),
-            metrics=metrics)
+            created=_rfc3339(now), metrics=metrics)
+        self.current = None
+        self.pending = Candidate(r.plan.round, new_global, adapter, manifest, rejected, counted)
+        return self.pending
+
+    def _pending(self, candidate: Candidate) -> None:
+        if self.pending is not candidate:
+            raise FailedPrecondition(f"round {candidate.round}: not this coordinator's pending "
+                                     "candidate")
+
+    def promote(self, candidate: Candidate, now: float, gate: GateDecision | None = None,
+                metrics: dict[str, float] | None = None) -> Published:
+        """Signs the candidate as the next release; `metrics`: the gate's
+        figures, added to the manifest's."""
+        self._pending(candidate)
+        manifest = replace(candidate.manifest, created=_rfc3339(now),
+                           metrics={**candidate.manifest.metrics, **(metrics or {})})
         envelope = sign_release(manifest, self.signing_key)
         self.version += 1
-        self.global_trainable = new_global
+        self.global_trainable = candidate.trainable
         self.rounds_done += 1
-        self.current = None
-        return Published(self.version, envelope, adapter, manifest, rejected)
+        self.pending = None
+        return Published(self.version, envelope, candidate.adapter, manifest,
+                         candidate.rejected, gate)
+
+    def withhold(self, candidate: Candidate) -> None:
+        """The gate refused the candidate: the round is over (its number is
+        used; its privacy stays spent), the version and adapter stay."""
+        self._pending(candidate)
+        self.rounds_done += 1
+        self.pending = None
+
+    def close_round(self, now: float, secagg_sum: tuple[np.ndarray, list[str]] | None = None
+                    ) -> Published:
+        """Aggregates what arrived and signs the next release, with no gate
+        (the air-gapped `hearth fed publish`, and tests of aggregation)."""
+        return self.promote(self.aggregate(now, secagg_sum), now)
 
     def abandon_round(self, reason: str) -> None:
         """Closes the open round without a release (too few sites by the
-        deadline); its privacy cost is not spent, nothing was published."""
+        deadline); its privacy cost is not spent, nothing was published.
+        A round that had reached its candidate is withheld instead: its
+        privacy was spent."""
+        if self.pending is not None:
+            self.withhold(self.pending)
+            return
         r = self._round()
         r.refused.append(Rejection("*", reason))
         self.current = None
+
+
+def _rfc3339(now: float) -> str:
+    return datetime.datetime.fromtimestamp(now, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -8,6 +8,11 @@ aggregation the masks of those that shared come off through the survivors'
 shares).  `FederationServicer` only turns RPCs into phase messages and
 waits for the phase's outcome; the round is rounds.drive_round's.
 
+The gate's round trip (the candidate out, the sites' signed evaluations
+in, the decision back) is its own service, FederationGate, on the same
+servicer and authenticator: `evaluations` offers the candidate file and
+collects an EVALUATIONS phase, `gate_decided` closes it with the outcome.
+
 The servicer is registered like every other service (server/registry.py:
 decoding, error mapping), with `SiteAuthenticator`: a caller is the
 enrolled site named by its client certificate, which the federation's CA
@@ -29,6 +34,7 @@ from runtime._proto.hearth.federation.v1 import federation_pb2 as fpb
 from runtime.auth import principal
 from runtime.auth.principal import Principal
 from runtime.federation.coordinator import Published
+from runtime.federation.gate import GateDecision
 from runtime.federation.plan import RoundPlan
 from runtime.federation.rounds import Delivery, SiteExchange, Step
 from runtime.federation.secagg import (
@@ -87,6 +93,7 @@ class Phase:
 
 
 UPDATES = "updates"
+EVALUATIONS = "evaluations"
 
 
 @dataclass
@@ -94,6 +101,8 @@ class RoundChannels:
     number: int
     envelope: bytes
     phases: dict[str | Step, Phase] = field(default_factory=dict)
+    candidate: bytes | None = None                  # the candidate file, once aggregated
+    failed: errors.HearthError | None = None
 
     def phase(self, step: str | Step) -> Phase:
         found = self.phases.get(step)
@@ -158,6 +167,22 @@ class GrpcExchange(SiteExchange):
         for phase in self.round.phases.values():
             if not phase.closed.is_set():
                 phase.close(errors.FailedPrecondition(f"round {plan.round} failed: {error}"))
+        self.round.failed = errors.FailedPrecondition(f"round {plan.round} failed: {error}")
+        await self._announce()
+
+    async def evaluations(self, plan: RoundPlan, candidate_file: bytes, sites: set[str],
+                          seconds: float) -> dict[str, bytes]:
+        rc = self.channels(plan.round)
+        rc.phases[EVALUATIONS] = Phase(sites)
+        rc.candidate = candidate_file
+        await self._announce()
+        return await rc.phase(EVALUATIONS).gather(seconds)
+
+    async def gate_decided(self, plan: RoundPlan, decision: GateDecision) -> None:
+        phase = self.channels(plan.round).phase(EVALUATIONS)
+        version = plan.adapter_version + (1 if decision.promoted else 0)
+        if not phase.closed.is_set():
+            phase.close((decision, version))
 
     async def gather(self, step: Step, seconds: float) -> dict[str, Any]:
         assert self.round is not None
@@ -184,6 +209,18 @@ class GrpcExchange(SiteExchange):
                 lambda: self.finished or (self.round is not None and self.round.number > after)),
                 timeout)
             return None if self.finished else self.round
+
+    async def wait_candidate(self, number: int, timeout: float) -> RoundChannels:
+        """The round once its candidate is out (or it failed first)."""
+        async with self.changed:
+            await asyncio.wait_for(self.changed.wait_for(
+                lambda: self.finished or self.round is None or self.round.number != number
+                or self.round.candidate is not None or self.round.failed is not None),
+                timeout)
+        rc = self.channels(number)
+        if rc.failed is not None:
+            raise rc.failed
+        return rc
 
     async def wait_release(self, after: int, timeout: float) -> tuple[int, bytes] | None:
         async with self.changed:
@@ -294,14 +331,37 @@ class FederationServicer:
         self.reports(bytes(request.envelope), _site())
         return fpb.Ack()
 
+    # ---- the gate (service FederationGate) ----------------------------------------------
+
+    async def GetCandidate(self, request: fpb.GetCandidateRequest, context: Any
+                           ) -> fpb.CandidateFile:
+        rc = await _waiting(self.x.wait_candidate(request.round, _remaining(context)))
+        if _site() not in rc.phase(EVALUATIONS).expected:
+            return fpb.CandidateFile(reason=f"round {request.round}: this site's update did "
+                                            "not count, so it does not evaluate the candidate")
+        assert rc.candidate is not None
+        return fpb.CandidateFile(candidate_file=rc.candidate)
+
+    async def SubmitEvaluation(self, request: fpb.SubmitEvaluationRequest, context: Any
+                               ) -> fpb.GateOutcome:
+        phase = self.x.channels(request.round).phase(EVALUATIONS)
+        if not phase.closed.is_set():
+            phase.add(_site(), request.evaluation)
+        # else: too late to count; the site still learns what was decided
+        decision, version = await _waiting(asyncio.wait_for(phase.outcome(),
+                                                            _remaining(context)))
+        return fpb.GateOutcome(promoted=decision.promoted, reason=decision.reason,
+                               version=version)
+
 
 def add_federation_service(server: grpc.aio.Server, exchange: GrpcExchange,
                            sites: Mapping[str, Any],
                            reports: Callable[[bytes, str], object] | None = None) -> None:
     """`reports`: where signed site reports go (service.ReportDesk.receive);
     None: the Report call is refused."""
-    add_service(server, fpb.DESCRIPTOR.services_by_name["Federation"],
-                FederationServicer(exchange, reports), SiteAuthenticator(sites))
+    servicer, auth = FederationServicer(exchange, reports), SiteAuthenticator(sites)
+    add_service(server, fpb.DESCRIPTOR.services_by_name["Federation"], servicer, auth)
+    add_service(server, fpb.DESCRIPTOR.services_by_name["FederationGate"], servicer, auth)
 
 
 def server_credentials(ca_pem: bytes, key_pem: bytes, cert_pem: bytes

@@ -22,7 +22,7 @@ from runtime.federation.secagg import (
     MaskedInput,
     UnmaskResponse,
 )
-from runtime.federation.site_loop import CoordinatorLink, SiteRun, participate
+from runtime.federation.site_loop import CoordinatorLink, GateVerdict, SiteRun, participate
 from runtime.federation.site_training import SiteData
 from runtime.federation.state import SiteContext
 
@@ -61,6 +61,7 @@ class GrpcLink(CoordinatorLink):
         self.channel = grpc.secure_channel(
             target, grpc.ssl_channel_credentials(ca, key, cert), options=options)
         self.stub = fgrpc.FederationStub(self.channel)
+        self.gate = fgrpc.FederationGateStub(self.channel)
         self.wait_s = wait_s
         self.bytes_sent = 0
         self.fetched: list[int] = []        # release versions this link brought
@@ -68,9 +69,9 @@ class GrpcLink(CoordinatorLink):
     def close(self) -> None:
         self.channel.close()
 
-    def call(self, method: str, request: Any) -> Any:
+    def call(self, method: str, request: Any, stub: Any = None) -> Any:
         self.bytes_sent += request.ByteSize()
-        return getattr(self.stub, method)(request, timeout=self.wait_s)
+        return getattr(stub or self.stub, method)(request, timeout=self.wait_s)
 
     def fetch_plan(self, after_round: int) -> bytes | None:
         reply = self.call("GetPlan", fpb.GetPlanRequest(after_round=after_round))
@@ -91,6 +92,15 @@ class GrpcLink(CoordinatorLink):
         reply = self.call("GetRelease", fpb.GetReleaseRequest(after_version=after_version))
         self.fetched.append(reply.version)
         return bytes(reply.release_file)
+
+    def fetch_candidate(self, round_no: int) -> bytes | None:
+        reply = self.call("GetCandidate", fpb.GetCandidateRequest(round=round_no), self.gate)
+        return bytes(reply.candidate_file) or None
+
+    def submit_evaluation(self, round_no: int, evaluation: bytes) -> GateVerdict | None:
+        outcome = self.call("SubmitEvaluation", fpb.SubmitEvaluationRequest(
+            round=round_no, evaluation=evaluation), self.gate)
+        return GateVerdict(outcome.promoted, outcome.reason, outcome.version)
 
     def advertise_keys(self, round_no: int, mine: AdvertiseKeys) -> list[AdvertiseKeys]:
         roster = self.call("AdvertiseKeys", fpb.AdvertiseKeysRequest(

@@ -7,12 +7,16 @@ gRPC over mutual TLS (online.GrpcExchange) and files on removable media
 (files.FileExchange) implement it.
 
 `CoordinatorRounds` holds the round's steps on the sealed store (open or
-resume, take an update, close into a signed and stored release, abandon),
-around coordinator.py's I/O-free decisions.  `drive_round` runs one whole
-round over an exchange that can wait for the sites (online).  The
-air-gapped commands (`hearth fed plan / collect / publish`, files.py) run
-the same steps one command at a time, since a courier carries the media
-between them; the open round is kept in the store's record meanwhile.
+resume, take an update, aggregate into a candidate, put it through the gate
+(gate.py) and promote it into a signed and stored release or withhold it
+with a signed rejection record, abandon), around coordinator.py's and
+gate.py's I/O-free decisions.  `drive_round` runs one whole round over an
+exchange that can wait for the sites (online): plan, updates, candidate,
+the sites' evaluations, the gate, the release.  The air-gapped commands
+(`hearth fed plan / collect / publish`, files.py) run the same steps one
+command at a time, since a courier carries the media between them; the
+open round is kept in the store's record meanwhile.  They have no candidate
+round trip: `publish` releases without the gate, and says so.
 """
 from __future__ import annotations
 
@@ -26,8 +30,18 @@ from typing import Any
 import numpy as np
 
 from runtime.errors import FailedPrecondition, HearthError
-from runtime.federation.coordinator import Published
+from runtime.federation.coordinator import Candidate, Published, Withheld
 from runtime.federation.documents import b64, seal_release_file, unb64
+from runtime.federation.gate import (
+    CandidateManifest,
+    GateDecision,
+    SiteFigures,
+    decide,
+    read_evaluation,
+    rejection_text,
+    seal_candidate_file,
+    sign_rejection,
+)
 from runtime.federation.plan import RoundPlan
 from runtime.federation.secagg import SecAggCoordinator
 from runtime.federation.state import (
@@ -37,6 +51,7 @@ from runtime.federation.state import (
     load_coordinator_record,
     record_progress,
     save_coordinator_record,
+    save_rejection,
 )
 from runtime.storage.store import Kind, SealedStore
 
@@ -83,6 +98,19 @@ class SiteExchange(ABC):
     @abstractmethod
     async def publish_release(self, published: Published, release_file: bytes) -> None:
         """Makes the signed release file available to the sites."""
+
+    async def evaluations(self, plan: RoundPlan, candidate_file: bytes, sites: set[str],
+                          seconds: float) -> dict[str, bytes]:
+        """Sends the candidate file to `sites` and gathers their signed
+        evaluations (hearth-candidate-evaluation/1) by site, waiting up to
+        `seconds` for all of them."""
+        raise FailedPrecondition("this transport cannot carry a candidate to the sites and "
+                                 "their evaluations back")
+
+    async def gate_decided(self, plan: RoundPlan, decision: GateDecision) -> None:
+        """Tells the sites that evaluated the candidate what the gate
+        decided (a refused candidate has no release to wait for)."""
+        return None
 
     async def round_failed(self, plan: RoundPlan, error: HearthError) -> None:
         """The round ends without a release; sites still waiting are told
@@ -155,25 +183,99 @@ class CoordinatorRounds:
                                  delivery.blob)
         return site
 
-    def close(self, now: float, secagg_sum: tuple[np.ndarray, list[str]] | None = None
-              ) -> tuple[Published, bytes]:
-        """Aggregates, signs, and stores the release; returns it with its
-        release file (the adapter inside is encrypted to the sites)."""
-        published = self.c.close_round(now, secagg_sum)
+    def candidate(self, now: float, secagg_sum: tuple[np.ndarray, list[str]] | None = None
+                  ) -> tuple[Candidate, bytes]:
+        """Aggregates into the round's candidate; returns it with the
+        candidate file for the sites (encrypted under the release key).
+        The privacy the round spent is written to the record now."""
+        cand = self.c.aggregate(now, secagg_sum)
+        assert self.c.accountant is not None
+        self.record.rdp = list(self.c.accountant.rdp)
+        save_coordinator_record(self.store, self.record)
+        signing, _, release_key = coordinator_keys(self.store)
+        m = cand.manifest
+        blob = seal_candidate_file(CandidateManifest(
+            m.federation, cand.round, m.parent_version, m.base_model_sha256, m.adapter_sha256,
+            m.adapter_bytes), cand.adapter, signing, release_key)
+        return cand, blob
+
+    def judge(self, cand: Candidate, evaluations: dict[str, bytes]) -> GateDecision:
+        """The gate's decision on the evaluations that check out; one that
+        does not is logged and does not count."""
+        figures: dict[str, SiteFigures] = {}
+        for sender, envelope in evaluations.items():
+            try:
+                ev = read_evaluation(envelope, self.c.sites, self.federation, cand.round,
+                                     cand.adapter_sha256, sender)
+            except HearthError as exc:
+                log.warning("round %d: evaluation from %s refused: %s", cand.round, sender, exc)
+                continue
+            figures[ev.site] = ev.figures()
+        s = self.record.settings
+        return decide(figures, set(cand.sites), s.gate_margin, s.min_sites)
+
+    def _remember(self, cand: Candidate, decision: GateDecision) -> None:
+        self.record.gate.append({"round": cand.round, "version": cand.manifest.version,
+                                 "candidate_sha256": cand.adapter_sha256,
+                                 **decision.summary()})
+
+    def promote(self, cand: Candidate, decision: GateDecision | None, now: float
+                ) -> tuple[Published, bytes]:
+        """Signs and stores the release; returns it with its release file
+        (the adapter inside is encrypted to the sites)."""
+        metrics = {}
+        if decision is not None:
+            metrics = {"heldout_ppl_candidate": decision.candidate_ppl,
+                       "heldout_ppl_current": decision.current_ppl}
+            self._remember(cand, decision)
+        published = self.c.promote(cand, now, decision, metrics)
         _, _, release_key = coordinator_keys(self.store)
         blob = seal_release_file(published.envelope, published.adapter, release_key)
         self.store.put_bytes(Kind.RELEASE, self.federation, blob)
-        record_progress(self.record, self.c)
-        self.record.open_plan = ""
-        save_coordinator_record(self.store, self.record)
+        self._saved()
         for r in published.rejected:
             log.warning("round %d: update from %s not counted: %s", self.c.rounds_done, r.site,
                         r.reason)
         return published, blob
 
+    def withhold(self, cand: Candidate, decision: GateDecision, now: float) -> Withheld:
+        """The gate refused the candidate: nothing is published, the version
+        stays, the round's privacy stays spent; a signed rejection record
+        goes into the sealed state and the audit log."""
+        from runtime.storage.audit import AuditLog
+
+        signing, _, _ = coordinator_keys(self.store)
+        decided = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now))
+        text = rejection_text(self.federation, cand.round, self.c.version, cand.adapter_sha256,
+                              decision, decided)
+        record = sign_rejection(text, signing)
+        save_rejection(self.store, self.federation, cand.round, record)
+        self.c.withhold(cand)
+        self._remember(cand, decision)
+        self._saved()
+        AuditLog(self.store).record_admin("federation.gate_rejected", {
+            "federation": self.federation, "round": cand.round, "version": self.c.version,
+            "candidate_sha256": cand.adapter_sha256, "reason": decision.reason,
+            "margin": decision.margin, "record": text.decode("utf-8")})
+        log.warning("round %d: candidate withheld by the gate: %s", cand.round, decision.reason)
+        return Withheld(self.c.version, cand.manifest, cand.rejected, decision, record)
+
+    def _saved(self) -> None:
+        record_progress(self.record, self.c)
+        self.record.open_plan = ""
+        save_coordinator_record(self.store, self.record)
+
+    def close(self, now: float, secagg_sum: tuple[np.ndarray, list[str]] | None = None
+              ) -> tuple[Published, bytes]:
+        """Aggregates, signs and stores the release with no gate (the
+        air-gapped `hearth fed publish`: no candidate round trip)."""
+        cand, _ = self.candidate(now, secagg_sum)
+        return self.promote(cand, None, now)
+
     def abandon(self, reason: str) -> None:
-        if self.c.current is not None:
+        if self.c.current is not None or self.c.pending is not None:
             self.c.abandon_round(reason)
+            self._saved()
 
 
 async def secure_sum(agg: SecAggCoordinator, sites: SiteExchange, first_s: float,
@@ -194,9 +296,14 @@ async def secure_sum(agg: SecAggCoordinator, sites: SiteExchange, first_s: float
 
 
 async def drive_round(rounds: CoordinatorRounds, sites: SiteExchange, step_seconds: float
-                      ) -> Published:
+                      ) -> Published | Withheld:
     """One round from plan to release over an exchange that waits for the
-    sites.  A round that fails publishes nothing and spends no privacy."""
+    sites.  The candidate goes to the sites that counted, and is released
+    only when the gate passes it (`Published`, with `gate` the decision);
+    otherwise it is withheld (`Withheld`: nothing published, the version
+    unchanged, the reason in `gate.reason`).  Either way `.promoted` says
+    which.  A round that fails before its candidate publishes nothing and
+    spends no privacy."""
     plan, envelope = rounds.open(time.time(), resumable=False)
     await sites.announce_plan(plan, envelope, set(rounds.c.sites))
     log.info("round %d open: %d sites, secure aggregation %s", plan.round, len(rounds.c.sites),
@@ -206,7 +313,7 @@ async def drive_round(rounds: CoordinatorRounds, sites: SiteExchange, step_secon
         if plan.secure_aggregation:
             assert rounds.c.current is not None and rounds.c.current.secagg is not None
             total = await secure_sum(rounds.c.current.secagg, sites, training_s, step_seconds)
-            published, blob = rounds.close(time.time(), total)
+            cand, cand_file = rounds.candidate(time.time(), total)
         else:
             for d in await sites.updates(plan, training_s):
                 try:
@@ -214,12 +321,21 @@ async def drive_round(rounds: CoordinatorRounds, sites: SiteExchange, step_secon
                 except HearthError as exc:
                     log.warning("round %d: update from %s refused: %s", plan.round, d.label,
                                 exc)
-            published, blob = rounds.close(time.time())
+            cand, cand_file = rounds.candidate(time.time())
+        evaluations = await sites.evaluations(plan, cand_file, set(cand.sites), step_seconds)
+        decision = rounds.judge(cand, evaluations)
+        if decision.promoted:
+            published, blob = rounds.promote(cand, decision, time.time())
+        else:
+            withheld = rounds.withhold(cand, decision, time.time())
     except HearthError as exc:
         log.error("round %d failed, no release: %s", plan.round, exc)
         await sites.round_failed(plan, exc)
         rounds.abandon(str(exc))
         raise
+    await sites.gate_decided(plan, decision)
+    if not decision.promoted:
+        return withheld
     await sites.publish_release(published, blob)
     log.info("round %d closed: release v%d (%s)", plan.round, published.version,
              ", ".join(f"{k}={v:.4g}" for k, v in published.manifest.metrics.items()))

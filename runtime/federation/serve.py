@@ -103,4 +103,9 @@ async def serve_rounds(store: SealedStore, listen: str, rounds: int, step_second
             "versions": [p.version for p in published],
             "round_seconds": [round(s, 3) for s in round_seconds],
             "epsilon": steps.c.epsilon(),
-            "metrics": [p.manifest.metrics for p in published]}
+            "metrics": [p.manifest.metrics for p in published],
+            # the gate's decision on each round's candidate (`version`: the
+            # one it had or would have had)
+            "gate": [{"version": p.manifest.version, "promoted": p.promoted,
+                      "reason": p.gate.reason if p.gate is not None else ""}
+                     for p in published]}

@@ -175,12 +175,11 @@ def federation_models(cfg: FederationConfig, models: Sequence[ModelConfig],
 def send_report(site: SiteContext, envelope: bytes, address: str | None,
                 timeout_s: float = REPORT_TIMEOUT_S) -> None:
     """One attempt: Federation.Report over the site's mTLS channel."""
-    from runtime._proto.hearth.federation.v1 import federation_pb2 as fpb
     from runtime.federation.online_site import GrpcLink
 
     link = GrpcLink(site, address or None, wait_s=timeout_s)
     try:
-        link.call("Report", fpb.ReportRequest(envelope=envelope))
+        link.report(envelope, timeout_s)
     finally:
         link.close()
 

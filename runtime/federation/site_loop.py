@@ -17,8 +17,13 @@ One round, at a site:
    answered at most once, even across a crash or restart;
 3. train, clip, add noise (participant.py), then seal and submit the update,
    or run the secure-aggregation exchange;
-4. fetch the release, verify it and apply it (state.SiteContext); over files
-   it comes later, by `hearth fed import-release`.
+4. the gate (gate.py): evaluate the round's candidate and the version the
+   site serves on its held-out data, send the signed figures, and learn
+   whether the candidate was promoted (online only; a link that cannot
+   bring the candidate skips this);
+5. fetch the release, verify it and apply it (state.SiteContext); over files
+   it comes later, by `hearth fed import-release`.  A withheld candidate
+   has no release: the site keeps its version for the next round.
 """
 from __future__ import annotations
 
@@ -42,6 +47,7 @@ from runtime.federation.secagg import (
 )
 from runtime.federation.site_training import (
     SiteData,
+    evaluate_candidate,
     evaluate_site,
     remember_trainer_settings,
     train_for_plan,
@@ -76,6 +82,16 @@ class CoordinatorLink(ABC):
         """A release file above `after_version`, or None when this link
         cannot bring it now (files: it comes later, on other media)."""
 
+    def fetch_candidate(self, round_no: int) -> bytes | None:
+        """The round's candidate file for the gate, or None when this site
+        is not asked (its update did not count) or the link cannot bring it
+        (files)."""
+        return None
+
+    def submit_evaluation(self, round_no: int, evaluation: bytes) -> GateVerdict | None:
+        """The signed evaluation; the gate's verdict once it has decided."""
+        return None
+
     def advertise_keys(self, round_no: int, mine: AdvertiseKeys) -> list[AdvertiseKeys]:
         raise FailedPrecondition(_ONLINE_ONLY)
 
@@ -90,6 +106,13 @@ class CoordinatorLink(ABC):
         raise FailedPrecondition(_ONLINE_ONLY)
 
 
+@dataclass(frozen=True)
+class GateVerdict:
+    promoted: bool
+    reason: str
+    version: int             # the federation's version after the round
+
+
 @dataclass
 class SiteRun:
     site: str
@@ -98,6 +121,7 @@ class SiteRun:
     bytes_sent: int = 0
     rounds: list[int] = field(default_factory=list)
     releases: list[int] = field(default_factory=list)
+    withheld: list[int] = field(default_factory=list)     # rounds whose candidate the gate refused
 
 
 @dataclass(frozen=True)
@@ -105,6 +129,7 @@ class Answer:
     plan: RoundPlan
     update: LocalUpdate
     trainer: Trainer
+    verdict: GateVerdict | None = None
 
 
 def accept_site_plan(site: SiteContext, envelope: bytes, policy: SitePolicy = NO_FLOOR,
@@ -151,7 +176,24 @@ def take_part(site: SiteContext, link: CoordinatorLink, envelope: bytes, data: S
                            site.kit.federation, plan.round, site.signing_key,
                            site.coordinator_exchange())
         link.submit_update(plan, site.record.site, blob)
-    return Answer(plan, upd, trainer)
+    return Answer(plan, upd, trainer, judge_candidate(site, link, plan, data, threads, trainer))
+
+
+def judge_candidate(site: SiteContext, link: CoordinatorLink, plan: RoundPlan, data: SiteData,
+                    threads: int | None, trainer: Trainer) -> GateVerdict | None:
+    """Step 4: the site's evaluation of the round's candidate, and the
+    gate's verdict (None: no candidate came over this link)."""
+    candidate = link.fetch_candidate(plan.round)
+    if candidate is None:
+        return None
+    envelope, ev = evaluate_candidate(site, plan, candidate, data, threads, trainer)
+    log.info("round %d: candidate evaluated: held-out NLL/token %.4f, current %.4f",
+             plan.round, ev.candidate.nll_sum / max(ev.candidate.tokens, 1.0),
+             ev.current.nll_sum / max(ev.current.tokens, 1.0))
+    verdict = link.submit_evaluation(plan.round, envelope)
+    if verdict is not None and not verdict.promoted:
+        log.warning("round %d: the gate withheld the candidate: %s", plan.round, verdict.reason)
+    return verdict
 
 
 def apply_release(site: SiteContext, release_file: bytes) -> ReleaseManifest:
@@ -185,6 +227,9 @@ def participate(site: SiteContext, link: CoordinatorLink, data: SiteData,
             run.ppl_before = answer.update.ppl_start
         run.rounds.append(answer.plan.round)
         after_round = answer.plan.round
+        if answer.verdict is not None and not answer.verdict.promoted:
+            run.withheld.append(answer.plan.round)
+            continue                    # nothing was released: the version stays
         manifest = _fetch_and_apply(link, site, answer.plan.adapter_version)
         if manifest is None:
             break

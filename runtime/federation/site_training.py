@@ -1,7 +1,8 @@
 """A site's training and evaluation on its sealed store: its data sets
 (`hearth data add`), a trainer for a plan's adapter shape, the global
-adapter it starts from, and held-out perplexity.  The transports do not
-appear here: site_loop.py calls these for whichever carries the round.
+adapter it starts from, held-out perplexity, and the signed evaluation of
+a round's candidate for the gate (gate.py).  The transports do not appear
+here: site_loop.py calls these for whichever carries the round.
 """
 from __future__ import annotations
 
@@ -11,10 +12,12 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from runtime.errors import InvalidArgument, NotFound
+from runtime.errors import FailedPrecondition, InvalidArgument, NotFound
+from runtime.federation.gate import CandidateEvaluation, open_candidate_file, sign_evaluation
 from runtime.federation.participant import (
     LocalUpdate,
     Trainer,
+    evaluate,
     heldout_split,
     local_update,
     split_notes,
@@ -115,3 +118,27 @@ def evaluate_site(site: SiteContext, data: SiteData, threads: int | None = None,
     trainer = site_trainer(site, last_trainer_settings(site), threads, reuse)
     trainer.set_trainable(global_trainable(site, trainer))
     return trainer.perplexity(data.heldout)
+
+
+def evaluate_candidate(site: SiteContext, plan: RoundPlan, candidate_file: bytes,
+                       data: SiteData, threads: int | None = None,
+                       reuse: Trainer | None = None) -> tuple[bytes, CandidateEvaluation]:
+    """The site's signed evaluation of the round's candidate and of the
+    version it serves, both on its held-out data: what the gate counts."""
+    from runtime.federation.train import trainable_from_adapter
+
+    m, adapter = open_candidate_file(candidate_file, site.release_key, site.federation_keys())
+    if (m.federation != site.kit.federation or m.base_model_sha256 != site.base_model_sha256
+            or m.round != plan.round or m.parent_version != site.record.applied_version):
+        raise FailedPrecondition(f"candidate: for round {m.round} of {m.federation!r} on "
+                                 f"version {m.parent_version}; this site answered round "
+                                 f"{plan.round} on version {site.record.applied_version}")
+    trainer = site_trainer(site, plan.trainer, threads, reuse)
+    current = global_trainable(site, trainer)
+    trainer.set_trainable(trainable_from_adapter(trainer.layout, trainer.spec, adapter))
+    _, cand = evaluate(trainer, data.heldout)
+    trainer.set_trainable(current)
+    _, cur = evaluate(trainer, data.heldout)
+    ev = CandidateEvaluation(site.kit.federation, site.record.site, plan.round,
+                             m.adapter_sha256, site.record.applied_version, cand, cur)
+    return sign_evaluation(ev, site.signing_key), ev

@@ -1,7 +1,9 @@
 """Where the federation's state lives: the sealed store, like every other
 artifact.  Keys are "key" objects, the coordinator's and the site's records
 "federation" objects (JSON), releases "release" objects (one version per
-release), received air-gapped updates "update" objects, and the adapter a
+release), received air-gapped updates "update" objects, the signed records
+of candidates the gate refused "federation" objects gate-rejection.<federation>.r<round>
+(gate.py), and the adapter a
 site serves the "adapter" object fed-<federation> (a new version per
 applied release or rollback, so the daemon loads it as store:fed-<name>).
 """
@@ -97,6 +99,9 @@ class CoordinatorRecord:
     last_round: int = 0                     # highest round number opened: never reused
     round_starts: list[float] = field(default_factory=list)   # recent starts, for the policy
     reports: list[AcceptedReport] = field(default_factory=list)   # recent, newest last
+    # every gate decision, newest last (GateDecision.summary() and the
+    # round, the candidate's digest and the version it would have had)
+    gate: list[dict[str, Any]] = field(default_factory=list)
 
     def dumps(self) -> bytes:
         return json.dumps(asdict(self), sort_keys=True).encode()
@@ -192,6 +197,25 @@ def build_coordinator(store: SealedStore, record: CoordinatorRecord) -> Coordina
                        version=record.version, global_trainable=trainable,
                        accountant=accountant, rounds_done=record.rounds_done,
                        last_round=record.last_round)
+
+
+def rejection_name(federation: str, round_no: int) -> str:
+    return f"gate-rejection.{federation}.r{round_no}"
+
+
+def save_rejection(store: SealedStore, federation: str, round_no: int, envelope: bytes
+                   ) -> None:
+    """A signed hearth-gate-rejection/1 record, sealed beside the record."""
+    store.put_bytes(Kind.FEDERATION, rejection_name(federation, round_no), envelope)
+
+
+def stored_rejections(store: SealedStore, federation: str) -> list[bytes]:
+    """Every stored rejection record of the federation, oldest round first."""
+    prefix = f"gate-rejection.{federation}.r"
+    found = [(int(o.name[len(prefix):]), o) for o in store.list(Kind.FEDERATION)
+             if o.name.startswith(prefix) and o.name[len(prefix):].isdigit()]
+    return [store.read_bytes(Kind.FEDERATION, o.name, o.version)
+            for _, o in sorted(found, key=lambda x: (x[0], x[1].version))]
 
 
 def record_progress(record: CoordinatorRecord, c: Coordinator) -> None:

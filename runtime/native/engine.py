@@ -58,6 +58,7 @@ class EngineParams:
     n_draft: int = 4
     draft_n_gpu_layers: int = 0
     drift_rows: int = 0                  # logits rows per step for drift prompt NLL
+    score_rows: int = 16                 # logits rows per step for score requests
     rpc_workers: tuple[str, ...] = ()    # ggml RPC workers, "HOST:PORT" (see hearth_core.h)
 
 
@@ -108,6 +109,30 @@ class RequestParams:
 
 
 @dataclass(frozen=True)
+class ScoreParams:
+    """Occlusion scoring (hearth_engine_submit_score): log P(target | prompt)
+    teacher-forced, and without each [start, end) token span of the prompt."""
+
+    prompt: Sequence[int]
+    target: Sequence[int]
+    spans: Sequence[tuple[int, int]] = ()
+    deadline_ns: int = 0
+    adapter: int = 0
+    adapter_scale: float = 1.0
+
+
+@dataclass(frozen=True)
+class ScoreResult:
+    """logprob[0]: the whole prompt; logprob[1 + i]: without span i.  The
+    cost as the engine counted it."""
+
+    logprob: tuple[float, ...]
+    prefills: int
+    prefill_tokens: int
+    reused_tokens: int
+
+
+@dataclass(frozen=True)
 class DriftSignals:
     """What the drift monitor learns about a finished request (signals.c);
     no text.  A signal the engine could not compute is None."""
@@ -150,6 +175,7 @@ class Output:
     n_drafted: int = 0
     n_draft_accepted: int = 0
     drift: DriftSignals | None = None    # finished requests that asked for them
+    score: ScoreResult | None = None     # finished score requests
 
 
 @dataclass(frozen=True)
@@ -265,13 +291,14 @@ class NativeRequest:
     """A submitted request.  take() is not thread-safe against itself: one
     consumer (the engine session) reads each request."""
 
-    __slots__ = ("_drift", "_handle", "_out", "id")
+    __slots__ = ("_drift", "_handle", "_out", "_score", "id")
 
-    def __init__(self, handle: object, drift: bool = False) -> None:
+    def __init__(self, handle: object, drift: bool = False, score: bool = False) -> None:
         self._handle = handle
         self._out = ffi.new("hearth_output *")
         self.id: int = lib.hearth_request_id(handle)
         self._drift = drift
+        self._score = score
 
     def take(self) -> Output:
         if self._handle is None:
@@ -299,7 +326,16 @@ class NativeRequest:
             n_drafted=o.n_drafted,
             n_draft_accepted=o.n_draft_accepted,
             drift=_drift_signals(o) if o.finished and self._drift else None,
+            score=(self._score_result()
+                   if self._score and o.finish_reason == FinishReason.STOP else None),
         )
+
+    def _score_result(self) -> ScoreResult:
+        res = ffi.new("hearth_score_result *")
+        check(lib.hearth_request_score(self._handle, res))
+        return ScoreResult(logprob=tuple(ffi.unpack(res.logprob, res.n_variants)),
+                           prefills=res.n_prefills, prefill_tokens=res.prefill_tokens,
+                           reused_tokens=res.reused_tokens)
 
     def cancel(self) -> None:
         if self._handle is not None:
@@ -334,6 +370,7 @@ class NativeEngine:
         p.n_draft = params.n_draft
         p.draft_n_gpu_layers = params.draft_n_gpu_layers
         p.drift_rows = params.drift_rows
+        p.score_rows = params.score_rows
         if params.rpc_workers:
             keep.append(ffi.new("char[]", ",".join(params.rpc_workers).encode()))
             p.rpc_workers = keep[-1]
@@ -363,7 +400,7 @@ class NativeEngine:
         self.params = params
         self.info = self._model_info()
         self._ids = ffi.new("uint64_t[]", 256)
-        self._pieces: dict[int, str] = {}
+        self._pieces: dict[int, bytes] = {}
         # Distinguishes this load from any earlier one of the same model
         # (response-cache keys); id() could be reused after a reload.
         self.serial = next(_SERIALS)
@@ -464,9 +501,8 @@ class NativeEngine:
             h, toks, len(tokens), render_special, b, c, n), "char[]", 8 * len(tokens) + 16, n)
         return ffi.unpack(buf, n[0]).decode("utf-8", errors="replace")
 
-    def token_piece(self, token: int) -> str:
-        """The text of one token as generated (special tokens rendered),
-        for logprobs; part of a UTF-8 character shows as U+FFFD."""
+    def token_bytes(self, token: int) -> bytes:
+        """The bytes of one token as generated (special tokens rendered)."""
         cache = self._pieces
         if token not in cache:
             if len(cache) > 65536:
@@ -474,8 +510,13 @@ class NativeEngine:
             n = ffi.new("int32_t *")
             buf = self._grow(lambda h, b, c: lib.hearth_engine_token_piece(h, token, b, c, n),
                              "char[]", 64, n)
-            cache[token] = ffi.unpack(buf, n[0]).decode("utf-8", errors="replace")
+            cache[token] = ffi.unpack(buf, n[0])
         return cache[token]
+
+    def token_piece(self, token: int) -> str:
+        """token_bytes as text, for logprobs; part of a UTF-8 character
+        shows as U+FFFD."""
+        return self.token_bytes(token).decode("utf-8", errors="replace")
 
     def apply_chat_template(self, messages: Sequence[tuple[str, str]], add_assistant: bool = True,
                             template: str | None = None) -> str:
@@ -540,3 +581,22 @@ class NativeEngine:
         with self._h() as h:
             check(lib.hearth_engine_submit_embedding(h, toks, len(tokens), normalize, out))
         return NativeRequest(out[0])
+
+    def submit_score(self, params: ScoreParams) -> NativeRequest:
+        """Queues an occlusion score request; its final Output carries the
+        ScoreResult."""
+        p = ffi.new("hearth_score_params *")
+        lib.hearth_score_params_init(p)
+        prompt = ffi.new("int32_t[]", list(params.prompt))
+        target = ffi.new("int32_t[]", list(params.target))
+        spans = ffi.new("int32_t[]", [x for span in params.spans for x in span] or [0])
+        p.prompt, p.n_prompt = prompt, len(params.prompt)
+        p.target, p.n_target = target, len(params.target)
+        p.spans, p.n_spans = spans, len(params.spans)
+        p.deadline_ns = params.deadline_ns
+        p.adapter = params.adapter
+        p.adapter_scale = params.adapter_scale
+        out = ffi.new("hearth_request **")
+        with self._h() as h:
+            check(lib.hearth_engine_submit_score(h, p, out))
+        return NativeRequest(out[0], score=True)

@@ -30,6 +30,7 @@ from runtime.auth.peercred import UnixPeerFront
 from runtime.auth.tls import server_credentials
 from runtime.config import Config, check_listeners
 from runtime.core import InferenceService
+from runtime.core.explain import Explainer
 from runtime.drift.service import DriftService
 from runtime.events import EventBus
 from runtime.models.manager import ModelManager
@@ -57,7 +58,8 @@ class GrpcServer:
             ("grpc.keepalive_permit_without_calls", 1),
             ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
         ])
-        add_service(self.grpc, INFERENCE, InferenceServicer(core), authenticator)
+        add_service(self.grpc, INFERENCE,
+                    InferenceServicer(core, Explainer(core, config.explain)), authenticator)
         add_service(self.grpc, MODELS, ModelsServicer(core.repository, drift),
                     authenticator)
         self.serving = False      # between mark_serving() and drain(): KServe's ServerReady

@@ -15,6 +15,7 @@ from runtime.core import (
     GenerationOptions,
     StructuredOutput,
 )
+from runtime.core.explain import ExplainRequest, ExplainResult
 from runtime.core.options import OPTIONS, Kind
 from runtime.core.types import EmbedResult
 from runtime.core.validation import check_printable
@@ -161,3 +162,18 @@ def model_status(handle: ModelHandle) -> mpb.ModelStatus:
     out.tokens_cached = stats.tokens_cached
     out.tokens_generated = stats.tokens_generated
     return out
+
+
+def explain_request(msg: ipb.ExplainRequest) -> ExplainRequest:
+    return ExplainRequest(model=model_name(msg), prompt=msg.prompt, unit=msg.unit,
+                          target=msg.target if msg.HasField("target") else None,
+                          max_tokens=msg.max_tokens if msg.HasField("max_tokens") else None)
+
+
+def explain_response(result: ExplainResult) -> ipb.ExplainResponse:
+    return ipb.ExplainResponse(
+        answer=result.answer, answer_logprob=result.answer_logprob,
+        segments=[ipb.ExplainSegment(text=s.text, score=s.score, start=s.start, end=s.end)
+                  for s in result.segments],
+        prefill_tokens=result.prefill_tokens, prefills=result.prefills,
+        seconds=result.seconds, model=result.model)

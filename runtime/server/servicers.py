@@ -17,6 +17,7 @@ from runtime._proto.hearth.v1 import inference_pb2 as ipb
 from runtime._proto.hearth.v1 import models_pb2 as mpb
 from runtime.auth import principal
 from runtime.core import CallContext, GenerateChunk, InferenceService, ModelRepository
+from runtime.core.explain import Explainer
 from runtime.drift.service import DriftService
 from runtime.names import check_name
 from runtime.request_meta import REQUEST_ID_KEY, SUBJECT_KEY, sane_request_id, sane_subject
@@ -44,8 +45,9 @@ def call_context(context: grpc.aio.ServicerContext) -> CallContext:
 
 
 class InferenceServicer:
-    def __init__(self, core: InferenceService) -> None:
+    def __init__(self, core: InferenceService, explainer: Explainer | None = None) -> None:
         self.core = core
+        self.explainer = explainer or Explainer(core)
 
     async def _stream(self, chunks: AsyncIterator[GenerateChunk], ctx: CallContext,
                       context: grpc.aio.ServicerContext) -> AsyncIterator[ipb.GenerateResponse]:
@@ -90,6 +92,12 @@ class InferenceServicer:
         text = await self.core.detokenize(request.model, list(request.tokens),
                                           request.render_special, call_context(context))
         return ipb.DetokenizeResponse(text=text)
+
+    async def Explain(self, request: ipb.ExplainRequest, context: grpc.aio.ServicerContext
+                      ) -> ipb.ExplainResponse:
+        result = await self.explainer.explain(converters.explain_request(request),
+                                              call_context(context))
+        return converters.explain_response(result)
 
 
 class ModelsServicer:

@@ -54,7 +54,8 @@ def raw_files(store: SealedStore) -> bytes:
 def test_sampled_prompts_are_kept_sealed_and_form_the_traffic_data_set(
         store: SealedStore) -> None:
     """Positive control for the disk scan: the prompts are kept (readable
-    through the keys) but no byte of them is on disk in the clear."""
+    through the keys) but no byte of them is on disk in the clear.  Fails if
+    on_request dropped content-bearing sampled events (nothing kept)."""
     prompts = [(f"zebracorn question number {i}", "alice" if i % 2 else "bob")
                for i in range(20)]
     r = keep(store, prompts)
@@ -68,6 +69,7 @@ def test_sampled_prompts_are_kept_sealed_and_form_the_traffic_data_set(
 
 
 def test_requests_not_sampled_keep_nothing(store: SealedStore) -> None:
+    """Fails without on_request's `event.drift is None` check."""
     keep(store, [("zebracorn unsampled", "alice")], sampled=False)
     assert raw_files(store) == b""
     with pytest.raises(NotFound, match="no retained traffic"):
@@ -78,7 +80,9 @@ def test_erasing_a_subject_shreds_its_retained_prompts(store: SealedStore,
                                                        tmp_path: Path) -> None:
     """`hearth audit erase --subject alice` (the CLI, on the same state
     directory): alice's prompts can no longer be read, bob's still can.
-    Fails if the records were sealed under a key erase does not destroy."""
+    Fails if the records were sealed under a key erase does not destroy
+    (checked: with the record key derived from the day's key alone, the
+    erased prompts stay readable and this test fails)."""
     keep(store, [("alice asks one", "alice"), ("bob asks two", "bob"),
                  ("alice asks three", "alice"), ("bob asks four", "bob")])
     key_file = tmp_path / "master.key"
@@ -118,6 +122,7 @@ def test_days_past_the_retention_period_are_shredded(store: SealedStore) -> None
 
 
 def test_the_retainer_expires_on_start(store: SealedStore) -> None:
+    """Fails if the writer thread did not expire before its first wait."""
     keep(store, [("old prompt", "alice")], now=T0)
     keep(store, [("today", "bob")], now=T0 + 40 * DAY_S)     # start() ran expire first
     assert retained_prompts(AuditLog(store)) == ["today"]

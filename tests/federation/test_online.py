@@ -17,6 +17,8 @@ from runtime.auth import principal
 from runtime.auth.principal import Principal
 from runtime.errors import AlreadyExists, PermissionDenied
 from runtime.federation.aggregate import SiteUpdate
+from runtime.federation.coordinator import SiteEval
+from runtime.federation.gate import CandidateEvaluation, open_candidate_file, sign_evaluation
 from runtime.federation.online import FederationServicer, GrpcExchange, SiteAuthenticator
 from runtime.federation.rounds import CoordinatorRounds, drive_round
 from runtime.federation.site_loop import accept_site_plan, apply_release
@@ -54,10 +56,13 @@ class RpcContext:
 def test_a_round_over_the_grpc_exchange_in_process(tmp_path: Path, tiny_model: Path) -> None:
     """rounds.drive_round over GrpcExchange, with the servicer's methods
     called as the registry would (the caller's principal set): the plan
-    goes out, the update comes in, and the release the site fetches is the
-    one it accepts.  A second update from the same site is refused.  Fails
-    when drive_round does not take the gathered updates in (tried: the
-    round fails with 0 acceptable updates)."""
+    goes out, the update comes in, the candidate goes out and the site's
+    signed evaluation comes back (the gate's outcome is the answer), and
+    the release the site fetches is the one it accepts.  A second update
+    from the same site is refused.  Fails when drive_round does not take
+    the gathered updates in (tried: the round fails with 0 acceptable
+    updates), and without the evaluation (tried: the gate withholds the
+    candidate, 0 of 1 sites evaluated it, and GetRelease times out)."""
     from tests.federation.test_site_loop import KEY, federation
 
     coordinator, site_dir = federation(tmp_path, tiny_model, noise=0.0)
@@ -80,6 +85,15 @@ def test_a_round_over_the_grpc_exchange_in_process(tmp_path: Path, tiny_model: P
         with pytest.raises(AlreadyExists):
             await servicer.SubmitUpdate(fpb.SubmitUpdateRequest(round=1, update=blob),
                                         RpcContext())
+        candidate = await servicer.GetCandidate(fpb.GetCandidateRequest(round=1), RpcContext())
+        manifest, _ = open_candidate_file(candidate.candidate_file, ctx.release_key,
+                                          ctx.federation_keys())
+        same = SiteEval(5.0, 2.0)
+        evaluation = sign_evaluation(CandidateEvaluation(
+            "clinics", "ward-0", 1, manifest.adapter_sha256, 0, same, same), ctx.signing_key)
+        outcome = await servicer.SubmitEvaluation(
+            fpb.SubmitEvaluationRequest(round=1, evaluation=evaluation), RpcContext())
+        assert outcome.promoted and outcome.version == 1
         release = await servicer.GetRelease(fpb.GetReleaseRequest(after_version=0),
                                             RpcContext())
         await driver

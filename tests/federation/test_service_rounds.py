@@ -150,10 +150,10 @@ def test_one_writer_of_the_coordinator_record_at_a_time(tmp_path: Path) -> None:
     store = SealedStore.init(tmp_path / "coordinator", KEY)
     other = SealedStore.open(tmp_path / "coordinator", KEY)   # another process's view
     try:
-        with coordinator_writer(store):
-            with pytest.raises(errors.FailedPrecondition, match="stop it first"):
-                with coordinator_writer(other):
-                    pass
+        with coordinator_writer(store), \
+                pytest.raises(errors.FailedPrecondition, match="stop it first"), \
+                coordinator_writer(other):
+            pass
         with coordinator_writer(other):                  # free again
             pass
     finally:

@@ -46,6 +46,8 @@ def test_judge_release_waits_for_enough_requests_then_compares_means() -> None:
 
 
 def test_judge_release_without_a_baseline_never_rolls_back() -> None:
+    """Fails if a short or empty baseline were compared (mean of [] or of
+    nine values against ten)."""
     assert judge_release([2.0] * 9, [9.0] * 10, 10, 0.05) is None
     assert judge_release([], [9.0] * 10, 10, 0.05) is None
 
@@ -67,6 +69,8 @@ def test_the_trial_compares_the_last_window_before_the_swap_with_the_first_after
 
 
 def test_no_trial_without_a_full_baseline_or_from_the_base_model() -> None:
+    """Fails if start() opened a trial on three NLLs, or for the first
+    release (previous 0: there is no release to roll back to)."""
     trial = ReleaseTrial(after=4, margin=0.1)
     for _ in range(3):
         trial.observe(1.0)
@@ -79,12 +83,15 @@ def test_no_trial_without_a_full_baseline_or_from_the_base_model() -> None:
 
 
 def test_backoff_doubles_and_is_capped() -> None:
+    """Fails without the cap (attempt 7 would wait 128 s)."""
     assert [backoff_s(i) for i in range(8)] == [1, 2, 4, 8, 16, 32, 60, 60]
 
 
 # ---- which models, which report ---------------------------------------------------------
 
 def test_federation_models_by_name_or_by_the_base_models_file(tmp_path: Path) -> None:
+    """Fails if paths were compared without resolving links, or if a model
+    the daemon does not serve could be named."""
     base = tmp_path / "base.gguf"
     base.write_bytes(b"x")
     (tmp_path / "link.gguf").symlink_to(base)
@@ -113,6 +120,8 @@ def alarm(model: str = "tiny") -> DriftDetected:
 
 
 def test_an_alarm_report_names_the_model_release_and_p_values_and_verifies() -> None:
+    """Fails if a NaN p-value (a signal not evaluated yet) were passed on:
+    the report's parser refuses p-values outside [0, 1]."""
     site = fake_site()
     report = alarm_report(site, alarm(), now=1000.0)
     assert report.kind is ReportKind.DRIFT_ALARM and report.adapter_version == 3
@@ -174,6 +183,7 @@ def test_a_report_is_retried_while_the_coordinator_is_unreachable(
 
 def test_a_refused_report_is_not_retried_and_is_audited_as_failed(
         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fails if every error were retried (5 calls) or the failure not audited."""
     send = FakeSend([grpc.StatusCode.PERMISSION_DENIED])
     sender, audit = deliver(FederationConfig(report_alarms=True), send, monkeypatch)
     assert send.calls == 1 and not sender.delivered
@@ -182,6 +192,7 @@ def test_a_refused_report_is_not_retried_and_is_audited_as_failed(
 
 def test_a_report_gives_up_after_a_bounded_number_of_attempts(
         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fails if the retries were unbounded (50 calls)."""
     send = FakeSend([grpc.StatusCode.UNAVAILABLE] * 50)
     sender, audit = deliver(FederationConfig(report_alarms=True), send, monkeypatch)
     assert send.calls == agent_mod.REPORT_ATTEMPTS and not sender.delivered
@@ -190,6 +201,8 @@ def test_a_report_gives_up_after_a_bounded_number_of_attempts(
 
 def test_an_air_gapped_site_writes_the_signed_report_file(tmp_path: Path,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fails if report_dir still sent over the network, or wrote a file
+    others may read."""
     send = FakeSend()
     _, audit = deliver(FederationConfig(report_dir=str(tmp_path / "media")), send,
                             monkeypatch)
@@ -294,6 +307,7 @@ def test_a_worse_release_is_rolled_back_audited_swapped_back_and_reported(
 
 
 def test_a_release_as_good_as_the_last_is_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    """1.05 is within 1.0 + 0.1: kept.  Fails if the margin were ignored."""
     cfg = FederationConfig(rollback_after=5, rollback_margin=0.1)
     agent, state, swaps, audit, _, events = make_agent(monkeypatch, cfg)
     for _ in range(5):
@@ -307,6 +321,7 @@ def test_a_release_as_good_as_the_last_is_kept(monkeypatch: pytest.MonkeyPatch) 
 
 def test_an_alarm_on_a_federation_model_is_reported_others_are_not(
         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fails if on_drift did not check the model (two reports)."""
     agent, _, _, audit, send, events = make_agent(
         monkeypatch, FederationConfig(report_alarms=True))
     lt = LoopThread()

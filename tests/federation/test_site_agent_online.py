@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from runtime._proto.hearth.federation.v1 import federation_pb2 as fpb
 from runtime.federation.reports import ReportKind, SiteReport, read_report, sign_report
@@ -197,8 +198,6 @@ def test_an_alarm_report_crosses_the_sites_mtls_channel(tmp_path: Path,
         server.stop(None)
         sstore.close()
     (envelope,) = servicer.envelopes
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
     from runtime.federation.documents import unb64
     sites = {n: Ed25519PublicKey.from_public_bytes(unb64(k, "site key"))
              for n, k in record.sites.items()}
@@ -208,3 +207,62 @@ def test_an_alarm_report_crosses_the_sites_mtls_channel(tmp_path: Path,
     assert got == report
 
 
+
+
+def test_a_drift_alarm_in_the_daemon_becomes_a_signed_report_file(tmp_path: Path,
+                                                                  tiny_model: Path) -> None:
+    """An air-gapped site: [federation] report_dir.  Home traffic, then a
+    shifted domain until the drift alarm rises; the daemon writes a
+    `.hreport` that the coordinator's check (reports.read_report) accepts as
+    ward-0's alarm for the base model, and audits it.  Fails if the agent
+    does not subscribe to DriftDetected, or names another model digest."""
+    import random
+
+    from runtime.federation.documents import unb64
+    from runtime.federation.reports import report_files
+    from runtime.federation.state import load_coordinator_record
+    from tests.drift.test_daemon_drift import CONFIG, home_prompt, send, shifted_prompt
+
+    coordinator, (site,) = federation(tmp_path, tiny_model)
+    media = tmp_path / "media"
+    config = tmp_path / "hearth.toml"
+    config.write_text(f'''
+[server]
+listen = ["127.0.0.1:0"]
+
+[models.tiny]
+path = "{tiny_model}"
+n_ctx = 1024
+n_parallel = 2
+threads = 2
+
+[federation]
+report_dir = "{media}"
+''' + CONFIG)
+    d = start_daemon(["--config", str(config), *site.opts], tmp_path)
+    rng = random.Random(7)
+    try:
+        send(d, [home_prompt(rng) for _ in range(60)])
+        assert not (media.exists() and report_files(media))
+        deadline = time.monotonic() + 180
+        while not (media.exists() and report_files(media)):
+            assert time.monotonic() < deadline, d.log()[-3000:]
+            send(d, [shifted_prompt(rng) for _ in range(10)])
+    finally:
+        assert d.stop() == 0, d.log()
+    (path,) = report_files(media)
+    cstore = open_store(coordinator)
+    try:
+        record = load_coordinator_record(cstore)
+    finally:
+        cstore.close()
+    sites = {n: Ed25519PublicKey.from_public_bytes(unb64(k, "site key"))
+             for n, k in record.sites.items()}
+    report = read_report(path.read_bytes(), sites, "clinics",
+                         record.settings.base_model_sha256, time.time(), 600)
+    assert report.kind is ReportKind.DRIFT_ALARM and report.site == "ward-0"
+    assert report.adapter_version == 0 and report.p_values
+    assert min(report.p_values.values()) < 0.05
+    records = [json.loads(line) for line in site("audit", "export").stdout.splitlines()]
+    written = [r for r in records if r.get("action") == "federation.report_written"]
+    assert len(written) == 1 and written[0]["file"] == str(path)

@@ -268,6 +268,11 @@ def test_gemma_sized_updates_and_releases_cross_the_online_transport(
     import numpy as np
 
     from runtime.federation.coordinator import SiteEval
+    from runtime.federation.gate import (
+        CandidateEvaluation,
+        open_candidate_file,
+        sign_evaluation,
+    )
     from runtime.federation.online_site import GrpcLink
     from runtime.federation.participant import LocalUpdate
     from runtime.federation.site_loop import accept_site_plan, apply_release, secure_exchange
@@ -291,6 +296,16 @@ def test_gemma_sized_updates_and_releases_cross_the_online_transport(
             upd = LocalUpdate(delta, 100, SiteEval(500.0, 100.0), 150.0, 140.0, 0.1)
             secure_exchange(link, "ward-0", plan, envelope, upd)
             assert link.bytes_sent > 8 * n
+            # the gate: the candidate (A and B) comes over the same channel,
+            # and the site's evaluation goes back (figures made up here)
+            candidate = link.fetch_candidate(plan.round)
+            assert candidate is not None and len(candidate) > 4 << 20
+            m, _ = open_candidate_file(candidate, ctx.release_key, ctx.federation_keys())
+            same = SiteEval(500.0, 100.0)
+            verdict = link.submit_evaluation(plan.round, sign_evaluation(CandidateEvaluation(
+                ctx.kit.federation, "ward-0", plan.round, m.adapter_sha256, 0, same, same),
+                ctx.signing_key))
+            assert verdict is not None and verdict.promoted
             manifest = apply_release(ctx, link.fetch_release(0))
             assert manifest.version == 1 and manifest.adapter_bytes > 4 << 20
             link.close()
