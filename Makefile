@@ -131,6 +131,7 @@ bench: setup model
 	$(BIN)/python -m benchmarks.federation
 	$(BIN)/python -m benchmarks.drift --model $(MODEL)
 	$(BIN)/python -m benchmarks.drift_serving --model $(MODEL)
+	$(BIN)/python -m benchmarks.energy
 
 # The signing key stays on the build machine; sites trust its fingerprint.
 bundle: setup $(if $(filter 1,$(BUNDLE_MODEL)),model)

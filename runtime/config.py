@@ -63,6 +63,23 @@ ConfigError whose message starts with the dotted path of the key, e.g.
     min_interval_s = 3600.0                   # between the starts of two rounds
     max_rounds_per_day = 4                    # in any 24 hours; 0 = no limit
     report_max_age_s = 86400.0                # older site reports are refused
+
+    [energy]                                  # energy per request (docs/energy.md)
+    enabled = true
+    cpu_watts = 65.0                          # package power at full load, for the estimate
+    powercap_root = "/sys/class/powercap"     # RAPL counters (the udev rule grants read)
+    grid_g_per_kwh = 300                      # gCO2e/kWh, or [{from="00:00", to="07:00",
+                                              #   g=180}, ...] covering the day once
+    window_s = 1.0                            # meter window (cut short when a request ends)
+    gpu = true                                # NVML energy counters when a GPU is present
+
+    [audit]
+    retention_days = 183                      # older records are crypto-shredded
+
+    [report]                                  # the operator's text in `hearth report`
+    provider = "Example Clinic IT"            # (docs/transparency.md); a key left out is
+    contact = "ai-officer@example.org"        # reported as missing, never invented
+    intended_purpose = "..."
 """
 from __future__ import annotations
 
@@ -250,6 +267,47 @@ class ExplainConfig:
 
 
 @dataclass(frozen=True)
+class EnergyConfig:
+    """Energy accounting (runtime/energy/).  grid_g_per_kwh is checked in
+    full by runtime/energy/carbon.py when the daemon builds its accountant
+    (energy sits above config); here only its shape."""
+
+    enabled: bool = True
+    cpu_watts: float = 65.0
+    powercap_root: str = "/sys/class/powercap"
+    grid_g_per_kwh: float | tuple[dict[str, Any], ...] = 0.0
+    window_s: float = 1.0
+    gpu: bool = True
+
+
+@dataclass(frozen=True)
+class AuditConfig:
+    """The audit log's retention (runtime/storage/audit.py prunes)."""
+
+    retention_days: int = 183       # EU AI Act Art. 19: at least six months
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    """The operator's own text for `hearth report` (EU AI Act Art. 13(3));
+    "" = not given, which the report marks as missing."""
+
+    provider: str = ""              # (a) who provides / deploys the system
+    contact: str = ""               # (a) contact details
+    intended_purpose: str = ""      # (b)(i)
+    out_of_scope_uses: str = ""     # (b)(iii) misuse, uses it is not for
+    known_risks: str = ""           # (b)(iii) foreseeable risks
+    training_data: str = ""         # (b)(vi) what the model and adapters learnt from
+    output_interpretation: str = "" # (b)(vii) how to read the output
+    predetermined_changes: str = "" # (c) changes planned at the initial assessment
+    human_oversight: str = ""       # (d) Art. 14 measures
+    expected_lifetime: str = ""     # (e)
+    maintenance: str = ""           # (e) care and updates
+    license: str = ""               # the model card's licence
+    language: str = ""              # the model card's language(s), e.g. "en"
+
+
+@dataclass(frozen=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     models: dict[str, ModelConfig] = field(default_factory=dict)
@@ -260,6 +318,9 @@ class Config:
     drift: DriftConfig = field(default_factory=DriftConfig)
     coordinator: CoordinatorConfig = field(default_factory=CoordinatorConfig)
     explain: ExplainConfig = field(default_factory=ExplainConfig)
+    energy: EnergyConfig = field(default_factory=EnergyConfig)
+    audit: AuditConfig = field(default_factory=AuditConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
 
 
 _INT_RANGES: dict[str, tuple[int, int]] = {
@@ -272,7 +333,7 @@ _INT_RANGES: dict[str, tuple[int, int]] = {
     "reference_size": (20, 1 << 20), "window": (10, 1 << 20), "stride": (1, 1 << 16),
     "ert_requests": (100, 1 << 40), "nll_rows": (0, 256), "embedding_dims": (1, 64),
     "queue": (1, 1 << 24), "trigger_sites": (0, 1_000_000),
-    "rollback_after": (1, 1 << 24), "retention_days": (1, 3650),
+    "rollback_after": (1, 1 << 24), "retention_days": (1, 36_500),
 }
 _CHOICES: dict[str, tuple[str, ...]] = {
     "flash_attn": ("auto", "on", "off"), "cache_type_k": ("f16", "f32", "q8_0", "q4_0"),
@@ -357,6 +418,18 @@ def _check_value(path: str, key: str, value: Any, default: Any) -> Any:
         if not isinstance(value, list) or not all(isinstance(x, str) and x for x in value):
             raise ConfigError(f"{where}: must be a list of identities")
         return tuple(value)
+    if key == "grid_g_per_kwh":
+        if isinstance(value, list) and all(isinstance(x, dict) for x in value):
+            return tuple(value)
+        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+            raise ConfigError(f"{where}: must be a number >= 0 or a list of "
+                              "{from, to, g} tables")
+        return float(value)
+    if key in ("cpu_watts", "window_s"):
+        lo, hi = (0.1, 60.0) if key == "window_s" else (0.001, 100_000.0)
+        if isinstance(value, bool) or not isinstance(value, int | float) or not lo <= value <= hi:
+            raise ConfigError(f"{where}: must be a number in {lo:g}..{hi:g}, got {value!r}")
+        return float(value)
     if key == "coordinator":
         if not isinstance(value, str) or (value and not re.fullmatch(
                 r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):[0-9]{1,5}", value)):
@@ -487,6 +560,9 @@ _SECTIONS: dict[str, tuple[type, Callable[[Any], None] | None]] = {
     "drift": (DriftConfig, _check_drift),
     "coordinator": (CoordinatorConfig, _check_coordinator),
     "explain": (ExplainConfig, _check_explain),
+    "energy": (EnergyConfig, None),
+    "audit": (AuditConfig, None),
+    "report": (ReportConfig, None),
 }
 
 

@@ -10,7 +10,8 @@ models to load, then calls serve().  Everything after that is here:
                   and READY=1, then waits and drains
   build_daemon()  one ModelManager, InferenceService and Authenticator, with
                   the faces over them: gRPC (server/) and HTTP (http/), and the
-                  drift watch (drift/service.py) when [drift] is on
+                  drift watch (drift/service.py) when [drift] is on, and the
+                  energy accountant (energy/service.py) when [energy] is on
   build_site_agent()  a joined federation site's alarms, auto-apply and
                   automatic rollback (federation/site_agent.py), when asked
   build_retainer()    traffic kept for training (drift/retain.py), when asked
@@ -22,6 +23,8 @@ acts on: CONFIG, LISTEN, MODEL_LOAD or INTEGRITY.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
 import json
 import logging
 import os
@@ -38,7 +41,8 @@ from runtime.core import InferenceService
 from runtime.core.response_cache import ResponseCache
 from runtime.drift.retain import TrafficRetainer
 from runtime.drift.service import DriftService
-from runtime.events import EventBus, RequestFinished
+from runtime.energy.service import EnergyService
+from runtime.events import EventBus, ModelStateChanged, RequestFinished
 from runtime.exit_codes import ExitCode
 from runtime.federation.site_agent import SiteAgent, federation_models
 from runtime.federation.state import SiteContext
@@ -55,6 +59,7 @@ from runtime.storage.store import SealedStore
 from runtime.systemd import Notifier, watchdog
 
 log = logging.getLogger("hearth.serve")
+PRUNE_EVERY_S = 3600.0          # audit retention runs at start and hourly
 server_log = logging.getLogger("hearth.server")   # listeners, requests, drain
 
 ConfigSource = Callable[[], tuple[Config, list[ModelConfig]]]
@@ -66,13 +71,15 @@ class Daemon:
 
     def __init__(self, config: Config, events: EventBus, models: ModelManager,
                  core: InferenceService, authenticator: Authenticator,
-                 drift: DriftService | None = None) -> None:
+                 drift: DriftService | None = None,
+                 energy: EnergyService | None = None) -> None:
         self.config = config
         self.events = events
         self.models = models
         self.core = core
         self.authenticator = authenticator
         self.drift = drift          # the drift watch, when [drift] is on
+        self.energy = energy        # energy accounting, when [energy] is on
         self.grpc = GrpcServer(config, models, core, events, authenticator, drift)
         # The OpenAI-compatible HTTP gateway, over the same core and auth.
         self.http = HttpGateway(core, authenticator,
@@ -133,7 +140,11 @@ def build_daemon(config: Config, events: EventBus | None = None,
     if config.drift.enabled:
         drift = DriftService(config.drift, events, store)
         core.drift_sample = drift.should_sample
-    return Daemon(config, events, models, core, authenticator, drift)
+    energy = None
+    if config.energy.enabled:
+        energy = EnergyService(config.energy, models, store, events=events)
+        core.energy = energy
+    return Daemon(config, events, models, core, authenticator, drift, energy)
 
 
 def write_ready_file(path: str, addresses: list[str], metrics: str, http: str = "") -> None:
@@ -149,7 +160,7 @@ def start_metrics(daemon: Daemon, audit: AuditLog | None) -> str:
     if not is_local_address(addr):
         raise errors.ConfigError(f"server.metrics_listen: {addr} is not a loopback address")
     metrics = Metrics(daemon.events, daemon.models, (lambda: audit.lag_s) if audit else None,
-                      daemon.core.cache, daemon.drift)
+                      daemon.core.cache, daemon.drift, daemon.energy)
     port = metrics.serve(addr)
     return f"{addr.rpartition(':')[0]}:{port}"
 
@@ -192,6 +203,7 @@ async def run(config: Config, models: list[ModelConfig], ready_file: str | None 
     daemon = build_daemon(config, events, store=store)
     if audit is not None:
         events.subscribe(audit.record, RequestFinished)
+        events.subscribe(model_changes_to(audit), ModelStateChanged)
         daemon.core.collect_content = audit.content
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -204,6 +216,8 @@ async def run(config: Config, models: list[ModelConfig], ready_file: str | None 
     if daemon.drift is not None:
         daemon.drift.audit = audit.record_admin if audit is not None else None
         daemon.drift.start(loop)
+    if daemon.energy is not None:
+        daemon.energy.start(loop)
     if retainer is not None:
         retainer.start()
     if agent is not None:
@@ -216,6 +230,8 @@ async def run(config: Config, models: list[ModelConfig], ready_file: str | None 
             await loop.run_in_executor(None, agent.close)
         if daemon.drift is not None:
             daemon.drift.close()
+        if daemon.energy is not None:
+            daemon.energy.close()
         if retainer is not None:
             retainer.close()
 
@@ -259,6 +275,26 @@ def build_site_agent(daemon: Daemon, models: list[ModelConfig], store: SealedSto
                      (lambda v: drift.reset(v, actor="federation")) if drift else None)
 
 
+def model_changes_to(audit: AuditLog) -> Callable[[ModelStateChanged], None]:
+    """Model loads and unloads into the audit log (the transparency report's
+    change log), off the event loop (an admin record reads the chain), in
+    the order they happened."""
+    writer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="hearth-audit-admin")
+
+    def record(event: ModelStateChanged) -> None:
+        if event.state not in ("ready", "unloaded", "failed"):
+            return
+        detail = {"model": event.name, "state": event.state, "error": event.error}
+        future = writer.submit(audit.record_admin, "model." + event.state, detail)
+        def failed(f: concurrent.futures.Future[None]) -> None:
+            if f.exception() is not None:
+                log.error("audit: model %s %s not recorded: %s", event.name, event.state,
+                          f.exception())
+
+        future.add_done_callback(failed)
+    return record
+
+
 async def _serve(daemon: Daemon, config: Config, models: list[ModelConfig],
                  ready_file: str | None, audit: AuditLog | None,
                  reload_config: ConfigSource | None, notifier: Notifier,
@@ -279,6 +315,8 @@ async def _serve(daemon: Daemon, config: Config, models: list[ModelConfig],
         log.error("%s", exc)
         return ExitCode.LISTEN
     pinger = asyncio.ensure_future(watchdog(notifier, lambda: engine_heartbeats(daemon), stop))
+    pruner = (asyncio.ensure_future(prune_audit(audit, config.audit.retention_days, stop))
+              if audit is not None else None)
     try:
         await _load_models(daemon, models, notifier, stop)
     except (errors.ModelLoadError, errors.IntegrityError) as exc:
@@ -287,6 +325,8 @@ async def _serve(daemon: Daemon, config: Config, models: list[ModelConfig],
         stop.set()
         await daemon.drain(0.0)
         await pinger
+        if pruner is not None:
+            await pruner
         return ExitCode.INTEGRITY if isinstance(exc, errors.IntegrityError) \
             else ExitCode.MODEL_LOAD
     if not stop.is_set():
@@ -301,7 +341,26 @@ async def _serve(daemon: Daemon, config: Config, models: list[ModelConfig],
     notifier.stopping("draining")
     await daemon.drain(config.server.grace_period_s)
     await pinger
+    if pruner is not None:
+        await pruner
     return ExitCode.OK
+
+
+async def prune_audit(audit: AuditLog, retention_days: int, stop: asyncio.Event,
+                      every_s: float = PRUNE_EVERY_S) -> None:
+    """Retention: crypto-shreds audit records older than `retention_days`
+    at start and then every `every_s` until the daemon stops.  A failure is
+    logged and retried at the next turn; serving goes on."""
+    while not stop.is_set():
+        try:
+            pruned = await asyncio.to_thread(audit.prune, retention_days)
+            if pruned.epochs:
+                log.info("audit retention: shredded %d day(s) older than %d days",
+                         len(pruned.epochs), retention_days)
+        except Exception as exc:
+            log.error("audit retention failed, will retry: %s", exc)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), every_s)
 
 
 def disable_core_dumps() -> None:

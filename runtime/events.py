@@ -5,10 +5,10 @@ ModelStateChanged for every state change, and the drift service
 DriftDetected when a monitor's alarm begins.  Subscribers today: the request
 log line (daemon.py), gRPC health (server/health.py), Prometheus metrics
 (server/metrics.py), KServe statistics, the audit log (storage/audit.py)
-and the drift watch (drift/service.py); energy accounting would subscribe
-the same way.  Handlers run synchronously on the event loop and must be
-quick; an exception in one is logged and never reaches the publisher or the
-other handlers.
+and the drift watch (drift/service.py).  Request records carry the energy
+the accountant (energy/service.py) attributed to them.  Handlers run
+synchronously on the event loop and must be quick; an exception in one is
+logged and never reaches the publisher or the other handlers.
 """
 from __future__ import annotations
 
@@ -72,6 +72,9 @@ class RequestFinished:
     draft_accepted: int = 0                    # ... and accepted by the model
     adapter: str = ""                          # the LoRA adapter used, "" for none
     drift: RequestSignals | None = None        # sampled for drift: never persisted
+    energy_joules: float = 0.0                 # attributed energy (runtime/energy/)
+    energy_source: str = ""                    # nvml | rapl | estimate ("" when off)
+    co2e_grams: float = 0.0                    # energy × the grid intensity of its windows
 
 
 Handler = Callable[[Any], None]

@@ -39,7 +39,7 @@ extern "C" {
 /* HEARTH_CDEF_BEGIN */
 
 /* Bumped whenever a struct layout or a signature below changes. */
-#define HEARTH_CORE_ABI_VERSION 6
+#define HEARTH_CORE_ABI_VERSION 7
 
 /* Seed value that asks for a random seed. */
 #define HEARTH_SEED_RANDOM 4294967295
@@ -546,6 +546,39 @@ typedef struct hearth_engine_stats {
 
 HEARTH_API hearth_status hearth_engine_get_stats(hearth_engine *e,
                                                  hearth_engine_stats *out);
+
+/* ---------------------------------------------------------------- step log
+ *
+ * For energy accounting: which requests took part in each engine step (one
+ * llama_decode) and how many prompt and generated tokens each contributed.
+ * Off until enabled; the caller drains it in windows (about a second), never
+ * per token.
+ */
+
+/* The record is the request's end, not work: it carries no tokens, and
+ * t_start_ns = t_end_ns = when the engine finished it (any reason). */
+#define HEARTH_STEP_FINISHED 1
+
+typedef struct hearth_step_record {
+    uint64_t request_id;       /* hearth_request_id() of the request */
+    int64_t t_start_ns;        /* CLOCK_MONOTONIC: the step began (packing) */
+    int64_t t_end_ns;          /* its output was published */
+    int32_t n_prefill;         /* prompt tokens computed for it in the step
+                                  (an embedding request: all of its tokens) */
+    int32_t n_decode;          /* tokens decoded for it: its last token plus
+                                  any draft proposals verified with it */
+    uint32_t flags;            /* HEARTH_STEP_FINISHED */
+} hearth_step_record;
+
+/* Keeps the last `capacity` records in a ring (0 turns the log off and frees
+ * it; enabling again starts an empty log).  Waits for the step in progress. */
+HEARTH_API hearth_status hearth_engine_step_log(hearth_engine *e, int32_t capacity);
+
+/* Moves up to cap records, oldest first, into out and returns how many.
+ * *n_lost (may be NULL) receives how many records were overwritten unread
+ * since the last drain.  0 when the log is off. */
+HEARTH_API int32_t hearth_engine_drain_steps(hearth_engine *e, hearth_step_record *out,
+                                             int32_t cap, uint64_t *n_lost);
 
 /* ---------------------------------------------------------------- scheduler
  *

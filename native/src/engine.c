@@ -123,6 +123,7 @@ static void engine_destroy(hearth_engine *e) {
     free(e->candidates);
     hearth_utf8_index_free(&e->utf8);
     hearth_drift_engine_free(e);
+    hearth_steplog_free(e);
     free((char *)e->params.model_path);
     free((char *)e->params.draft_path);
     if (e->event_fd >= 0) close(e->event_fd);

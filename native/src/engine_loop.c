@@ -80,6 +80,7 @@ void hearth_engine_finish(hearth_engine *e, hearth_request *r, hearth_finish_rea
     }
     r->finished_engine = true;
     r->finish_reason = reason;
+    hearth_steplog_finished(e, r->id);
     if (error && error != r->error) {
         free(r->error);
         r->error = strdup(error);
@@ -104,6 +105,7 @@ static void finish_embedding(hearth_engine *e, hearth_request *r, hearth_finish_
                              const char *error) {
     r->finished_engine = true;
     r->finish_reason = reason;
+    hearth_steplog_finished(e, r->id);
     if (error) {
         r->error = strdup(error);
     }
@@ -386,6 +388,7 @@ static void settle(hearth_engine *e, hearth_request *r, bool produced) {
 static void publish_step(hearth_engine *e, int32_t n_plan, uint64_t n_sampled,
                          int32_t jobs_opened) {
     pthread_mutex_lock(&e->mu);
+    hearth_steplog_commit(e); /* before the step's finishes are logged */
     e->stats.tokens_generated += n_sampled;
     e->stats.grammar_jobs += (uint64_t)jobs_opened;
     for (int32_t i = 0; i < n_plan; i++) {
@@ -405,6 +408,7 @@ static void run_step(hearth_engine *e, int32_t n_plan) {
     uint64_t n_sampled = 0;
     int64_t decode_ns = 0;
     int32_t jobs_before = e->n_jobs;
+    hearth_steplog_begin(e);
     if (n_plan > 0) {
         pack_batch(e, n_plan);
         decode_ns = decode_batch(e, n_plan);
@@ -412,6 +416,7 @@ static void run_step(hearth_engine *e, int32_t n_plan) {
             n_plan = 0; /* all finished with the error */
             decode_ns = 0;
         } else {
+            hearth_steplog_stage(e, n_plan); /* before sampling consumes the drafts */
             n_sampled = sample_plan(e, n_plan);
         }
     }
@@ -421,9 +426,11 @@ static void run_step(hearth_engine *e, int32_t n_plan) {
 }
 
 static void run_embedding(hearth_engine *e, hearth_request *r) {
+    int64_t t0 = hearth_now_ns();
     hearth_status st = hearth_model_embed(e, r);
     pthread_mutex_lock(&e->mu);
     e->stats.tokens_prompt += (uint64_t)r->prompt.len;
+    hearth_steplog_work(e, r->id, t0, r->prompt.len);
     if (st == HEARTH_OK) {
         finish_embedding(e, r, HEARTH_FINISH_STOP, NULL);
     } else {

@@ -143,6 +143,19 @@ void hearth_logprobs_compute(const float *logits, int32_t n_vocab,
 void hearth_sampler_free(hearth_sampler *s);
 hearth_status hearth_sampling_validate(const hearth_sampling *s);
 
+/* ---- steplog.c: per-step token work for energy accounting (no-ops while
+ * the log is off).  Engine thread: begin before packing, stage after
+ * llama_decode (the plan's entries), commit under e->mu before the step's
+ * finishes are published; finished/work under e->mu. ---- */
+struct hearth_engine;
+void hearth_steplog_begin(struct hearth_engine *e);
+void hearth_steplog_stage(struct hearth_engine *e, int32_t n_plan);
+void hearth_steplog_commit(struct hearth_engine *e);
+void hearth_steplog_work(struct hearth_engine *e, uint64_t id, int64_t t_start_ns,
+                         int32_t n_prefill);
+void hearth_steplog_finished(struct hearth_engine *e, uint64_t id);
+void hearth_steplog_free(struct hearth_engine *e);
+
 /* ---- signals.c: a request's drift signals (engine thread until it
  * finishes; read by take once finished) ---- */
 typedef struct drift_signals {
@@ -273,6 +286,8 @@ struct hearth_engine {
     draft_model *draft;    /* NULL without a draft model */
     struct drift_table *drift_table; /* signals.c: token embeddings, mapped lazily */
     struct drift_step *drift_step;   /* signals.c: this step's prompt rows to score */
+    struct step_log *step_log;       /* steplog.c: NULL while off; swapped under
+                                        step_mu + mu */
     uint64_t score_step;             /* score.c: the step score_rows_used counts */
     int32_t score_rows_used;
     struct llama_model *model;

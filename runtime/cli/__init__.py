@@ -15,6 +15,8 @@
                training, the rounds and the gate as they happened
   bundle.py    bundle keygen|build|verify: the signed offline install bundle
   doctor.py    doctor: check the installation, one line per check
+  energy.py    energy report: joules and gCO2e per model and adapter, from
+               the audit log
   rpc_worker.py  rpc-worker: lend this box's devices to a daemon (ggml RPC)
   main.py      the parser, devices, default-model, exit-codes, and the one
                mapping from exception family to exit status

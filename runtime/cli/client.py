@@ -73,7 +73,18 @@ def _print_stats(last: ipb.GenerateResponse) -> None:
     rate = u.completion_tokens / u.total_seconds if u.total_seconds else 0.0
     print(f"[{_FINISH.get(last.finish_reason, '?')}: {u.prompt_tokens} prompt "
           f"({u.cached_tokens} cached) + {u.completion_tokens} generated tokens, "
-          f"first token {u.ttft_seconds * 1000:.0f} ms, {rate:.1f} tok/s]", file=sys.stderr)
+          f"first token {u.ttft_seconds * 1000:.0f} ms, {rate:.1f} tok/s{_energy(u)}]",
+          file=sys.stderr)
+
+
+def _energy(u: ipb.Usage) -> str:
+    """', 1.23 J (0.0456 J/token, estimate)' when the daemon accounts energy.
+    Per token of the request's work: prompt tokens computed plus generated."""
+    if not u.energy_source:
+        return ""
+    tokens = u.prompt_tokens - u.cached_tokens + u.completion_tokens
+    per = f"{u.energy_joules / tokens:.4g} J/token, " if tokens else ""
+    return f", {u.energy_joules:.4g} J ({per}{u.energy_source})"
 
 
 def _after_answer(args: argparse.Namespace, last: ipb.GenerateResponse | None) -> None:

@@ -10,8 +10,10 @@ from runtime import __version__, errors
 from runtime.cli import (
     bundle,
     client,
+    distill,
     doctor,
     drift,
+    energy,
     explain,
     fed,
     rpc_worker,
@@ -71,8 +73,10 @@ def parser() -> argparse.ArgumentParser:
     bundle.add_parsers(sub)
     fed.add_parsers(sub)
     drift.add_parsers(sub)
+    energy.add_parsers(sub)
     transparency.add_parsers(sub)
     explain.add_parsers(sub)
+    distill.add_parser(sub)
     doctor.add_parser(sub)
     rpc_worker.add_parser(sub)
     d = sub.add_parser("devices", help="show the devices ggml can use")

@@ -65,6 +65,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--drift", action="store_true",
                    help="watch live traffic for drift ([drift] with its defaults, "
                         "unless hearth.toml sets them; docs/drift.md)")
+    p.add_argument("--no-energy", action="store_true",
+                   help="do not account energy per request ([energy] enabled = false; "
+                        "docs/energy.md)")
     p.add_argument("--no-audit", action="store_true",
                    help="do not write the audit log (it is on whenever a master key is given)")
     p.add_argument("--audit-content", action="store_true",
@@ -139,6 +142,8 @@ def build_config(args: argparse.Namespace) -> tuple[Config, list[ModelConfig]]:
         models[name] = model
     if args.drift:
         config = replace(config, drift=replace(config.drift, enabled=True))
+    if getattr(args, "no_energy", False):
+        config = replace(config, energy=replace(config.energy, enabled=False))
     return replace(config, server=server), list(models.values())
 
 

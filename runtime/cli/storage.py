@@ -90,6 +90,9 @@ def cmd_keys_rotate(args: argparse.Namespace) -> int:
         old = store.master.id
         count = len(store.catalog.rows())
         master = store.rotate(new)
+        if (store.state_dir / "audit" / "log.jsonl").exists():   # for the change log
+            AuditLog(store).record_admin("keys.rotated", {"from_key": old, "to_key": master.id,
+                                                          "objects": count})
     print(f"re-wrapped {count} objects from {old} to {master.id}")
     return ExitCode.OK
 
@@ -207,6 +210,24 @@ def cmd_audit_erase(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
+def cmd_audit_prune(args: argparse.Namespace) -> int:
+    from runtime.config import AuditConfig, load_config
+
+    if args.days is not None and args.days < 1:
+        raise ConfigError(f"--days: must be at least 1, got {args.days}")
+    days = args.days or (load_config(args.config).audit if args.config
+                         else AuditConfig()).retention_days
+    with opened_store(args) as store:
+        pruned = AuditLog(store).prune(days)
+    if pruned.epochs:
+        print(f"crypto-shredded {len(pruned.epochs)} day(s) of audit records older than "
+              f"{days} days ({pruned.epochs[0][6:]}..{pruned.epochs[-1][6:]}); the chain is "
+              "unchanged")
+    else:
+        print(f"nothing older than {days} days to shred")
+    return ExitCode.OK
+
+
 def cmd_audit_repair(args: argparse.Namespace) -> int:
     with opened_store(args) as store:
         aside = AuditLog(store).repair()
@@ -278,3 +299,7 @@ def add_parsers(sub: argparse._SubParsersAction, models: argparse._SubParsersAct
                  cmd_audit_erase)
     p.add_argument("--subject", required=True)
     command(asub, "repair", "set a broken log aside and start a new chain", cmd_audit_repair)
+    p = command(asub, "prune", "crypto-shred records older than the retention ([audit] "
+                               "retention_days, default 183)", cmd_audit_prune)
+    p.add_argument("--config", help="hearth.toml whose [audit] retention_days applies")
+    p.add_argument("--days", type=int, help="retention in days (overrides the config)")

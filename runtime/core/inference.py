@@ -6,6 +6,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 from runtime import errors
 from runtime.core.chat import render_chat
@@ -38,6 +39,10 @@ from runtime.events import EventBus, RequestFinished, RequestSignals
 from runtime.models.manager import ModelHandle, ModelManager
 from runtime.native import FinishReason, NativeEngine, Output, RequestParams, TokenLogprobs
 
+if TYPE_CHECKING:
+    from runtime.energy.accountant import RequestEnergy
+    from runtime.energy.service import EnergyService
+
 log = logging.getLogger("hearth.inference")
 
 # Texts above this size are tokenized off the event loop.
@@ -55,7 +60,7 @@ def _seconds(start_ns: int, end_ns: int) -> float:
     return (end_ns - start_ns) / 1e9 if start_ns and end_ns else 0.0
 
 
-def usage_of(out: Output) -> Usage:
+def usage_of(out: Output, energy: RequestEnergy | None = None) -> Usage:
     return Usage(
         prompt_tokens=out.n_prompt,
         completion_tokens=out.n_generated,
@@ -63,6 +68,8 @@ def usage_of(out: Output) -> Usage:
         queue_s=_seconds(out.t_submit_ns, out.t_admit_ns),
         ttft_s=_seconds(out.t_submit_ns, out.t_first_token_ns),
         total_s=_seconds(out.t_submit_ns, out.t_finish_ns),
+        energy_joules=energy.joules if energy else 0.0,
+        energy_source=energy.source if energy else "",
     )
 
 
@@ -90,6 +97,9 @@ class InferenceService:
         # The drift service's sampler: should this request of this model
         # carry drift signals (RequestFinished.drift)?  Off unless set.
         self.drift_sample: Callable[[str], bool] = _never
+        # Energy accounting (runtime/energy/service.py), when [energy] is on:
+        # the final chunk carries the request's settled energy.
+        self.energy: EnergyService | None = None
 
     # ---- helpers --------------------------------------------------------
 
@@ -185,7 +195,9 @@ class InferenceService:
         computed, so every prompt token counts as cached and timings are 0."""
         last = stored[-1]
         completion = last.usage.completion_tokens if last.usage else 0
-        usage = Usage(n_prompt, completion, n_prompt, 0.0, 0.0, 0.0)
+        # Nothing was computed: no energy, said by the meter that would have.
+        usage = Usage(n_prompt, completion, n_prompt, 0.0, 0.0, 0.0, 0.0,
+                      self.energy.source if self.energy else "")
         for i, chunk in enumerate(stored):
             final = chunk is last
             yield replace(chunk, request_id=ctx.request_id if i == 0 else "",
@@ -196,7 +208,7 @@ class InferenceService:
             finish_reason=last.finish_reason, prompt_tokens=n_prompt,
             completion_tokens=completion, cached_tokens=n_prompt, queue_s=0.0, ttft_s=0.0,
             total_s=0.0, subject=ctx.subject or ctx.client, content=content,
-            response_cache="hit"))
+            response_cache="hit", energy_source=usage.energy_source))
 
     async def _generate(self, handle: ModelHandle, params: RequestParams, ctx: CallContext,
                         kind: str, prompt: str, cache_key: bytes | None
@@ -213,6 +225,7 @@ class InferenceService:
             raise errors.Unavailable(f"model {handle.name!r} is not admitting requests") from None
         status = "ok"
         final: Output | None = None
+        energy: RequestEnergy | None = None
         first = True
         texts: list[str] | None = [] if self.collect_content else None
         kept: list[GenerateChunk] | None = [] if cache_key is not None else None
@@ -238,11 +251,15 @@ class InferenceService:
                     f"deadline passed after {final.n_generated} generated tokens")
             if final.finish_reason is FinishReason.CANCELLED:
                 raise errors.Cancelled("the request was cancelled")
+            if self.energy is not None:
+                # Its end is in the engine's step log: settling closes the
+                # energy window now, so the figure below is final.
+                energy = await self.energy.settle(engine.serial, stream.id)
             last = GenerateChunk(
                 final.text, final.tokens, ctx.request_id if first else "",
                 finish_reason=_FINISH_NAMES[final.finish_reason],
                 stop_sequence=stops[final.stop_index] if final.stop_index >= 0 else "",
-                usage=usage_of(final), model=handle.name,
+                usage=usage_of(final, energy), model=handle.name,
                 logprobs=self._logprobs(engine, final.logprobs))
             if kept is not None and cache_key is not None:
                 self.cache.put(cache_key, [*kept, last])
@@ -254,8 +271,11 @@ class InferenceService:
             stream.close()
             content = (prompt, "".join(texts)) if texts is not None else None
             adapter = next((n for n, i in handle.adapters.items() if i == params.adapter), "")
+            if energy is None and self.energy is not None:
+                # Failed or cancelled: what closed windows attributed so far.
+                energy = self.energy.so_far(engine.serial, stream.id)
             self._publish(handle.name, ctx, kind, status, final, content,
-                          "miss" if cache_key is not None else "", adapter)
+                          "miss" if cache_key is not None else "", adapter, energy)
 
     @staticmethod
     def _logprobs(engine: NativeEngine, entries: list[TokenLogprobs]
@@ -270,8 +290,9 @@ class InferenceService:
 
     def _publish(self, model: str, ctx: CallContext, kind: str, status: str,
                  final: Output | None, content: tuple[str, str] | None,
-                 response_cache: str = "", adapter: str = "") -> None:
-        usage = usage_of(final) if final else Usage(0, 0, 0, 0.0, 0.0, 0.0)
+                 response_cache: str = "", adapter: str = "",
+                 energy: RequestEnergy | None = None) -> None:
+        usage = usage_of(final, energy) if final else Usage(0, 0, 0, 0.0, 0.0, 0.0)
         reason = _FINISH_NAMES.get(final.finish_reason, "") if final else "cancelled"
         self.events.publish(RequestFinished(
             request_id=ctx.request_id, model=model, client=ctx.client, kind=kind, status=status,
@@ -281,7 +302,9 @@ class InferenceService:
             subject=ctx.subject or ctx.client, content=content, response_cache=response_cache,
             draft_tokens=final.n_drafted if final else 0,
             draft_accepted=final.n_draft_accepted if final else 0, adapter=adapter,
-            drift=_signals(final)))
+            drift=_signals(final), energy_joules=energy.joules if energy else 0.0,
+            energy_source=energy.source if energy else "",
+            co2e_grams=energy.co2e_grams if energy else 0.0))
 
     # ---- embeddings and tokens --------------------------------------------
 

@@ -58,6 +58,10 @@ class Usage:
     queue_s: float
     ttft_s: float
     total_s: float
+    # The request's energy (runtime/energy/): final when the chunk is sent;
+    # the source says how it was known (nvml, rapl, estimate; "" when off).
+    energy_joules: float = 0.0
+    energy_source: str = ""
 
 
 @dataclass(frozen=True)

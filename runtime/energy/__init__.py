@@ -1,6 +1,6 @@
-"""Energy per request (groundwork of the energy issue: the meters, the
-attribution that conserves a window's energy, and carbon; the engine's
-per-step accounting and the daemon wiring come next).
+"""Energy per request (docs/energy.md): meters, the attribution that
+conserves each window's energy, carbon, and the daemon's accountant over the
+engines' step logs (native/src/steplog.c).
 
     meters.py       cumulative energy counters: RAPL (powercap sysfs, with
                     wraparound), NVML (counter, or integrated power), and an
@@ -16,4 +16,13 @@ per-step accounting and the daemon wiring come next).
                     regression over windows
     carbon.py       gCO2e from energy and an operator-given grid intensity
                     (a constant or a time-of-day table; never looked up)
+    accountant.py   windows: one meter read and one drain of every engine's
+                    step log each; the split; per-request figures, final
+                    once the window of the request's end closes; totals for
+                    Prometheus; the weights refitted from the windows
+    service.py      the daemon's side: the meter chosen at start, the window
+                    loop, settle() (a request's end closes the window, so its
+                    final chunk carries its whole energy), weights sealed
+    report.py       `hearth energy report`: totals per model and adapter from
+                    the audit log's request records
 """

@@ -30,7 +30,7 @@ class Source(StrEnum):
 @dataclass(frozen=True)
 class Reading:
     joules: float
-    source: Source
+    source: str               # a Source, or several joined by "+" (SumMeter)
     note: str = ""
 
 
@@ -211,8 +211,25 @@ class EstimateMeter:
 
 
 def open_cpu_meter(powercap_root: Path, cpu_watts: float) -> RaplMeter | ScaledRapl | EstimateMeter:
-    """RAPL scaled to this process where readable, else the estimate."""
+    """RAPL scaled to this process where readable, else the estimate (from
+    the process's CPU clock, exact to the nanosecond: energy windows may be
+    short, and /proc's ticks are 10 ms)."""
     try:
         return ScaledRapl(RaplMeter(powercap_root), CpuShare())
     except MeterUnavailable:
-        return EstimateMeter(cpu_watts)
+        return EstimateMeter(cpu_watts, cpu_seconds=time.process_time)
+
+
+class SumMeter:
+    """Several meters read as one (the GPUs' NVML counters plus the CPU's):
+    the source names every part, so a sum with an estimate in it never
+    reads as a pure measurement."""
+
+    def __init__(self, meters: list[RaplMeter | ScaledRapl | EstimateMeter | NvmlMeter]) -> None:
+        self.meters = meters
+        self.source = "+".join(str(m.source) for m in meters)
+
+    def read(self) -> Reading:
+        readings = [m.read() for m in self.meters]
+        return Reading(sum(r.joules for r in readings), self.source,
+                       "; ".join(r.note for r in readings if r.note))

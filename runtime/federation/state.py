@@ -229,7 +229,7 @@ def finish_interrupted_close(store: SealedStore, record: CoordinatorRecord) -> i
     """Closing a round stores the release, then saves the record; a crash
     between the two leaves a signed release the record does not count.
     The stored release is the commit point: the record catches up with it
-    (version, rounds, privacy spent), so the next round builds on it and its
+    (version, rounds; the privacy was saved at aggregation), so the next round builds on it and its
     version is never signed twice with other contents.  Returns the version
     taken in, None when nothing was pending."""
     name = record.settings.federation
@@ -246,12 +246,8 @@ def finish_interrupted_close(store: SealedStore, record: CoordinatorRecord) -> i
         raise IntegrityError(f"federation {name}: the store holds release {latest} "
                              f"(manifest v{manifest.version}) but the record is at "
                              f"v{record.version}")
-    if record.settings.noise_multiplier > 0:
-        # the round's privacy cost, as close_round spent it (already within budget)
-        accountant = PrivacyAccountant(delta=record.settings.delta, rdp=list(record.rdp),
-                                       rounds=record.rounds_done)
-        accountant.spend(1.0, record.settings.noise_multiplier)
-        record.rdp = list(accountant.rdp)
+    # The round's privacy cost is already in the record: CoordinatorRounds.candidate
+    # saves it when it aggregates, before any release is stored.
     record.version, record.rounds_done = latest, record.rounds_done + 1
     record.last_round = max(record.last_round, int(manifest.metrics.get("round", 0)))
     record.open_plan = ""

@@ -23,9 +23,15 @@ OWNED_BY = "hearth"
 def usage_json(usage: Usage | None) -> dict[str, Any] | None:
     if usage is None:
         return None
-    return {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
-            "total_tokens": usage.prompt_tokens + usage.completion_tokens,
-            "prompt_tokens_details": {"cached_tokens": usage.cached_tokens}}
+    body: dict[str, Any] = {
+        "prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
+        "total_tokens": usage.prompt_tokens + usage.completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": usage.cached_tokens}}
+    if usage.energy_source:
+        # Hearth's extension (docs/energy.md): the request's attributed energy.
+        body["energy_joules"] = usage.energy_joules
+        body["energy_source"] = usage.energy_source
+    return body
 
 
 def token_bytes(token: str) -> list[int]:

@@ -8,7 +8,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from runtime import errors
 from runtime.native._ffi import check, ffi, lib
@@ -222,6 +222,21 @@ class EngineStats:
     grammar_jobs: int
     last_heartbeat_ns: int
     admission_open: bool
+
+
+class StepRecord(NamedTuple):
+    """One request's part in one engine step (or, `finished`, its end):
+    the step log that energy accounting drains in windows."""
+
+    request_id: int
+    t_start_ns: int              # CLOCK_MONOTONIC, as time.monotonic_ns()
+    t_end_ns: int
+    n_prefill: int
+    n_decode: int
+    finished: bool
+
+
+_STEP_DRAIN = 4096
 
 
 @dataclass(frozen=True)
@@ -600,3 +615,27 @@ class NativeEngine:
         with self._h() as h:
             check(lib.hearth_engine_submit_score(h, p, out))
         return NativeRequest(out[0], score=True)
+
+    def enable_step_log(self, capacity: int) -> None:
+        """Keep the last `capacity` step records (0: off) for drain_steps."""
+        with self._h() as h:
+            check(lib.hearth_engine_step_log(h, capacity))
+
+    def drain_steps(self) -> tuple[list[StepRecord], int]:
+        """The step records since the last drain, oldest first, and how many
+        were lost (overwritten unread)."""
+        buf = ffi.new("hearth_step_record[]", _STEP_DRAIN)
+        lost = ffi.new("uint64_t *")
+        records: list[StepRecord] = []
+        lost_total = 0
+        while True:
+            with self._h() as h:
+                n = lib.hearth_engine_drain_steps(h, buf, _STEP_DRAIN, lost)
+            lost_total += int(lost[0])
+            for i in range(n):
+                r = buf[i]
+                records.append(StepRecord(int(r.request_id), int(r.t_start_ns), int(r.t_end_ns),
+                                          int(r.n_prefill), int(r.n_decode),
+                                          bool(r.flags & lib.HEARTH_STEP_FINISHED)))
+            if n < _STEP_DRAIN:
+                return records, lost_total

@@ -108,7 +108,8 @@ def generate_response(chunk: GenerateChunk) -> ipb.GenerateResponse:
         out.usage.CopyFrom(ipb.Usage(
             prompt_tokens=u.prompt_tokens, completion_tokens=u.completion_tokens,
             cached_tokens=u.cached_tokens, ttft_seconds=u.ttft_s, total_seconds=u.total_s,
-            queue_seconds=u.queue_s))
+            queue_seconds=u.queue_s, energy_joules=u.energy_joules,
+            energy_source=u.energy_source))
     return out
 
 

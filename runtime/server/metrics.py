@@ -19,6 +19,7 @@ from prometheus_client.registry import Collector
 from runtime import errors
 from runtime.core.response_cache import ResponseCache
 from runtime.drift.service import DriftService
+from runtime.energy.service import EnergyService
 from runtime.events import EventBus, RequestFinished
 from runtime.models.manager import ModelManager
 
@@ -52,6 +53,35 @@ class DriftCollector(Collector):
             alarm.add_metric([version], 1.0 if status.alarm else 0.0)
             seen.add_metric([version], observed)
         yield from (stat, pval, alarm, seen)
+
+
+class EnergyCollector(Collector):
+    """Energy attributed to each model's requests, idle energy, and gCO2e,
+    as the accountant's closed windows add them up (runtime/energy/)."""
+
+    def __init__(self, energy: EnergyService) -> None:
+        self.energy = energy
+
+    def collect(self) -> Iterator[Any]:
+        t = self.energy.accountant.totals
+        source = self.energy.source
+        joules = CounterMetricFamily("hearth_energy_joules", "Energy attributed to the "
+                                     "model's requests", labels=["model", "source"])
+        idle = CounterMetricFamily("hearth_idle_energy_joules", "Energy of the windows' "
+                                   "time when no request ran", labels=["source"])
+        per_token = GaugeMetricFamily("hearth_energy_joules_per_token", "Joules per token "
+                                      "(prefill and decode) over the model's last window "
+                                      "with work", labels=["model"])
+        co2e = CounterMetricFamily("hearth_co2e_grams", "gCO2e of the energy attributed "
+                                   "to the model's requests (grid_g_per_kwh)", labels=["model"])
+        for model, j in dict(t.joules).items():
+            joules.add_metric([model, source], j)
+        for model, g in dict(t.co2e_grams).items():
+            co2e.add_metric([model], g)
+        for model, jpt in dict(t.joules_per_token).items():
+            per_token.add_metric([model], jpt)
+        idle.add_metric([source], t.idle_joules)
+        yield from (joules, idle, per_token, co2e)
 
 
 class EngineCollector(Collector):
@@ -124,7 +154,8 @@ class Metrics:
     def __init__(self, events: EventBus, models: ModelManager,
                  audit_lag: Callable[[], float] | None = None,
                  cache: ResponseCache | None = None,
-                 drift: DriftService | None = None) -> None:
+                 drift: DriftService | None = None,
+                 energy: EnergyService | None = None) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter("hearth_requests", "Finished requests", ["model", "kind",
@@ -154,6 +185,8 @@ class Metrics:
         r.register(EngineCollector(models, audit_lag, cache))
         if drift is not None:
             r.register(DriftCollector(drift))
+        if energy is not None:
+            r.register(EnergyCollector(energy))
         events.subscribe(self.on_request, RequestFinished)
 
     def on_request(self, e: RequestFinished) -> None:

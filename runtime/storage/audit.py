@@ -27,10 +27,18 @@ Content (prompt and response) is off by default.  When on, it is sealed
 inside the record under a key per subject (the client identity or a
 request field); `hearth audit erase --subject S` destroys that key, which
 crypto-shreds exactly that subject's content and leaves the chain intact.
+
+Retention (`[audit] retention_days`): every record is sealed a second time,
+inside, under a key per UTC day (its epoch, wrapped in the catalog like a
+subject's key); `prune` destroys the keys of days wholly older than the
+retention, which crypto-shreds those records and leaves the chain, which
+covers only ciphertext, verifying.  The daemon prunes at start and hourly;
+`hearth audit prune` does it by hand.
 """
 from __future__ import annotations
 
 import base64
+import calendar
 import contextlib
 import fcntl
 import hashlib
@@ -43,8 +51,8 @@ import struct
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
-from dataclasses import asdict
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +86,26 @@ CHECKPOINT_EVERY = 1000
 CHECKPOINT_S = 60.0
 COMMIT_INTERVAL_S = 0.05
 MAX_BACKLOG = 100_000
+DAY_S = 86_400
+EPOCH_PREFIX = "epoch-"          # catalog ids of day keys, beside subject ids (hex)
+
+
+def epoch_of(ts: float) -> str:
+    """The key epoch of a record made at `ts`: its UTC day."""
+    return EPOCH_PREFIX + time.strftime("%Y%m%d", time.gmtime(ts))
+
+
+def epoch_end(epoch: str) -> float:
+    """When the epoch's day ends (UTC): records of it are all older than this."""
+    return calendar.timegm(time.strptime(epoch[len(EPOCH_PREFIX):], "%Y%m%d")) + DAY_S
+
+
+@dataclass(frozen=True)
+class Pruned:
+    """What a retention run destroyed."""
+
+    epochs: tuple[str, ...]     # the days whose keys were destroyed
+    cutoff: float               # records older than this may be gone
 
 
 class AuditLog:
@@ -100,6 +128,9 @@ class AuditLog:
         self.since_checkpoint = 0
         self._last_checkpoint = time.time()
         self.failed: Exception | None = None
+        # The time records are stamped with; tests backdate records through it.
+        self.clock: Callable[[], float] = time.time
+        self._epoch_keys: dict[str, bytes] = {}
 
     # ---- keys ----------------------------------------------------------------
 
@@ -182,8 +213,8 @@ class AuditLog:
             raise IntegrityError(f"the audit log is broken at {broken}; {refusal}: run "
                                  "`hearth audit verify`, then `hearth audit repair`")
         if self.seq == 0:
-            self._append_now([(time.time(), {"genesis": True, "created": time.time()})],
-                             rtype="genesis")
+            now = self.clock()
+            self._append_now([(now, {"genesis": True, "created": now})], rtype="genesis")
 
     def start(self) -> None:
         """Checks the whole chain, then starts the writer thread.  A broken
@@ -231,7 +262,7 @@ class AuditLog:
         entry.pop("drift", None)   # per-request drift signals are never persisted
         # The subject is named only inside its own (erasable) content block.
         entry.pop("subject")
-        entry["time"] = time.time()
+        entry["time"] = self.clock()
         if self.content and content is not None:
             entry["_content"] = (event.subject or event.client, tuple(content))
         with self._lock:
@@ -243,19 +274,17 @@ class AuditLog:
         back), appended now, from whichever process took it: the log's file
         lock orders writers, and each picks up the chain where the last one
         left it."""
-        # Under the writers' lock: the daemon's own writer thread (or another
-        # process) must not append between the check and this record, or the
-        # check would read a log ahead of its anchor and call it broken.
+        now = self.clock()
+        # Under the writers' lock throughout, so that the chain is read and
+        # extended whole even while the daemon's writer thread appends.
         with self._writers_lock():
             broken = self.verify()
             if broken is not None:
-                raise IntegrityError(f"the audit log is broken at {broken}; `{action}` was "
-                                     "not recorded: run `hearth audit verify`, then "
-                                     "`hearth audit repair`")
+                raise IntegrityError(f"the audit log is broken at {broken}; `{action}` was not "
+                                     "recorded: run `hearth audit verify`, then `hearth audit "
+                                     "repair`")
             if self.seq == 0:
-                self._append_locked([(time.time(), {"genesis": True, "created": time.time()})],
-                                    "genesis")
-            now = time.time()
+                self._append_locked([(now, {"genesis": True, "created": now})], "genesis")
             self._append_locked([(now, {"action": action, "time": now, **detail})], "admin")
             self._append_locked([], "checkpoint")
 
@@ -289,7 +318,15 @@ class AuditLog:
                     if not self._queue:
                         return
 
-    def _seal(self, seq: int, entry: dict[str, Any]) -> bytes:
+    def _epoch_key(self, epoch: str, create: bool) -> bytes | None:
+        key = self._epoch_keys.get(epoch)
+        if key is None:
+            key = self._subject_key(epoch, create)
+            if key is not None:
+                self._epoch_keys[epoch] = key
+        return key
+
+    def _seal(self, seq: int, ts: float, entry: dict[str, Any]) -> bytes:
         content = entry.pop("_content", None)
         if content is not None:
             subject, (prompt, response) = content
@@ -302,8 +339,16 @@ class AuditLog:
                                      struct.pack(">Q", seq) + sid.encode())
             entry["content"] = {"subject_id": sid,
                                 "ct": base64.b64encode(nonce + ct).decode()}
+        # Inside: under the day's key, which retention destroys.
+        epoch = epoch_of(ts)
+        day_key = self._epoch_key(epoch, create=True)
+        assert day_key is not None
         nonce = secrets.token_bytes(12)
-        return nonce + AESGCM(self._key).encrypt(nonce, json.dumps(entry).encode(),
+        inner = nonce + AESGCM(day_key).encrypt(nonce, json.dumps(entry).encode(),
+                                                struct.pack(">Q", seq) + epoch.encode())
+        outer = {"epoch": epoch, "sealed": base64.b64encode(inner).decode()}
+        nonce = secrets.token_bytes(12)
+        return nonce + AESGCM(self._key).encrypt(nonce, json.dumps(outer).encode(),
                                                  struct.pack(">Q", seq))
 
     def _checkpoint(self, signed_seq: int, signed_head: bytes) -> bytes:
@@ -343,11 +388,11 @@ class AuditLog:
         if rtype == "checkpoint":
             batch = []
             seq += 1
-            add("checkpoint", time.time(), self._checkpoint(seq - 1, head))
+            add("checkpoint", self.clock(), self._checkpoint(seq - 1, head))
             since = 0
         for ts, entry in batch:
             seq += 1
-            add(rtype, ts, self._seal(seq, dict(entry)))
+            add(rtype, ts, self._seal(seq, ts, dict(entry)))
             since += 1
             if since >= CHECKPOINT_EVERY:
                 seq += 1
@@ -389,26 +434,81 @@ class AuditLog:
 
     # ---- reading ---------------------------------------------------------------
 
-    def entries(self, since: float = 0.0) -> Iterator[dict[str, Any]]:
+    def entries(self, since: float = 0.0, shredded: bool = False
+                ) -> Iterator[dict[str, Any]]:
         """Decrypted request records at or after `since`, content included
-        where its subject's key still exists."""
+        where its subject's key still exists.  Records whose day key
+        retention destroyed are left out, or with `shredded` given as
+        {"seq", "type", "ts", "shredded": True}."""
         with self.path.open("rb") as f:
             for number, raw in enumerate(f, start=1):
                 line = Line.decode(raw, number)
                 if line.type not in ("request", "admin") or line.ts < since:
                     continue
-                try:
-                    plain = AESGCM(self._key).decrypt(line.ct[:12], line.ct[12:],
-                                                      struct.pack(">Q", line.seq))
-                except InvalidTag:
-                    raise IntegrityError(f"audit record {line.seq} does not decrypt") from None
-                entry = json.loads(plain)
+                entry = self._open_record(line)
+                if entry is None:
+                    if shredded:
+                        yield {"seq": line.seq, "type": line.type, "ts": line.ts,
+                               "shredded": True}
+                    continue
                 entry["seq"] = line.seq
                 entry["type"] = line.type
                 content = entry.pop("content", None)
                 if content is not None:
                     entry["content"] = self._open_content(line.seq, content)
                 yield entry
+
+    def _open_record(self, line: Line) -> dict[str, Any] | None:
+        """The record's JSON; None when its day key was destroyed."""
+        try:
+            plain = AESGCM(self._key).decrypt(line.ct[:12], line.ct[12:],
+                                              struct.pack(">Q", line.seq))
+        except InvalidTag:
+            raise IntegrityError(f"audit record {line.seq} does not decrypt") from None
+        entry = dict(json.loads(plain))
+        epoch = entry.get("epoch")
+        if not isinstance(epoch, str) or "sealed" not in entry:
+            return entry        # sealed before day keys existed: the log key only
+        key = self._epoch_key(epoch, create=False)
+        if key is None:
+            return None
+        inner = base64.b64decode(entry["sealed"])
+        try:
+            return dict(json.loads(AESGCM(key).decrypt(inner[:12], inner[12:], struct.pack(
+                ">Q", line.seq) + epoch.encode())))
+        except InvalidTag:
+            raise IntegrityError(f"audit record {line.seq} does not decrypt under its day "
+                                 "key") from None
+
+    # ---- retention -------------------------------------------------------------
+
+    def prune(self, retention_days: int, now: float | None = None) -> Pruned:
+        """Destroys the day keys of every day that ended more than
+        `retention_days` ago: its records can never be decrypted again,
+        while the chain over their ciphertext still verifies.  A run that
+        destroyed keys is itself recorded (an admin record)."""
+        cutoff = (self.clock() if now is None else now) - retention_days * DAY_S
+        with self._writers_lock():
+            rows = self.store.catalog.db.execute(
+                "SELECT id FROM audit_subjects WHERE id LIKE ?", (EPOCH_PREFIX + "%",)).fetchall()
+            old = sorted(r[0] for r in rows if epoch_end(r[0]) <= cutoff)
+            if old:
+                with self.store.catalog.transaction("audit_subjects") as db:
+                    db.executemany("DELETE FROM audit_subjects WHERE id=?", [(e,) for e in old])
+                # Overwrite the keys in the WAL as well, not only in the main file.
+                self.store.catalog.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                for epoch in old:
+                    self._epoch_keys.pop(epoch, None)
+        if old:
+            self.record_admin("audit.retention", {"retention_days": retention_days,
+                                                  "cutoff": cutoff, "shredded_days": old})
+        return Pruned(tuple(old), cutoff)
+
+    def retained_since(self) -> float | None:
+        """Start of the oldest day whose key still exists (None: no day keys)."""
+        rows = self.store.catalog.db.execute(
+            "SELECT id FROM audit_subjects WHERE id LIKE ?", (EPOCH_PREFIX + "%",)).fetchall()
+        return min((epoch_end(r[0]) - DAY_S for r in rows), default=None)
 
     def _open_content(self, seq: int, content: dict[str, str]) -> dict[str, Any] | str:
         sid = content["subject_id"]

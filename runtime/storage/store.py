@@ -51,6 +51,8 @@ class Kind(StrEnum):
     RELEASE = "release"
     UPDATE = "update"
     DRIFT = "drift"         # a model version's drift reference: aggregates only
+    ENERGY = "energy"       # energy attribution weights (idle W, J per prefill/decode token)
+    EVALUATION = "evaluation"   # the latest result of an evaluation (hearth eval bias)
 
     @classmethod
     def parse(cls, text: str) -> Kind:

@@ -23,6 +23,8 @@ UNRELATED = {
     "seed": ("runtime/federation/", "runtime/cli/fed.py", "runtime/models/tiny.py",
              "runtime/cli/drift_simulate.py",
              "runtime/drift/",
+             # a distilled draft's LoRA initialisation and text order
+             "runtime/distill/", "runtime/cli/distill.py",
              "proto/hearth/federation/"),
     # a body temperature in the synthetic clinical corpus; and a client of the
     # API (the bias evaluation) asking for greedy decoding by its name

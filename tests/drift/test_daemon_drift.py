@@ -143,7 +143,8 @@ def test_drift_alarm_metrics_status_reset_audit_and_nothing_on_disk(
     records = [json.loads(line) for line in hearth(
         "audit", "export", "--state-dir", str(state_dir), "--key-file", str(key)).splitlines()]
     actions = [r.get("action") for r in records if r.get("action")]
-    assert actions == ["drift_detected", "drift_reset"], actions
+    assert [a for a in actions if not a.startswith("model.")] == [   # not model loads
+        "drift_detected", "drift_reset"], actions
     reset_record = next(r for r in records if r.get("action") == "drift_reset")
     assert reset_record["versions"] == ["tiny"] and reset_record["actor"].startswith("uid:")
     detected = next(r for r in records if r.get("action") == "drift_detected")

@@ -72,6 +72,9 @@ def finish_parameters(last: GenerateChunk) -> dict[str, ParameterValue]:
         out["prompt_tokens"] = last.usage.prompt_tokens
         out["completion_tokens"] = last.usage.completion_tokens
         out["cached_tokens"] = last.usage.cached_tokens
+        if last.usage.energy_source:
+            out["energy_joules"] = float(last.usage.energy_joules)
+            out["energy_source"] = last.usage.energy_source
     return out
 
 
