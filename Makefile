@@ -129,6 +129,8 @@ bench: setup model
 	$(BIN)/python -m benchmarks.storage
 	$(BIN)/python -m benchmarks.features
 	$(BIN)/python -m benchmarks.federation
+	$(BIN)/python -m benchmarks.drift --model $(MODEL)
+	$(BIN)/python -m benchmarks.drift_serving --model $(MODEL)
 	$(BIN)/python -m benchmarks.energy
 
 # The signing key stays on the build machine; sites trust its fingerprint.

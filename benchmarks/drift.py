@@ -1,12 +1,16 @@
 """Drift watch: its false-alarm rate and its detection delay, on real signals.
 
     python -m benchmarks.drift [--model PATH] [--seeds 20] [--requests 2000]
-                               [--shift 0.2] [--pool 400] [--quick]
+                               [--shift 0.2] [--pool 400] [--domains clinical]
+                               [--quick]
 
 First the engine computes the drift signals (native/src/signals.c) of
-`--pool` prompts from each of two domains of a synthetic corpus: a "home"
-domain of everyday sentences and a "new" domain of arithmetic and code-like
-text.  Then streams of requests are resampled from those pools and fed to
+`--pool` prompts from each of two domains.  `--domains clinical` (the
+default) takes the shift `hearth drift simulate` makes: the home domain is
+site 0's notes of the synthetic clinical corpus (runtime/federation/corpus.py),
+the new domain notes of a specialty no site of a 3-site federation has.
+`--domains generic` takes everyday sentences against arithmetic and
+code-like text, a larger shift.  Then streams of requests are resampled from those pools and fed to
 the monitor exactly as the daemon feeds it (runtime/drift/service.py's
 observation_of and the projection, then DriftMonitor with the [drift]
 defaults unless overridden):
@@ -26,7 +30,8 @@ benchmarks/results/drift-<stamp>.json and drift-latest.{json,md}.
     python -m benchmarks.drift --cost [--model PATH] [--concurrency 8]
                                       [--fraction 0.1] [--repeat 10]
 
-measures instead what the signals cost the engine: rounds of N concurrent
+measures instead what the signals cost the engine (the daemon-level figure,
+the watch's whole cost to serving, is benchmarks/drift_serving.py's): rounds of N concurrent
 requests (distinct prompts, 64 tokens each), alternating between the
 monitor off (no request asks for signals) and on (each request asks with
 probability --fraction), on one engine built with drift_rows.  Reported:
@@ -77,6 +82,17 @@ def new_prompt(rng: random.Random) -> str:
         terms = " + ".join(str(rng.randrange(1000)) for _ in range(rng.randint(3, 8)))
         return f"compute {terms} = ?"
     return " ".join(rng.choice(CODE) + str(rng.randrange(100)) for _ in range(rng.randint(3, 6)))
+
+
+def domain_prompts(domains: str, pool: int) -> tuple[list[str], list[str]]:
+    """(home, new) prompts: the simulation's clinical shift, or the generic one."""
+    if domains == "clinical":
+        from runtime.cli.drift_simulate import home_pool, new_domain
+
+        sites = 3
+        return home_pool(0, sites, 0)[:pool], new_domain(sites, 0)[0][:pool]
+    rng = random.Random(0)
+    return ([home_prompt(rng) for _ in range(pool)], [new_prompt(rng) for _ in range(pool)])
 
 
 def signal_pool(engine: NativeEngine, prompts: list[str], project: Projector,
@@ -212,7 +228,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--requests", type=int, default=2000, help="requests per null run")
     ap.add_argument("--shift", type=float, default=0.2)
     ap.add_argument("--after", type=int, default=3000, help="longest wait for an alarm")
-    ap.add_argument("--pool", type=int, default=400, help="prompts per domain")
+    ap.add_argument("--pool", type=int, default=400, help="prompts per domain (at most 400 "
+                                                          "with --domains clinical)")
+    ap.add_argument("--domains", choices=("clinical", "generic"), default="clinical")
     ap.add_argument("--reference-size", type=int)
     ap.add_argument("--window", type=int)
     ap.add_argument("--ert", type=int)
@@ -227,10 +245,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.cost:
         model = args.model or str(Path(__file__).resolve().parent.parent / "models"
                                   / "gemma-3-270m-q4_k_m.gguf")
-        result = cost(args, model)
+        engine_cost = cost(args, model)
         args.out.mkdir(parents=True, exist_ok=True)
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-        text = json.dumps(result, indent=2)
+        text = json.dumps(engine_cost, indent=2)
         (args.out / f"drift-cost-{stamp}.json").write_text(text)
         (args.out / "drift-cost-latest.json").write_text(text)
         print(text)
@@ -254,11 +272,9 @@ def main(argv: list[str] | None = None) -> int:
     engine = NativeEngine(EngineParams(model_path=model, n_parallel=4, n_ctx=4096,
                                        drift_rows=cfg.nll_rows))
     try:
-        rng = random.Random(0)
-        home = signal_pool(engine, [home_prompt(rng) for _ in range(args.pool)], project,
-                           settings, 1)
-        new = signal_pool(engine, [new_prompt(rng) for _ in range(args.pool)], project,
-                          settings, 100_000)
+        home_texts, new_texts = domain_prompts(args.domains, args.pool)
+        home = signal_pool(engine, home_texts, project, settings, 1)
+        new = signal_pool(engine, new_texts, project, settings, 100_000)
     finally:
         engine.close()
     pool_s = time.monotonic() - t0
@@ -288,6 +304,7 @@ def main(argv: list[str] | None = None) -> int:
         "model": model, "settings": {k: getattr(cfg, k) for k in (
             "reference_size", "window", "stride", "ert_requests", "embedding_dims")},
         "signals": list(settings.signals), "pool": {"home": len(home), "new": len(new)},
+        "domains": args.domains,
         "null": {"seeds": args.seeds, "requests_per_run": args.requests,
                  "false_alarms": onsets, "watched_requests": watched,
                  "per_10k_watched": 1e4 * onsets / max(1, watched),
@@ -313,7 +330,9 @@ def markdown(r: dict[str, Any]) -> str:
     n = r["null"]
     lines = [
         "# Drift watch: false alarms and detection delay" + (" (smoke run)" if r["quick"] else ""),
-        "", f"`{r['command']}` on `{Path(r['model']).name}`; settings {r['settings']}.", "",
+        "", f"`{r['command']}` on `{Path(r['model']).name}`, {r.get('domains', 'generic')} "
+        f"domains (in process: the engine's real signals, the daemon's monitor and "
+        f"statistics); settings {r['settings']}.", "",
         f"**False alarms:** {n['false_alarms']} in {n['watched_requests']} watched requests "
         f"over {n['seeds']} null runs of {n['requests_per_run']} requests: "
         f"{n['per_10k_watched']:.2f} per 10,000 (calibrated target "

@@ -8,6 +8,11 @@
                commands on the sealed state directory
   tokens.py    tokens create|list|revoke: bearer tokens in the store
   fed.py       fed ...: the federation, coordinator and site commands
+  drift.py     drift status|reset|simulate: a daemon's drift watch
+  drift_simulate.py  drift simulate: sites' daemons on loopback, traffic
+               shifted to a new domain, alarms, the federation's answer
+  drift_loop.py  its federation half: the coordinator service, the sites'
+               training, the rounds and the gate as they happened
   bundle.py    bundle keygen|build|verify: the signed offline install bundle
   doctor.py    doctor: check the installation, one line per check
   energy.py    energy report: joules and gCO2e per model and adapter, from

@@ -4,6 +4,10 @@
                                                  statistics, p-values, alarm
     hearth drift reset --model M                 accept the current traffic as
                                                  the new reference (admin; audited)
+    hearth drift simulate --sites N [--shift F] [--null] ...
+                                                 the watch on real daemons on
+                                                 loopback (runtime/drift/simulate.py);
+                                                 the last stdout line is JSON
 """
 from __future__ import annotations
 
@@ -49,6 +53,13 @@ def cmd_reset(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from runtime.cli.drift_simulate import options_of, run
+
+    print(json.dumps(run(options_of(args)), sort_keys=True))
+    return ExitCode.OK
+
+
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     drift = sub.add_parser("drift", help="the drift watch of a running daemon")
     dsub = drift.add_subparsers(dest="drift_command", required=True)
@@ -59,3 +70,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                                       "drift reference (admin)")
     add_common(p)
     p.set_defaults(func=cmd_reset)
+    p = dsub.add_parser("simulate", help="sites' daemons on loopback, their traffic shifted "
+                                         "to a new domain; prints the detection delays, "
+                                         "false alarms and new-domain perplexity as JSON")
+    from runtime.cli.drift_simulate import add_arguments
+    add_arguments(p)
+    p.set_defaults(func=cmd_simulate)

@@ -21,6 +21,7 @@ ALLOWED = {"proto/hearth/v1/inference.proto", "native/include/hearth_core.h",
 UNRELATED = {
     # the federation's, the drift calibration's and the tiny test model's random seeds
     "seed": ("runtime/federation/", "runtime/cli/fed.py", "runtime/models/tiny.py",
+             "runtime/cli/drift_simulate.py",
              "runtime/drift/",
              # a distilled draft's LoRA initialisation and text order
              "runtime/distill/", "runtime/cli/distill.py",
