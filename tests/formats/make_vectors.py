@@ -148,9 +148,46 @@ def bundle_vector() -> None:
         write("bundle-v1.json", {"tar": b64(tar.read_bytes()), "fingerprint": fp})
 
 
+def report_vector() -> None:
+    """A small report.json as `hearth report` writes it for a store with no
+    audit log: the key block first, then the content (build_report's field
+    order), encoded and signed by the implementation."""
+    from runtime.transparency.report import missing
+    from runtime.transparency.report_sign import encode, key_block, sign
+
+    key = ed25519(7)
+    doc = {"schema": "hearth-report/1", "signing_key": key_block(key.public_key()),
+           "generated": "2026-12-02T00:00:00Z",
+           "period": {"since": "the log's start", "until": "2026-12-02T00:00:00Z"},
+           "audit_chain": missing("serve with a master key: the audit log is on whenever a "
+                                  "key is given"),
+           "operator": {"provider": {"status": "provided", "text": "Klinikum Süd — Ärzte"}}}
+    data = encode(doc)
+    write("report-v1.json", {"report_json": data.decode("utf-8"),
+                             "report_json_sig": sign(data, key).decode("ascii"),
+                             "fingerprint": key_block(key.public_key())["fingerprint"]})
+
+
+def site_report_vector() -> None:
+    from runtime.federation.reports import ReportKind, SiteReport, sign_report
+
+    key = ed25519(8)
+    report = SiteReport("clinics", "clinic-a", ReportKind.DRIFT_ALARM, "cd" * 32, 2,
+                        1795950000.25, {"nll": 2.5e-07, "prompt_length": 0.5},
+                        "Überwachung: 200 requests in the window")
+    write("site-report-v1.json", {
+        "envelope": sign_report(report, key).decode("utf-8"),
+        "site_public": b64(key.public_key().public_bytes(serialization.Encoding.Raw,
+                                                         serialization.PublicFormat.Raw)),
+        "coordinator": {"federation": "clinics", "base_model_sha256": "cd" * 32,
+                        "now": 1795950600.0, "max_age_s": 86400.0}})
+
+
 if __name__ == "__main__":
     OUT.mkdir(exist_ok=True)
     update_vector()
     federation_vector()
     store_vectors()
     bundle_vector()
+    report_vector()
+    site_report_vector()

@@ -10,7 +10,10 @@ How these can fail: each was run with one spec detail changed and failed
 federation-v1's kit salt without the site, keyring-v1's wrap AAD without the
 key id, bundle-v1's folder rule); at e3a5e70 the update-v1, keyring-v1, audit-v1, federation-v1 and
 bundle-v1 vectors did not exist, and release-v1 and audit-v1 were checked
-only by the implementation that made them (issue 18 item 6)."""
+only by the implementation that made them (issue 18 item 6).  report-v1 and
+site-report-v1 (hearth-site-report/1) were added with their vectors: at
+ebfc9c9 neither had one, and site-report-v1 had no page; each test's
+docstring says which spec detail, changed, made it fail."""
 from __future__ import annotations
 
 import base64
@@ -26,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PrivateKey,
@@ -326,6 +330,232 @@ def test_bundle_v1(tmp_path: Path) -> None:
     (tmp_path / "b.tar").write_bytes(data)
     root = unpack(tmp_path / "b.tar", tmp_path / "out")
     assert verify_bundle(root, [v["fingerprint"]]) == entries
+
+
+# ---- report-v1 --------------------------------------------------------------------------------
+
+def spec_verify_report(data: bytes, sig_file: bytes, trusted: str) -> dict[str, Any]:
+    """report-v1.md's verification without a store: the key pinned by its
+    fingerprint, the signature over the exact bytes, the schema and key
+    block; the audit step only when `audit_chain` names a record."""
+    assert sig_file.endswith(b"\n")
+    sig = base64.b64decode(sig_file.strip(), validate=True)
+    assert len(sig) == 64
+    doc = json.loads(data.decode("utf-8"))
+    block = doc["signing_key"]
+    public = Ed25519PublicKey.from_public_bytes(unb64(block["public_key"]))
+    assert fingerprint(public) == trusted
+    public.verify(sig, data)
+    assert doc["schema"] == "hearth-report/1"
+    assert block == {"algorithm": "Ed25519", "public_key": block["public_key"],
+                     "fingerprint": trusted, "signature_file": "report.json.sig"}
+    # the writing rule: indent 2, members in the writer's order, non-ASCII as itself, `\n`
+    assert data == (json.dumps(doc, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+    assert "seq" not in doc["audit_chain"] and doc["audit_chain"]["status"] == "missing"
+    return dict(doc)
+
+
+def _report_files(tmp: Path, data: bytes, sig: bytes) -> Path:
+    (tmp / "report.json").write_bytes(data)
+    (tmp / "report.json.sig").write_bytes(sig)
+    return tmp
+
+
+def test_report_v1(tmp_path: Path) -> None:
+    """Checked by making the spec decoder hash the raw 32 key bytes instead
+    of the DER SubjectPublicKeyInfo (fails: fingerprint), and by writing
+    with ensure_ascii=True (fails: the writing rule)."""
+    v = vector("report-v1.json")
+    data, sig = v["report_json"].encode("utf-8"), v["report_json_sig"].encode("ascii")
+    doc = spec_verify_report(data, sig, v["fingerprint"])
+    assert doc["operator"]["provider"]["text"] == "Klinikum Süd — Ärzte"
+
+    from runtime.transparency.report_sign import verify_report
+
+    verdict = verify_report(_report_files(tmp_path, data, sig), tmp_path / "no-state",
+                            fingerprint=v["fingerprint"])
+    assert (verdict.fingerprint, verdict.audit_seq) == (v["fingerprint"], 0)
+
+
+@pytest.mark.parametrize("change", ["re-encoded", "re-indented", "other key pinned"])
+def test_report_v1_changed_is_refused_by_both(tmp_path: Path, change: str) -> None:
+    """The signature covers the exact bytes: the same content written
+    otherwise, or a key other than the pinned one, fails both verifiers."""
+    v = vector("report-v1.json")
+    data, sig, trusted = v["report_json"].encode(), v["report_json_sig"].encode(), \
+        v["fingerprint"]
+    doc = json.loads(data)
+    if change == "re-encoded":
+        data = (json.dumps(doc, indent=2) + "\n").encode()
+    elif change == "re-indented":
+        data = (json.dumps(doc, indent=1, ensure_ascii=False) + "\n").encode()
+    else:
+        trusted = fingerprint(Ed25519PrivateKey.from_private_bytes(b"\x09" * 32).public_key())
+    with pytest.raises((AssertionError, InvalidSignature)):
+        spec_verify_report(data, sig, trusted)
+
+    from runtime.errors import IntegrityError
+    from runtime.transparency.report_sign import verify_report
+
+    with pytest.raises(IntegrityError):
+        verify_report(_report_files(tmp_path, data, sig), tmp_path / "no-state",
+                      fingerprint=trusted)
+
+
+# ---- site-report-v1 -----------------------------------------------------------------------------
+
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+_ESCAPES = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\f": "\\f", "\n": "\\n",
+            "\r": "\\r", "\t": "\\t"}
+
+
+def spec_number(x: float) -> str:
+    """site-report-v1.md's number rule: the fewest significant digits that
+    read back as the same double; positional with at least one fraction
+    digit when the decimal exponent is in [-4, 16), else `d[.ddd]e±XX`."""
+    assert x == x and abs(x) != float("inf")
+    for places in range(17):
+        text = f"{abs(x):.{places}e}"
+        if float(text) == abs(x):
+            break
+    mantissa, exp = text.split("e")
+    digits, e = mantissa.replace(".", "").rstrip("0") or "0", int(exp)
+    sign = "-" if x < 0 or (x == 0 and str(x).startswith("-")) else ""
+    if -4 <= e < 16:
+        if e >= 0:
+            whole, frac = digits[:e + 1].ljust(e + 1, "0"), digits[e + 1:]
+        else:
+            whole, frac = "0", "0" * (-e - 1) + digits
+        return f"{sign}{whole}.{frac or '0'}"
+    rest = f".{digits[1:]}" if len(digits) > 1 else ""
+    return f"{sign}{digits[0]}{rest}e{'-' if e < 0 else '+'}{abs(e):02d}"
+
+
+def spec_string(text: str) -> str:
+    return '"' + "".join(_ESCAPES.get(c, f"\\u{ord(c):04x}" if c < " " else c)
+                         for c in text) + '"'
+
+
+def spec_canonical(value: object) -> str:
+    """Canonical JSON written from the page: members sorted by name, no
+    white space, integers in decimal, numbers by spec_number, strings with
+    only `"`, `\\` and control characters escaped."""
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{spec_string(k)}:{spec_canonical(value[k])}"
+                              for k in sorted(value)) + "}"
+    if isinstance(value, str):
+        return spec_string(value)
+    if isinstance(value, bool):
+        raise AssertionError("no booleans in a site report")
+    if isinstance(value, int):
+        return str(value)
+    assert isinstance(value, float)
+    return spec_number(value)
+
+
+def spec_accept_site_report(envelope: bytes, sites: dict[str, Ed25519PublicKey],
+                            federation: str, base_model_sha256: str, now: float,
+                            max_age_s: float) -> dict[str, Any]:
+    """site-report-v1.md's acceptance, in its order; AssertionError on refusal."""
+    env = json.loads(envelope)
+    assert set(env) == {"manifest", "signature", "key"}
+    by_fp = {fingerprint(k): k for k in sites.values()}
+    signer = by_fp.get(env["key"])
+    assert signer is not None, "signed by a key no enrolled site has"
+    text = env["manifest"].encode("utf-8")
+    signer.verify(unb64(env["signature"]), text)
+    r = json.loads(text)
+    assert set(r) == {"format", "federation", "site", "kind", "base_model_sha256",
+                      "adapter_version", "raised_at", "p_values", "detail"}
+    assert r["format"] == "hearth-site-report/1" and r["kind"] in ("drift_alarm", "rollback")
+    assert NAME.fullmatch(r["federation"]) and NAME.fullmatch(r["site"])
+    assert re.fullmatch(r"[0-9a-f]{64}", r["base_model_sha256"])
+    assert type(r["adapter_version"]) is int and r["adapter_version"] >= 0
+    assert type(r["raised_at"]) is float and isinstance(r["detail"], str)
+    assert all(type(p) is float and 0.0 <= p <= 1.0 for p in r["p_values"].values())
+    assert spec_canonical(r).encode("utf-8") == text, "not canonical"
+    assert r["site"] in sites and fingerprint(sites[r["site"]]) == env["key"], \
+        "another site's key signed it"
+    assert r["federation"] == federation and r["base_model_sha256"] == base_model_sha256
+    assert r["raised_at"] <= now + 300.0, "from the future"
+    assert now - r["raised_at"] <= max_age_s, "too old"
+    return dict(r)
+
+
+def test_site_report_v1() -> None:
+    """Checked by changing one rule in the spec code and seeing this fail:
+    the positional range [-4, 16) as [-7, 16) (2.5e-07 came out
+    0.00000025), the fingerprint over the raw key instead of the DER."""
+    v = vector("site-report-v1.json")
+    site = Ed25519PublicKey.from_public_bytes(unb64(v["site_public"]))
+    c = v["coordinator"]
+    envelope = v["envelope"].encode("utf-8")
+    r = spec_accept_site_report(envelope, {"clinic-a": site}, c["federation"],
+                                c["base_model_sha256"], c["now"], c["max_age_s"])
+    assert r["p_values"] == {"nll": 2.5e-07, "prompt_length": 0.5}
+    assert '"nll":2.5e-07' in json.loads(envelope)["manifest"]     # the exponent form
+    assert r["detail"].startswith("Überwachung")
+
+    from runtime.federation.reports import read_report
+
+    report = read_report(envelope, {"clinic-a": site}, c["federation"],
+                         c["base_model_sha256"], c["now"], c["max_age_s"])
+    assert (report.site, report.kind.value, report.adapter_version, report.raised_at,
+            report.p_values, report.detail) == (r["site"], r["kind"], r["adapter_version"],
+                                                r["raised_at"], r["p_values"], r["detail"])
+    assert report.canonical().decode("utf-8") == spec_canonical(r)
+
+
+def test_spec_canonical_is_the_writers() -> None:
+    """The number and string rules on the page are the ones the writer
+    uses: both ends of the positional range, integral values, escapes.
+    Checked with the range as [-4, 17) (1e16 then differed), with U+007F
+    escaped, and with members in their given order (each then failed)."""
+    for x in (0.0, 1.0, 0.5, 1e-4, 9.99e-5, 2.5e-07, 1e15, 1e16, 1.5e16, 123456.789,
+              1795950000.25, 1795950000.0, 5e-324, 1.7976931348623157e308, -0.0, -3.25):
+        assert spec_number(x) == json.dumps(x), x
+    text = 'a"b\\c\nd\te\x01\x1f\x7f é — 𝄞'
+    assert spec_string(text) == json.dumps(text, ensure_ascii=False)
+    assert spec_canonical({"b": 1, "a": {"é": "x", "d": 0.5}}) == '{"a":{"d":0.5,"é":"x"},"b":1}'
+
+
+_RAISED = 1795950000.25
+
+
+@pytest.mark.parametrize("case, accepted", [
+    ({}, True),
+    ({"now": _RAISED + 86400.0}, True),            # exactly max_age_s old
+    ({"now": _RAISED + 86401.0}, False),           # older
+    ({"now": _RAISED - 300.0}, True),              # exactly the clock skew ahead
+    ({"now": _RAISED - 300.5}, False),             # further in the future
+    ({"federation": "clinics-b"}, False),
+    ({"base_model_sha256": "ef" * 32}, False),
+    ({"sites": "clinic-b"}, False),                # enrolled, but under another name
+])
+def test_site_report_v1_acceptance_agrees(case: dict[str, Any], accepted: bool) -> None:
+    """The acceptance rules as the page states them and read_report agree,
+    at the edges of the freshness window and the clock skew.  Checked by
+    setting the spec's skew to 0 and making its age bound strict (one case
+    each then differed)."""
+    v = vector("site-report-v1.json")
+    site = Ed25519PublicKey.from_public_bytes(unb64(v["site_public"]))
+    c = {**v["coordinator"], **{k: x for k, x in case.items() if k != "sites"}}
+    sites = {str(case.get("sites", "clinic-a")): site}
+    envelope = v["envelope"].encode("utf-8")
+    args = (envelope, sites, c["federation"], c["base_model_sha256"], c["now"], c["max_age_s"])
+
+    from runtime.errors import FailedPrecondition
+    from runtime.federation.release import UntrustedRelease
+    from runtime.federation.reports import read_report
+
+    if accepted:
+        spec_accept_site_report(*args)
+        read_report(*args)
+    else:
+        with pytest.raises(AssertionError):
+            spec_accept_site_report(*args)
+        with pytest.raises((FailedPrecondition, UntrustedRelease)):
+            read_report(*args)
 
 
 @pytest.mark.parametrize("label", [b"hearth/kek/v2", b"hearth/kek/v1 "])
