@@ -3,7 +3,8 @@ small decoder written from the spec page alone (cryptography, hashlib, json,
 struct, tarfile; nothing from runtime/), and by the implementation, which
 must still read it.  sealed-v1 has its own spec decoder in
 tests/storage/test_sealed.py; release-v1's vector lives with the federation
-tests, gate-v1's in tests/federation/test_gate_vectors.py.  The vectors are written by tests/formats/make_vectors.py.
+tests, gate-v1's in tests/federation/test_gate_vectors.py.  The vectors are
+written by tests/formats/make_vectors.py.
 
 How these can fail: each was run with one spec detail changed and failed
 (update-v1's HKDF info, audit-v1's hash input order and anchor message,
