@@ -169,7 +169,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = esub.add_parser("bias", help="gender-occupation association, with 95%% intervals")
     add_common(p)
     p.add_argument("--adapter", default="", help="evaluate with this LoRA adapter")
-    p.add_argument("--out", default="bias-report", help="folder for bias.json and bias.svg")
+    p.add_argument("--out", default="bias-report",
+                   help="folder for bias.json, bias.png and bias.svg")
     p.add_argument("--parallel", type=int, default=8,
                    help="continuations scored at once (the daemon batches them; default 8)")
     add_state_options(p)    # given a master key, the result is sealed for `hearth report`

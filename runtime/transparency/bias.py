@@ -156,9 +156,38 @@ def chart_svg(report: BiasReport) -> str:
     return "\n".join(parts)
 
 
+def chart_png(report: BiasReport, path: Path) -> bool:
+    """The per-occupation chart as a matplotlib PNG (bias.png); False when
+    matplotlib is not installed (it comes with the `bench` extra), in which
+    case bias.svg, always written, is the chart."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    male = set(report.groups.get("male_dominated", ()))
+    rows = sorted(report.per_occupation.items(), key=lambda kv: kv[1])
+    fig, ax = plt.subplots(figsize=(7, 0.28 * len(rows) + 1.4))
+    ax.barh([o for o, _ in rows], [v for _, v in rows],
+            color=["#3b6fb6" if o in male else "#c0504d" for o, _ in rows])
+    ax.axvline(0.0, color="black", linewidth=0.8)
+    gap = report.association_gap
+    ax.set_xlabel("log P(he) - log P(she), nats (mean over templates)")
+    ax.set_title(f"{report.model}{' + ' + report.adapter if report.adapter else ''}: "
+                 f"gap {gap.estimate:+.2f} [{gap.low:+.2f}, {gap.high:+.2f}]", fontsize=9)
+    ax.tick_params(axis="y", labelsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
 def write(report: BiasReport, out_dir: Path) -> tuple[Path, Path]:
+    """bias.json, bias.svg and, with matplotlib, bias.png; returns the JSON
+    and the chart (the PNG where there is one)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    doc, chart = out_dir / "bias.json", out_dir / "bias.svg"
+    doc, svg, png = out_dir / "bias.json", out_dir / "bias.svg", out_dir / "bias.png"
     doc.write_text(json.dumps(report.to_json(), indent=2) + "\n")
-    chart.write_text(chart_svg(report))
-    return doc, chart
+    svg.write_text(chart_svg(report))
+    return doc, (png if chart_png(report, png) else svg)

@@ -69,10 +69,13 @@ def test_the_report_and_chart_are_well_formed(tmp_path: Path) -> None:
                         {"male_dominated": list(MALE), "female_dominated": list(FEMALE)},
                         True, "test")
     doc, chart = write(biased, tmp_path)
+    # matplotlib comes with the bench extra that `make setup` installs
+    assert chart == tmp_path / "bias.png"
+    assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and chart.stat().st_size > 5000
     loaded = json.loads(doc.read_text())
     assert loaded["association_gap"]["excludes_zero"] is True
     assert loaded["detected"] is True
-    root = ET.fromstring(chart.read_text())           # escaped, well-formed SVG
+    root = ET.fromstring((tmp_path / "bias.svg").read_text())   # escaped, well-formed SVG
     assert len(root.findall("{http://www.w3.org/2000/svg}rect")) == len(scores)
     assert "m&lt;&amp;&gt;" in chart_svg(biased)
 
@@ -109,6 +112,7 @@ def test_eval_bias_command_on_the_tiny_model(tiny_daemon: Daemon, tmp_path: Path
     assert set(report["per_occupation"]) == set(MALE) | set(FEMALE)
     assert "association gap" in out.stdout
     assert (tmp_path / "bias" / "bias.svg").read_text().startswith("<svg")
+    assert (tmp_path / "bias" / "bias.png").read_bytes()[:4] == b"\x89PNG"
 
 
 @pytest.mark.slow
