@@ -8,7 +8,7 @@ data add`), blank-line separated notes or one per line; without --heldout
 every tenth note is held out.  The draft keeps the model's first K blocks, a
 LoRA trained to match the full model's next-token distribution is merged
 into them (runtime/distill), and it is written to PATH or sealed in the
-store as model NAME, ready for `draft = "store:NAME"`.
+store as model NAME, ready for a `draft` naming it in the store.
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from runtime.distill.early_exit import MERGED_TYPES, check_draft_layers
 from runtime.distill.job import DistillReport, DistillSettings, distill
 from runtime.exit_codes import ExitCode
 from runtime.names import check_name
-from runtime.sources import parse_source
+from runtime.sources import STORE_PREFIX, parse_source
 from runtime.storage.store import Kind
 
 
@@ -75,7 +75,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                        "from a model, on sealed local text")
     add_state_options(p)
     p.add_argument("--model", required=True, help="the served model: a GGUF path or "
-                                                  "store:NAME (the teacher)")
+                                                  f"{STORE_PREFIX}NAME (the teacher)")
     p.add_argument("--draft-layers", type=int, required=True, metavar="K",
                    help="blocks the draft keeps (1 to the model's count minus one)")
     p.add_argument("--data", required=True, help="sealed data set to train on")

@@ -7,6 +7,7 @@ import os
 import pty
 import re
 import select
+import signal
 import subprocess
 import sys
 import termios
@@ -74,7 +75,7 @@ def test_operator_chosen_template_makes_a_base_model_chat(tmp_path: Path) -> Non
     assert '"chatTemplate": "config"' in got.stdout
 
 
-def _read_until(fd: int, needle: bytes, timeout: float = 60.0) -> bytes:
+def _read_until(fd: int, needle: bytes, timeout: float = 180.0) -> bytes:
     seen = b""
     deadline = time.monotonic() + timeout
     while needle not in seen:
@@ -92,6 +93,15 @@ def _read_until(fd: int, needle: bytes, timeout: float = 60.0) -> bytes:
     return seen
 
 
+def _as_at_a_terminal() -> None:
+    """In the child: the pty becomes its controlling terminal, and SIGINT
+    gets its default action back, as a login shell gives it.  A test run
+    started in the background by a non-interactive shell inherits SIGINT
+    ignored, and then Ctrl-C would reach nobody."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+
 def spawn_in_terminal(*args: str) -> tuple[subprocess.Popen, int]:
     """`hearth ARGS` with a pseudo-terminal as its controlling terminal (so
     that Ctrl-C is SIGINT, as at a real one); returns it and the leader."""
@@ -99,7 +109,7 @@ def spawn_in_terminal(*args: str) -> tuple[subprocess.Popen, int]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "runtime.cli.main", *args], stdin=follower, stdout=follower,
         stderr=follower, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
-        start_new_session=True, preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0))
+        start_new_session=True, preexec_fn=_as_at_a_terminal)
     os.close(follower)
     return proc, leader
 
