@@ -8,7 +8,7 @@ import json
 import sys
 
 from runtime.cli.state import add_state_options, opened_store
-from runtime.cli.storage import _since
+from runtime.cli.storage import parse_since
 from runtime.energy.report import build_report, format_report
 from runtime.exit_codes import ExitCode
 from runtime.storage.audit import AuditLog
@@ -21,7 +21,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         if broken is not None:
             print(f"warning: the audit log is broken at {broken}; reporting what decrypts",
                   file=sys.stderr)
-        report = build_report(audit.entries(since=_since(args.since)))
+        report = build_report(audit.entries(since=parse_since(args.since)))
     if args.json:
         print(json.dumps(report.to_json(), indent=2, sort_keys=True))
     else:

@@ -169,7 +169,9 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
-def _since(text: str | None) -> float:
+def parse_since(text: str | None) -> float:
+    """A `--since` value (Unix seconds or an ISO date/time) as Unix seconds;
+    one parser for `audit export`, `energy report` and `report`."""
     if not text:
         return 0.0
     try:
@@ -192,7 +194,7 @@ def cmd_audit_export(args: argparse.Namespace) -> int:
             print(f"warning: the audit log is broken at {broken}; exporting what decrypts",
                   file=sys.stderr)
         count = 0
-        for entry in audit.entries(since=_since(args.since)):
+        for entry in audit.entries(since=parse_since(args.since)):
             sys.stdout.write(json.dumps(entry, sort_keys=True) + "\n")
             count += 1
     print(f"exported {count} records", file=sys.stderr)

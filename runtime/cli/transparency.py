@@ -92,7 +92,7 @@ def _federation(store: SealedStore) -> tuple[list[ReleaseInfo], SiteInfo | None]
 
 def cmd_report(args: argparse.Namespace) -> int:
     from runtime._proto.hearth.v1 import inference_pb2
-    from runtime.cli.storage import _since
+    from runtime.cli.storage import parse_since
     from runtime.config import Config, load_config
     from runtime.native import build_info
     from runtime.storage.audit import AuditLog
@@ -120,7 +120,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         signer = report_signer(store)
         sources = ReportSources(config=config, store=store, audit=audit, engine=build_info(),
                                 releases=releases, site=site, doctor=doctor,
-                                since=_since(args.since) if args.since else None,
+                                since=parse_since(args.since) if args.since else None,
                                 now=time.time(),
                                 explanations=hasattr(inference_pb2, "ExplainRequest"))
         doc = {"schema": "hearth-report/1",
