@@ -83,7 +83,8 @@ def _federation(store: SealedStore) -> tuple[list[ReleaseInfo], SiteInfo | None]
         releases.append(ReleaseInfo(m.federation, m.version, m.parent_version,
                                     m.base_model_sha256, m.adapter_sha256, m.adapter_bytes,
                                     m.created, dict(m.metrics),
-                                    m.version == site.record.applied_version))
+                                    m.version == site.record.applied_version,
+                                    m.trigger.doc() if m.trigger is not None else None))
     rec = site.record
     info = SiteInfo(rec.site, rec.federation, rec.applied_version, rec.high_water,
                     len(rec.answered), [a.noise_multiplier for a in rec.answered])

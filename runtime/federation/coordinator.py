@@ -43,7 +43,13 @@ from runtime.federation.plan import (
     sign_plan,
     site_noise_std,
 )
-from runtime.federation.release import ReleaseManifest, key_fingerprint, sign_release
+from runtime.federation.release import (
+    MANUAL,
+    ReleaseManifest,
+    RoundTrigger,
+    key_fingerprint,
+    sign_release,
+)
 from runtime.federation.secagg import SecAggCoordinator
 from runtime.federation.update_bundle import UpdateInbox
 
@@ -143,6 +149,7 @@ class OpenRound:
     updates: list[SiteUpdate] = field(default_factory=list)
     evals: dict[str, SiteEval] = field(default_factory=dict)
     refused: list[Rejection] = field(default_factory=list)
+    trigger: RoundTrigger = MANUAL      # why it started; its release's manifest says so
 
 
 @dataclass
@@ -184,9 +191,10 @@ class Coordinator:
             return None
         return self.accountant.epsilon()
 
-    def open_round(self, now: float) -> bytes:
+    def open_round(self, now: float, trigger: RoundTrigger = MANUAL) -> bytes:
         """The signed plan of the next round.  Refused when a round is open,
-        or when the privacy budget could not pay for it."""
+        or when the privacy budget could not pay for it.  `trigger`: why it
+        starts, carried into its release's manifest."""
         s = self.settings
         if self.current is not None:
             raise FailedPrecondition(f"round {self.current.plan.round} is still open")
@@ -215,7 +223,7 @@ class Coordinator:
             deadline=float(now + s.round_seconds), secure_aggregation=s.secure_aggregation,
             trainer=s.trainer, min_sites=s.min_sites)
         envelope = sign_plan(plan, self.signing_key)
-        self._start(plan, envelope)
+        self._start(plan, envelope, trigger)
         return envelope
 
     def next_round(self) -> int:
@@ -235,17 +243,19 @@ class Coordinator:
         self._start(plan, envelope)
         return plan
 
-    def _start(self, plan: RoundPlan, envelope: bytes) -> None:
+    def _start(self, plan: RoundPlan, envelope: bytes, trigger: RoundTrigger = MANUAL
+               ) -> None:
         s = self.settings
         self.last_round = max(self.last_round, plan.round)
         if plan.secure_aggregation:
             round_id = hashlib.sha256(envelope).digest()
             self.current = OpenRound(plan, envelope,
-                                     secagg=SecAggCoordinator(round_id, plan.min_sites))
+                                     secagg=SecAggCoordinator(round_id, plan.min_sites),
+                                     trigger=trigger)
         else:
             self.current = OpenRound(plan, envelope, inbox=UpdateInbox(
                 s.federation, plan.round, self.exchange_key, self.sites,
-                s.trainable_size + EVAL_FIELDS))
+                s.trainable_size + EVAL_FIELDS), trigger=trigger)
 
     def _round(self) -> OpenRound:
         if self.current is None:
@@ -321,7 +331,7 @@ class Coordinator:
             federation=s.federation, version=self.version + 1, parent_version=self.version,
             base_model_sha256=s.base_model_sha256,
             adapter_sha256=hashlib.sha256(adapter).hexdigest(), adapter_bytes=len(adapter),
-            created=_rfc3339(now), metrics=metrics)
+            created=_rfc3339(now), metrics=metrics, trigger=r.trigger)
         self.current = None
         self.pending = Candidate(r.plan.round, new_global, adapter, manifest, rejected, counted)
         return self.pending

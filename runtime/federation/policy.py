@@ -18,22 +18,32 @@ A due round still waits for `min_interval_s` since the last start, and for
 rounds too, so that a round that keeps failing does not run in a loop.
 Times are Unix seconds; alarms carry the site's clock (the coordinator
 refused those from the future beyond reports.CLOCK_SKEW_S).
+
+A decision also says which trigger made the round due (`RoundTrigger`, the
+first of the reasons), for the round's release manifest: "schedule",
+"daily", or "drift" with the alarmed sites and their signals.
 """
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
 from runtime.config import CoordinatorConfig
+from runtime.federation.release import RoundTrigger
+from runtime.names import is_name
 
 DAY_S = 86400.0
+# A drift trigger names at most this many signals (the smallest p-values):
+# what one site reported must not bloat the manifest every site reads.
+MAX_TRIGGER_SIGNALS = 16
 
 
 @dataclass(frozen=True)
 class Alarm:
     site: str
     raised_at: float
+    p_values: Mapping[str, float] = field(default_factory=dict)   # signal -> p-value
 
 
 @dataclass(frozen=True)
@@ -41,6 +51,7 @@ class Decision:
     start: bool
     reason: str                     # why (or why not), for the log and the audit
     wake_at: float                  # when to decide again, absent new alarms (inf: never)
+    trigger: RoundTrigger | None = None     # what made the round due (None: nothing)
 
 
 def _daily_slot_before(now: float, hhmm: str) -> float:
@@ -72,11 +83,31 @@ def _limit_lifts_at(policy: CoordinatorConfig, now: float, starts: Sequence[floa
     return at, why
 
 
+def counted_alarms(policy: CoordinatorConfig, now: float, starts: Sequence[float],
+                   alarms: Sequence[Alarm]) -> list[Alarm]:
+    """The alarms that count toward the trigger now."""
+    since = max(now - policy.trigger_window_s, max(starts, default=-math.inf))
+    return [a for a in alarms if a.raised_at > since]
+
+
 def alarmed_sites(policy: CoordinatorConfig, now: float, starts: Sequence[float],
                   alarms: Sequence[Alarm]) -> set[str]:
     """Distinct sites whose alarm counts toward the trigger now."""
-    since = max(now - policy.trigger_window_s, max(starts, default=-math.inf))
-    return {a.site for a in alarms if a.raised_at > since}
+    return {a.site for a in counted_alarms(policy, now, starts, alarms)}
+
+
+def drift_trigger(counted: Sequence[Alarm]) -> RoundTrigger:
+    """The drift trigger of these alarms: their sites, and per signal the
+    smallest p-value any of them reported.  A signal whose name the
+    manifest could not carry is left out, so that one site's report
+    cannot make the release unreadable to every site."""
+    signals: dict[str, float] = {}
+    for a in counted:
+        for name, p in a.p_values.items():
+            if is_name(name) and 0.0 <= p <= 1.0:
+                signals[name] = min(p, signals.get(name, p))
+    kept = sorted(signals.items(), key=lambda kv: (kv[1], kv[0]))[:MAX_TRIGGER_SIGNALS]
+    return RoundTrigger("drift", tuple(sorted({a.site for a in counted})), dict(kept))
 
 
 def decide(policy: CoordinatorConfig, now: float, starts: Sequence[float],
@@ -87,25 +118,30 @@ def decide(policy: CoordinatorConfig, now: float, starts: Sequence[float],
     before any round."""
     anchor = max(starts, default=service_started)
     due: list[str] = []
+    why: list[RoundTrigger] = []        # due's triggers, in the same order
     wake = math.inf
     if policy.every_s > 0:
         at = anchor + policy.every_s
         if at <= now:
             due.append(f"schedule (every {policy.every_s:g} s)")
+            why.append(RoundTrigger("schedule"))
         wake = min(wake, at)
     for hhmm in policy.daily_at:
         slot = _daily_slot_before(now, hhmm)
         if slot > anchor:
             due.append(f"schedule (daily at {hhmm} UTC)")
+            why.append(RoundTrigger("daily"))
         wake = min(wake, slot + DAY_S)
     if policy.trigger_sites:
-        sites = alarmed_sites(policy, now, starts, alarms)
+        counted = counted_alarms(policy, now, starts, alarms)
+        sites = {a.site for a in counted}
         if len(sites) >= policy.trigger_sites:
             due.append(f"drift: {len(sites)} sites alarmed within "
                        f"{policy.trigger_window_s:g} s ({', '.join(sorted(sites))})")
+            why.append(drift_trigger(counted))
     if not due:
         return Decision(False, "no round is due", wake)
     lifts, held_by = _limit_lifts_at(policy, now, starts)
     if lifts > now:
-        return Decision(False, f"{due[0]}, but held back by {held_by}", lifts)
-    return Decision(True, due[0], math.inf)
+        return Decision(False, f"{due[0]}, but held back by {held_by}", lifts, why[0])
+    return Decision(True, due[0], math.inf, why[0])

@@ -16,6 +16,11 @@ decides, without I/O, whether a release may be applied:
 
 Going back is possible only through `rollback()`, which the caller must
 audit; it does not lower the high-water mark for ordinary releases.
+
+A manifest may say why its round started (`RoundTrigger`: the schedule, a
+daily time, the drift trigger with the sites whose alarms counted, or an
+operator by hand); manifests from before that member carry none, and still
+verify.
 """
 from __future__ import annotations
 
@@ -36,6 +41,11 @@ from runtime.names import is_name
 
 FORMAT = "hearth-release/1"
 _HEX64 = re.compile(r"[0-9a-f]{64}")
+# Why a round started: policy.decide's schedule, daily time or drift
+# trigger, or an operator (`--rounds N`, the air-gapped `fed plan`).
+TRIGGER_KINDS = ("schedule", "daily", "drift", "manual")
+# Members a manifest may leave out (manifests signed before they existed).
+OPTIONAL_MEMBERS = frozenset({"trigger"})
 
 
 class UntrustedRelease(IntegrityError):
@@ -53,6 +63,24 @@ def key_fingerprint(public: Ed25519PublicKey) -> str:
 
 
 @dataclass(frozen=True)
+class RoundTrigger:
+    """Why the round behind a release started.  `sites` and `signals` only
+    for "drift": the sites (their federation names) whose alarms counted,
+    sorted, and per signal the smallest p-value those alarms reported."""
+
+    kind: str                                           # one of TRIGGER_KINDS
+    sites: tuple[str, ...] = ()
+    signals: dict[str, float] = field(default_factory=dict)
+
+    def doc(self) -> dict[str, Any]:
+        return {"kind": self.kind, "sites": list(self.sites),
+                "signals": dict(sorted(self.signals.items()))}
+
+
+MANUAL = RoundTrigger("manual")
+
+
+@dataclass(frozen=True)
 class ReleaseManifest:
     federation: str
     version: int
@@ -63,9 +91,14 @@ class ReleaseManifest:
     created: str                      # RFC 3339, UTC
     metrics: dict[str, float] = field(default_factory=dict)
     format: str = FORMAT
+    trigger: RoundTrigger | None = None   # None: not recorded (manifests from before it)
 
     def canonical(self) -> bytes:
-        return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"),
+        doc = asdict(self)
+        for name in OPTIONAL_MEMBERS:
+            if doc[name] is None:
+                del doc[name]
+        return json.dumps(doc, sort_keys=True, separators=(",", ":"),
                           ensure_ascii=False).encode("utf-8")
 
 
@@ -76,6 +109,33 @@ def _field(doc: dict[str, Any], key: str, kind: type) -> Any:
     return value
 
 
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def parse_trigger(value: Any) -> RoundTrigger:
+    """The manifest's `trigger` member (docs/formats/release-v1.md)."""
+    if not isinstance(value, dict) or set(value) != {"kind", "sites", "signals"}:
+        raise UntrustedRelease("release manifest: trigger must be an object with exactly "
+                               "kind, sites and signals")
+    kind, sites, signals = value["kind"], value["sites"], value["signals"]
+    if kind not in TRIGGER_KINDS:
+        raise UntrustedRelease(f"release manifest: trigger kind must be one of "
+                               f"{', '.join(TRIGGER_KINDS)}")
+    if not (isinstance(sites, list) and all(isinstance(x, str) and is_name(x) for x in sites)
+            and sites == sorted(set(sites))):
+        raise UntrustedRelease("release manifest: trigger sites must be distinct site names, "
+                               "sorted")
+    if not (isinstance(signals, dict) and all(
+            is_name(k) and _number(v) and 0.0 <= v <= 1.0 for k, v in signals.items())):
+        raise UntrustedRelease("release manifest: trigger signals must map signal names to "
+                               "p-values in [0, 1]")
+    if (kind == "drift") != bool(sites) or (kind != "drift" and signals):
+        raise UntrustedRelease("release manifest: a drift trigger names its sites; no other "
+                               "trigger names sites or signals")
+    return RoundTrigger(kind, tuple(sites), dict(signals))
+
+
 def parse_manifest(text: bytes) -> ReleaseManifest:
     try:
         doc = json.loads(text)
@@ -84,14 +144,14 @@ def parse_manifest(text: bytes) -> ReleaseManifest:
     if not isinstance(doc, dict):
         raise UntrustedRelease("release manifest: not a JSON object")
     known = set(ReleaseManifest.__dataclass_fields__)
-    if set(doc) != known:
-        raise UntrustedRelease(f"release manifest: fields {sorted(set(doc) ^ known)} are "
-                               "missing or unknown")
+    if not known - OPTIONAL_MEMBERS <= set(doc) <= known:
+        odd = (set(doc) ^ known) - (OPTIONAL_MEMBERS - set(doc))
+        raise UntrustedRelease(f"release manifest: fields {sorted(odd)} are missing or "
+                               "unknown")
     if doc["format"] != FORMAT:
         raise UntrustedRelease(f"release manifest: format {doc['format']!r} is not {FORMAT}")
     metrics = _field(doc, "metrics", dict)
-    if not all(isinstance(k, str) and isinstance(v, int | float) and not isinstance(v, bool)
-               for k, v in metrics.items()):
+    if not all(isinstance(k, str) and _number(v) for k, v in metrics.items()):
         raise UntrustedRelease("release manifest: metrics must map names to numbers")
     m = ReleaseManifest(
         federation=_field(doc, "federation", str), version=_field(doc, "version", int),
@@ -99,7 +159,8 @@ def parse_manifest(text: bytes) -> ReleaseManifest:
         base_model_sha256=_field(doc, "base_model_sha256", str),
         adapter_sha256=_field(doc, "adapter_sha256", str),
         adapter_bytes=_field(doc, "adapter_bytes", int), created=_field(doc, "created", str),
-        metrics=metrics)
+        metrics=metrics,
+        trigger=parse_trigger(doc["trigger"]) if "trigger" in doc else None)
     if not is_name(m.federation):
         raise UntrustedRelease("release manifest: federation is not a valid name")
     if not (m.version >= 1 and 0 <= m.parent_version < m.version and m.adapter_bytes > 0):

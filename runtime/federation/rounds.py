@@ -43,6 +43,7 @@ from runtime.federation.gate import (
     sign_rejection,
 )
 from runtime.federation.plan import RoundPlan
+from runtime.federation.release import MANUAL, RoundTrigger
 from runtime.federation.secagg import SecAggCoordinator
 from runtime.federation.state import (
     build_coordinator,
@@ -140,16 +141,17 @@ class CoordinatorRounds:
     def federation(self) -> str:
         return self.record.settings.federation
 
-    def open(self, now: float, resumable: bool) -> tuple[RoundPlan, bytes]:
+    def open(self, now: float, resumable: bool, trigger: RoundTrigger = MANUAL
+             ) -> tuple[RoundPlan, bytes]:
         """The next round's plan.  `resumable`: kept in the record so later
         commands see the same round (air-gapped), and returned again while
-        that round is open."""
+        that round is open.  `trigger`: why it starts (its release says)."""
         if self.record.open_plan:
             if not resumable:
                 raise FailedPrecondition("an air-gapped round is open (`hearth fed plan`); "
                                          "publish it before running online rounds")
             return self.resume()
-        envelope = self.c.open_round(now)
+        envelope = self.c.open_round(now, trigger)
         # The round's number is spent before any site sees the plan.
         self.record.last_round = self.c.last_round
         if resumable:
@@ -295,16 +297,17 @@ async def secure_sum(agg: SecAggCoordinator, sites: SiteExchange, first_s: float
     return agg.finish(list(responses.values()))
 
 
-async def drive_round(rounds: CoordinatorRounds, sites: SiteExchange, step_seconds: float
-                      ) -> Published | Withheld:
+async def drive_round(rounds: CoordinatorRounds, sites: SiteExchange, step_seconds: float,
+                      trigger: RoundTrigger = MANUAL) -> Published | Withheld:
     """One round from plan to release over an exchange that waits for the
     sites.  The candidate goes to the sites that counted, and is released
     only when the gate passes it (`Published`, with `gate` the decision);
     otherwise it is withheld (`Withheld`: nothing published, the version
     unchanged, the reason in `gate.reason`).  Either way `.promoted` says
     which.  A round that fails before its candidate publishes nothing and
-    spends no privacy."""
-    plan, envelope = rounds.open(time.time(), resumable=False)
+    spends no privacy.  `trigger`: why the round starts, recorded in its
+    release's manifest."""
+    plan, envelope = rounds.open(time.time(), resumable=False, trigger=trigger)
     await sites.announce_plan(plan, envelope, set(rounds.c.sites))
     log.info("round %d open: %d sites, secure aggregation %s", plan.round, len(rounds.c.sites),
              plan.secure_aggregation)

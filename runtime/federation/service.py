@@ -8,7 +8,8 @@ service (docs/federation.md, "The coordinator as a service").
   report delivered twice is kept once.
 * `serve_forever` runs the gRPC server (serve.py) until `stop` is set
   (SIGTERM, SIGINT), and starts rounds when policy.decide says so: on its
-  schedule, or when enough sites alarmed.  A round open when the service
+  schedule, or when enough sites alarmed, and records why (its trigger) in
+  the audit log and in the round's release manifest.  A round open when the service
   stops is abandoned: its plan is withdrawn, sites waiting in it are
   answered (FAILED_PRECONDITION, NOT_FOUND, or `finished`), nothing is
   published and no privacy is spent.  Its round number stays spent
@@ -34,6 +35,7 @@ from runtime.config import CoordinatorConfig
 from runtime.federation.documents import unb64
 from runtime.federation.online import GrpcExchange
 from runtime.federation.policy import DAY_S, Alarm, decide
+from runtime.federation.release import MANUAL, RoundTrigger
 from runtime.federation.reports import ReportKind, read_report
 from runtime.federation.rounds import CoordinatorRounds, drive_round
 from runtime.federation.serve import coordinator_server, online_rounds, serving_exchange
@@ -106,11 +108,12 @@ class ReportDesk:
 
     def alarms(self) -> list[Alarm]:
         """The drift alarms the policy counts; rollbacks never start a round."""
-        return [Alarm(r.site, r.raised_at) for r in self.record.reports
+        return [Alarm(r.site, r.raised_at, r.p_values) for r in self.record.reports
                 if r.kind == ReportKind.DRIFT_ALARM.value]
 
 
-def _note_start(steps: CoordinatorRounds, now: float, reason: str) -> None:
+def _note_start(steps: CoordinatorRounds, now: float, reason: str,
+                trigger: RoundTrigger = MANUAL) -> None:
     """A round start is kept (and audited) before the round opens: a round
     that fails to open counts against the limits too, so it cannot loop."""
     record = steps.record
@@ -118,7 +121,8 @@ def _note_start(steps: CoordinatorRounds, now: float, reason: str) -> None:
     record.round_starts = [*recent, now]
     save_coordinator_record(steps.store, record)
     AuditLog(steps.store).record_admin("federation.round_started", {
-        "federation": steps.federation, "round": steps.c.next_round(), "reason": reason})
+        "federation": steps.federation, "round": steps.c.next_round(), "reason": reason,
+        "trigger": trigger.doc()})
 
 
 async def _wait(stop: asyncio.Event, wake: asyncio.Event, seconds: float) -> None:
@@ -132,10 +136,11 @@ async def _wait(stop: asyncio.Event, wake: asyncio.Event, seconds: float) -> Non
 
 
 async def _one_round(steps: CoordinatorRounds, exchange: GrpcExchange, step_seconds: float,
-                     stop: asyncio.Event) -> int | None:
+                     stop: asyncio.Event, trigger: RoundTrigger = MANUAL) -> int | None:
     """Runs a round unless `stop` comes first; the released version, or
-    None when the round failed or was abandoned."""
-    task = asyncio.ensure_future(drive_round(steps, exchange, step_seconds))
+    None when the round failed or was abandoned.  `trigger`: why it
+    started, for its release's manifest."""
+    task = asyncio.ensure_future(drive_round(steps, exchange, step_seconds, trigger))
     stopper = asyncio.ensure_future(stop.wait())
     try:
         await asyncio.wait([task, stopper], return_when=asyncio.FIRST_COMPLETED)
@@ -190,8 +195,9 @@ async def serve_forever(store: SealedStore, listen: str, policy: CoordinatorConf
                 continue
             said = ""
             log.info("starting round %d: %s", steps.c.next_round(), d.reason)
-            _note_start(steps, now, d.reason)
-            version = await _one_round(steps, exchange, step_seconds, stop)
+            trigger = d.trigger or MANUAL
+            _note_start(steps, now, d.reason, trigger)
+            version = await _one_round(steps, exchange, step_seconds, stop, trigger)
             if version is not None:
                 versions.append(version)
         await exchange.finish()             # GetPlan waiters: finished

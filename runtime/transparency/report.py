@@ -29,9 +29,13 @@ from runtime.storage.store import Kind, SealedStore
 SCHEMA = "hearth-report/1"
 MISSING = "missing"
 NOT_MEASURED = "not measured"
+UNKNOWN = "unknown"                  # a release whose manifest predates its trigger member
 BIAS_OBJECT = "bias-latest"          # Kind.EVALUATION object `hearth eval bias` seals
 # Admin actions that are changes to the system (the change log).
 CHANGES = ("model.", "federation.", "keys.", "audit.retention", "drift_reset", "report.")
+# The site's drift alarms on their way to the coordinator (site_agent.py).
+ALARM_DELIVERY = ("federation.report_sent", "federation.report_written",
+                  "federation.report_failed")
 
 
 @dataclass(frozen=True)
@@ -48,6 +52,8 @@ class ReleaseInfo:
     created: str
     metrics: dict[str, float]
     applied: bool
+    # why its round started (release.RoundTrigger.doc()); None: not recorded
+    trigger: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -164,6 +170,7 @@ def _release_doc(r: ReleaseInfo) -> dict[str, Any]:
             "delta": m.get("delta", "no differential privacy (no noise)"),
             "secure_aggregation": "not recorded in the release manifest",
             "heldout_perplexity_of_parent": m.get("heldout_ppl_parent", MISSING),
+            "trigger": r.trigger if r.trigger is not None else UNKNOWN,
             "metrics": dict(sorted(m.items()))}
 
 
@@ -210,6 +217,7 @@ class AuditSummary:
     energy_sources: Counter[str] = field(default_factory=Counter)
     changes: list[dict[str, Any]] = field(default_factory=list)
     drift_alarms: list[dict[str, Any]] = field(default_factory=list)
+    alarm_reports: list[dict[str, Any]] = field(default_factory=list)
     first: float | None = None
     last: float | None = None
 
@@ -244,6 +252,8 @@ def summarize_audit(entries: Iterable[dict[str, Any]]) -> AuditSummary:
         detail["time"] = rfc3339(ts)
         if action == "drift_detected":
             s.drift_alarms.append(detail)
+        if action in ALARM_DELIVERY and e.get("kind") == "drift_alarm":
+            s.alarm_reports.append(detail)
         if action.startswith(CHANGES):
             s.changes.append(detail)
     return s
@@ -319,6 +329,28 @@ def security(src: ReportSources) -> dict[str, Any]:
                        for c in src.doctor], "exposure": exposure}
 
 
+def drift(src: ReportSources, s: AuditSummary) -> dict[str, Any]:
+    """The site's own alarms, what it told its coordinator, and the
+    releases whose round the drift trigger started (from their signed
+    manifests: the coordinator counted these sites' alarms)."""
+    site = src.site.site if src.site is not None else None
+    triggered, unknown = [], []
+    for r in sorted(src.releases, key=lambda r: r.version):
+        if r.trigger is None:
+            unknown.append(r.version)
+        elif r.trigger.get("kind") == "drift":
+            sites = list(r.trigger.get("sites", []))
+            triggered.append({
+                "federation": r.federation, "version": r.version,
+                "round": int(r.metrics["round"]) if "round" in r.metrics else MISSING,
+                "created": r.created, "applied": r.applied, "sites": sites,
+                "signals": r.trigger.get("signals", {}),
+                "this_site_alarmed": site in sites if site is not None else MISSING})
+    return {"alarms": s.drift_alarms, "alarm_reports": s.alarm_reports,
+            "references": _stored(src.store, Kind.DRIFT),
+            "rounds_triggered": triggered, "trigger_unknown": unknown}
+
+
 # ---- EU AI Act Art. 13(3) --------------------------------------------------------
 
 def _have(doc: dict[str, Any], path: str) -> bool:
@@ -389,9 +421,7 @@ def build_report(src: ReportSources) -> dict[str, Any]:
         "explanations": ({"status": "available", "how": "hearth explain / Inference.Explain "
                           "(occlusion: sensitivity, not causation)"} if src.explanations
                          else missing("this build has no explanation service")),
-        "drift": {"alarms": s.drift_alarms,
-                  "references": _stored(src.store, Kind.DRIFT),
-                  "rounds_triggered": "not recorded"},
+        "drift": drift(src, s),
         "energy": energy(s),
         "usage": {"requests": sum(s.by_model.values()), "by_model": dict(s.by_model),
                   "by_status": dict(s.by_status), "prompt_tokens": s.prompt_tokens,

@@ -104,8 +104,8 @@ def render_html(doc: dict[str, Any]) -> str:
     out.append("<h2>Federation</h2>")
     if isinstance(fed, dict):
         out.append(_pairs({k: v for k, v in fed.items() if k != "releases"}))
-        out.append(_table(fed["releases"], ["version", "created", "round", "sites", "epsilon",
-                                            "delta", "secure_aggregation",
+        out.append(_table(fed["releases"], ["version", "created", "round", "trigger", "sites",
+                                            "epsilon", "delta", "secure_aggregation",
                                             "heldout_perplexity_of_parent", "applied"]))
     else:
         out.append(f"<p>{_e(fed)}</p>")
@@ -116,7 +116,18 @@ def render_html(doc: dict[str, Any]) -> str:
     out.append(_table(heldout, ["federation", "version", "heldout_perplexity_of_parent"])
                if isinstance(heldout, list) else _pairs({"held-out": heldout}))
     out.append("<h2>Drift</h2>")
+    out.append("<h3>This site's alarms</h3>")
     out.append(_table(doc["drift"]["alarms"], ["time", "model", "version", "signals"]))
+    out.append("<h3>Rounds the drift trigger started</h3>")
+    out.append(_table(doc["drift"]["rounds_triggered"],
+                      ["version", "round", "created", "sites", "signals", "this_site_alarmed",
+                       "applied"]))
+    if doc["drift"]["trigger_unknown"]:
+        out.append(f"<p>Releases whose manifest does not record why their round started: "
+                   f"{_e(doc['drift']['trigger_unknown'])}</p>")
+    out.append("<h3>Alarms reported to the coordinator</h3>")
+    out.append(_table(doc["drift"]["alarm_reports"],
+                      ["time", "action", "adapter_version", "p_values"]))
     out.append("<h2>Energy</h2>")
     out.append(_pairs(doc["energy"]))
     out.append("<h2>Usage</h2>")

@@ -13,6 +13,7 @@ from runtime.errors import FailedPrecondition
 from runtime.federation.release import (
     ReleaseManifest,
     RollbackRefused,
+    RoundTrigger,
     TrustedReleases,
     UntrustedRelease,
     key_fingerprint,
@@ -120,3 +121,35 @@ def test_golden_vector() -> None:
     assert sign_release(m, key) == envelope
     doc = json.loads(json.loads(envelope)["manifest"])
     assert list(doc) == sorted(doc) and doc["format"] == "hearth-release/1"
+    assert "trigger" not in doc and m.trigger is None        # signed before the member
+    # the same key's v4, whose round the drift trigger started
+    drift = vec["envelope_drift_trigger"].encode()
+    m4 = t.accept(drift, adapter)
+    assert m4.trigger == RoundTrigger("drift", ("clinic-a", "clinic-b"),
+                                      {"nll": 2.5e-07, "prompt_length": 0.5})
+    assert sign_release(m4, key) == drift
+
+
+def test_the_trigger_member_is_optional_and_checked() -> None:
+    """A manifest says why its round started, or (signed before the member
+    existed) nothing, and both verify; a malformed trigger is refused like
+    any malformed member.  Checked that it can fail: with
+    OPTIONAL_MEMBERS empty the manifest without a trigger is refused
+    ("trigger must be an object"); without the drift/sites rule in
+    parse_trigger a drift trigger without sites is accepted (DID NOT
+    RAISE)."""
+    t = site()
+    assert t.verify(release(1, b"a")).trigger is None
+    drift = RoundTrigger("drift", ("ward-0", "ward-1"), {"prompt_nll": 0.0001})
+    assert t.verify(release(1, b"a", trigger=drift)).trigger == drift
+    assert t.verify(release(1, b"a", trigger=RoundTrigger("schedule"))).trigger == \
+        RoundTrigger("schedule")
+    bad = [RoundTrigger("cron"), RoundTrigger("drift"),                      # no sites
+           RoundTrigger("schedule", ("ward-0",)),
+           RoundTrigger("daily", (), {"prompt_nll": 0.1}),
+           RoundTrigger("drift", ("ward-1", "ward-0")),                      # not sorted
+           RoundTrigger("drift", ("ward-0",), {"prompt_nll": 1.5}),
+           RoundTrigger("drift", ("ward 0",))]
+    for trigger in bad:
+        with pytest.raises(UntrustedRelease, match="trigger"):
+            t.verify(release(1, b"a", trigger=trigger))

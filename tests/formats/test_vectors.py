@@ -223,7 +223,15 @@ RELEASE_MEMBERS = {"format", "federation", "version", "parent_version", "base_mo
 
 
 def spec_check_release(m: dict[str, Any], adapter: bytes) -> None:
-    assert set(m) == RELEASE_MEMBERS and m["format"] == "hearth-release/1"
+    assert set(m) - {"trigger"} == RELEASE_MEMBERS and m["format"] == "hearth-release/1"
+    if "trigger" in m:                  # optional: why the release's round started
+        t = m["trigger"]
+        assert set(t) == {"kind", "sites", "signals"}
+        assert t["kind"] in ("schedule", "daily", "drift", "manual")
+        assert t["sites"] == sorted(set(t["sites"])) and (t["kind"] == "drift") == bool(
+            t["sites"])
+        assert all(0 <= p <= 1 for p in t["signals"].values())
+        assert t["kind"] == "drift" or not t["signals"]
     assert re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", m["federation"])
     assert type(m["version"]) is int and m["version"] >= 1
     assert type(m["parent_version"]) is int and 0 <= m["parent_version"] < m["version"]
@@ -239,7 +247,11 @@ def test_release_v1() -> None:
     key = Ed25519PrivateKey.from_private_bytes(bytes.fromhex(v["private_key_seed_hex"]))
     m = spec_open_envelope(v["envelope"].encode(), key.public_key())
     spec_check_release(m, unb64(v["adapter_b64"]))
-    assert m["base_model_sha256"] == v["base_model_sha256"]
+    assert m["base_model_sha256"] == v["base_model_sha256"] and "trigger" not in m
+    m4 = spec_open_envelope(v["envelope_drift_trigger"].encode(), key.public_key())
+    spec_check_release(m4, unb64(v["adapter_b64"]))
+    assert m4["trigger"]["kind"] == "drift" and m4["trigger"]["sites"] == ["clinic-a",
+                                                                           "clinic-b"]
 
 
 def test_federation_v1() -> None:
