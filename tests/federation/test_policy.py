@@ -16,7 +16,14 @@ import re
 import pytest
 
 from runtime.config import ConfigError, CoordinatorConfig, parse_config
-from runtime.federation.policy import DAY_S, Alarm, alarmed_sites, decide
+from runtime.federation.policy import (
+    DAY_S,
+    MAX_TRIGGER_SIGNALS,
+    Alarm,
+    alarmed_sites,
+    decide,
+)
+from runtime.federation.release import RoundTrigger
 
 T0 = 1_800_000_000.0 - (1_800_000_000.0 % DAY_S)     # a UTC midnight
 OFF = CoordinatorConfig(min_interval_s=0.0)
@@ -131,3 +138,41 @@ def test_config_defaults_and_a_full_table() -> None:
     assert c == CoordinatorConfig(every_s=3600.0, daily_at=("02:00", "23:30"), trigger_sites=3,
                                   trigger_window_s=1800.0, min_interval_s=600.0,
                                   max_rounds_per_day=6, report_max_age_s=7200.0)
+
+
+def test_the_decision_names_its_trigger_for_the_release() -> None:
+    """The round's release manifest says why it started: the schedule, a
+    daily time, or the drift trigger with the alarmed sites (counted
+    alarms only) and each signal's smallest p-value.  Checked that it can
+    fail: with `why.append(RoundTrigger("daily"))` removed, the daily
+    decision has no trigger to name (IndexError); with drift_trigger
+    taking every alarm instead of the counted ones, site "old" appears;
+    without the is_name filter, the malformed signal name reaches the
+    manifest (which every site would then refuse)."""
+    every = decide(CoordinatorConfig(every_s=600.0, min_interval_s=0.0), T0 + 600, [], [],
+                   service_started=T0)
+    assert every.start and every.trigger == RoundTrigger("schedule")
+    daily = decide(CoordinatorConfig(daily_at=("02:00",), min_interval_s=0.0),
+                   T0 + 3 * 3600, [T0 - DAY_S], [], service_started=T0)
+    assert daily.start and daily.trigger == RoundTrigger("daily")
+    p = CoordinatorConfig(trigger_sites=2, trigger_window_s=600.0, min_interval_s=0.0)
+    now = T0 + 10_000
+    alarms = [Alarm("old", now - 700, {"prompt_nll": 1e-9}),
+              Alarm("b", now - 5, {"prompt_nll": 0.002, "first_token_entropy": 0.4}),
+              Alarm("a", now - 3, {"prompt_nll": 0.0001, "not a name!": 0.0}),
+              Alarm("b", now - 1, {"prompt_nll": 0.03})]
+    d = decide(p, now, [], alarms, service_started=T0)
+    assert d.start and d.trigger == RoundTrigger(
+        "drift", ("a", "b"), {"prompt_nll": 0.0001, "first_token_entropy": 0.4})
+    # a due round held back still says what made it due; nothing due: no trigger
+    held = decide(CoordinatorConfig(trigger_sites=2, trigger_window_s=600.0,
+                                    min_interval_s=3600.0), now, [now - 60],
+                  [Alarm("a", now - 3), Alarm("b", now - 2)], service_started=T0)
+    assert not held.start and held.trigger is not None and held.trigger.kind == "drift"
+    assert decide(OFF, now, [], [], service_started=T0).trigger is None
+    # many signals from one site: the manifest carries the smallest few
+    flood = {f"s{i}": i / 1000 for i in range(100)}
+    big = decide(CoordinatorConfig(trigger_sites=1, min_interval_s=0.0), now, [],
+                 [Alarm("a", now - 1, flood)], service_started=T0)
+    assert big.trigger is not None and sorted(big.trigger.signals) == sorted(
+        f"s{i}" for i in range(MAX_TRIGGER_SIGNALS))

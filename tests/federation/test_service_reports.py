@@ -7,7 +7,11 @@ cannot send another site's report.
 Checked that it can fail, by an edit run and reverted: without
 `on_alarm=wake.set` in serve_forever the round starts only at the next
 policy look (MAX_WAIT_S later) and the bounded GetPlan fails.  (Distinct
-sites are pinned by test_policy.py.)
+sites are pinned by test_policy.py.)  The round's trigger (the two sites,
+their signals) reaches the audit's round_started record and the round
+(drive_round, which puts it into the release manifest): without
+`trigger` in serve_forever's `_note_start` call the audit says "manual";
+without it in `_one_round`'s drive_round call the round gets MANUAL.
 """
 from __future__ import annotations
 
@@ -21,12 +25,15 @@ import grpc
 import pytest
 
 from runtime.config import CoordinatorConfig
+from runtime.federation import service as service_module
 from runtime.federation.enrollment import enroll_site, issue_kit, join_site
 from runtime.federation.online_site import GrpcLink
 from runtime.federation.plan import read_plan
+from runtime.federation.release import MANUAL, RoundTrigger
 from runtime.federation.reports import ReportKind, SiteReport, sign_report
 from runtime.federation.service import serve_forever
 from runtime.federation.state import SiteContext, load_coordinator_record
+from runtime.storage.audit import AuditLog
 from runtime.storage.store import SealedStore
 from tests.federation.test_site_loop import KEY, federation
 
@@ -71,7 +78,17 @@ def alarm(ctx: SiteContext) -> bytes:
         p_values={"prompt_nll": 0.0001}), ctx.signing_key)
 
 
-def test_two_sites_alarms_start_a_round(tmp_path: Path, tiny_model: Path) -> None:
+def test_two_sites_alarms_start_a_round(tmp_path: Path, tiny_model: Path,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    triggers: list[RoundTrigger] = []
+    real_drive = service_module.drive_round
+
+    async def drive(steps: Any, exchange: Any, step_seconds: float,
+                    trigger: RoundTrigger = MANUAL) -> Any:
+        triggers.append(trigger)
+        return await real_drive(steps, exchange, step_seconds, trigger)
+
+    monkeypatch.setattr(service_module, "drive_round", drive)
     coordinator, site_dir = federation(tmp_path, tiny_model, noise=0.0)
     second = SealedStore.init(tmp_path / "site-1", KEY)
     join_site(second, issue_kit(coordinator, enroll_site(second, "ward-1").dumps()).dumps(),
@@ -117,5 +134,9 @@ def test_two_sites_alarms_start_a_round(tmp_path: Path, tiny_model: Path) -> Non
         record = load_coordinator_record(store)
         assert sorted(r.site for r in record.reports) == ["ward-0", "ward-1"]
         assert len(record.round_starts) == 1
+        (started,) = [e for e in AuditLog(store).entries()
+                      if e.get("action") == "federation.round_started"]
+        drift = RoundTrigger("drift", ("ward-0", "ward-1"), {"prompt_nll": 0.0001})
+        assert started["trigger"] == drift.doc() and triggers == [drift]
     finally:
         store.close()
