@@ -159,6 +159,13 @@ def report_vector() -> None:
     doc = {"schema": "hearth-report/1", "signing_key": key_block(key.public_key()),
            "generated": "2026-12-02T00:00:00Z",
            "period": {"since": "the log's start", "until": "2026-12-02T00:00:00Z"},
+           "drift": {"alarms": [], "alarm_reports": [], "references": [],
+                     "rounds_triggered": [{
+                         "federation": "clinics", "version": 4, "round": 4,
+                         "created": "2026-12-01T06:00:00Z", "applied": True,
+                         "sites": ["clinic-a", "clinic-b"], "signals": {"nll": 2.5e-07},
+                         "this_site_alarmed": True}],
+                     "trigger_unknown": [3]},
            "audit_chain": missing("serve with a master key: the audit log is on whenever a "
                                   "key is given"),
            "operator": {"provider": {"status": "provided", "text": "Klinikum Süd — Ärzte"}}}

@@ -382,6 +382,13 @@ def test_report_v1(tmp_path: Path) -> None:
     data, sig = v["report_json"].encode("utf-8"), v["report_json_sig"].encode("ascii")
     doc = spec_verify_report(data, sig, v["fingerprint"])
     assert doc["operator"]["provider"]["text"] == "Klinikum Süd — Ärzte"
+    # drift.rounds_triggered: the releases whose manifest's trigger is "drift"
+    (r,) = doc["drift"]["rounds_triggered"]
+    assert set(r) == {"federation", "version", "round", "created", "applied", "sites",
+                      "signals", "this_site_alarmed"}
+    assert r["sites"] == sorted(set(r["sites"])) and all(0 <= p <= 1
+                                                          for p in r["signals"].values())
+    assert all(type(n) is int for n in doc["drift"]["trigger_unknown"])
 
     from runtime.transparency.report_sign import verify_report
 
