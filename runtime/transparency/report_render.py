@@ -156,6 +156,16 @@ def _text(doc: dict[str, Any], key: str) -> str:
     return str(value["text"])
 
 
+def _started_by(trigger: Any) -> str:
+    """A release's trigger in words: its kind, with the alarmed sites for
+    drift; "unknown" for manifests that do not record it."""
+    if not isinstance(trigger, dict):
+        return str(trigger)
+    if trigger.get("kind") == "drift":
+        return f"drift alarms of {', '.join(trigger.get('sites', []))}"
+    return str(trigger.get("kind"))
+
+
 def _yaml(value: str) -> str:
     """A YAML scalar: JSON's string syntax is valid YAML."""
     return json.dumps(value, ensure_ascii=False)
@@ -185,7 +195,8 @@ def render_model_card(doc: dict[str, Any], report_sha256: str) -> str:
     lineage = "\n".join(
         f"- release {r['version']} ({r['created']}): round {r['round']}, {r['sites']} site(s), "
         f"epsilon {r['epsilon']}, delta {r['delta']}, secure aggregation: "
-        f"{r['secure_aggregation']}" for r in releases) or "No federated fine-tuning."
+        f"{r['secure_aggregation']}; started by: {_started_by(r.get('trigger'))}"
+        for r in releases) or "No federated fine-tuning."
     energy = doc["energy"]
     card = [
         f"# Model Card for {model['name']}", "",

@@ -137,3 +137,5 @@ def test_drift_triggered_rounds_in_the_manifest_and_the_report(tmp_path: Path,
              r["trigger"]["kind"]) for r in adapter["lineage"]] == [
         (2, False, "schedule"), (3, True, "unknown")]
     assert "Rounds the drift trigger started" in (out / "report.html").read_text()
+    card = (out / "MODEL_CARD.md").read_text()
+    assert "started by: drift alarms of ward-0" in card and "started by: unknown" in card
