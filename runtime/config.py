@@ -40,6 +40,7 @@ ConfigError whose message starts with the dotted path of the key, e.g.
     model = "gemma"                           # the model serving the base model
     rollback_after = 100                      # sampled requests before judging a release
     rollback_margin = 0.05                    # nats of prompt NLL: worse -> roll back
+    training_windows = ["22:00-06:00", "below 200 g/kWh"]  # train only then, else defer
 
     [drift]                                   # drift watch on live traffic (docs/drift.md)
     enabled = true                            # or `hearth serve --drift`
@@ -99,6 +100,12 @@ from runtime.names import check_name
 from runtime.sources import Source, StoredSource, parse_source
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
+
+# The grammar of [federation] training_windows entries, here so that the
+# config check and runtime/energy/windows.py read them alike.
+_HHMM = r"(?:[01][0-9]|2[0-3]):[0-5][0-9]"
+TIME_RANGE = re.compile(rf"({_HHMM})-({_HHMM})")
+BELOW_G_PER_KWH = re.compile(r"below ([0-9]{1,6}(?:\.[0-9]{1,6})?) g/kWh")
 
 
 def default_threads() -> int:
@@ -217,6 +224,10 @@ class FederationConfig:
     rollback_after: int = 100       # sampled requests under a new release before judging it
     rollback_margin: float = 0.05   # nats of prompt NLL worse than the previous: roll back
     release_wait_s: float = 300.0   # one long poll for a new release
+    # When `hearth fed participate` may train (runtime/energy/windows.py):
+    # "HH:MM-HH:MM" local time ranges and/or "below N g/kWh" against
+    # [energy] grid_g_per_kwh; () = any time.  Outside them it defers.
+    training_windows: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -417,6 +428,15 @@ def _check_value(path: str, key: str, value: Any, default: Any) -> Any:
     if key == "admins":
         if not isinstance(value, list) or not all(isinstance(x, str) and x for x in value):
             raise ConfigError(f"{where}: must be a list of identities")
+        return tuple(value)
+    if key == "training_windows":
+        if not isinstance(value, list) or not all(
+                isinstance(x, str) and (TIME_RANGE.fullmatch(x) or BELOW_G_PER_KWH.fullmatch(x))
+                for x in value):
+            raise ConfigError(f"{where}: must be a list of \"HH:MM-HH:MM\" ranges and/or "
+                              f"one \"below N g/kWh\", got {value!r}")
+        if sum(1 for x in value if BELOW_G_PER_KWH.fullmatch(x)) > 1:
+            raise ConfigError(f"{where}: at most one \"below N g/kWh\"")
         return tuple(value)
     if key == "grid_g_per_kwh":
         if isinstance(value, list) and all(isinstance(x, dict) for x in value):
