@@ -23,6 +23,7 @@ import base64
 import hashlib
 import hmac
 import json
+import math
 import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -31,7 +32,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from runtime.errors import FailedPrecondition, IntegrityError
+from runtime.errors import FailedPrecondition, IntegrityError, InvalidArgument
 from runtime.names import is_name
 
 FORMAT = "hearth-release/1"
@@ -52,6 +53,27 @@ def key_fingerprint(public: Ed25519PublicKey) -> str:
     return hashlib.sha256(der).hexdigest()
 
 
+_SOURCE = re.compile(r"(nvml|rapl|estimate)(\+(nvml|rapl|estimate)){0,3}")
+OPTIONAL_FIELDS = frozenset({"training_energy"})     # omitted when empty
+
+
+@dataclass(frozen=True)
+class TrainingEnergy:
+    """The energy a site spent training one round, and where the figure
+    comes from (runtime/energy/meters.py: "nvml", "rapl", "estimate", or
+    a sum such as "nvml+estimate"); an estimate says so."""
+
+    joules: float
+    source: str
+
+    def __post_init__(self) -> None:
+        if (not isinstance(self.joules, float) or not 0 <= self.joules < math.inf
+                or not isinstance(self.source, str) or not _SOURCE.fullmatch(self.source)):
+            raise InvalidArgument(f"training energy: {self.joules!r} J from "
+                                  f"{self.source!r}: needs finite joules >= 0 and a meter "
+                                  "source (nvml, rapl, estimate, joined by +)")
+
+
 @dataclass(frozen=True)
 class ReleaseManifest:
     federation: str
@@ -63,9 +85,17 @@ class ReleaseManifest:
     created: str                      # RFC 3339, UTC
     metrics: dict[str, float] = field(default_factory=dict)
     format: str = FORMAT
+    # site -> its training energy for the round (docs/energy.md); an
+    # optional member, absent when empty, so manifests without it (and their
+    # signatures) are unchanged
+    training_energy: dict[str, TrainingEnergy] = field(default_factory=dict)
 
     def canonical(self) -> bytes:
-        return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"),
+        doc = asdict(self)
+        for name in OPTIONAL_FIELDS:
+            if not doc[name]:
+                del doc[name]
+        return json.dumps(doc, sort_keys=True, separators=(",", ":"),
                           ensure_ascii=False).encode("utf-8")
 
 
@@ -84,8 +114,9 @@ def parse_manifest(text: bytes) -> ReleaseManifest:
     if not isinstance(doc, dict):
         raise UntrustedRelease("release manifest: not a JSON object")
     known = set(ReleaseManifest.__dataclass_fields__)
-    if set(doc) != known:
-        raise UntrustedRelease(f"release manifest: fields {sorted(set(doc) ^ known)} are "
+    if not known - OPTIONAL_FIELDS <= set(doc) <= known:
+        wrong = (set(doc) ^ known) - (OPTIONAL_FIELDS - set(doc))
+        raise UntrustedRelease(f"release manifest: fields {sorted(wrong)} are "
                                "missing or unknown")
     if doc["format"] != FORMAT:
         raise UntrustedRelease(f"release manifest: format {doc['format']!r} is not {FORMAT}")
@@ -99,7 +130,7 @@ def parse_manifest(text: bytes) -> ReleaseManifest:
         base_model_sha256=_field(doc, "base_model_sha256", str),
         adapter_sha256=_field(doc, "adapter_sha256", str),
         adapter_bytes=_field(doc, "adapter_bytes", int), created=_field(doc, "created", str),
-        metrics=metrics)
+        metrics=metrics, training_energy=_training_energy(doc.get("training_energy", {})))
     if not is_name(m.federation):
         raise UntrustedRelease("release manifest: federation is not a valid name")
     if not (m.version >= 1 and 0 <= m.parent_version < m.version and m.adapter_bytes > 0):
@@ -110,6 +141,22 @@ def parse_manifest(text: bytes) -> ReleaseManifest:
     if m.canonical() != text:
         raise UntrustedRelease("release manifest: not in canonical form")
     return m
+
+
+def _training_energy(value: Any) -> dict[str, TrainingEnergy]:
+    if not isinstance(value, dict):
+        raise UntrustedRelease("release manifest: training_energy must be an object")
+    out = {}
+    for site, entry in value.items():
+        if not (is_name(site) and isinstance(entry, dict)
+                and set(entry) == {"joules", "source"}):
+            raise UntrustedRelease("release manifest: training_energy maps site names to "
+                                   "{joules, source}")
+        try:
+            out[site] = TrainingEnergy(entry["joules"], entry["source"])
+        except InvalidArgument as exc:
+            raise UntrustedRelease(f"release manifest: {exc}") from None
+    return out
 
 
 def sign_envelope(text: bytes, key: Ed25519PrivateKey) -> bytes:
