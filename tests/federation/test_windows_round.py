@@ -308,3 +308,29 @@ def test_air_gapped_export_outside_the_window_writes_nothing_and_says_when(
     finally:
         site.close()
         coordinator.close()
+
+
+@pytest.mark.parametrize("command", ["participate", "export-update"])
+def test_the_site_commands_take_the_windows_and_the_meter_from_config(
+        tmp_path: Path, command: str) -> None:
+    """`hearth fed participate` / `export-update --config` read
+    [federation] training_windows against [energy] grid_g_per_kwh, and meter
+    training with [energy]'s meter (here the estimate: no powercap tree, no
+    GPU).  Fails with `_training_conditions` ignoring the config (tried:
+    returning TrainingConditions(); the windows are unlimited)."""
+    from runtime.cli.fed import _training_conditions
+    from runtime.cli.main import parser
+
+    config = tmp_path / "hearth.toml"
+    config.write_text('[federation]\ntraining_windows = ["below 200 g/kWh"]\n'
+                      '[energy]\ngpu = false\npowercap_root = "/nonexistent"\n'
+                      'grid_g_per_kwh = [{from = "22:00", to = "06:00", g = 150},\n'
+                      '                  {from = "06:00", to = "22:00", g = 400}]\n')
+    extra = ["--plan", "p", "--out", "o"] if command == "export-update" else []
+    args = parser().parse_args(["fed", command, "--data", "notes", *extra,
+                                "--config", str(config)])
+    got = _training_conditions(args)
+    assert got.windows.inside(MIDNIGHT, UTC) and not got.windows.inside(NOON, UTC)
+    assert got.windows.below_g_per_kwh == 200.0 and got.meter.read().source == "estimate"
+    args = parser().parse_args(["fed", command, "--data", "notes", *extra])
+    assert _training_conditions(args).windows.unlimited
