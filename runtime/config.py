@@ -64,6 +64,8 @@ ConfigError whose message starts with the dotted path of the key, e.g.
     min_interval_s = 3600.0                   # between the starts of two rounds
     max_rounds_per_day = 4                    # in any 24 hours; 0 = no limit
     report_max_age_s = 86400.0                # older site reports are refused
+    window_max_delay_s = 21600.0              # a scheduled round waits for sites' training
+                                              # windows at most this long; 0 = never
 
     [energy]                                  # energy per request (docs/energy.md)
     enabled = true
@@ -265,6 +267,9 @@ class CoordinatorConfig:
     min_interval_s: float = 3600.0  # between round starts, whatever asks for one
     max_rounds_per_day: int = 0     # round starts in any 24 hours; 0 = no limit
     report_max_age_s: float = 86400.0   # a site report older than this is refused
+    # A scheduled round (not a drift-triggered one) waits up to this long for
+    # the time most sites are inside their training windows; 0 = never waits
+    window_max_delay_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -559,7 +564,8 @@ def _check_drift(drift: DriftConfig) -> None:
 
 
 def _check_coordinator(coordinator: CoordinatorConfig) -> None:
-    for key in ("every_s", "trigger_window_s", "min_interval_s", "report_max_age_s"):
+    for key in ("every_s", "trigger_window_s", "min_interval_s", "report_max_age_s",
+                "window_max_delay_s"):
         value = getattr(coordinator, key)
         if not math.isfinite(value) or (value == 0 and key.startswith(("trigger", "report"))):
             raise ConfigError(f"coordinator.{key}: must be a finite number "

@@ -18,11 +18,22 @@ A due round still waits for `min_interval_s` since the last start, and for
 rounds too, so that a round that keeps failing does not run in a loop.
 Times are Unix seconds; alarms carry the site's clock (the coordinator
 refused those from the future beyond reports.CLOCK_SKEW_S).
+
+A round due by the *schedule* may then wait for the sites' training windows
+(`window_max_delay_s` > 0; docs/energy.md, "Carbon-aware training
+windows"): sites that deferred a round told the coordinator when their
+windows are open (online.GrpcExchange.site_windows), and the round starts
+at the earliest time, no later than `window_max_delay_s` after it became
+due, at which the most sites are inside theirs (`best_start`; a site whose
+windows are unknown counts as inside).  A round due by the *drift trigger*
+never waits: the adapter is doing worse on live traffic now, and a few
+hours of greener power do not pay for that.
 """
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from runtime.config import CoordinatorConfig
@@ -79,33 +90,71 @@ def alarmed_sites(policy: CoordinatorConfig, now: float, starts: Sequence[float]
     return {a.site for a in alarms if a.raised_at > since}
 
 
+Windows = Mapping[str, Sequence[tuple[float, float]]]     # site -> [(opens, closes)]
+
+
+def sites_inside(t: float, sites: Sequence[str], windows: Windows) -> int:
+    """How many of `sites` are inside their training windows at `t`; a site
+    with no windows known counts as inside."""
+    return sum(1 for s in sites
+               if not windows.get(s) or any(a <= t < b for a, b in windows[s]))
+
+
+def best_start(now: float, latest: float, sites: Sequence[str], windows: Windows) -> float:
+    """The earliest time in [now, latest] at which the most sites are inside
+    their windows.  Windows that have all closed by `now` are stale (the
+    site told them long ago) and count as unknown."""
+    known = {s: w for s, w in windows.items() if w and max(b for _, b in w) > now}
+    candidates = [now] + sorted(a for w in known.values() for a, _ in w if now < a <= latest)
+    return max(candidates, key=lambda t: (sites_inside(t, sites, known), -t))
+
+
+def _utc(t: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(t))
+
+
 def decide(policy: CoordinatorConfig, now: float, starts: Sequence[float],
-           alarms: Sequence[Alarm], service_started: float) -> Decision:
+           alarms: Sequence[Alarm], service_started: float,
+           sites: Sequence[str] = (), windows: Windows | None = None) -> Decision:
     """Start a round now?  `starts`: when each earlier round started;
     `alarms`: the accepted drift alarms (rollback reports are not alarms);
     `service_started`: when the service first ran, the schedule's origin
-    before any round."""
+    before any round; `sites`, `windows`: the enrolled sites and the
+    training windows known of them (a scheduled round waits for them,
+    within `window_max_delay_s`)."""
     anchor = max(starts, default=service_started)
     due: list[str] = []
+    due_since = math.inf                # when the schedule made it due
     wake = math.inf
     if policy.every_s > 0:
         at = anchor + policy.every_s
         if at <= now:
             due.append(f"schedule (every {policy.every_s:g} s)")
+            due_since = min(due_since, at)
         wake = min(wake, at)
     for hhmm in policy.daily_at:
         slot = _daily_slot_before(now, hhmm)
         if slot > anchor:
             due.append(f"schedule (daily at {hhmm} UTC)")
+            due_since = min(due_since, slot)
         wake = min(wake, slot + DAY_S)
+    drift = False
     if policy.trigger_sites:
-        sites = alarmed_sites(policy, now, starts, alarms)
-        if len(sites) >= policy.trigger_sites:
-            due.append(f"drift: {len(sites)} sites alarmed within "
-                       f"{policy.trigger_window_s:g} s ({', '.join(sorted(sites))})")
+        alarmed = alarmed_sites(policy, now, starts, alarms)
+        if len(alarmed) >= policy.trigger_sites:
+            drift = True
+            due.append(f"drift: {len(alarmed)} sites alarmed within "
+                       f"{policy.trigger_window_s:g} s ({', '.join(sorted(alarmed))})")
     if not due:
         return Decision(False, "no round is due", wake)
     lifts, held_by = _limit_lifts_at(policy, now, starts)
     if lifts > now:
         return Decision(False, f"{due[0]}, but held back by {held_by}", lifts)
+    if not drift and policy.window_max_delay_s > 0 and windows:
+        start = best_start(now, due_since + policy.window_max_delay_s, sites, windows)
+        if start > now:
+            return Decision(False, f"{due[0]}, waiting for the sites' training windows until "
+                            f"{_utc(start)} ({sites_inside(start, sites, windows)} of "
+                            f"{len(sites)} sites inside then, "
+                            f"{sites_inside(now, sites, windows)} now)", start)
     return Decision(True, due[0], math.inf)
