@@ -334,3 +334,40 @@ def test_the_site_commands_take_the_windows_and_the_meter_from_config(
     assert got.windows.below_g_per_kwh == 200.0 and got.meter.read().source == "estimate"
     args = parser().parse_args(["fed", command, "--data", "notes", *extra])
     assert _training_conditions(args).windows.unlimited
+
+
+def test_under_secure_aggregation_the_energy_comes_beside_the_masked_input() -> None:
+    """No update file under secure aggregation: the site's training energy
+    rides on SubmitMasked (field 3), and the exchange hands it to the
+    round (drive_round gives it to Coordinator.note_energy); a bad figure
+    is refused.  Fails with the `HasField("energy")` branch removed from
+    the servicer (tried: the exchange has no energy for the round)."""
+    from types import SimpleNamespace
+
+    from runtime.federation.online import Phase
+    from runtime.federation.rounds import Step
+
+    plan: Any = SimpleNamespace(round=1)
+
+    async def run() -> dict[str, TrainingEnergy]:
+        exchange = GrpcExchange()
+        servicer = FederationServicer(exchange)
+        await exchange.announce_plan(plan, b"plan", {"ward-0", "ward-1"})
+        assert exchange.round is not None
+        exchange.round.phases[Step.MASKED] = Phase({"ward-0", "ward-1"})
+        as_site("ward-1")
+        with pytest.raises(InvalidArgument):
+            await servicer.SubmitMasked(fpb.SubmitMaskedRequest(
+                round=1, masked=b"\0" * 8,
+                energy=fpb.TrainingEnergy(joules=-1.0, source="estimate")), RpcContext())
+        as_site("ward-0")
+        request = fpb.SubmitMaskedRequest(round=1, masked=b"\0" * 8,
+                                          energy=fpb.TrainingEnergy(joules=7.25,
+                                                                    source="nvml+estimate"))
+        task = asyncio.create_task(servicer.SubmitMasked(request, RpcContext()))
+        await asyncio.sleep(0.01)
+        exchange.round.phases[Step.MASKED].close((["ward-0"], []))
+        await task
+        return exchange.training_energy(plan)
+
+    assert asyncio.run(run()) == {"ward-0": TrainingEnergy(7.25, "nvml+estimate")}
