@@ -13,6 +13,11 @@ in, the decision back) is its own service, FederationGate, on the same
 servicer and authenticator: `evaluations` offers the candidate file and
 collects an EVALUATIONS phase, `gate_decided` closes it with the outcome.
 
+A site outside its training windows calls Defer instead of sending: the
+round's first step (updates, or the secure-aggregation keys) stops waiting
+for it, the round counts it like a late site (`deferrals`), and the
+windows it told are kept in `site_windows` for the service's schedule.
+
 The servicer is registered like every other service (server/registry.py:
 decoding, error mapping), with `SiteAuthenticator`: a caller is the
 enrolled site named by its client certificate, which the federation's CA
