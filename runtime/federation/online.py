@@ -117,6 +117,7 @@ class RoundChannels:
     phases: dict[str | Step, Phase] = field(default_factory=dict)
     candidate: bytes | None = None                  # the candidate file, once aggregated
     failed: errors.HearthError | None = None
+    first_step: str | Step = UPDATES     # the step a deferring site no longer joins
     deferred: dict[str, float] = field(default_factory=dict)        # site -> until
     energy: dict[str, TrainingEnergy] = field(default_factory=dict)  # sent beside masked inputs
 
@@ -168,7 +169,8 @@ class GrpcExchange(SiteExchange):
 
     async def announce_plan(self, plan: RoundPlan, envelope: bytes, sites: set[str]) -> None:
         await self._announce(RoundChannels(plan.round, envelope, {
-            UPDATES: Phase(sites), Step.KEYS: Phase(sites)}))
+            UPDATES: Phase(sites), Step.KEYS: Phase(sites)},
+            first_step=Step.KEYS if plan.secure_aggregation else UPDATES))
 
     async def updates(self, plan: RoundPlan, seconds: float) -> list[Delivery]:
         phase = self.channels(plan.round).phase(UPDATES)
@@ -191,18 +193,16 @@ class GrpcExchange(SiteExchange):
         """The site answers round `number` "deferred until `until`": the
         steps that would wait for its first message stop waiting for it."""
         rc = self.channels(number)
-        first = [p for p in (rc.phases.get(UPDATES), rc.phases.get(Step.KEYS))
-                 if p is not None and not p.closed.is_set() and site in p.expected]
+        first = rc.phase(rc.first_step)
         if site in rc.deferred:
             raise errors.AlreadyExists(f"site {site!r} already deferred round {number}")
-        if not first:
-            raise errors.FailedPrecondition(f"round {number} has moved on without this site, "
-                                            "or it is not part of it")
-        if any(site in p.got for p in first):
+        if site in first.got:
             raise errors.FailedPrecondition(f"site {site!r} already took part in round "
                                             f"{number}; it cannot defer it")
-        for p in first:
-            p.withdraw(site)
+        if first.closed.is_set() or site not in first.expected:
+            raise errors.FailedPrecondition(f"round {number} has moved on without this site, "
+                                            "or it is not part of it")
+        first.withdraw(site)
         rc.deferred[site] = until
         self.site_windows[site] = windows
 

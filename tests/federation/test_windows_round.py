@@ -340,21 +340,25 @@ def test_under_secure_aggregation_the_energy_comes_beside_the_masked_input() -> 
     """No update file under secure aggregation: the site's training energy
     rides on SubmitMasked (field 3), and the exchange hands it to the
     round (drive_round gives it to Coordinator.note_energy); a bad figure
-    is refused.  Fails with the `HasField("energy")` branch removed from
-    the servicer (tried: the exchange has no energy for the round)."""
+    is refused, and so is a deferral once the keys step is over.  Fails
+    with the `HasField("energy")` branch removed from the servicer (tried:
+    the exchange has no energy for the round)."""
     from types import SimpleNamespace
 
     from runtime.federation.online import Phase
     from runtime.federation.rounds import Step
 
-    plan: Any = SimpleNamespace(round=1)
+    plan: Any = SimpleNamespace(round=1, secure_aggregation=True)
 
     async def run() -> dict[str, TrainingEnergy]:
         exchange = GrpcExchange()
         servicer = FederationServicer(exchange)
         await exchange.announce_plan(plan, b"plan", {"ward-0", "ward-1"})
         assert exchange.round is not None
+        exchange.round.phases[Step.KEYS].close(None)        # the keys step is over
         exchange.round.phases[Step.MASKED] = Phase({"ward-0", "ward-1"})
+        with pytest.raises(FailedPrecondition, match="moved on"):
+            exchange.defer(1, "ward-1", OPENS, [])       # too late to defer
         as_site("ward-1")
         with pytest.raises(InvalidArgument):
             await servicer.SubmitMasked(fpb.SubmitMaskedRequest(
