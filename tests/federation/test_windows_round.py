@@ -375,3 +375,36 @@ def test_under_secure_aggregation_the_energy_comes_beside_the_masked_input() -> 
         return exchange.training_energy(plan)
 
     assert asyncio.run(run()) == {"ward-0": TrainingEnergy(7.25, "nvml+estimate")}
+
+
+def test_the_update_header_carries_the_energy_and_a_bad_figure_refuses_it() -> None:
+    """hearth-update/1's optional energy_joules/energy_source: read into
+    the inbox by site when both are well formed; a negative figure or an
+    unknown meter refuses the update (it is signed, so it is the site's
+    own error).  Fails with the check in UpdateInbox.open_update removed
+    (tried: the bad figures are taken)."""
+    from types import SimpleNamespace
+
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+    from runtime.federation.update_bundle import RefusedUpdate, UpdateInbox
+
+    site_key, coord = Ed25519PrivateKey.generate(), X25519PrivateKey.generate()
+    update = SiteUpdate("ward-0", np.zeros(4, np.float32), 10)
+
+    def inbox() -> UpdateInbox:
+        return UpdateInbox("clinics", 1, coord, {"ward-0": site_key.public_key()}, 4)
+
+    good = inbox()
+    good.open_update(seal_update(update, "clinics", 1, site_key, coord.public_key(),
+                                 TrainingEnergy(12.5, "rapl")))
+    assert good.energy == {"ward-0": TrainingEnergy(12.5, "rapl")}
+    none = inbox()
+    none.open_update(seal_update(update, "clinics", 1, site_key, coord.public_key()))
+    assert none.energy == {}
+    for joules, source in ((-1.0, "rapl"), (1.0, "guess"), (1, "rapl")):
+        bad: Any = SimpleNamespace(joules=joules, source=source)
+        with pytest.raises(RefusedUpdate, match="training energy"):
+            inbox().open_update(seal_update(update, "clinics", 1, site_key,
+                                            coord.public_key(), bad))
