@@ -408,3 +408,35 @@ def test_the_update_header_carries_the_energy_and_a_bad_figure_refuses_it() -> N
         with pytest.raises(RefusedUpdate, match="training energy"):
             inbox().open_update(seal_update(update, "clinics", 1, site_key,
                                             coord.public_key(), bad))
+
+
+def test_the_service_decides_with_the_sites_and_the_windows_they_told(
+        tmp_path: Path, tiny_model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """serve_forever hands policy.decide the enrolled sites and the windows
+    that deferrals left in the exchange.  Fails with the two arguments
+    dropped from its call (tried: decide gets five arguments, IndexError)."""
+    from runtime.config import CoordinatorConfig
+    from runtime.federation import service
+    from runtime.federation.policy import Decision
+
+    coordinator, _ = make_federation(tmp_path, tiny_model, 2, 2)
+    seen: dict[str, Any] = {}
+
+    async def run() -> None:
+        stop = asyncio.Event()
+
+        def decide(*args: Any, **kw: Any) -> Decision:
+            seen["args"] = args
+            stop.set()
+            return Decision(False, "looked", float("inf"))
+
+        monkeypatch.setattr(service, "decide", decide)
+        store = SealedStore.open(coordinator, KEY)
+        try:
+            await service.serve_forever(store, "127.0.0.1:0", CoordinatorConfig(every_s=60.0),
+                                        5.0, None, stop)
+        finally:
+            store.close()
+
+    asyncio.run(run())
+    assert seen["args"][5] == ["ward-0", "ward-1"] and seen["args"][6] == {}
