@@ -183,6 +183,9 @@ def test_a_site_outside_its_window_defers_and_the_round_completes_without_it(
         assert runs[name].rounds == [1] and runs[name].releases == [1]
         assert runs[name].deferred == [] and runs[name].energy_source == "estimate"
     manifest = stored_manifest(coordinator)
+    print("training energy:", {k: (round(v.joules, 2), v.source)
+                               for k, v in manifest.training_energy.items()},
+          "round_seconds:", summary["round_seconds"])
     assert manifest.version == 1 and manifest.metrics["deferred"] == 1
     assert sorted(manifest.training_energy) == ["ward-0", "ward-1"]
     for name, energy in manifest.training_energy.items():
