@@ -40,6 +40,7 @@ ConfigError whose message starts with the dotted path of the key, e.g.
     model = "gemma"                           # the model serving the base model
     rollback_after = 100                      # sampled requests before judging a release
     rollback_margin = 0.05                    # nats of prompt NLL: worse -> roll back
+    training_windows = ["22:00-06:00", "below 200 g/kWh"]  # train only then, else defer
 
     [drift]                                   # drift watch on live traffic (docs/drift.md)
     enabled = true                            # or `hearth serve --drift`
@@ -63,6 +64,8 @@ ConfigError whose message starts with the dotted path of the key, e.g.
     min_interval_s = 3600.0                   # between the starts of two rounds
     max_rounds_per_day = 4                    # in any 24 hours; 0 = no limit
     report_max_age_s = 86400.0                # older site reports are refused
+    window_max_delay_s = 21600.0              # a scheduled round waits for sites' training
+                                              # windows at most this long; 0 = never
 
     [energy]                                  # energy per request (docs/energy.md)
     enabled = true
@@ -99,6 +102,12 @@ from runtime.names import check_name
 from runtime.sources import Source, StoredSource, parse_source
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
+
+# The grammar of [federation] training_windows entries, here so that the
+# config check and runtime/energy/windows.py read them alike.
+_HHMM = r"(?:[01][0-9]|2[0-3]):[0-5][0-9]"
+TIME_RANGE = re.compile(rf"({_HHMM})-({_HHMM})")
+BELOW_G_PER_KWH = re.compile(r"below ([0-9]{1,6}(?:\.[0-9]{1,6})?) g/kWh")
 
 
 def default_threads() -> int:
@@ -217,6 +226,10 @@ class FederationConfig:
     rollback_after: int = 100       # sampled requests under a new release before judging it
     rollback_margin: float = 0.05   # nats of prompt NLL worse than the previous: roll back
     release_wait_s: float = 300.0   # one long poll for a new release
+    # When `hearth fed participate` may train (runtime/energy/windows.py):
+    # "HH:MM-HH:MM" local time ranges and/or "below N g/kWh" against
+    # [energy] grid_g_per_kwh; () = any time.  Outside them it defers.
+    training_windows: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -254,6 +267,9 @@ class CoordinatorConfig:
     min_interval_s: float = 3600.0  # between round starts, whatever asks for one
     max_rounds_per_day: int = 0     # round starts in any 24 hours; 0 = no limit
     report_max_age_s: float = 86400.0   # a site report older than this is refused
+    # A scheduled round (not a drift-triggered one) waits up to this long for
+    # the time most sites are inside their training windows; 0 = never waits
+    window_max_delay_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -418,6 +434,15 @@ def _check_value(path: str, key: str, value: Any, default: Any) -> Any:
         if not isinstance(value, list) or not all(isinstance(x, str) and x for x in value):
             raise ConfigError(f"{where}: must be a list of identities")
         return tuple(value)
+    if key == "training_windows":
+        if not isinstance(value, list) or not all(
+                isinstance(x, str) and (TIME_RANGE.fullmatch(x) or BELOW_G_PER_KWH.fullmatch(x))
+                for x in value):
+            raise ConfigError(f"{where}: must be a list of \"HH:MM-HH:MM\" ranges and/or "
+                              f"one \"below N g/kWh\", got {value!r}")
+        if sum(1 for x in value if BELOW_G_PER_KWH.fullmatch(x)) > 1:
+            raise ConfigError(f"{where}: at most one \"below N g/kWh\"")
+        return tuple(value)
     if key == "grid_g_per_kwh":
         if isinstance(value, list) and all(isinstance(x, dict) for x in value):
             return tuple(value)
@@ -539,7 +564,8 @@ def _check_drift(drift: DriftConfig) -> None:
 
 
 def _check_coordinator(coordinator: CoordinatorConfig) -> None:
-    for key in ("every_s", "trigger_window_s", "min_interval_s", "report_max_age_s"):
+    for key in ("every_s", "trigger_window_s", "min_interval_s", "report_max_age_s",
+                "window_max_delay_s"):
         value = getattr(coordinator, key)
         if not math.isfinite(value) or (value == 0 and key.startswith(("trigger", "report"))):
             raise ConfigError(f"coordinator.{key}: must be a finite number "

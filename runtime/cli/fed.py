@@ -267,6 +267,20 @@ def _site_policy(args: argparse.Namespace) -> Any:
     return site_policy(load_config(args.config).federation) if args.config else SitePolicy()
 
 
+def _training_conditions(args: argparse.Namespace) -> Any:
+    """The site's training windows ([federation] training_windows against
+    [energy] grid_g_per_kwh) and the meter its training energy is read on
+    ([energy]; the labelled estimate where no counter exists)."""
+    from runtime.config import Config, load_config
+    from runtime.energy.service import open_meter
+    from runtime.energy.windows import site_windows
+    from runtime.federation.site_loop import TrainingConditions
+
+    cfg = load_config(args.config) if args.config else Config()
+    windows = site_windows(cfg.federation.training_windows, cfg.energy.grid_g_per_kwh)
+    return TrainingConditions(windows, open_meter(cfg.energy) if cfg.energy.enabled else None)
+
+
 def _interrupt_on_sigterm() -> None:
     """SIGTERM as SIGINT: the blocking calls and training stop, the command
     reports what it did and exits 0 (a plan answered stays answered)."""
@@ -289,6 +303,7 @@ def cmd_participate(args: argparse.Namespace) -> int:
 
     setup_logging("info", "text")
     policy = _site_policy(args)
+    conditions = _training_conditions(args)
     with opened_store(args) as store:
         site = _site(store)
         data = site_data(store, args.data, args.heldout)
@@ -297,9 +312,10 @@ def cmd_participate(args: argparse.Namespace) -> int:
             if args.forever:
                 _interrupt_on_sigterm()
                 run = participate_forever(site, link, data, threading.Event(), policy,
-                                          args.threads, args.retry)
+                                          args.threads, args.retry, conditions)
             else:
-                run = participate(site, link, data, policy, args.threads)
+                run = participate(site, link, data, policy, args.threads,
+                                  conditions=conditions)
         finally:
             link.close()
     _json(asdict(run))
@@ -311,11 +327,12 @@ def cmd_export_update(args: argparse.Namespace) -> int:
     from runtime.federation.site_training import site_data
 
     policy = _site_policy(args)
+    conditions = _training_conditions(args)
     with opened_store(args) as store:
         site = _site(store)
         data = site_data(store, args.data, args.heldout)
         path, upd = export_update(site, Path(args.plan).read_bytes(), data, Path(args.out),
-                                  policy, args.threads)
+                                  policy, args.threads, conditions)
     _json({"update": str(path), "bytes": path.stat().st_size, "tokens": upd.tokens,
            "ppl_start": upd.ppl_start, "ppl_local": upd.ppl_local, "norm": upd.norm})
     return ExitCode.OK

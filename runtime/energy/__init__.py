@@ -23,6 +23,9 @@ engines' step logs (native/src/steplog.c).
     service.py      the daemon's side: the meter chosen at start, the window
                     loop, settle() (a request's end closes the window, so its
                     final chunk carries its whole energy), weights sealed
+    windows.py      carbon-aware training windows of a federation site: time
+                    ranges and/or "below N g/kWh" against the grid table;
+                    inside now? when does it open next? (no clock inside)
     report.py       `hearth energy report`: totals per model and adapter from
                     the audit log's request records
 """

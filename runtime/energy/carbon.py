@@ -22,7 +22,7 @@ JOULES_PER_KWH = 3.6e6
 _HHMM = re.compile(r"([01]\d|2[0-3]):([0-5]\d)\Z")
 
 
-def _minutes(text: Any, where: str) -> int:
+def minutes_of_day(text: Any, where: str) -> int:
     m = _HHMM.match(text) if isinstance(text, str) else None
     if not m:
         raise ConfigError(f"{where}: expected HH:MM, got {text!r}")
@@ -61,8 +61,8 @@ class GridIntensity:
             g = row["g"]
             if not isinstance(g, int | float) or isinstance(g, bool) or g < 0:
                 raise ConfigError(f"{here}.g: must be a number >= 0")
-            bands.append(Band(_minutes(row["from"], f"{here}.from"),
-                              _minutes(row["to"], f"{here}.to"), float(g)))
+            bands.append(Band(minutes_of_day(row["from"], f"{here}.from"),
+                              minutes_of_day(row["to"], f"{here}.to"), float(g)))
         grid = cls(tuple(bands))
         for minute in range(0, 24 * 60):
             if sum(b.covers(minute) for b in bands) != 1:

@@ -27,13 +27,16 @@ logic runs over gRPC, over files on removable media, and in tests:
 * `reports`     - a site's signed reports to its coordinator (drift alarms,
                   automatic rollbacks);
 * `policy`      - when the coordinator service starts a round: schedule,
-                  daily times, the drift trigger, its limits.
+                  daily times, the drift trigger, its limits, and the wait
+                  for the sites' carbon-aware training windows.
 
 Around them, written once for every transport:
 
 * `site_loop`   - the site's round (accept -> record -> train -> send ->
                   evaluate the candidate -> apply the release) against
-                  `CoordinatorLink`;
+                  `CoordinatorLink`; outside its training windows
+                  (energy/windows.py) a site defers instead, and its
+                  training is metered;
 * `rounds`      - the coordinator's round steps on its store
                   (`CoordinatorRounds`) and `drive_round`, against
                   `SiteExchange`;

@@ -47,6 +47,7 @@ from runtime.federation.release import (
     MANUAL,
     ReleaseManifest,
     RoundTrigger,
+    TrainingEnergy,
     key_fingerprint,
     sign_release,
 )
@@ -150,6 +151,10 @@ class OpenRound:
     evals: dict[str, SiteEval] = field(default_factory=dict)
     refused: list[Rejection] = field(default_factory=list)
     trigger: RoundTrigger = MANUAL      # why it started; its release's manifest says so
+    # Sites that answered the plan "deferred until T" (outside their
+    # training windows): counted like late sites, T kept for the metrics.
+    deferred: dict[str, float] = field(default_factory=dict)
+    energy: dict[str, TrainingEnergy] = field(default_factory=dict)   # by site, as sent
 
 
 @dataclass
@@ -274,11 +279,39 @@ class Coordinator:
             r.inbox.received.discard(update.site)
             raise FailedPrecondition(f"update: signed by site {update.site!r} but sent by "
                                      f"{site!r}")
+        if update.site in r.inbox.energy:
+            r.energy[update.site] = r.inbox.energy[update.site]
         delta, ev = split_payload(update.delta, self.settings.trainable_size)
         weight = 1 if self.settings.noise_multiplier > 0 else update.tokens
         r.updates.append(SiteUpdate(update.site, delta.copy(), weight))
         r.evals[update.site] = ev
         return update.site
+
+    def defer(self, site: str, until: float) -> None:
+        """The site answered the open round "deferred until `until`": it
+        sends nothing this round, which goes on without it (or fails, as
+        with a late site, when too few remain for the plan's minimum)."""
+        r = self._round()
+        if site not in self.sites:
+            raise FailedPrecondition(f"deferral: site {site!r} is not enrolled")
+        if not math.isfinite(until):
+            raise InvalidArgument("deferral: the time it defers to must be finite")
+        r.deferred[site] = float(until)
+
+    def note_energy(self, site: str, energy: TrainingEnergy) -> None:
+        """A site's training energy that came outside its update file (the
+        secure-aggregation exchange carries no per-site file)."""
+        if site not in self.sites:
+            raise FailedPrecondition(f"training energy: site {site!r} is not enrolled")
+        self._round().energy[site] = energy
+
+    def _too_few(self, r: OpenRound, arrived: int) -> None:
+        """A clearer refusal than aggregation's when deferrals left too few."""
+        if r.deferred and arrived < r.plan.min_sites:
+            raise FailedPrecondition(
+                f"aggregation: {arrived} updates, the round needs {r.plan.min_sites}; "
+                f"deferred: " + ", ".join(f"{site} until {_rfc3339(t)}"
+                                          for site, t in sorted(r.deferred.items())))
 
     def aggregate(self, now: float, secagg_sum: tuple[np.ndarray, list[str]] | None = None
                   ) -> Candidate:
@@ -298,6 +331,7 @@ class Coordinator:
                 raise FailedPrecondition("secure aggregation: the sum has the wrong shape or "
                                          "is not finite")
             weight = float(total[n])
+            self._too_few(r, len(survivors))
             if len(survivors) < s.min_sites or weight <= 0:
                 raise FailedPrecondition(f"aggregation: {len(survivors)} sites, the round "
                                          f"needs {s.min_sites}")
@@ -308,6 +342,7 @@ class Coordinator:
             evals = SiteEval(float(total[n + 1]), float(total[n + 2]))
             counted, rejected = sorted(survivors), list(r.refused)
         else:
+            self._too_few(r, len(r.updates))
             mean, rejected = fedavg(r.updates, n, update_norm_bound(r.plan, n), s.min_sites)
             rejected = list(r.refused) + rejected
             bad = {x.site for x in rejected}
@@ -321,6 +356,8 @@ class Coordinator:
         adapter = self.build_adapter(new_global)
         metrics = {"round": float(r.plan.round), "sites": float(len(counted)),
                    "rejected": float(len(rejected))}
+        if r.deferred:
+            metrics["deferred"] = float(len(r.deferred))
         if evals.tokens > 0:
             metrics["heldout_ppl_parent"] = math.exp(evals.nll_sum / evals.tokens)
         eps = self.accountant.epsilon() if s.noise_multiplier > 0 else None
@@ -331,7 +368,8 @@ class Coordinator:
             federation=s.federation, version=self.version + 1, parent_version=self.version,
             base_model_sha256=s.base_model_sha256,
             adapter_sha256=hashlib.sha256(adapter).hexdigest(), adapter_bytes=len(adapter),
-            created=_rfc3339(now), metrics=metrics, trigger=r.trigger)
+            created=_rfc3339(now), metrics=metrics, trigger=r.trigger,
+            training_energy=dict(r.energy))
         self.current = None
         self.pending = Candidate(r.plan.round, new_global, adapter, manifest, rejected, counted)
         return self.pending

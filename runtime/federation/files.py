@@ -23,7 +23,13 @@ from runtime.federation.participant import LocalUpdate
 from runtime.federation.plan import NO_FLOOR, RoundPlan, SitePolicy
 from runtime.federation.reports import report_files
 from runtime.federation.rounds import CoordinatorRounds, Delivery, SiteExchange
-from runtime.federation.site_loop import CoordinatorLink, take_part
+from runtime.federation.site_loop import (
+    ANY_TIME,
+    CoordinatorLink,
+    TrainingConditions,
+    defer_outside_windows,
+    take_part,
+)
 from runtime.federation.site_training import SiteData
 from runtime.federation.state import SiteContext, load_coordinator_record
 from runtime.storage.fsutil import atomic_write
@@ -64,11 +70,16 @@ class FileLink(CoordinatorLink):
 
 
 def export_update(site: SiteContext, plan_envelope: bytes, data: SiteData, out_dir: Path,
-                  policy: SitePolicy = NO_FLOOR, threads: int | None = None
-                  ) -> tuple[Path, LocalUpdate]:
-    """`hearth fed export-update`: an update file for the coordinator."""
+                  policy: SitePolicy = NO_FLOOR, threads: int | None = None,
+                  conditions: TrainingConditions = ANY_TIME) -> tuple[Path, LocalUpdate]:
+    """`hearth fed export-update`: an update file for the coordinator.
+    Outside the site's training windows it writes nothing and refuses
+    (FailedPrecondition, saying when the windows open): files have no
+    deferral to send, so the coordinator counts the site as late."""
     link = FileLink(plan_envelope, out_dir)
-    answer = take_part(site, link, plan_envelope, data, policy, threads)
+    defer_outside_windows(site, link, plan_envelope, conditions)
+    answer = take_part(site, link, plan_envelope, data, policy, threads,
+                       meter=conditions.meter)
     return link.written[-1], answer.update
 
 

@@ -13,6 +13,11 @@ in, the decision back) is its own service, FederationGate, on the same
 servicer and authenticator: `evaluations` offers the candidate file and
 collects an EVALUATIONS phase, `gate_decided` closes it with the outcome.
 
+A site outside its training windows calls Defer instead of sending: the
+round's first step (updates, or the secure-aggregation keys) stops waiting
+for it, the round counts it like a late site (`deferrals`), and the
+windows it told are kept in `site_windows` for the service's schedule.
+
 The servicer is registered like every other service (server/registry.py:
 decoding, error mapping), with `SiteAuthenticator`: a caller is the
 enrolled site named by its client certificate, which the federation's CA
@@ -22,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -36,6 +42,7 @@ from runtime.auth.principal import Principal
 from runtime.federation.coordinator import Published
 from runtime.federation.gate import GateDecision
 from runtime.federation.plan import RoundPlan
+from runtime.federation.release import TrainingEnergy
 from runtime.federation.rounds import Delivery, SiteExchange, Step
 from runtime.federation.secagg import (
     AdvertiseKeys,
@@ -48,6 +55,7 @@ from runtime.server.registry import add_service
 log = logging.getLogger("hearth.federation")
 T = TypeVar("T")
 SITE_PREFIX = "site:"
+MAX_WINDOWS = 64                # a deferring site's windows, over a day or two
 
 
 class Phase:
@@ -70,6 +78,12 @@ class Phase:
         if site in self.got:
             raise errors.AlreadyExists(f"site {site!r} already sent this step's message")
         self.got[site] = message
+        if set(self.got) >= self.expected:
+            self.arrived.set()
+
+    def withdraw(self, site: str) -> None:
+        """The site will not send (it deferred): stop waiting for it."""
+        self.expected.discard(site)
         if set(self.got) >= self.expected:
             self.arrived.set()
 
@@ -103,6 +117,9 @@ class RoundChannels:
     phases: dict[str | Step, Phase] = field(default_factory=dict)
     candidate: bytes | None = None                  # the candidate file, once aggregated
     failed: errors.HearthError | None = None
+    first_step: str | Step = UPDATES     # the step a deferring site no longer joins
+    deferred: dict[str, float] = field(default_factory=dict)        # site -> until
+    energy: dict[str, TrainingEnergy] = field(default_factory=dict)  # sent beside masked inputs
 
     def phase(self, step: str | Step) -> Phase:
         found = self.phases.get(step)
@@ -124,6 +141,9 @@ class GrpcExchange(SiteExchange):
         self.releases: dict[int, bytes] = {}
         self.finished = False
         self.withdrawn = 0              # rounds that ended without a release
+        # site -> its open training windows [(opens, closes)], as its last
+        # deferral told them (service.py's schedule prefers times inside them)
+        self.site_windows: dict[str, list[tuple[float, float]]] = {}
 
     async def withdraw_round(self) -> None:
         """The open round ended without a release (failed, or the service is
@@ -149,7 +169,8 @@ class GrpcExchange(SiteExchange):
 
     async def announce_plan(self, plan: RoundPlan, envelope: bytes, sites: set[str]) -> None:
         await self._announce(RoundChannels(plan.round, envelope, {
-            UPDATES: Phase(sites), Step.KEYS: Phase(sites)}))
+            UPDATES: Phase(sites), Step.KEYS: Phase(sites)},
+            first_step=Step.KEYS if plan.secure_aggregation else UPDATES))
 
     async def updates(self, plan: RoundPlan, seconds: float) -> list[Delivery]:
         phase = self.channels(plan.round).phase(UPDATES)
@@ -160,6 +181,30 @@ class GrpcExchange(SiteExchange):
     async def publish_release(self, published: Published, release_file: bytes) -> None:
         self.releases[published.version] = release_file
         await self._announce()
+
+    def deferrals(self, plan: RoundPlan) -> dict[str, float]:
+        return dict(self.channels(plan.round).deferred)
+
+    def training_energy(self, plan: RoundPlan) -> dict[str, TrainingEnergy]:
+        return dict(self.channels(plan.round).energy)
+
+    def defer(self, number: int, site: str, until: float,
+              windows: list[tuple[float, float]]) -> None:
+        """The site answers round `number` "deferred until `until`": the
+        steps that would wait for its first message stop waiting for it."""
+        rc = self.channels(number)
+        first = rc.phase(rc.first_step)
+        if site in rc.deferred:
+            raise errors.AlreadyExists(f"site {site!r} already deferred round {number}")
+        if site in first.got:
+            raise errors.FailedPrecondition(f"site {site!r} already took part in round "
+                                            f"{number}; it cannot defer it")
+        if first.closed.is_set() or site not in first.expected:
+            raise errors.FailedPrecondition(f"round {number} has moved on without this site, "
+                                            "or it is not part of it")
+        first.withdraw(site)
+        rc.deferred[site] = until
+        self.site_windows[site] = windows
 
     async def round_failed(self, plan: RoundPlan, error: errors.HearthError) -> None:
         if self.round is None:
@@ -308,6 +353,9 @@ class FederationServicer:
                            ) -> fpb.Survivors:
         if len(request.masked) % 8:
             raise errors.InvalidArgument("masked: not a whole number of uint64 values")
+        if request.HasField("energy"):
+            self.x.channels(request.round).energy[_site()] = TrainingEnergy(
+                request.energy.joules, request.energy.source)
         survivors, dropped = await self._step(request.round, Step.MASKED, MaskedInput(
             _site(), np.frombuffer(request.masked, "<u8").copy()), context)
         return fpb.Survivors(survivors=survivors, dropped=dropped)
@@ -317,6 +365,15 @@ class FederationServicer:
             return {k: (v.x, int.from_bytes(v.y, "big")) for k, v in m.items()}
         self.x.channels(request.round).phase(Step.UNMASK).add(_site(), UnmaskResponse(
             _site(), shares(request.b_shares), shares(request.s_shares)))
+        return fpb.Ack()
+
+    async def Defer(self, request: fpb.DeferRequest, context: Any) -> fpb.Ack:
+        windows = [(w.opens, w.closes) for w in request.windows]
+        if not math.isfinite(request.until) or len(windows) > MAX_WINDOWS or not all(
+                math.isfinite(a) and math.isfinite(b) and a < b for a, b in windows):
+            raise errors.InvalidArgument(f"until, windows: finite times, at most {MAX_WINDOWS} "
+                                         "windows, each opening before it closes")
+        self.x.defer(request.round, _site(), request.until, windows)
         return fpb.Ack()
 
     async def GetRelease(self, request: fpb.GetReleaseRequest, context: Any) -> fpb.Release:

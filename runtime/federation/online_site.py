@@ -16,13 +16,21 @@ from runtime import errors
 from runtime._proto.hearth.federation.v1 import federation_pb2 as fpb
 from runtime._proto.hearth.federation.v1 import federation_pb2_grpc as fgrpc
 from runtime.federation.plan import NO_FLOOR, RoundPlan, SitePolicy
+from runtime.federation.release import TrainingEnergy
 from runtime.federation.secagg import (
     AdvertiseKeys,
     EncryptedShares,
     MaskedInput,
     UnmaskResponse,
 )
-from runtime.federation.site_loop import CoordinatorLink, GateVerdict, SiteRun, participate
+from runtime.federation.site_loop import (
+    ANY_TIME,
+    CoordinatorLink,
+    GateVerdict,
+    SiteRun,
+    TrainingConditions,
+    participate,
+)
 from runtime.federation.site_training import SiteData
 from runtime.federation.state import SiteContext
 
@@ -65,6 +73,7 @@ class GrpcLink(CoordinatorLink):
         self.wait_s = wait_s
         self.bytes_sent = 0
         self.fetched: list[int] = []        # release versions this link brought
+        self.deferred: list[int] = []       # rounds this link deferred
 
     def close(self) -> None:
         self.channel.close()
@@ -112,10 +121,26 @@ class GrpcLink(CoordinatorLink):
             round=round_no, ciphertexts=shares.ciphertexts))
         return dict(inbound.ciphertexts)
 
-    def submit_masked(self, round_no: int, masked: MaskedInput) -> tuple[list[str], list[str]]:
-        outcome = self.call("SubmitMasked", fpb.SubmitMaskedRequest(
-            round=round_no, masked=np.asarray(masked.y).astype("<u8").tobytes()))
+    def submit_masked(self, round_no: int, masked: MaskedInput,
+                      energy: TrainingEnergy | None = None) -> tuple[list[str], list[str]]:
+        request = fpb.SubmitMaskedRequest(
+            round=round_no, masked=np.asarray(masked.y).astype("<u8").tobytes())
+        if energy is not None:
+            request.energy.joules, request.energy.source = energy.joules, energy.source
+        outcome = self.call("SubmitMasked", request)
         return list(outcome.survivors), list(outcome.dropped)
+
+    def defer(self, plan: RoundPlan, site: str, until: float,
+              windows: list[tuple[float, float]]) -> None:
+        try:
+            self.call("Defer", fpb.DeferRequest(
+                round=plan.round, until=until,
+                windows=[fpb.Window(opens=a, closes=b) for a, b in windows]))
+        except grpc.RpcError as exc:
+            # deferred already (this process restarted): the answer stands
+            if exc.code() != grpc.StatusCode.ALREADY_EXISTS:
+                raise
+        self.deferred.append(plan.round)
 
     def unmask(self, round_no: int, response: UnmaskResponse) -> None:
         self.call("Unmask", fpb.UnmaskRequest(
@@ -126,7 +151,8 @@ class GrpcLink(CoordinatorLink):
 
 def participate_forever(site: SiteContext, link: GrpcLink, data: SiteData, stop: threading.Event,
                         policy: SitePolicy = NO_FLOOR, threads: int | None = None,
-                        retry_s: float = 5.0) -> SiteRun:
+                        retry_s: float = 5.0, conditions: TrainingConditions = ANY_TIME
+                        ) -> SiteRun:
     """Takes part in a serving coordinator's rounds as they come, until
     `stop` or an interrupt (SIGINT; the command turns SIGTERM into one).
     Every wait is bounded: a long poll that times out, a
@@ -137,9 +163,11 @@ def participate_forever(site: SiteContext, link: GrpcLink, data: SiteData, stop:
     total = SiteRun(site.record.site)
     answered_before = len(site.record.answered)
     while not stop.is_set():
-        after = max((a.round for a in site.record.answered), default=0)
+        # a deferred round is not in the ledger, but it is answered too
+        after = max([a.round for a in site.record.answered] + link.deferred, default=0)
         try:
-            run = participate(site, link, data, policy, threads, after_round=after)
+            run = participate(site, link, data, policy, threads, after_round=after,
+                              conditions=conditions)
         except KeyboardInterrupt:
             break
         except grpc.RpcError as exc:
@@ -151,6 +179,8 @@ def participate_forever(site: SiteContext, link: GrpcLink, data: SiteData, stop:
             if total.ppl_before is None:
                 total.ppl_before = run.ppl_before
             total.ppl_after = run.ppl_after
+            total.training_joules += run.training_joules
+            total.energy_source = run.energy_source or total.energy_source
         try:
             stop.wait(retry_s)
         except KeyboardInterrupt:
@@ -159,5 +189,6 @@ def participate_forever(site: SiteContext, link: GrpcLink, data: SiteData, stop:
     # entered in the ledger, the releases it fetched (and applied)
     total.rounds = [a.round for a in site.record.answered[answered_before:]]
     total.releases = list(dict.fromkeys(link.fetched))
+    total.deferred = list(dict.fromkeys(link.deferred))
     total.bytes_sent = link.bytes_sent
     return total

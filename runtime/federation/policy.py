@@ -22,10 +22,20 @@ refused those from the future beyond reports.CLOCK_SKEW_S).
 A decision also says which trigger made the round due (`RoundTrigger`, the
 first of the reasons), for the round's release manifest: "schedule",
 "daily", or "drift" with the alarmed sites and their signals.
+A round due by the *schedule* may then wait for the sites' training windows
+(`window_max_delay_s` > 0; docs/energy.md, "Carbon-aware training
+windows"): sites that deferred a round told the coordinator when their
+windows are open (online.GrpcExchange.site_windows), and the round starts
+at the earliest time, no later than `window_max_delay_s` after it became
+due, at which the most sites are inside theirs (`best_start`; a site whose
+windows are unknown counts as inside).  A round due by the *drift trigger*
+never waits: the adapter is doing worse on live traffic now, and a few
+hours of greener power do not pay for that.
 """
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -110,38 +120,76 @@ def drift_trigger(counted: Sequence[Alarm]) -> RoundTrigger:
     return RoundTrigger("drift", tuple(sorted({a.site for a in counted})), dict(kept))
 
 
+Windows = Mapping[str, Sequence[tuple[float, float]]]     # site -> [(opens, closes)]
+
+
+def sites_inside(t: float, sites: Sequence[str], windows: Windows) -> int:
+    """How many of `sites` are inside their training windows at `t`; a site
+    with no windows known counts as inside."""
+    return sum(1 for s in sites
+               if not windows.get(s) or any(a <= t < b for a, b in windows[s]))
+
+
+def best_start(now: float, latest: float, sites: Sequence[str], windows: Windows) -> float:
+    """The earliest time in [now, latest] at which the most sites are inside
+    their windows.  Windows that have all closed by `now` are stale (the
+    site told them long ago) and count as unknown."""
+    known = {s: w for s, w in windows.items() if w and max(b for _, b in w) > now}
+    candidates = [now] + sorted(a for w in known.values() for a, _ in w if now < a <= latest)
+    return max(candidates, key=lambda t: (sites_inside(t, sites, known), -t))
+
+
+def _utc(t: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(t))
+
+
 def decide(policy: CoordinatorConfig, now: float, starts: Sequence[float],
-           alarms: Sequence[Alarm], service_started: float) -> Decision:
+           alarms: Sequence[Alarm], service_started: float,
+           sites: Sequence[str] = (), windows: Windows | None = None) -> Decision:
     """Start a round now?  `starts`: when each earlier round started;
     `alarms`: the accepted drift alarms (rollback reports are not alarms);
     `service_started`: when the service first ran, the schedule's origin
-    before any round."""
+    before any round; `sites`, `windows`: the enrolled sites and the
+    training windows known of them (a scheduled round waits for them,
+    within `window_max_delay_s`)."""
     anchor = max(starts, default=service_started)
     due: list[str] = []
     why: list[RoundTrigger] = []        # due's triggers, in the same order
+    due_since = math.inf                # when the schedule made it due
     wake = math.inf
     if policy.every_s > 0:
         at = anchor + policy.every_s
         if at <= now:
             due.append(f"schedule (every {policy.every_s:g} s)")
             why.append(RoundTrigger("schedule"))
+            due_since = min(due_since, at)
         wake = min(wake, at)
     for hhmm in policy.daily_at:
         slot = _daily_slot_before(now, hhmm)
         if slot > anchor:
             due.append(f"schedule (daily at {hhmm} UTC)")
             why.append(RoundTrigger("daily"))
+            due_since = min(due_since, slot)
         wake = min(wake, slot + DAY_S)
+    drift = False
     if policy.trigger_sites:
         counted = counted_alarms(policy, now, starts, alarms)
-        sites = {a.site for a in counted}
-        if len(sites) >= policy.trigger_sites:
-            due.append(f"drift: {len(sites)} sites alarmed within "
-                       f"{policy.trigger_window_s:g} s ({', '.join(sorted(sites))})")
+        sites_alarmed = {a.site for a in counted}
+        if len(sites_alarmed) >= policy.trigger_sites:
+            drift = True
+            due.append(f"drift: {len(sites_alarmed)} sites alarmed within "
+                       f"{policy.trigger_window_s:g} s ({', '.join(sorted(sites_alarmed))})")
             why.append(drift_trigger(counted))
     if not due:
         return Decision(False, "no round is due", wake)
     lifts, held_by = _limit_lifts_at(policy, now, starts)
     if lifts > now:
         return Decision(False, f"{due[0]}, but held back by {held_by}", lifts, why[0])
+    if not drift and policy.window_max_delay_s > 0 and windows:
+        start = best_start(now, due_since + policy.window_max_delay_s, sites, windows)
+        if start > now:
+            return Decision(False, f"{due[0]}, waiting for the sites' training windows until "
+                            f"{_utc(start)} ({sites_inside(start, sites, windows)} of "
+                            f"{len(sites)} sites inside then, "
+                            f"{sites_inside(now, sites, windows)} now)", start, why[0])
     return Decision(True, due[0], math.inf, why[0])

@@ -28,6 +28,7 @@ import base64
 import hashlib
 import hmac
 import json
+import math
 import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -36,7 +37,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from runtime.errors import FailedPrecondition, IntegrityError
+from runtime.errors import FailedPrecondition, IntegrityError, InvalidArgument
 from runtime.names import is_name
 
 FORMAT = "hearth-release/1"
@@ -44,8 +45,10 @@ _HEX64 = re.compile(r"[0-9a-f]{64}")
 # Why a round started: policy.decide's schedule, daily time or drift
 # trigger, or an operator (`--rounds N`, the air-gapped `fed plan`).
 TRIGGER_KINDS = ("schedule", "daily", "drift", "manual")
-# Members a manifest may leave out (manifests signed before they existed).
-OPTIONAL_MEMBERS = frozenset({"trigger"})
+# Members a manifest may leave out (manifests signed before they existed);
+# written only when set (a trigger) or non-empty (training energy), so older
+# manifests and their signatures are unchanged.
+OPTIONAL_MEMBERS = frozenset({"trigger", "training_energy"})
 
 
 class UntrustedRelease(IntegrityError):
@@ -60,6 +63,26 @@ def key_fingerprint(public: Ed25519PublicKey) -> str:
     der = public.public_bytes(serialization.Encoding.DER,
                               serialization.PublicFormat.SubjectPublicKeyInfo)
     return hashlib.sha256(der).hexdigest()
+
+
+_SOURCE = re.compile(r"(nvml|rapl|estimate)(\+(nvml|rapl|estimate)){0,3}")
+
+
+@dataclass(frozen=True)
+class TrainingEnergy:
+    """The energy a site spent training one round, and where the figure
+    comes from (runtime/energy/meters.py: "nvml", "rapl", "estimate", or
+    a sum such as "nvml+estimate"); an estimate says so."""
+
+    joules: float
+    source: str
+
+    def __post_init__(self) -> None:
+        if (not isinstance(self.joules, float) or not 0 <= self.joules < math.inf
+                or not isinstance(self.source, str) or not _SOURCE.fullmatch(self.source)):
+            raise InvalidArgument(f"training energy: {self.joules!r} J from "
+                                  f"{self.source!r}: needs finite joules >= 0 and a meter "
+                                  "source (nvml, rapl, estimate, joined by +)")
 
 
 @dataclass(frozen=True)
@@ -92,11 +115,13 @@ class ReleaseManifest:
     metrics: dict[str, float] = field(default_factory=dict)
     format: str = FORMAT
     trigger: RoundTrigger | None = None   # None: not recorded (manifests from before it)
+    # site -> its training energy for the round (docs/energy.md)
+    training_energy: dict[str, TrainingEnergy] = field(default_factory=dict)
 
     def canonical(self) -> bytes:
         doc = asdict(self)
         for name in OPTIONAL_MEMBERS:
-            if doc[name] is None:
+            if not doc[name]:
                 del doc[name]
         return json.dumps(doc, sort_keys=True, separators=(",", ":"),
                           ensure_ascii=False).encode("utf-8")
@@ -159,7 +184,7 @@ def parse_manifest(text: bytes) -> ReleaseManifest:
         base_model_sha256=_field(doc, "base_model_sha256", str),
         adapter_sha256=_field(doc, "adapter_sha256", str),
         adapter_bytes=_field(doc, "adapter_bytes", int), created=_field(doc, "created", str),
-        metrics=metrics,
+        metrics=metrics, training_energy=_training_energy(doc.get("training_energy", {})),
         trigger=parse_trigger(doc["trigger"]) if "trigger" in doc else None)
     if not is_name(m.federation):
         raise UntrustedRelease("release manifest: federation is not a valid name")
@@ -171,6 +196,22 @@ def parse_manifest(text: bytes) -> ReleaseManifest:
     if m.canonical() != text:
         raise UntrustedRelease("release manifest: not in canonical form")
     return m
+
+
+def _training_energy(value: Any) -> dict[str, TrainingEnergy]:
+    if not isinstance(value, dict):
+        raise UntrustedRelease("release manifest: training_energy must be an object")
+    out = {}
+    for site, entry in value.items():
+        if not (is_name(site) and isinstance(entry, dict)
+                and set(entry) == {"joules", "source"}):
+            raise UntrustedRelease("release manifest: training_energy maps site names to "
+                                   "{joules, source}")
+        try:
+            out[site] = TrainingEnergy(entry["joules"], entry["source"])
+        except InvalidArgument as exc:
+            raise UntrustedRelease(f"release manifest: {exc}") from None
+    return out
 
 
 def sign_envelope(text: bytes, key: Ed25519PrivateKey) -> bytes:

@@ -43,7 +43,7 @@ from runtime.federation.gate import (
     sign_rejection,
 )
 from runtime.federation.plan import RoundPlan
-from runtime.federation.release import MANUAL, RoundTrigger
+from runtime.federation.release import MANUAL, RoundTrigger, TrainingEnergy
 from runtime.federation.secagg import SecAggCoordinator
 from runtime.federation.state import (
     build_coordinator,
@@ -112,6 +112,16 @@ class SiteExchange(ABC):
         """Tells the sites that evaluated the candidate what the gate
         decided (a refused candidate has no release to wait for)."""
         return None
+
+    def deferrals(self, plan: RoundPlan) -> dict[str, float]:
+        """Sites that answered the plan "deferred until T" (outside their
+        training windows), by site; called once the updates are in."""
+        return {}
+
+    def training_energy(self, plan: RoundPlan) -> dict[str, TrainingEnergy]:
+        """Training energy the sites sent outside their update files (the
+        secure-aggregation exchange), by site."""
+        return {}
 
     async def round_failed(self, plan: RoundPlan, error: HearthError) -> None:
         """The round ends without a release; sites still waiting are told
@@ -297,6 +307,18 @@ async def secure_sum(agg: SecAggCoordinator, sites: SiteExchange, first_s: float
     return agg.finish(list(responses.values()))
 
 
+def _answers_beside_updates(rounds: CoordinatorRounds, sites: SiteExchange, plan: RoundPlan
+                            ) -> None:
+    """Deferrals and training energy into the open round before it is
+    aggregated (a site that deferred is counted like a late one)."""
+    for site, until in sites.deferrals(plan).items():
+        rounds.c.defer(site, until)
+        log.info("round %d: %s deferred until %s (outside its training windows)", plan.round,
+                 site, time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(until)))
+    for site, energy in sites.training_energy(plan).items():
+        rounds.c.note_energy(site, energy)
+
+
 async def drive_round(rounds: CoordinatorRounds, sites: SiteExchange, step_seconds: float,
                       trigger: RoundTrigger = MANUAL) -> Published | Withheld:
     """One round from plan to release over an exchange that waits for the
@@ -316,6 +338,7 @@ async def drive_round(rounds: CoordinatorRounds, sites: SiteExchange, step_secon
         if plan.secure_aggregation:
             assert rounds.c.current is not None and rounds.c.current.secagg is not None
             total = await secure_sum(rounds.c.current.secagg, sites, training_s, step_seconds)
+            _answers_beside_updates(rounds, sites, plan)
             cand, cand_file = rounds.candidate(time.time(), total)
         else:
             for d in await sites.updates(plan, training_s):
@@ -324,6 +347,7 @@ async def drive_round(rounds: CoordinatorRounds, sites: SiteExchange, step_secon
                 except HearthError as exc:
                     log.warning("round %d: update from %s refused: %s", plan.round, d.label,
                                 exc)
+            _answers_beside_updates(rounds, sites, plan)
             cand, cand_file = rounds.candidate(time.time())
         evaluations = await sites.evaluations(plan, cand_file, set(cand.sites), step_seconds)
         decision = rounds.judge(cand, evaluations)

@@ -8,8 +8,10 @@ service (docs/federation.md, "The coordinator as a service").
   report delivered twice is kept once.
 * `serve_forever` runs the gRPC server (serve.py) until `stop` is set
   (SIGTERM, SIGINT), and starts rounds when policy.decide says so: on its
-  schedule, or when enough sites alarmed, and records why (its trigger) in
-  the audit log and in the round's release manifest.  A round open when the service
+  schedule (waiting, within `window_max_delay_s`, for the time most sites
+  are inside the training windows their deferrals told), or when enough
+  sites alarmed, and records why (its trigger) in the audit log and in the
+  round's release manifest.  A round open when the service
   stops is abandoned: its plan is withdrawn, sites waiting in it are
   answered (FAILED_PRECONDITION, NOT_FOUND, or `finished`), nothing is
   published and no privacy is spent.  Its round number stays spent
@@ -184,7 +186,8 @@ async def serve_forever(store: SealedStore, listen: str, policy: CoordinatorConf
         said = ""
         while not stop.is_set():
             now = time.time()
-            d = decide(policy, now, steps.record.round_starts, desk.alarms(), started)
+            d = decide(policy, now, steps.record.round_starts, desk.alarms(), started,
+                       sorted(steps.c.sites), exchange.site_windows)
             if not d.start:
                 if d.reason != said:
                     log.info("no round now: %s%s", d.reason, "" if math.isinf(d.wake_at) else

@@ -24,6 +24,13 @@ One round, at a site:
 5. fetch the release, verify it and apply it (state.SiteContext); over files
    it comes later, by `hearth fed import-release`.  A withheld candidate
    has no release: the site keeps its version for the next round.
+
+Before step 1, a site outside its training windows (`[federation]
+training_windows`, energy/windows.py; `TrainingConditions` holds them with
+the clock) defers: it answers the plan "deferred until T" (`link.defer`)
+and waits for the next round; the plan is not entered in its ledger and
+costs no privacy.  Training in step 3 is metered (the same meters as the
+daemon's energy accounting), and the joules go with the update.
 """
 from __future__ import annotations
 
@@ -31,13 +38,17 @@ import hashlib
 import logging
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import tzinfo
 
+from runtime.energy.accountant import Meter
+from runtime.energy.windows import NO_WINDOWS, TrainingWindows
 from runtime.errors import FailedPrecondition
 from runtime.federation.aggregate import SiteUpdate
 from runtime.federation.participant import LocalUpdate, Trainer, plain_payload, secagg_payload
 from runtime.federation.plan import NO_FLOOR, RoundPlan, SitePolicy, accept_plan, read_plan
-from runtime.federation.release import ReleaseManifest
+from runtime.federation.release import ReleaseManifest, TrainingEnergy
 from runtime.federation.secagg import (
     AdvertiseKeys,
     EncryptedShares,
@@ -59,6 +70,8 @@ log = logging.getLogger("hearth.federation")
 
 _ONLINE_ONLY = ("secure aggregation is an exchange between online sites; this transport "
                 "cannot carry it")
+# What a deferring site tells of its windows: the next two days' openings.
+WINDOWS_HORIZON_S = 2 * 86400.0
 
 
 class CoordinatorLink(ABC):
@@ -98,12 +111,41 @@ class CoordinatorLink(ABC):
     def share_keys(self, round_no: int, shares: EncryptedShares) -> dict[str, bytes]:
         raise FailedPrecondition(_ONLINE_ONLY)
 
-    def submit_masked(self, round_no: int, masked: MaskedInput) -> tuple[list[str], list[str]]:
-        """(survivors, dropped)."""
+    def submit_masked(self, round_no: int, masked: MaskedInput,
+                      energy: TrainingEnergy | None = None) -> tuple[list[str], list[str]]:
+        """(survivors, dropped); `energy`: what training cost the site."""
         raise FailedPrecondition(_ONLINE_ONLY)
+
+    def defer(self, plan: RoundPlan, site: str, until: float,
+              windows: list[tuple[float, float]]) -> None:
+        """Answers the plan "deferred until `until`" (the site is outside its
+        training windows; `windows`: its next openings)."""
+        raise FailedPrecondition(f"round {plan.round}: this site is outside its training "
+                                 f"windows until {_utc(until)}; this transport cannot say "
+                                 "so, and the coordinator will count the site as late")
 
     def unmask(self, round_no: int, response: UnmaskResponse) -> None:
         raise FailedPrecondition(_ONLINE_ONLY)
+
+
+def _utc(t: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(t))
+
+
+@dataclass(frozen=True)
+class TrainingConditions:
+    """When a site trains and how the energy is measured: its windows, a
+    meter (runtime/energy: NVML, RAPL or the labelled estimate; None: not
+    measured), and the clock and time zone the windows are read in (passed
+    in, so a test decides what "now" is; tz None: local time)."""
+
+    windows: TrainingWindows = NO_WINDOWS
+    meter: Meter | None = None
+    clock: Callable[[], float] = time.time
+    tz: tzinfo | None = None
+
+
+ANY_TIME = TrainingConditions()
 
 
 @dataclass(frozen=True)
@@ -122,6 +164,9 @@ class SiteRun:
     rounds: list[int] = field(default_factory=list)
     releases: list[int] = field(default_factory=list)
     withheld: list[int] = field(default_factory=list)     # rounds whose candidate the gate refused
+    deferred: list[int] = field(default_factory=list)     # rounds outside the training windows
+    training_joules: float = 0.0                          # metered, over the rounds trained
+    energy_source: str = ""                               # the meter ("estimate": not measured)
 
 
 @dataclass(frozen=True)
@@ -130,6 +175,7 @@ class Answer:
     update: LocalUpdate
     trainer: Trainer
     verdict: GateVerdict | None = None
+    energy: TrainingEnergy | None = None
 
 
 def accept_site_plan(site: SiteContext, envelope: bytes, policy: SitePolicy = NO_FLOOR,
@@ -150,33 +196,69 @@ def accept_site_plan(site: SiteContext, envelope: bytes, policy: SitePolicy = NO
 
 
 def secure_exchange(link: CoordinatorLink, site: str, plan: RoundPlan, envelope: bytes,
-                    upd: LocalUpdate) -> None:
-    """The site's side of secure aggregation: only the masked vector leaves."""
+                    upd: LocalUpdate, energy: TrainingEnergy | None = None) -> None:
+    """The site's side of secure aggregation: only the masked vector leaves
+    (and, beside it, what training cost)."""
     agg = SecAggSite(site, hashlib.sha256(envelope).digest(), plan.min_sites)
     roster = link.advertise_keys(plan.round, agg.advertise())
     inbound = link.share_keys(plan.round, agg.share(roster))
     survivors, dropped = link.submit_masked(plan.round,
-                                            agg.mask(secagg_payload(upd, plan), inbound))
+                                            agg.mask(secagg_payload(upd, plan), inbound), energy)
     link.unmask(plan.round, agg.unmask(survivors, dropped))
+
+
+def defer_outside_windows(site: SiteContext, link: CoordinatorLink, envelope: bytes,
+                          conditions: TrainingConditions) -> float | None:
+    """None when the site may train now; else it answers the plan
+    "deferred until T" over `link` and returns T.  Only the plan's signature
+    is checked first: a deferral takes nothing on and spends nothing."""
+    now = conditions.clock()
+    w = conditions.windows
+    if w.inside(now, conditions.tz):
+        return None
+    plan = read_plan(envelope, site.federation_keys())
+    until = w.next_open(now, conditions.tz)
+    log.info("round %d: outside the training windows; deferred until %s", plan.round,
+             _utc(until))
+    link.defer(plan, site.record.site, until,
+               w.open_intervals(now, WINDOWS_HORIZON_S, conditions.tz))
+    return until
+
+
+def metered_training(site: SiteContext, plan: RoundPlan, data: SiteData, threads: int | None,
+                     seed: int | None, reuse: Trainer | None, meter: Meter | None
+                     ) -> tuple[LocalUpdate, Trainer, TrainingEnergy | None]:
+    """train_for_plan, with the energy it took on `meter` (loading the
+    trainer included: it is part of what a round costs)."""
+    before = meter.read() if meter is not None else None
+    upd, trainer = train_for_plan(site, plan, data, threads, seed, reuse)
+    if meter is None or before is None:
+        return upd, trainer, None
+    after = meter.read()
+    energy = TrainingEnergy(max(0.0, float(after.joules - before.joules)), str(after.source))
+    log.info("round %d: training took %.1f J (%s)", plan.round, energy.joules, energy.source)
+    return upd, trainer, energy
 
 
 def take_part(site: SiteContext, link: CoordinatorLink, envelope: bytes, data: SiteData,
               policy: SitePolicy = NO_FLOOR, threads: int | None = None,
-              seed: int | None = None, reuse: Trainer | None = None) -> Answer:
-    """Steps 1-3 of a round: accept, record, train, send."""
+              seed: int | None = None, reuse: Trainer | None = None,
+              meter: Meter | None = None) -> Answer:
+    """Steps 1-3 of a round: accept, record, train (metered), send."""
     plan = accept_site_plan(site, envelope, policy, link.secure_aggregation)
-    upd, trainer = train_for_plan(site, plan, data, threads, seed, reuse)
+    upd, trainer, energy = metered_training(site, plan, data, threads, seed, reuse, meter)
     log.info("round %d: trained on %d tokens, held-out perplexity %.3f -> %.3f locally, "
              "update norm %.4g", plan.round, upd.tokens, upd.ppl_start, upd.ppl_local,
              upd.norm)
     if plan.secure_aggregation:
-        secure_exchange(link, site.record.site, plan, envelope, upd)
+        secure_exchange(link, site.record.site, plan, envelope, upd, energy)
     else:
         blob = seal_update(SiteUpdate(site.record.site, plain_payload(upd), upd.tokens),
                            site.kit.federation, plan.round, site.signing_key,
-                           site.coordinator_exchange())
+                           site.coordinator_exchange(), energy)
         link.submit_update(plan, site.record.site, blob)
-    return Answer(plan, upd, trainer, judge_candidate(site, link, plan, data, threads, trainer))
+    return Answer(plan, upd, trainer, judge_candidate(site, link, plan, data, threads, trainer),
+                  energy)
 
 
 def judge_candidate(site: SiteContext, link: CoordinatorLink, plan: RoundPlan, data: SiteData,
@@ -211,18 +293,28 @@ def _fetch_and_apply(link: CoordinatorLink, site: SiteContext, after: int
 
 def participate(site: SiteContext, link: CoordinatorLink, data: SiteData,
                 policy: SitePolicy = NO_FLOOR, threads: int | None = None,
-                seed: int | None = None, after_round: int = 0) -> SiteRun:
+                seed: int | None = None, after_round: int = 0,
+                conditions: TrainingConditions = ANY_TIME) -> SiteRun:
     """Takes part in rounds after `after_round` until the coordinator has
-    finished, or until the link cannot bring a round's release (files)."""
+    finished, or until the link cannot bring a round's release (files).
+    A round that comes outside the site's training windows is deferred."""
     run = SiteRun(site.record.site)
     trainer: Trainer | None = None
     while (envelope := link.fetch_plan(after_round)) is not None:
         announced = read_plan(envelope, site.federation_keys())
+        if defer_outside_windows(site, link, envelope, conditions) is not None:
+            run.deferred.append(announced.round)
+            after_round = announced.round
+            continue
         if announced.adapter_version > site.record.applied_version:
             # Missed a release (joined late, or was down): catch up first.
             _fetch_and_apply(link, site, site.record.applied_version)
-        answer = take_part(site, link, envelope, data, policy, threads, seed, trainer)
+        answer = take_part(site, link, envelope, data, policy, threads, seed, trainer,
+                           conditions.meter)
         trainer = answer.trainer
+        if answer.energy is not None:
+            run.training_joules += answer.energy.joules
+            run.energy_source = answer.energy.source
         if run.ppl_before is None:
             run.ppl_before = answer.update.ppl_start
         run.rounds.append(answer.plan.round)

@@ -34,8 +34,9 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from runtime.errors import IntegrityError
+from runtime.errors import IntegrityError, InvalidArgument
 from runtime.federation.aggregate import SiteUpdate
+from runtime.federation.release import TrainingEnergy
 
 MAGIC = b"HEARTH-UPDATE-1\n"
 FORMAT = "hearth-update/1"
@@ -57,15 +58,20 @@ def _key(shared: bytes, header: bytes) -> bytes:
 
 
 def seal_update(update: SiteUpdate, federation: str, round_no: int, site_key: Ed25519PrivateKey,
-                coordinator: X25519PublicKey) -> bytes:
+                coordinator: X25519PublicKey, energy: TrainingEnergy | None = None) -> bytes:
+    """`energy`: what training the update cost the site (the optional header
+    members energy_joules and energy_source)."""
     eph = X25519PrivateKey.generate()
     vec = np.ascontiguousarray(update.delta, dtype="<f4")
-    header = json.dumps({
+    fields: dict[str, object] = {
         "format": FORMAT, "federation": federation, "round": round_no, "site": update.site,
         "tokens": update.tokens, "size": int(vec.size),
         "coordinator": x25519_fingerprint(coordinator),
         "ephemeral": base64.b64encode(eph.public_key().public_bytes(*_RAW)).decode(),
-    }, sort_keys=True, separators=(",", ":")).encode()
+    }
+    if energy is not None:
+        fields["energy_joules"], fields["energy_source"] = energy.joules, energy.source
+    header = json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()
     prefix = MAGIC + struct.pack(">I", len(header)) + header
     key = _key(eph.exchange(coordinator), header)
     body = AESGCM(key).encrypt(b"\0" * 12, vec.tobytes(), prefix)
@@ -82,6 +88,7 @@ class UpdateInbox:
     sites: dict[str, Ed25519PublicKey]      # enrolled sites and their signing keys
     size: int                               # expected update length
     received: set[str] = field(default_factory=set)
+    energy: dict[str, TrainingEnergy] = field(default_factory=dict)   # by site, when sent
 
     def open_update(self, blob: bytes) -> SiteUpdate:
         if not blob.startswith(MAGIC):
@@ -132,5 +139,11 @@ class UpdateInbox:
                                 f"{self.size}")
         if not isinstance(tokens, int) or isinstance(tokens, bool) or tokens <= 0:
             raise RefusedUpdate("update: token count must be a positive integer")
+        if "energy_joules" in h or "energy_source" in h:
+            try:
+                self.energy[site] = TrainingEnergy(h.get("energy_joules"),
+                                                   h.get("energy_source"))
+            except InvalidArgument as exc:
+                raise RefusedUpdate(f"update: {exc}") from None
         self.received.add(site)
         return SiteUpdate(site, np.frombuffer(plain, dtype="<f4").copy(), tokens)

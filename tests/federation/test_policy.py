@@ -176,3 +176,42 @@ def test_the_decision_names_its_trigger_for_the_release() -> None:
                  [Alarm("a", now - 1, flood)], service_started=T0)
     assert big.trigger is not None and sorted(big.trigger.signals) == sorted(
         f"s{i}" for i in range(MAX_TRIGGER_SIGNALS))
+
+
+def test_a_scheduled_round_waits_for_most_sites_windows_within_the_bound() -> None:
+    """Sites a and b told their windows (open 22:00-06:00, as a deferral
+    does), c told none (counts as inside): a round due at 12:00 waits for
+    22:00, when all three are inside; with a bound of 4 h it may not wait
+    that long and starts at once; a drift-triggered round never waits;
+    once 22:00 comes it starts.  Fails with the `drift` condition dropped
+    (tried: the drift round waits too)."""
+    night = [(T0 + 22 * 3600, T0 + 30 * 3600)]
+    windows = {"a": night, "b": night}
+    sites = ["a", "b", "c"]
+    p = CoordinatorConfig(daily_at=("12:00",), min_interval_s=0.0, window_max_delay_s=36000.0)
+    noon = T0 + 12 * 3600
+    d = decide(p, noon, [], [], T0, sites, windows)
+    assert not d.start and d.wake_at == T0 + 22 * 3600
+    assert "training windows until" in d.reason and "3 of 3 sites inside then, 1 now" in d.reason
+    assert decide(p, T0 + 22 * 3600, [], [], T0, sites, windows).start
+    short = CoordinatorConfig(daily_at=("12:00",), min_interval_s=0.0, window_max_delay_s=14400.0)
+    assert decide(short, noon, [], [], T0, sites, windows).start
+    assert decide(CoordinatorConfig(daily_at=("12:00",), min_interval_s=0.0), noon, [], [], T0,
+                  sites, windows).start                          # 0: never waits
+    drift = CoordinatorConfig(trigger_sites=1, min_interval_s=0.0, window_max_delay_s=36000.0)
+    assert decide(drift, noon, [], [Alarm("a", noon - 5)], T0, sites, windows).start
+    # windows that have all closed are stale: no wait
+    assert decide(p, noon, [], [], T0, sites, {"a": [(T0, T0 + 3600)]}).start
+
+
+def test_best_start_prefers_the_earliest_time_with_the_most_sites_inside() -> None:
+    from runtime.federation.policy import best_start, sites_inside
+
+    w = {"a": [(100.0, 200.0)], "b": [(150.0, 300.0)], "c": [(400.0, 500.0)]}
+    assert sites_inside(160.0, ["a", "b", "c"], w) == 2
+    assert best_start(0.0, 1000.0, ["a", "b", "c"], w) == 150.0
+    assert best_start(0.0, 120.0, ["a", "b", "c"], w) == 100.0
+    assert best_start(0.0, 50.0, ["a", "b", "c"], w) == 0.0
+    # a tie: the earliest (fails with `-t` dropped from the key: tried, 300)
+    assert best_start(0.0, 1000.0, ["a", "b"], {"a": [(100.0, 200.0)],
+                                                "b": [(300.0, 400.0)]}) == 100.0
