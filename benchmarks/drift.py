@@ -42,6 +42,7 @@ Gemma at N = 8).  Writes drift-cost-<stamp>.json and drift-cost-latest.json.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import random
@@ -60,7 +61,7 @@ import numpy as np
 from runtime.config import DriftConfig
 from runtime.drift.monitor import DriftMonitor, DriftSettings
 from runtime.drift.service import Projector, observation_of, settings_of
-from runtime.drift.signals import Observation
+from runtime.drift.signals import BY_NAME, Observation
 from runtime.events import RequestFinished, RequestSignals
 from runtime.native import EngineParams, NativeEngine, RequestParams, Sampling
 
@@ -132,10 +133,46 @@ def signal_pool(engine: NativeEngine, prompts: list[str], project: Projector,
     return pool
 
 
+def stream_rng(seed: int) -> np.random.Generator:
+    """The traffic's draws: a stream of its own, not the calibration's.  Seeded
+    with the bare `seed`, as the monitor's calibration is, the two drew the
+    same bits, and a stream's reference was correlated with its own
+    calibration's resamples."""
+    return np.random.default_rng((seed, 0x7AFF1C))
+
+
+def cached_pools(cache: Path | None, key: dict[str, Any],
+                 compute: Any) -> tuple[list[Observation], list[Observation]]:
+    """The two signal pools, from `cache` when it holds them for `key` (the
+    model's SHA-256, the domains, the pool size and the signal settings),
+    else computed and stored there: on Gemma they take half an hour on two
+    cores, and the statistics may be rerun many times on the same pools."""
+    if cache is None:
+        return compute()
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    path = cache / f"drift-pools-{digest}.npz"
+    if path.exists():
+        with np.load(path) as z:
+            names = [str(n) for n in z["names"]]
+            return tuple(
+                [Observation(dict(zip(names, (float(x) for x in row), strict=True)), vec)
+                 for row, vec in zip(z[f"{side}_scalars"], z[f"{side}_vectors"], strict=True)]
+                for side in ("home", "new"))  # type: ignore[return-value]
+    home, new = compute()
+    names = sorted(home[0].scalars)
+    cache.mkdir(parents=True, exist_ok=True)
+    arrays = {f"{side}_{part}": np.array([[o.scalars[n] for n in names] for o in pool])
+              if part == "scalars" else np.stack([o.vector for o in pool])
+              for side, pool in (("home", home), ("new", new))
+              for part in ("scalars", "vectors")}
+    np.savez(path, names=np.array(names), **arrays)  # type: ignore[arg-type]
+    return home, new
+
+
 def null_run(settings: DriftSettings, home: list[Observation], n: int, seed: int
              ) -> tuple[int, int]:
     """(alarm onsets, requests watched after the reference)."""
-    rng = np.random.default_rng(seed)
+    rng = stream_rng(seed)
     monitor = DriftMonitor(replace(settings, seed=seed), "null")
     onsets, alarmed = 0, False
     for _ in range(n):
@@ -149,7 +186,7 @@ def null_run(settings: DriftSettings, home: list[Observation], n: int, seed: int
 def shift_run(settings: DriftSettings, home: list[Observation], new: list[Observation],
               shift: float, after: int, seed: int) -> int | None:
     """Requests from the shift to the alarm's onset; None if none within `after`."""
-    rng = np.random.default_rng(seed)
+    rng = stream_rng(seed)
     monitor = DriftMonitor(replace(settings, seed=seed), "shift")
     for _ in range(settings.reference_size + settings.window):   # reference, then a full window
         monitor.observe(home[rng.integers(len(home))])
@@ -235,6 +272,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--window", type=int)
     ap.add_argument("--ert", type=int)
     ap.add_argument("--quick", action="store_true", help="a smoke run: 2 seeds, small sizes")
+    ap.add_argument("--pool-cache", type=Path, help="keep the engine's signal pools here, "
+                    "keyed by model digest and settings, and reuse them")
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--cost", action="store_true", help="measure throughput on/off instead")
     ap.add_argument("--concurrency", type=int, default=8)
@@ -262,6 +301,7 @@ def main(argv: list[str] | None = None) -> int:
                                             ("window", args.window),
                                             ("ert_requests", args.ert)) if v})
     settings = settings_of(cfg)
+    every = replace(settings, signals=tuple(BY_NAME))   # the pools hold every signal
     project = Projector(cfg.embedding_dims)
 
     model = args.model
@@ -269,14 +309,21 @@ def main(argv: list[str] | None = None) -> int:
         from runtime.models.tiny import write_tiny_model
         model = str(write_tiny_model(Path(tempfile.mkdtemp()) / "tiny.gguf"))
     t0 = time.monotonic()
-    engine = NativeEngine(EngineParams(model_path=model, n_parallel=4, n_ctx=4096,
-                                       drift_rows=cfg.nll_rows))
-    try:
-        home_texts, new_texts = domain_prompts(args.domains, args.pool)
-        home = signal_pool(engine, home_texts, project, settings, 1)
-        new = signal_pool(engine, new_texts, project, settings, 100_000)
-    finally:
-        engine.close()
+
+    def compute() -> tuple[list[Observation], list[Observation]]:
+        engine = NativeEngine(EngineParams(model_path=model, n_parallel=4, n_ctx=4096,
+                                           drift_rows=cfg.nll_rows))
+        try:
+            home_texts, new_texts = domain_prompts(args.domains, args.pool)
+            return (signal_pool(engine, home_texts, project, every, 1),
+                    signal_pool(engine, new_texts, project, every, 100_000))
+        finally:
+            engine.close()
+    from runtime.bundle.manifest import sha256_file
+    home, new = cached_pools(args.pool_cache, {
+        "model": sha256_file(Path(model)), "domains": args.domains, "pool": args.pool,
+        "nll_rows": cfg.nll_rows, "embedding_dims": cfg.embedding_dims,
+        "signals": list(every.signals)}, compute)
     pool_s = time.monotonic() - t0
     print(f"signal pools: {len(home)} home, {len(new)} new ({pool_s:.0f}s)", file=sys.stderr)
 
@@ -288,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
         per_seed.append(o)
         print(f"null seed {seed}: {o} false alarm(s) in {w} watched requests", file=sys.stderr)
     delays: dict[str, list[int | None]] = {}
-    for name in [*settings.signals, "combined"]:
+    for name in [*BY_NAME, "combined"]:          # every signal alone, then the watched ones
         s = settings if name == "combined" else replace(settings, signals=(name,))
         delays[name] = [shift_run(s, home, new, args.shift, args.after, seed)
                         for seed in range(args.seeds)]
@@ -303,7 +350,8 @@ def main(argv: list[str] | None = None) -> int:
     result: dict[str, Any] = {
         "model": model, "settings": {k: getattr(cfg, k) for k in (
             "reference_size", "window", "stride", "ert_requests", "embedding_dims")},
-        "signals": list(settings.signals), "pool": {"home": len(home), "new": len(new)},
+        "signals": list(settings.signals), "signals_alone": list(BY_NAME),
+        "pool": {"home": len(home), "new": len(new)},
         "domains": args.domains,
         "null": {"seeds": args.seeds, "requests_per_run": args.requests,
                  "false_alarms": onsets, "watched_requests": watched,

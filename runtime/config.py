@@ -49,8 +49,7 @@ ConfigError whose message starts with the dotted path of the key, e.g.
     window = 200                              # live sampled requests compared to it
     stride = 10                               # evaluate every this many
     ert_requests = 10000                      # expected requests between false alarms
-    signals = ["prompt_nll", "first_token_entropy", "completion_tokens",
-               "finish_stop", "prompt_embedding"]
+    signals = ["prompt_nll", "first_token_entropy", "prompt_embedding"]  # or more
     nll_rows = 64                             # logits rows per step for prompt NLL
     embedding_dims = 32                       # projected size of the prompt embedding
     retain_for_training = false               # keep sampled prompts (docs/drift.md)
@@ -244,8 +243,7 @@ class DriftConfig:
     window: int = 200
     stride: int = 10
     ert_requests: int = 10_000
-    signals: tuple[str, ...] = ("prompt_nll", "first_token_entropy", "completion_tokens",
-                                "finish_stop", "prompt_embedding")
+    signals: tuple[str, ...] = ("prompt_nll", "first_token_entropy", "prompt_embedding")
     nll_rows: int = 64
     embedding_dims: int = 32
     queue: int = 10_000             # events waiting for the drift worker; more are dropped

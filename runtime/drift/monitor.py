@@ -19,7 +19,7 @@ import numpy as np
 
 from runtime.drift.calibrate import VECTOR, Calibration, calibrate, window_statistics
 from runtime.drift.reference import ReferenceAggregate, ReferenceData
-from runtime.drift.signals import BY_NAME, Observation, SignalKind
+from runtime.drift.signals import BY_NAME, DEFAULT, Observation, SignalKind
 from runtime.drift.statistics import tail_p_values
 from runtime.errors import ConfigError, FailedPrecondition
 
@@ -30,7 +30,7 @@ class DriftSettings:
     window: int = 200                 # W: live requests compared against it
     stride: int = 10                  # evaluate every this many requests
     ert_requests: int = 10_000        # expected requests between false alarms
-    signals: tuple[str, ...] = tuple(BY_NAME)
+    signals: tuple[str, ...] = DEFAULT
     seed: int = 0
 
     def __post_init__(self) -> None:
