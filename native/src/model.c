@@ -164,11 +164,12 @@ enum llama_flash_attn_type hearth_flash_attn_type(int32_t setting) {
  * (MADV_DONTNEED on private anonymous memory) leaves them reading as zeros,
  * as llama.cpp left them, and resident only once a step writes its rows.
  * CPU only: with offload the buffer may be pinned host memory a GPU maps. */
-static void release_cleared_logits(hearth_engine *e, int32_t n_rows) {
+void hearth_release_cleared_logits(const hearth_engine *e, struct llama_context *ctx,
+                                   int32_t n_gpu_layers, int32_t n_rows) {
     const hearth_engine_params *p = &e->params;
-    bool offload = llama_supports_gpu_offload() && p->n_gpu_layers != 0;
+    bool offload = llama_supports_gpu_offload() && n_gpu_layers != 0;
     if (offload || (p->rpc_workers && p->rpc_workers[0]) || n_rows <= 0) return;
-    float *logits = llama_get_logits(e->ctx);
+    float *logits = llama_get_logits(ctx);
     long page = sysconf(_SC_PAGESIZE);
     if (!logits || page <= 0) return;
     uintptr_t lo = ((uintptr_t)logits + (uintptr_t)page - 1) & ~((uintptr_t)page - 1);
@@ -213,7 +214,7 @@ hearth_status hearth_model_create_context(hearth_engine *e) {
                            "llama.cpp could not create a context (n_ctx=%d, n_parallel=%d); "
                            "see the log", p->n_ctx, p->n_parallel);
     }
-    release_cleared_logits(e, p->n_parallel);  /* llama.cpp's rows: max(n_seq_max, ...) */
+    hearth_release_cleared_logits(e, e->ctx, p->n_gpu_layers, p->n_parallel);
     e->n_ctx = (int32_t)llama_n_ctx(e->ctx);
     /* With one stream per slot llama.cpp sizes each stream itself; with a
      * unified pool we split it evenly so the slots can never overrun it. */
