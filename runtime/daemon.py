@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import ctypes
 import json
 import logging
 import os
@@ -32,6 +33,7 @@ import resource
 import signal
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from runtime import errors
 from runtime.auth.authenticator import Authenticator
@@ -39,24 +41,28 @@ from runtime.auth.tokens import TokenStore
 from runtime.config import Config, ModelConfig, is_local_address
 from runtime.core import InferenceService
 from runtime.core.response_cache import ResponseCache
-from runtime.drift.retain import TrafficRetainer
-from runtime.drift.service import DriftService
 from runtime.energy.service import EnergyService
 from runtime.events import EventBus, ModelStateChanged, RequestFinished
 from runtime.exit_codes import ExitCode
-from runtime.federation.site_agent import SiteAgent, federation_models
-from runtime.federation.state import SiteContext
-from runtime.http import HttpGateway
 from runtime.logs import setup_logging
 from runtime.models.gpu_fallback import cpu_fallback
 from runtime.models.manager import ModelManager
 from runtime.reload import Reloader
 from runtime.server import GrpcServer
-from runtime.server.metrics import Metrics
 from runtime.storage.audit import AuditLog
 from runtime.storage.fsutil import atomic_write
 from runtime.storage.store import SealedStore
 from runtime.systemd import Notifier, watchdog
+
+# What only a configured feature needs is imported where it is built: the
+# drift watch (numpy), the HTTP gateway (aiohttp), metrics (prometheus_client)
+# and the federation site agent (x509).  A daemon without them stays about
+# 30 MB smaller (benchmarks/rss.py; tests/test_serving_imports.py).
+if TYPE_CHECKING:
+    from runtime.drift.retain import TrafficRetainer
+    from runtime.drift.service import DriftService
+    from runtime.federation.site_agent import SiteAgent
+    from runtime.http import HttpGateway
 
 log = logging.getLogger("hearth.serve")
 PRUNE_EVERY_S = 3600.0          # audit retention runs at start and hourly
@@ -82,9 +88,11 @@ class Daemon:
         self.energy = energy        # energy accounting, when [energy] is on
         self.grpc = GrpcServer(config, models, core, events, authenticator, drift)
         # The OpenAI-compatible HTTP gateway, over the same core and auth.
-        self.http = HttpGateway(core, authenticator,
-                                config.server.max_receive_message_bytes) \
-            if config.server.http_listen else None
+        self.http: HttpGateway | None = None
+        if config.server.http_listen:
+            from runtime.http import HttpGateway
+
+            self.http = HttpGateway(core, authenticator, config.server.max_receive_message_bytes)
         self.http_bound = ""
 
     @property
@@ -138,6 +146,8 @@ def build_daemon(config: Config, events: EventBus | None = None,
     authenticator = Authenticator(config.auth, config.acl, tokens)
     drift = None
     if config.drift.enabled:
+        from runtime.drift.service import DriftService
+
         drift = DriftService(config.drift, events, store)
         core.drift_sample = drift.should_sample
     energy = None
@@ -159,6 +169,8 @@ def start_metrics(daemon: Daemon, audit: AuditLog | None) -> str:
         return ""
     if not is_local_address(addr):
         raise errors.ConfigError(f"server.metrics_listen: {addr} is not a loopback address")
+    from runtime.server.metrics import Metrics
+
     metrics = Metrics(daemon.events, daemon.models, (lambda: audit.lag_s) if audit else None,
                       daemon.core.cache, daemon.drift, daemon.energy)
     port = metrics.serve(addr)
@@ -247,6 +259,8 @@ def build_retainer(daemon: Daemon, audit: AuditLog | None) -> TrafficRetainer | 
                                  "the drift watch samples, sealed under the audit log's "
                                  "per-subject keys: it needs [drift] enabled, the sealed "
                                  "store and server.audit")
+    from runtime.drift.retain import TrafficRetainer
+
     retainer = TrafficRetainer(audit, cfg.retention_days)
     daemon.events.subscribe(retainer.on_request, RequestFinished)
     daemon.core.collect_content = True      # the audit log seals it only with audit_content
@@ -264,6 +278,9 @@ def build_site_agent(daemon: Daemon, models: list[ModelConfig], store: SealedSto
     if store is None:
         raise errors.ConfigError("federation: reporting alarms and applying releases need "
                                  "the sealed store of a joined site (give the master key)")
+    from runtime.federation.site_agent import SiteAgent, federation_models
+    from runtime.federation.state import SiteContext
+
     try:
         site = SiteContext.open(store)
     except errors.FailedPrecondition as exc:
@@ -363,6 +380,26 @@ async def prune_audit(audit: AuditLog, retention_days: int, stop: asyncio.Event,
             await asyncio.wait_for(stop.wait(), every_s)
 
 
+MALLOC_ARENAS = 2       # glibc's own limit is 8 per core
+M_ARENA_MAX = -8        # mallopt's parameter number (malloc.h)
+
+
+def limit_malloc_arenas(arenas: int = MALLOC_ARENAS) -> None:
+    """glibc gives each new thread that allocates an arena of its own (up to
+    8 per core) and keeps what each arena once held; the gRPC, executor and
+    engine threads then each keep megabytes that one busy minute made
+    resident.  Two arenas: 5 MB less peak RSS at 16 streams on Gemma
+    (benchmarks/rss.py).  MALLOC_ARENA_MAX in the environment wins; without
+    glibc's mallopt, nothing changes."""
+    if "MALLOC_ARENA_MAX" in os.environ:
+        return
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return
+    mallopt(M_ARENA_MAX, arenas)
+
+
 def disable_core_dumps() -> None:
     """Decrypted weights and the master key live in this process; a core
     dump would write them to disk in the clear.  The unit says LimitCORE=0
@@ -379,6 +416,7 @@ def serve(config: Config, models: list[ModelConfig],
           reload_config: ConfigSource | None = None) -> int:
     """Runs the daemon until SIGTERM/SIGINT; returns its exit code.
     `open_store` is called once logging is set up (it may read a key)."""
+    limit_malloc_arenas()   # before the threads that would each take one
     setup_logging(config.server.log_level, config.server.log_format)
     fallback = cpu_fallback()
     if fallback:

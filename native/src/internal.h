@@ -380,6 +380,10 @@ hearth_status hearth_model_load(struct hearth_engine *e);
 enum llama_flash_attn_type hearth_flash_attn_type(int32_t setting);
 hearth_status hearth_model_create_context(struct hearth_engine *e);
 hearth_status hearth_model_embed(struct hearth_engine *e, hearth_request *r);
+/* model.c: the pages of a new context's zeroed logits buffer (n_rows rows)
+ * back to the kernel, on the CPU only. */
+void hearth_release_cleared_logits(const struct hearth_engine *e, struct llama_context *ctx,
+                                   int32_t n_gpu_layers, int32_t n_rows);
 
 static inline bool hearth_engine_has_draft(const hearth_engine_params *p) {
     return (p->draft_path && p->draft_path[0]) || p->draft_fd >= 0;

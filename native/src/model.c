@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 static pthread_once_t backend_once = PTHREAD_ONCE_INIT;
@@ -157,6 +158,26 @@ enum llama_flash_attn_type hearth_flash_attn_type(int32_t setting) {
                           : LLAMA_FLASH_ATTN_TYPE_ENABLED;
 }
 
+/* llama.cpp zeroes its logits buffer (n_seq_max rows of n_vocab floats:
+ * 32 MiB for Gemma 3 at 32 slots) as it creates a context, which makes all
+ * of it resident before a single row is used.  Handing those pages back
+ * (MADV_DONTNEED on private anonymous memory) leaves them reading as zeros,
+ * as llama.cpp left them, and resident only once a step writes its rows.
+ * CPU only: with offload the buffer may be pinned host memory a GPU maps. */
+void hearth_release_cleared_logits(const hearth_engine *e, struct llama_context *ctx,
+                                   int32_t n_gpu_layers, int32_t n_rows) {
+    const hearth_engine_params *p = &e->params;
+    bool offload = llama_supports_gpu_offload() && n_gpu_layers != 0;
+    if (offload || (p->rpc_workers && p->rpc_workers[0]) || n_rows <= 0) return;
+    float *logits = llama_get_logits(ctx);
+    long page = sysconf(_SC_PAGESIZE);
+    if (!logits || page <= 0) return;
+    uintptr_t lo = ((uintptr_t)logits + (uintptr_t)page - 1) & ~((uintptr_t)page - 1);
+    uintptr_t hi = ((uintptr_t)logits + (size_t)n_rows * (size_t)e->n_vocab * sizeof(float))
+                   & ~((uintptr_t)page - 1);
+    if (hi > lo) madvise((void *)lo, hi - lo, MADV_DONTNEED);   /* advice: failure is harmless */
+}
+
 hearth_status hearth_model_create_context(hearth_engine *e) {
     const hearth_engine_params *p = &e->params;
     struct llama_context_params cp = llama_context_default_params();
@@ -193,6 +214,7 @@ hearth_status hearth_model_create_context(hearth_engine *e) {
                            "llama.cpp could not create a context (n_ctx=%d, n_parallel=%d); "
                            "see the log", p->n_ctx, p->n_parallel);
     }
+    hearth_release_cleared_logits(e, e->ctx, p->n_gpu_layers, p->n_parallel);
     e->n_ctx = (int32_t)llama_n_ctx(e->ctx);
     /* With one stream per slot llama.cpp sizes each stream itself; with a
      * unified pool we split it evenly so the slots can never overrun it. */

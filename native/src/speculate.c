@@ -120,6 +120,7 @@ hearth_status hearth_draft_create(hearth_engine *e) {
         hearth_draft_free(d, p->n_parallel);
         return hearth_fail(HEARTH_E_LOAD_FAILED, "could not create the draft model's context");
     }
+    hearth_release_cleared_logits(e, d->ctx, p->draft_n_gpu_layers, p->n_parallel);
     e->draft = d;
     return HEARTH_OK;
 }

@@ -6,11 +6,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-from runtime.bundle.build import BundleBuilder, BundleSpec, read_info, unpack
-from runtime.bundle.manifest import create_signing_key, fingerprint, verify_bundle
 from runtime.config import check_config_name
 from runtime.errors import ConfigError
 from runtime.exit_codes import ExitCode
+
+# runtime.bundle (tarfile, importlib.metadata, signing) is imported by each
+# command: every `hearth` run, the daemon's too, builds this parser.
 
 SOURCE = Path(__file__).resolve().parents[2]
 
@@ -23,6 +24,8 @@ def cmd_keygen(args: argparse.Namespace) -> int:
     path = Path(args.path)
     if path.exists():
         raise ConfigError(f"{path} exists; not overwriting a signing key")
+    from runtime.bundle.manifest import create_signing_key, fingerprint
+
     key = create_signing_key(path)
     print(fingerprint(key.public_key()))
     _err(f"wrote {path} (mode 0600). Give the fingerprint above to the sites, by a channel "
@@ -48,6 +51,8 @@ def _models(args: argparse.Namespace) -> list[tuple[str, Path]]:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
+    from runtime.bundle.build import BundleBuilder, BundleSpec
+
     spec = BundleSpec(out=Path(args.out), source=Path(args.source),
                       signing_key=Path(args.signing_key), flavour=args.flavour,
                       models=_models(args), log=_err)
@@ -61,6 +66,9 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
+    from runtime.bundle.build import read_info, unpack
+    from runtime.bundle.manifest import verify_bundle
+
     with tempfile.TemporaryDirectory(prefix="hearth-verify-") as tmp:
         root = unpack(Path(args.bundle), Path(tmp))
         entries = verify_bundle(root, args.fingerprint)

@@ -15,14 +15,17 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import TYPE_CHECKING
 
 from runtime.cli.state import add_state_options, opened_store
 from runtime.distill.early_exit import MERGED_TYPES, check_draft_layers
-from runtime.distill.job import DistillReport, DistillSettings, distill
 from runtime.exit_codes import ExitCode
 from runtime.names import check_name
 from runtime.sources import STORE_PREFIX, parse_source
 from runtime.storage.store import Kind
+
+if TYPE_CHECKING:   # the job (numpy, the trainer) loads when a distillation runs
+    from runtime.distill.job import DistillReport
 
 
 def _say(text: str) -> None:
@@ -37,6 +40,7 @@ def _print_report(r: DistillReport, where: str) -> None:
 
 
 def cmd_distill(args: argparse.Namespace) -> int:
+    from runtime.distill.job import DistillSettings, distill
     from runtime.federation.site_training import site_data
     from runtime.federation.train.hparams import hparams_from_info
     from runtime.models.opener import open_source

@@ -15,12 +15,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
-
 from runtime.errors import InvalidArgument
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:   # imported on use: `hearth` starts (and serves) without them
     import gguf
+    import numpy as np
 
 # How a replaced tensor is stored.  q8_0 keeps a merged weight within about
 # 0.4% of its float value at a quarter of f32's size, so the draft's layers
@@ -41,6 +40,7 @@ def check_draft_layers(n_layers: int, model_layers: int) -> None:
 
 def _encoded(values: np.ndarray, kind: str) -> tuple[np.ndarray, gguf.GGMLQuantizationType]:
     import gguf
+    import numpy as np
 
     if kind == "f32":
         return np.ascontiguousarray(values, dtype=np.float32), gguf.GGMLQuantizationType.F32

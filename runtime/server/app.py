@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from typing import TYPE_CHECKING
 
 import grpc
 from grpc_health.v1 import health_pb2_grpc
@@ -31,13 +32,15 @@ from runtime.auth.tls import server_credentials
 from runtime.config import Config, check_listeners
 from runtime.core import InferenceService
 from runtime.core.explain import Explainer
-from runtime.drift.service import DriftService
 from runtime.events import EventBus
 from runtime.models.manager import ModelManager
 from runtime.server.health import NOT_SERVING, HealthTracker
 from runtime.server.kserve import KServeServicer
 from runtime.server.registry import add_service
 from runtime.server.servicers import InferenceServicer, ModelsServicer
+
+if TYPE_CHECKING:   # the drift watch (and numpy) load only when [drift] is on
+    from runtime.drift.service import DriftService
 
 INFERENCE = inference_pb2.DESCRIPTOR.services_by_name["Inference"]
 MODELS = models_pb2.DESCRIPTOR.services_by_name["Models"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -18,10 +18,12 @@ from prometheus_client.registry import Collector
 
 from runtime import errors
 from runtime.core.response_cache import ResponseCache
-from runtime.drift.service import DriftService
 from runtime.energy.service import EnergyService
 from runtime.events import EventBus, RequestFinished
 from runtime.models.manager import ModelManager
+
+if TYPE_CHECKING:
+    from runtime.drift.service import DriftService
 
 log = logging.getLogger("hearth.metrics")
 

@@ -9,6 +9,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 import grpc
 
@@ -18,10 +19,12 @@ from runtime._proto.hearth.v1 import models_pb2 as mpb
 from runtime.auth import principal
 from runtime.core import CallContext, GenerateChunk, InferenceService, ModelRepository
 from runtime.core.explain import Explainer
-from runtime.drift.service import DriftService
 from runtime.names import check_name
 from runtime.request_meta import REQUEST_ID_KEY, SUBJECT_KEY, sane_request_id, sane_subject
 from runtime.server import converters
+
+if TYPE_CHECKING:   # the drift watch (and numpy) load only when [drift] is on
+    from runtime.drift.service import DriftService
 
 
 def call_context(context: grpc.aio.ServicerContext) -> CallContext:
