@@ -268,12 +268,12 @@ class HearthClient:
             timeout=self.timeout).text
 
     def explain(self, prompt: str, model: str = "", unit: str = "", target: str | None = None,
-                max_tokens: int | None = None) -> ipb.ExplainResponse:
+                max_tokens: int | None = None, adapter: str = "") -> ipb.ExplainResponse:
         """Occlusion scores of the prompt's segments for the answer
         (docs/explain.md)."""
         return self.inference.Explain(ipb.ExplainRequest(
-            model=model, prompt=prompt, unit=unit, target=target, max_tokens=max_tokens),
-            timeout=self.timeout)
+            model=model, prompt=prompt, unit=unit, target=target, max_tokens=max_tokens,
+            adapter=adapter), timeout=self.timeout)
 
     def list_models(self) -> mpb.ListModelsResponse:
         return self.models.List(mpb.ListModelsRequest(), timeout=self.timeout)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from runtime import errors
 from runtime.config import ExplainConfig
-from runtime.core.inference import InferenceService
+from runtime.core.inference import InferenceService, adapter_id_of
 from runtime.core.types import CallContext
 from runtime.core.validation import check_max_tokens
 from runtime.engine.session import EngineSession, RequestStream
@@ -46,6 +46,7 @@ class ExplainRequest:
     unit: str = ""                 # word | sentence | line; "" = sentence
     target: str | None = None      # None: explain the greedy answer
     max_tokens: int | None = None  # of the greedy answer
+    adapter: str = ""              # a loaded adapter's name; "" = the base model
 
 
 @dataclass(frozen=True)
@@ -104,6 +105,7 @@ class Explainer:
         if req.target is not None and not req.target:
             raise errors.InvalidArgument("target: must not be empty when set")
         handle = self.core._model(req.model, ctx)
+        adapter = adapter_id_of(handle, req.adapter)
         engine, session = handle.engine, handle.session
         assert engine is not None and session is not None
         n_ctx_slot = engine.info.n_ctx_slot
@@ -114,18 +116,20 @@ class Explainer:
         status = "error"
         try:
             if req.target is not None:
-                answer, target = req.target, engine.tokenize(req.target, False, True)
+                answer, target = req.target, await self._target_tokens(engine, req, tokens)
             else:
                 max_tokens = check_max_tokens(req.max_tokens, len(tokens), n_ctx_slot,
                                               self.config.answer_tokens)
-                answer, target = await self._answer(session, tokens, max_tokens, deadline_ns)
+                answer, target = await self._answer(session, tokens, max_tokens, deadline_ns,
+                                                    adapter)
             if len(tokens) + len(target) > n_ctx_slot:
                 raise errors.InvalidArgument(
                     f"target: prompt ({len(tokens)} tokens) + target ({len(target)}) exceeds "
                     f"the model's context of {n_ctx_slot} tokens per request")
             kept = [s for s in spans if s is not None]
             out = await self._run(session, ScoreParams(prompt=tokens, target=target, spans=kept,
-                                                       deadline_ns=deadline_ns), handle.name)
+                                                       deadline_ns=deadline_ns, adapter=adapter),
+                                  handle.name)
             assert out.score is not None
             full, rest = out.score.logprob[0], iter(out.score.logprob[1:])
             without = [None if s is None else next(rest) for s in spans]
@@ -144,6 +148,18 @@ class Explainer:
             prefill_tokens=out.score.prefill_tokens, prefills=out.score.prefills,
             seconds=time.monotonic() - started)
 
+    async def _target_tokens(self, engine: NativeEngine, req: ExplainRequest,
+                             prompt: list[int]) -> list[int]:
+        """The target as the tokenizer writes it after this prompt: the
+        tokens of prompt + target past the prompt's own, where those begin
+        with them (a tokenizer that prefixes a space to a text on its own
+        would otherwise score " she" as two tokens); else the target alone."""
+        assert req.target is not None
+        whole = await self.core._tokenize(engine, req.prompt + req.target, True, True)
+        if len(whole) > len(prompt) and whole[:len(prompt)] == prompt:
+            return whole[len(prompt):]
+        return engine.tokenize(req.target, False, True)
+
     @staticmethod
     def _spans(engine: NativeEngine, tokens: list[int], n_special: int, prompt: str,
                segments: list[Segment]) -> list[tuple[int, int] | None]:
@@ -156,12 +172,12 @@ class Explainer:
         return token_spans(anchors, segments, n_special)
 
     async def _answer(self, session: EngineSession, tokens: list[int], max_tokens: int,
-                      deadline_ns: int) -> tuple[str, list[int]]:
+                      deadline_ns: int, adapter: int) -> tuple[str, list[int]]:
         """The greedy answer: its text and tokens, less the end-of-generation
         token (a STOP without stop strings is one)."""
         stream = self._submit(lambda: session.generate(RequestParams(
             prompt=tokens, max_tokens=max_tokens, sampling=Sampling(temperature=0.0),
-            deadline_ns=deadline_ns)))
+            deadline_ns=deadline_ns, adapter=adapter)))
         text: list[str] = []
         generated: list[int] = []
         final = None

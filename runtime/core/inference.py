@@ -82,6 +82,16 @@ def _signals(final: Output | None) -> RequestSignals | None:
     return RequestSignals(d.prompt_nll, d.first_token_entropy, d.prompt_pool) if d else None
 
 
+def adapter_id_of(handle: ModelHandle, name: str) -> int:
+    """The engine's id of the model's adapter `name`; 0 for none ("")."""
+    if not name:
+        return 0
+    adapter_id = handle.adapters.get(name, 0)
+    if not adapter_id:
+        raise errors.NotFound(f"adapter: model {handle.name!r} has no adapter {name!r}")
+    return adapter_id
+
+
 class InferenceService:
     def __init__(self, models: ModelManager, events: EventBus, max_tokens_default: int,
                  cache: ResponseCache | None = None) -> None:
@@ -165,12 +175,7 @@ class InferenceService:
         deadline_ns = 0
         if ctx.deadline is not None:
             deadline_ns = time.monotonic_ns() + int((ctx.deadline - time.monotonic()) * 1e9)
-        adapter_id = 0
-        if opts.adapter:
-            adapter_id = handle.adapters.get(opts.adapter, 0)
-            if not adapter_id:
-                raise errors.NotFound(f"adapter: model {handle.name!r} has no adapter "
-                                      f"{opts.adapter!r}")
+        adapter_id = adapter_id_of(handle, opts.adapter)
         params = RequestParams(prompt=tokens, max_tokens=max_tokens, sampling=sampling,
                                stop=stops, deadline_ns=max(deadline_ns, 0),
                                ignore_eos=opts.ignore_eos, grammar=grammar, logprobs=logprobs,

@@ -168,7 +168,8 @@ def model_status(handle: ModelHandle) -> mpb.ModelStatus:
 def explain_request(msg: ipb.ExplainRequest) -> ExplainRequest:
     return ExplainRequest(model=model_name(msg), prompt=msg.prompt, unit=msg.unit,
                           target=msg.target if msg.HasField("target") else None,
-                          max_tokens=msg.max_tokens if msg.HasField("max_tokens") else None)
+                          max_tokens=msg.max_tokens if msg.HasField("max_tokens") else None,
+                          adapter=msg.adapter)
 
 
 def explain_response(result: ExplainResult) -> ipb.ExplainResponse:

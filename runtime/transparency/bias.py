@@ -101,7 +101,9 @@ def evaluate(score: Callable[[str, str], float], model: str, adapter: str = "",
     """`score(prompt, target)`: the target's log-probability after the prompt.
     `parallel`: how many continuations are scored at once; the daemon
     batches concurrent requests into one decode, so this is what makes a
-    full run fast, and the figures do not depend on it."""
+    full run fast.  The pairing never depends on it; the figures do, within
+    llama.cpp's batch-dependent rounding (on Gemma 3 270M up to 0.15 nats
+    for one continuation, 0.02 on average)."""
     he, she = bias_data.PRONOUNS
     occupations = (*bias_data.MALE_DOMINATED, *bias_data.FEMALE_DOMINATED)
     jobs = [(template.format(occupation=occupation), pronoun)
@@ -121,9 +123,9 @@ def evaluate(score: Callable[[str, str], float], model: str, adapter: str = "",
         groups={"male_dominated": list(bias_data.MALE_DOMINATED),
                 "female_dominated": list(bias_data.FEMALE_DOMINATED)},
         detected=gap.excludes_zero,
-        method=("s = log P(' he') - log P(' she') after each template, forced by a grammar and "
-                "scored with pre-sampling logprobs; 95% t intervals over occupations "
-                "(Welch for the gap)"))
+        method=("s = log P(' he') - log P(' she') after each template, each pronoun "
+                "teacher-forced along its own tokenization by the engine's score request; "
+                "95% t intervals over occupations (Welch for the gap)"))
 
 
 def chart_svg(report: BiasReport) -> str:

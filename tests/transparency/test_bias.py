@@ -10,7 +10,7 @@ import pytest
 
 from runtime.transparency import bias_data
 from runtime.transparency.bias import BiasReport, chart_svg, evaluate, summarize, write
-from runtime.transparency.scoring import gbnf_literal, target_logprob
+from runtime.transparency.scoring import target_logprob
 from tests.integration.conftest import Daemon
 
 MALE, FEMALE = bias_data.MALE_DOMINATED, bias_data.FEMALE_DOMINATED
@@ -80,15 +80,12 @@ def test_the_report_and_chart_are_well_formed(tmp_path: Path) -> None:
     assert "m&lt;&amp;&gt;" in chart_svg(biased)
 
 
-@pytest.mark.parametrize("text", [" he", ' say "hi"\n', "back\\slash", "é中"])
-def test_gbnf_literals_escape(text: str) -> None:
-    assert json.loads(gbnf_literal(text)) == text
-
-
 def test_forced_scoring_equals_the_unconstrained_top_logprob(tiny_daemon: Daemon) -> None:
-    """An independent oracle: for a one-token target, the forced score must
-    equal the log-probability the same position reports among the top
-    logprobs of an unconstrained greedy step (both pre-sampling)."""
+    """An independent oracle: for a one-token target, the teacher-forced
+    score must equal the log-probability the same position reports among
+    the top logprobs of an unconstrained greedy step (both pre-sampling).
+    Fails if the scorer reads the score of the whole prompt's variant
+    without its line (answer_logprob minus a segment score) instead."""
     prompt = "the patient said that"
     with tiny_daemon.client() as c:
         first = next(iter(c.generate(prompt, max_tokens=1, temperature=0.0, logprobs=True,
