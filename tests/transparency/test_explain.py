@@ -54,6 +54,17 @@ def test_a_target_is_scored_instead_of_the_answer(tiny_daemon: Daemon) -> None:
     assert reply.answer_logprob < 0
 
 
+def test_an_unknown_adapter_is_not_found(tiny_daemon: Daemon) -> None:
+    """Explain (and so `eval bias --adapter`) scores under the adapter it
+    names; a name the model has not loaded is NOT_FOUND, never silently the
+    base model.  Fails if ExplainRequest.adapter is dropped by the
+    converter (the call then succeeds on the base model)."""
+    with tiny_daemon.client() as c, pytest.raises(grpc.RpcError) as info:
+        c.explain("a b", target=" c", adapter="no-such-adapter")
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
+    assert "no-such-adapter" in (info.value.details() or "")
+
+
 @pytest.mark.parametrize(("kwargs", "field"), [
     ({"prompt": ""}, "prompt"),
     ({"prompt": "   \n "}, "prompt"),
