@@ -25,7 +25,7 @@ from runtime.federation.online_site import GrpcLink
 from runtime.federation.plan import TrainerSettings
 from runtime.federation.release import key_fingerprint
 from runtime.federation.serve import serve_rounds
-from runtime.federation.site_loop import SiteRun, participate
+from runtime.federation.site_loop import ANY_TIME, SiteRun, TrainingConditions, participate
 from runtime.federation.site_training import SiteData
 from runtime.federation.state import (
     SiteContext,
@@ -97,10 +97,12 @@ def make_federation(root: Path, model: Path, trainer: TrainerSettings, n_sites: 
     return Federation(root / "coordinator", sites)
 
 
-def run_rounds(fed: Federation, data: dict[str, SiteData], rounds: int, root: Path
+def run_rounds(fed: Federation, data: dict[str, SiteData], rounds: int, root: Path,
+               conditions: dict[str, TrainingConditions] | None = None
                ) -> tuple[dict[str, Any], dict[str, SiteRun]]:
     """`rounds` online rounds: the coordinator in one thread, each site in
-    its own, over loopback."""
+    its own, over loopback; `conditions`: a site's training windows, clock
+    and meter (default: any time)."""
     ready = root / "coordinator.addr"
     ready.unlink(missing_ok=True)
     out: dict[str, Any] = {}
@@ -121,7 +123,8 @@ def run_rounds(fed: Federation, data: dict[str, SiteData], rounds: int, root: Pa
             ctx = SiteContext.open(store)
             link = GrpcLink(ctx, ready.read_text(), wait_s=300.0)
             try:
-                out[name] = participate(ctx, link, data[name], threads=1, seed=0)
+                out[name] = participate(ctx, link, data[name], threads=1, seed=0,
+                                        conditions=(conditions or {}).get(name, ANY_TIME))
             finally:
                 link.close()
         except BaseException as exc:

@@ -16,8 +16,6 @@ until when; and the deferral rules (not twice, not after taking part).
 from __future__ import annotations
 
 import asyncio
-import threading
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -38,7 +36,6 @@ from runtime.federation.coordinator import FederationSettings
 from runtime.federation.documents import open_release_file
 from runtime.federation.enrollment import enroll_site, init_coordinator, issue_kit, join_site
 from runtime.federation.online import FederationServicer, GrpcExchange
-from runtime.federation.online_site import GrpcLink
 from runtime.federation.plan import TrainerSettings
 from runtime.federation.release import (
     TrainingEnergy,
@@ -47,16 +44,16 @@ from runtime.federation.release import (
     parse_manifest,
 )
 from runtime.federation.rounds import CoordinatorRounds, drive_round
-from runtime.federation.serve import serve_rounds
-from runtime.federation.site_loop import SiteRun, TrainingConditions, participate
+from runtime.federation.site_loop import SiteRun, TrainingConditions
 from runtime.federation.site_training import SiteData
 from runtime.federation.state import SiteContext, coordinator_keys, file_sha256
 from runtime.federation.train import LoraSpec, lora_layout, trainable_size
 from runtime.federation.update_bundle import seal_update
-from runtime.storage.keys import KeySource
 from runtime.storage.store import Kind, SealedStore
+from tests.federation.test_gate_round import KEY as GATE_KEY
+from tests.federation.test_gate_round import Federation, run_rounds
 
-KEY = KeySource("key-file", "test", b"w" * 32)
+KEY = GATE_KEY            # the stores open under the harness run_rounds uses
 TRAINER = TrainerSettings(rank=2, steps=2, learning_rate=0.01, batch_tokens=64)
 NIGHT = TrainingWindows.parse(["22:00-06:00"], GridIntensity.parse(0))
 NOON = datetime(2026, 12, 2, 12, 0, tzinfo=UTC).timestamp()
@@ -96,51 +93,10 @@ def make_federation(root: Path, model: Path, n_sites: int, min_sites: int
 
 def run_round(coordinator: Path, sites: dict[str, Path], conditions: dict[str, TrainingConditions],
               root: Path) -> tuple[dict[str, Any], dict[str, SiteRun]]:
-    """One online round: the coordinator in one thread, each site in its own."""
-    ready = root / "coordinator.addr"
-    out: dict[str, Any] = {}
-
-    def serve() -> None:
-        store = SealedStore.open(coordinator, KEY)
-        try:
-            out["summary"] = asyncio.run(serve_rounds(store, "127.0.0.1:0", 1, 120.0,
-                                                      str(ready), 0.5))
-        except BaseException as exc:            # reported below
-            out["error"] = exc
-        finally:
-            store.close()
-
-    def site(name: str) -> None:
-        store = SealedStore.open(sites[name], KEY)
-        try:
-            ctx = SiteContext.open(store)
-            link = GrpcLink(ctx, ready.read_text(), wait_s=300.0)
-            try:
-                out[name] = participate(ctx, link, data(int(name[-1])), threads=1, seed=0,
-                                        conditions=conditions[name])
-            finally:
-                link.close()
-        except BaseException as exc:
-            out[f"{name}-error"] = exc
-        finally:
-            store.close()
-
-    server = threading.Thread(target=serve, daemon=True)
-    server.start()
-    deadline = time.monotonic() + 60
-    while not ready.exists():
-        assert server.is_alive() and time.monotonic() < deadline, out.get("error")
-        time.sleep(0.05)
-    workers = [threading.Thread(target=site, args=(name,)) for name in sites]
-    for w in workers:
-        w.start()
-    for w in workers:
-        w.join(600)
-    errors = {k: v for k, v in out.items() if k.endswith("error")}
-    assert not errors, errors
-    server.join(600)
-    assert "error" not in out, out["error"]
-    return out["summary"], {name: out[name] for name in sites}
+    """One online round over loopback (test_gate_round's harness), each site
+    under its own training conditions."""
+    return run_rounds(Federation(coordinator, sites),
+                      {name: data(int(name[-1])) for name in sites}, 1, root, conditions)
 
 
 def stored_manifest(coordinator: Path) -> Any:
