@@ -295,7 +295,7 @@ def test_the_candidate_goes_to_counted_sites_and_a_late_one_learns_the_decision(
     async def run() -> None:
         x = GrpcExchange()
         servicer = FederationServicer(x)
-        plan = SimpleNamespace(round=1, adapter_version=2)
+        plan = SimpleNamespace(round=1, adapter_version=2, secure_aggregation=False)
         await x.announce_plan(plan, b"plan", {"ward-0", "ward-1"})  # type: ignore[arg-type]
         as_site("ward-0")                       # the task takes the context as it is now
         waiting = asyncio.create_task(servicer.GetCandidate(fpb.GetCandidateRequest(round=1),
