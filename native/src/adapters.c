@@ -41,7 +41,7 @@ hearth_status hearth_engine_adapter_load(hearth_engine *e, const char *path, int
         }
         fseek(f, 0, SEEK_SET);
     }
-    pthread_mutex_lock(&e->step_mu);
+    hearth_step_lock_outside(e);
     hearth_llama_clear_error();
     struct llama_adapter_lora *lora = f ? llama_adapter_lora_init_from_file_ptr(e->model, f)
                                         : llama_adapter_lora_init(e->model, path);
@@ -69,7 +69,7 @@ hearth_status hearth_engine_adapter_load(hearth_engine *e, const char *path, int
             llama_adapter_lora_free(lora);
         }
     }
-    pthread_mutex_unlock(&e->step_mu);
+    hearth_step_unlock_outside(e);
     if (f) {
         fclose(f);
     }
@@ -105,7 +105,7 @@ hearth_status hearth_engine_adapter_unload(hearth_engine *e, int32_t id) {
     if (!e) {
         return hearth_fail(HEARTH_E_INVALID_ARGUMENT, "adapter_unload: NULL engine");
     }
-    pthread_mutex_lock(&e->step_mu);
+    hearth_step_lock_outside(e);
     pthread_mutex_lock(&e->mu);
     adapter_entry *a = find(e, id);
     hearth_status st = HEARTH_OK;
@@ -120,7 +120,7 @@ hearth_status hearth_engine_adapter_unload(hearth_engine *e, int32_t id) {
     if (st == HEARTH_OK) {
         collect_retired(e, false);
     }
-    pthread_mutex_unlock(&e->step_mu);
+    hearth_step_unlock_outside(e);
     return st;
 }
 

@@ -129,9 +129,21 @@ static void engine_destroy(hearth_engine *e) {
     if (e->event_fd >= 0) close(e->event_fd);
     pthread_mutex_destroy(&e->mu);
     pthread_mutex_destroy(&e->step_mu);
+    pthread_cond_destroy(&e->step_cv);
     pthread_mutex_destroy(&e->ready_mu);
     pthread_cond_destroy(&e->cv);
     free(e);
+}
+
+void hearth_step_lock_outside(hearth_engine *e) {
+    atomic_fetch_add(&e->step_waiters, 1);
+    pthread_mutex_lock(&e->step_mu);
+}
+
+void hearth_step_unlock_outside(hearth_engine *e) {
+    atomic_fetch_sub(&e->step_waiters, 1);
+    pthread_cond_broadcast(&e->step_cv);   /* the engine thread may be waiting for us */
+    pthread_mutex_unlock(&e->step_mu);
 }
 
 hearth_status hearth_engine_create(const hearth_engine_params *p, hearth_engine **out) {
@@ -150,6 +162,8 @@ hearth_status hearth_engine_create(const hearth_engine_params *p, hearth_engine 
     e->event_fd = -1;
     pthread_mutex_init(&e->mu, NULL);
     pthread_mutex_init(&e->step_mu, NULL);
+    pthread_cond_init(&e->step_cv, NULL);
+    atomic_init(&e->step_waiters, 0);
     pthread_mutex_init(&e->ready_mu, NULL);
     pthread_cond_init(&e->cv, NULL);
     e->params = *p;

@@ -522,6 +522,9 @@ void *hearth_engine_main(void *arg) {
         pthread_mutex_unlock(&e->mu);
 
         pthread_mutex_lock(&e->step_mu);
+        while (atomic_load(&e->step_waiters) > 0) {
+            pthread_cond_wait(&e->step_cv, &e->step_mu);   /* let them in first */
+        }
         n_plan = hearth_adapters_select(e, n_plan);
         if (embed) {
             run_embedding(e, embed);

@@ -277,6 +277,11 @@ struct hearth_engine {
      * llama.cpp's model keeps its adapters in a set that graph building
      * reads. */
     pthread_mutex_t step_mu;
+    /* Threads other than the engine's waiting for step_mu, and the
+     * condition the engine thread waits on until they have had it
+     * (hearth_step_lock_outside). */
+    atomic_int step_waiters;
+    pthread_cond_t step_cv;
     adapter_entry adapters[HEARTH_MAX_ADAPTERS]; /* guarded by mu + step_mu */
     int32_t next_adapter_id;
     int32_t active_adapter;      /* engine thread: what the context applies */
@@ -443,5 +448,14 @@ void hearth_score_pack(struct hearth_engine *e, hearth_request *r, hearth_sched_
 void hearth_score_collect(struct hearth_engine *e, hearth_request *r, const hearth_sched_entry *ent);
 void hearth_score_advance(struct hearth_engine *e, hearth_request *r);
 void hearth_score_free(hearth_request *r);
+
+/* step_mu for a thread other than the engine's (adapter load and unload,
+ * a step log resize).  The engine thread takes step_mu again right after
+ * each step, and a mutex is not fair: on a busy machine a waiter could wait
+ * for the engine to go idle (a hot swap under load once took as long as the
+ * eight streams it ran beside).  The engine thread lets a counted waiter in
+ * before its next step. */
+void hearth_step_lock_outside(hearth_engine *e);
+void hearth_step_unlock_outside(hearth_engine *e);
 
 #endif

@@ -71,12 +71,12 @@ hearth_status hearth_engine_step_log(hearth_engine *e, int32_t capacity) {
     }
     /* step_mu: the engine thread's step (which stages into the log) is not
      * running; mu: nor is a finish (which appends). */
-    pthread_mutex_lock(&e->step_mu);
+    hearth_step_lock_outside(e);
     pthread_mutex_lock(&e->mu);
     struct step_log *old = e->step_log;
     e->step_log = fresh;
     pthread_mutex_unlock(&e->mu);
-    pthread_mutex_unlock(&e->step_mu);
+    hearth_step_unlock_outside(e);
     log_free(old);
     return HEARTH_OK;
 }

@@ -307,8 +307,9 @@ class ModelManager:
         handle.adapters = {**handle.adapters, name: new_id}
         handle.adapter_versions = {**{k: v for k, v in handle.adapter_versions.items()
                                       if k != name}, **({name: version} if version else {})}
-        if old_id:
-            engine.unload_adapter(old_id)
+        if old_id:      # waits for the step in progress: not on the event loop
+            await asyncio.get_running_loop().run_in_executor(None, engine.unload_adapter,
+                                                             old_id)
         log.info("%s: adapter %s loaded from %s%s", handle.name, name, source,
                  " (replacing the previous version)" if old_id else "")
         return handle
