@@ -24,7 +24,7 @@ where a handful of simulated windows cross, and windows of one stream share
 its resampled reference; 20 streams of one ERT let two or three unlucky
 references decide it (on one reference, ten calibrations gave 2 to 11 real
 alarms per 100,000 requests), 100 streams of a fifth of an ERT spread it
-(2 to 6), at the same cost.
+(2 to 6), at the same cost (both aimed at 2 × ERT for that comparison).
 """
 from __future__ import annotations
 
