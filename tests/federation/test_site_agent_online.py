@@ -130,8 +130,10 @@ release_wait_s = 20
             status = c.get_model("tiny")
             assert list(status.adapters) == ["fed-clinics"]
             assert dict(status.adapter_versions) == {"fed-clinics": 1}   # Models.Get
+            # ignore_eos: the trained adapter may well end its answer early
+            # (one fresh-clone run got 2 tokens); the point is that it serves
             _, tokens, _ = c.complete("the patient", max_tokens=4, temperature=0.0,
-                                         adapter="fed-clinics")
+                                         adapter="fed-clinics", ignore_eos=True)
             assert len(tokens) == 4
     finally:
         code = d.stop()
