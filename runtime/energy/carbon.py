@@ -30,15 +30,19 @@ def minutes_of_day(text: Any, where: str) -> int:
 
 
 @dataclass(frozen=True)
-class Band:
+class TimeRange:
     start: int          # minutes after midnight, inclusive
-    end: int            # exclusive; end <= start wraps midnight
-    g_per_kwh: float
+    end: int            # exclusive; end <= start wraps midnight (equal: the whole day)
 
     def covers(self, minute: int) -> bool:
         if self.start < self.end:
             return self.start <= minute < self.end
         return minute >= self.start or minute < self.end
+
+
+@dataclass(frozen=True)
+class Band(TimeRange):
+    g_per_kwh: float
 
 
 @dataclass(frozen=True)

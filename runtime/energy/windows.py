@@ -26,23 +26,12 @@ from dataclasses import dataclass
 from datetime import datetime, tzinfo
 
 from runtime.config import BELOW_G_PER_KWH, TIME_RANGE
-from runtime.energy.carbon import GridIntensity, minutes_of_day
+from runtime.energy.carbon import GridIntensity, TimeRange, minutes_of_day
 from runtime.errors import ConfigError
 
 MINUTE_S = 60.0
 SEARCH_MINUTES = 25 * 60            # a day, plus a daylight-saving hour
 WHERE = "federation.training_windows"
-
-
-@dataclass(frozen=True)
-class TimeRange:
-    start: int          # minutes after midnight, inclusive
-    end: int            # exclusive; end <= start wraps midnight (equal: the whole day)
-
-    def covers(self, minute: int) -> bool:
-        if self.start < self.end:
-            return self.start <= minute < self.end
-        return minute >= self.start or minute < self.end
 
 
 @dataclass(frozen=True)
