@@ -74,7 +74,10 @@ class Federation:
 
 
 def make_federation(root: Path, model: Path, trainer: TrainerSettings, n_sites: int,
-                    margin: float = 0.02) -> Federation:
+                    margin: float = 0.02, min_sites: int | None = None,
+                    clip_norm: float = 50.0) -> Federation:
+    """A coordinator and `n_sites` enrolled sites (ward-0, ...); every site
+    is needed unless `min_sites` says fewer."""
     spec = LoraSpec(rank=trainer.rank, scheme=trainer.scheme, seed=trainer.seed)
     store = SealedStore.init(root / "coordinator", KEY)
     sites = {}
@@ -82,7 +85,8 @@ def make_federation(root: Path, model: Path, trainer: TrainerSettings, n_sites: 
         init_coordinator(store, FederationSettings(
             federation="clinics", base_model_sha256=file_sha256(model),
             trainable_size=trainable_size(lora_layout(str(model), spec), spec),
-            trainer=trainer, clip_norm=50.0, min_sites=n_sites, round_seconds=300.0,
+            trainer=trainer, clip_norm=clip_norm, min_sites=min_sites or n_sites,
+            round_seconds=300.0,
             gate_margin=margin), str(model))
         for i in range(n_sites):
             site = SealedStore.init(root / f"ward-{i}", KEY)

@@ -32,9 +32,7 @@ from runtime.energy.service import open_meter
 from runtime.energy.windows import TrainingWindows
 from runtime.errors import AlreadyExists, FailedPrecondition, InvalidArgument
 from runtime.federation.aggregate import SiteUpdate
-from runtime.federation.coordinator import FederationSettings
 from runtime.federation.documents import open_release_file
-from runtime.federation.enrollment import enroll_site, init_coordinator, issue_kit, join_site
 from runtime.federation.online import FederationServicer, GrpcExchange
 from runtime.federation.plan import TrainerSettings
 from runtime.federation.release import (
@@ -46,12 +44,12 @@ from runtime.federation.release import (
 from runtime.federation.rounds import CoordinatorRounds, drive_round
 from runtime.federation.site_loop import SiteRun, TrainingConditions
 from runtime.federation.site_training import SiteData
-from runtime.federation.state import SiteContext, coordinator_keys, file_sha256
-from runtime.federation.train import LoraSpec, lora_layout, trainable_size
+from runtime.federation.state import SiteContext, coordinator_keys
 from runtime.federation.update_bundle import seal_update
 from runtime.storage.store import Kind, SealedStore
 from tests.federation.test_gate_round import KEY as GATE_KEY
 from tests.federation.test_gate_round import Federation, run_rounds
+from tests.federation.test_gate_round import make_federation as gate_federation
 
 KEY = GATE_KEY            # the stores open under the harness run_rounds uses
 TRAINER = TrainerSettings(rank=2, steps=2, learning_rate=0.01, batch_tokens=64)
@@ -69,26 +67,9 @@ def data(i: int) -> SiteData:
 
 def make_federation(root: Path, model: Path, n_sites: int, min_sites: int
                     ) -> tuple[Path, dict[str, Path]]:
-    spec = LoraSpec(rank=TRAINER.rank, scheme=TRAINER.scheme, seed=TRAINER.seed)
-    store = SealedStore.init(root / "coordinator", KEY)
-    sites = {}
-    try:
-        init_coordinator(store, FederationSettings(
-            federation="clinics", base_model_sha256=file_sha256(model),
-            trainable_size=trainable_size(lora_layout(str(model), spec), spec),
-            trainer=TRAINER, clip_norm=5.0, min_sites=min_sites, round_seconds=300.0,
-            gate_margin=1e6), str(model))          # the gate is not what this tests
-        for i in range(n_sites):
-            site = SealedStore.init(root / f"ward-{i}", KEY)
-            try:
-                kit = issue_kit(store, enroll_site(site, f"ward-{i}").dumps())
-                join_site(site, kit.dumps(), str(model))
-            finally:
-                site.close()
-            sites[f"ward-{i}"] = root / f"ward-{i}"
-    finally:
-        store.close()
-    return root / "coordinator", sites
+    fed = gate_federation(root, model, TRAINER, n_sites, margin=1e6,   # not the gate's test
+                          min_sites=min_sites, clip_norm=5.0)
+    return fed.coordinator, fed.sites
 
 
 def run_round(coordinator: Path, sites: dict[str, Path], conditions: dict[str, TrainingConditions],
