@@ -124,8 +124,7 @@ test: setup model lint
 	$(BIN)/python -m pytest tests
 
 bench: setup model
-	CMAKE_ARGS="$$($(BIN)/python native/tools/llama_dist.py cmake-args)" \
-	    $(BIN)/python -m benchmarks.serving
+	$(BIN)/python -m benchmarks.serving
 	$(BIN)/python -m benchmarks.storage
 	$(BIN)/python -m benchmarks.features
 	$(BIN)/python -m benchmarks.federation

@@ -97,6 +97,7 @@ class LevelResult:
 
     n: int
     agg_tok_s: float | None
+    decode_tok_s: float | None = None  # while every stream decodes (decode_rate)
     wall_s: float | None = None
     generated_tokens: int | None = None
     ttft_p50_s: float | None = None
@@ -130,6 +131,24 @@ def inter_token_gaps(arrivals: list[tuple[float, int]]) -> list[float]:
     return gaps
 
 
+def decode_rate(records: list[StreamRecord]) -> float | None:
+    """Generated tokens/s while all N streams decode at once: from the moment the last
+    stream got its first token to the moment the first stream got its last one, the
+    tokens that arrived in between over that time.  Prompt processing and the streams'
+    ragged ends fall outside, so this is the figure to set beside llama-batched-bench's
+    S_TG (N sequences decoding together).  None if any stream has fewer than two
+    arrivals or the window is empty."""
+    streams = [[(t, k) for t, k in r.arrivals if k > 0] for r in records]
+    if not streams or any(len(a) < 2 for a in streams):
+        return None
+    start = max(a[0][0] for a in streams)
+    end = min(a[-1][0] for a in streams)
+    if end <= start:
+        return None
+    tokens = sum(k for a in streams for t, k in a if start < t <= end)
+    return tokens / (end - start)
+
+
 def summarize(n: int, records: list[StreamRecord], max_tokens: int) -> LevelResult:
     """The figures of one run of N streams (see the module docstring for the counting)."""
     ttfts, itls = [], []
@@ -145,7 +164,8 @@ def summarize(n: int, records: list[StreamRecord], max_tokens: int) -> LevelResu
     for r in records:
         reasons[r.finish or "none"] = reasons.get(r.finish or "none", 0) + 1
     return LevelResult(
-        n=n, agg_tok_s=total / wall if wall > 0 else None, wall_s=wall, generated_tokens=total,
+        n=n, agg_tok_s=total / wall if wall > 0 else None, decode_tok_s=decode_rate(records),
+        wall_s=wall, generated_tokens=total,
         ttft_p50_s=_pct(ttfts, 50), ttft_p99_s=_pct(ttfts, 99),
         itl_p50_s=_pct(itls, 50), itl_p99_s=_pct(itls, 99),
         completed=sum(1 for r in records if r.error is None and r.generated >= max_tokens),

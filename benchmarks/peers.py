@@ -94,9 +94,19 @@ class Peer:
 # -- llama.cpp's own tools ------------------------------------------------------------------
 
 def peers_cmake_args() -> list[str]:
-    """CMAKE_ARGS, the variable llama-cpp-python's own build reads: the peers are built
-    with the same llama.cpp options as the library Hearth runs on (a CUDA build, AMX off)."""
-    return shlex.split(os.environ.get("CMAKE_ARGS", ""))
+    """CMAKE_ARGS, the variable llama-cpp-python's own build reads, so the peers are built
+    with the same llama.cpp options as the library Hearth runs on (a CUDA build, AMX off).
+    Unset, the CPU build's own options (llama_dist.py cmake-args): a peer built without
+    them can use kernels the Hearth build leaves out (AMX), or die on them (SIGILL)."""
+    args = os.environ.get("CMAKE_ARGS")
+    if args is None:
+        try:
+            args = subprocess.run([sys.executable, str(REPO / "native/tools/llama_dist.py"),
+                                   "cmake-args"], check=True, capture_output=True,
+                                  text=True, cwd=REPO).stdout.strip()
+        except (subprocess.CalledProcessError, OSError) as exc:
+            raise PeerUnavailable(f"no CMake options from llama_dist.py: {exc}") from exc
+    return shlex.split(args)
 
 
 def peers_build_dir() -> Path:
@@ -187,7 +197,8 @@ class BatchedBenchPeer(Peer):
             raise PeerUnavailable(f"no row for B={n} in llama-batched-bench's output:\n"
                                   f"{bench.log_tail()}")
         self.result.info.setdefault("kv_allocated_mb", parse_kv_buffer_mib(text))
-        return load.LevelResult(n=n, agg_tok_s=row["S_TG t/s"], peak_rss_mb=peak / MB,
+        return load.LevelResult(n=n, agg_tok_s=row["S_TG t/s"], decode_tok_s=row["S_TG t/s"],
+                                peak_rss_mb=peak / MB,
                                 extra={"table_row": row})
 
 

@@ -77,7 +77,13 @@ def _ratio(name: str, peers: dict[str, PeerResult], family: str, n: int, attr: s
 def ratios(results: list[PeerResult]) -> list[Ratio]:
     peers = {p.key: p for p in results}
     out = [_ratio(f"Hearth ÷ llama-server, aggregate tok/s at N={n}", peers, "llama-server",
-                  n, "agg_tok_s", 1.0, operator.ge, stretch=1.1) for n in (8, 16)]
+                  n, "agg_tok_s", 1.1, operator.ge) for n in (8, 16)]
+    for n in (8, 16):
+        value = _div(_figure(peers, "hearth", n, "decode_tok_s"),
+                     _figure(peers, "batched-bench", n, "decode_tok_s"))
+        out.append(Ratio(name=f"Hearth decode-only ÷ llama-batched-bench S_TG at N={n}",
+                         value=value, goal=">= 0.9", against="batched-bench",
+                         passed=None if value is None else value >= 0.9))
     out.append(_ratio("Hearth ÷ llama-cpp-python in-process, tok/s at N=1", peers,
                       "llama-cpp-python", 1, "agg_tok_s", 0.95, operator.ge))
     out.append(_ratio("Hearth ÷ llama-server, TTFT p50 at N=8", peers, "llama-server", 8,
@@ -176,6 +182,8 @@ def markdown(meta: dict[str, Any], results: list[PeerResult], goals: list[Ratio]
              f"settings were read from {settings.get('source', '?')}. The goals are judged "
              "on the tuned peers.", ""]
     tables = [("Aggregate generated tokens/s", "agg_tok_s", ".1f"),
+              ("Decode-only tokens/s: while all N streams decode (batched-bench: S_TG)",
+               "decode_tok_s", ".1f"),
               ("TTFT p50 (s), client side", "ttft_p50_s", ".3f"),
               ("Inter-token latency p50 (s), client side", "itl_p50_s", ".3f"),
               ("Streams that completed all their tokens", "completed", "d")]
@@ -184,7 +192,8 @@ def markdown(meta: dict[str, Any], results: list[PeerResult], goals: list[Ratio]
     for title, attr, fmt in tables:
         lines += [f"## {title}", "", header, rule]
         for p in results:
-            if not p.levels or (attr != "agg_tok_s" and p.key == "batched-bench"):
+            if not p.levels or (attr not in ("agg_tok_s", "decode_tok_s")
+                                and p.key == "batched-bench"):
                 continue
             cells = []
             for n in ns:

@@ -3,6 +3,7 @@
 #define HEARTH_INTERNAL_H
 
 #include "hearth_core.h"
+#include "rows.h"
 
 #include <pthread.h>
 #include <stdatomic.h>

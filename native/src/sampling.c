@@ -149,28 +149,10 @@ void hearth_sampler_prime(hearth_sampler *s, const int32_t *tokens, int32_t n) {
 }
 
 /* Index of the largest logit, lowest index on ties (as llama.cpp's greedy
- * sampler), skipping banned tokens.  The maximum is found first with a
- * reduction the compiler vectorises (Gemma's 262k-entry rows make this the
- * per-token cost that matters), then its first position. */
+ * sampler), skipping banned tokens; 0 when every logit is NaN or banned. */
 static llama_token argmax(const float *logits, int32_t n, const uint8_t *ban) {
-    float best = -INFINITY;
-    if (ban) {
-        for (int32_t i = 0; i < n; i++) {
-            float v = ban[i] ? -INFINITY : logits[i];
-            best = v > best ? v : best;
-        }
-    } else {
-#pragma omp simd reduction(max : best)
-        for (int32_t i = 0; i < n; i++) {
-            best = logits[i] > best ? logits[i] : best;
-        }
-    }
-    for (int32_t i = 0; i < n; i++) {
-        if (logits[i] == best && !(ban && ban[i])) {
-            return i;
-        }
-    }
-    return 0; /* every logit NaN or banned */
+    int32_t at = hearth_row_argmax(logits, n, ban);
+    return at < 0 ? 0 : at;
 }
 
 hearth_status hearth_sampler_set_grammar(hearth_sampler *s, const struct llama_vocab *vocab,
@@ -445,11 +427,7 @@ void hearth_sampler_free(hearth_sampler *s) {
  * in cache and the cost close to the two passes. */
 void hearth_logprobs_compute(const float *logits, int32_t n_vocab, llama_token chosen, int32_t k,
                              hearth_logprob *out) {
-    float mx = -INFINITY;
-#pragma omp simd reduction(max : mx)
-    for (int32_t i = 0; i < n_vocab; i++) {
-        mx = logits[i] > mx ? logits[i] : mx;
-    }
+    float mx = hearth_row_max(logits, n_vocab);
     double sum = 0.0;
     for (int32_t i = 0; i < n_vocab; i++) {
         sum += (double)expf(logits[i] - mx);

@@ -125,16 +125,6 @@ hearth_status hearth_draft_create(hearth_engine *e) {
     return HEARTH_OK;
 }
 
-static llama_token argmax_row(const float *logits, int32_t n) {
-    int32_t best = 0;
-    for (int32_t i = 1; i < n; i++) {
-        if (logits[i] > logits[best]) {
-            best = i;
-        }
-    }
-    return best;
-}
-
 /* Drops what the draft KV of slot `seq` holds beyond the first `keep`
  * tokens; returns how many it still holds. */
 static int32_t draft_trim(draft_model *d, int32_t seq, int32_t keep) {
@@ -184,7 +174,8 @@ static void take_proposal(hearth_engine *e, draft_model *d, spec_job *j) {
         j->want = 0;
         return;
     }
-    llama_token t = argmax_row(logits, e->n_vocab);
+    int32_t at = hearth_row_argmax(logits, e->n_vocab, NULL);
+    llama_token t = at < 0 ? 0 : at;
     htokens_append(&j->r->drafts, &t, 1);
     if (e->eog_mask[t] || j->r->drafts.len >= j->want) {
         j->want = j->r->drafts.len; /* an end token ends the draft */

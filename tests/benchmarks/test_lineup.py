@@ -9,6 +9,7 @@ as an alias of `--ctx-checkpoints`, `--cache-ram`, `--flash-attn on|off|auto`, a
 """
 from __future__ import annotations
 
+import platform
 from pathlib import Path
 
 import pytest
@@ -220,7 +221,7 @@ def test_the_peers_build_with_the_same_cmake_args_as_llama_cpp_python(
 
     monkeypatch.delenv("HEARTH_PEERS_BUILD", raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))
-    monkeypatch.delenv("CMAKE_ARGS", raising=False)
+    monkeypatch.setenv("CMAKE_ARGS", "")
     plain = peers_build_dir()
     assert plain == tmp_path / ".cache/hearth/peers-build" and peers_cmake_args() == []
     monkeypatch.setenv("CMAKE_ARGS", "-DGGML_CUDA=on -DGGML_AMX_INT8=OFF")
@@ -229,3 +230,18 @@ def test_the_peers_build_with_the_same_cmake_args_as_llama_cpp_python(
     assert peers_build_dir().name.startswith("peers-build-")
     monkeypatch.setenv("HEARTH_PEERS_BUILD", str(tmp_path / "mine"))
     assert peers_build_dir() == tmp_path / "mine"
+
+
+def test_without_cmake_args_the_peers_take_the_cpu_builds_options(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Unset CMAKE_ARGS means Hearth's own CPU options, not llama.cpp's defaults (which
+    built AMX kernels that died with SIGILL on this kind of VM).  Checked to fail:
+    reading an unset CMAKE_ARGS as empty gives []."""
+    from benchmarks.peers import peers_cmake_args
+
+    monkeypatch.delenv("CMAKE_ARGS", raising=False)
+    monkeypatch.delenv("HEARTH_LLAMA_CMAKE_ARGS", raising=False)
+    args = peers_cmake_args()
+    assert "-DGGML_RPC=ON" in args
+    if platform.machine() == "x86_64":
+        assert any(a.startswith("-DCMAKE_C_FLAGS=") and "-mno-amx-tile" in a for a in args)

@@ -6,6 +6,7 @@ import pytest
 from benchmarks.load import (
     LevelResult,
     StreamRecord,
+    decode_rate,
     inter_token_gaps,
     make_prompts,
     median_run,
@@ -61,6 +62,22 @@ def test_summarize_figures_from_crafted_records() -> None:
     assert level.completed == 2
     assert level.finish_reasons == {"length": 2}
     assert level.errors == []
+
+
+def test_decode_rate_counts_only_while_every_stream_decodes() -> None:
+    """By hand: B's first token comes at 2.0 and A's last at 3.0; between them A's token
+    at 3.0 arrives (B's chunk at 2.0 is the window's start, not in it): 1 token in 1 s.
+    Checked to fail: opening the window at the first stream's first token (1.0) counts
+    A's token at 2.0 and B's two as well (4 tokens in 2 s: 2.0)."""
+    assert decode_rate(_two_streams()) == pytest.approx(1.0)
+    level = summarize(2, _two_streams(), max_tokens=3)
+    assert level.decode_tok_s == pytest.approx(1.0)
+    steady = [StreamRecord(arrivals=[(0.1 * i + d, 1) for i in range(11)]) for d in (0, 0.05)]
+    # (0.05, 1.0]: the first stream's 0.1 .. 1.0 (10) and the second's 0.15 .. 0.95 (9)
+    assert decode_rate(steady) == pytest.approx(19 / 0.95)
+    one_token = StreamRecord(arrivals=[(1.0, 1)])
+    assert decode_rate([*_two_streams(), one_token]) is None
+    assert decode_rate([]) is None
 
 
 def test_the_peers_own_token_count_wins_over_the_chunks() -> None:
