@@ -186,13 +186,15 @@ def markdown(meta: dict[str, Any], results: list[PeerResult], goals: list[Ratio]
                "decode_tok_s", ".1f"),
               ("TTFT p50 (s), client side", "ttft_p50_s", ".3f"),
               ("Inter-token latency p50 (s), client side", "itl_p50_s", ".3f"),
-              ("Streams that completed all their tokens", "completed", "d")]
+              ("Streams that completed all their tokens", "completed", "d"),
+              ("Peak RSS (MB) of the peer's processes, sampled every 50 ms", "peak_rss_mb",
+               ".0f")]
     header = "| peer | " + " | ".join(f"N={n}" for n in ns) + " |"
     rule = "|---|" + "---|" * len(ns)
     for title, attr, fmt in tables:
         lines += [f"## {title}", "", header, rule]
         for p in results:
-            if not p.levels or (attr not in ("agg_tok_s", "decode_tok_s")
+            if not p.levels or (attr not in ("agg_tok_s", "decode_tok_s", "peak_rss_mb")
                                 and p.key == "batched-bench"):
                 continue
             cells = []

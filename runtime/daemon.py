@@ -38,7 +38,8 @@ from typing import TYPE_CHECKING
 from runtime import errors
 from runtime.auth.authenticator import Authenticator
 from runtime.auth.tokens import TokenStore
-from runtime.config import Config, ModelConfig, is_local_address
+from runtime.config import Config, ModelConfig
+from runtime.config_values import is_local_address
 from runtime.core import InferenceService
 from runtime.core.response_cache import ResponseCache
 from runtime.energy.service import EnergyService

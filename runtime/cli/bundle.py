@@ -6,7 +6,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from runtime.config import check_config_name
+from runtime.config_values import check_config_name
 from runtime.errors import ConfigError
 from runtime.exit_codes import ExitCode
 

@@ -10,15 +10,8 @@ from typing import Any
 
 from runtime import errors
 from runtime.cli.state import add_state_options, keyed, open_store
-from runtime.config import (
-    Config,
-    ModelConfig,
-    check_config_name,
-    check_listen_address,
-    check_source,
-    load_config,
-    validate_model,
-)
+from runtime.config import Config, ModelConfig, load_config, validate_model
+from runtime.config_values import check_config_name, check_listen_address, check_source
 from runtime.daemon import disable_core_dumps, serve
 from runtime.exit_codes import ExitCode
 from runtime.logs import setup_logging

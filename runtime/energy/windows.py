@@ -15,8 +15,8 @@ A site is *inside* when the time is in any of its ranges (no range: any
 time) and, if a carbon bound is given, the grid is below it.  No entries:
 always inside.  Both change only at whole minutes, so "when does it open
 next" steps minute by minute over at most 25 hours (a day, and a daylight
-saving shift).  The entries' grammar is config.TIME_RANGE and
-config.BELOW_G_PER_KWH, so the config check and this module agree.
+saving shift).  The entries' grammar is config_values.TIME_RANGE
+and config_values.BELOW_G_PER_KWH, so the config check and this module agree.
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, tzinfo
 
-from runtime.config import BELOW_G_PER_KWH, TIME_RANGE
+from runtime.config_values import BELOW_G_PER_KWH, TIME_RANGE
 from runtime.energy.carbon import GridIntensity, TimeRange, minutes_of_day
 from runtime.errors import ConfigError
 

@@ -18,7 +18,8 @@ import pytest
 
 from runtime.auth import peercred
 from runtime.auth.peercred import UnixPeerFront, peer_uid
-from runtime.config import check_listen_address, parse_config
+from runtime.config import parse_config
+from runtime.config_values import check_listen_address
 from runtime.errors import ConfigError, Unavailable
 
 

@@ -26,7 +26,7 @@ def test_on_by_default_and_keys_parse() -> None:
     ({"grid_g_per_kwh": "300"}, "energy.grid_g_per_kwh"), ({"watts": 3}, "energy.watts"),
 ])
 def test_bad_values_name_the_key(table: dict, key: str) -> None:
-    """Fails without the range checks in _check_value (0 W, a 10 ms window pass)."""
+    """Fails without the range checks in config_values.check_value (0 W, a 10 ms window pass)."""
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         parse_config({"energy": table})
 
