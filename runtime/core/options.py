@@ -13,7 +13,7 @@ Derived from the table, and spelling no option themselves:
   * the converters: `server/converters.py` (hearth.v1), `http/converters.py`
     (OpenAI), `server/kserve/sampling.py` (KServe / Triton);
   * `core/response_cache.py`: the cache key hashes every option;
-  * `native/engine.py`: copies the `sampling` options into `hearth_sampling`
+  * `native/types.py`: copies the `sampling` options into `hearth_sampling`
     by name.
 Adding a sampling option touches this table, the proto, the header
 (`hearth_sampling`) and `native/src/sampling.c`, and nothing else.

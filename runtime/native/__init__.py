@@ -6,15 +6,15 @@ and the cdef; `check()` is the only place a C status becomes an exception.
 `runtime.native.rpc` probes and runs ggml RPC workers.
 """
 from runtime.native._ffi import check, ffi, lib, library_path
-from runtime.native.engine import (
+from runtime.native.engine import NativeEngine, NativeRequest
+from runtime.native.textstream import TextStream
+from runtime.native.types import (
     DeviceInfo,
     DriftSignals,
     EngineParams,
     EngineStats,
     FinishReason,
     ModelInfo,
-    NativeEngine,
-    NativeRequest,
     Output,
     RequestParams,
     Sampling,
@@ -25,7 +25,6 @@ from runtime.native.engine import (
     build_info,
     list_devices,
 )
-from runtime.native.textstream import TextStream
 
 __all__ = [
     "DeviceInfo",

@@ -40,7 +40,7 @@ from runtime.core.validation import (
 )
 from runtime.errors import InvalidArgument, NotFound, ResourceExhausted
 from runtime.native import ffi
-from runtime.native.engine import copy_sampling
+from runtime.native.types import copy_sampling
 from runtime.server import converters
 from runtime.server.kserve.requests import INPUTS, infer_call
 from runtime.server.kserve.sampling import KNOWN_KEYS
