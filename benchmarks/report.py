@@ -222,34 +222,36 @@ def markdown(meta: dict[str, Any], results: list[PeerResult], goals: list[Ratio]
     return "\n".join(lines) + "\n"
 
 
+# (figure, y label, panel title), left to right; batched-bench has no TTFT
+_PANELS = (("agg_tok_s", "aggregate generated tokens/s", "Throughput"),
+           ("decode_tok_s", "tokens/s while all N streams decode", "Decode only"),
+           ("ttft_p50_s", "TTFT p50 (s)", "Time to first token"))
+
+
 def plot(results: list[PeerResult], ns: list[int], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (tok_ax, ttft_ax) = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig, axes = plt.subplots(1, len(_PANELS), figsize=(6 * len(_PANELS), 4.5))
     for i, p in enumerate(results):
-        levels = [lv for lv in p.levels if lv.agg_tok_s is not None]
-        if not levels:
-            continue
         style = {"color": f"C{i}", "marker": "o", "label": p.key,
                  "linestyle": ":" if p.variant == "defaults" else
                  "--" if p.key == "batched-bench" else "-"}
-        tok_ax.plot([lv.n for lv in levels], [lv.agg_tok_s for lv in levels], **style)
-        ttft = [lv for lv in levels if lv.ttft_p50_s is not None]
-        if ttft:
-            ttft_ax.plot([lv.n for lv in ttft], [lv.ttft_p50_s for lv in ttft], **style)
-    for ax, ylabel in ((tok_ax, "aggregate generated tokens/s"), (ttft_ax, "TTFT p50 (s)")):
+        for ax, (attr, _, _) in zip(axes, _PANELS, strict=True):
+            levels = [lv for lv in p.levels if getattr(lv, attr) is not None]
+            if levels:
+                ax.plot([lv.n for lv in levels], [getattr(lv, attr) for lv in levels], **style)
+    for ax, (_, ylabel, title) in zip(axes, _PANELS, strict=True):
         ax.set_xscale("log", base=2)
         ax.set_xticks(ns, [str(n) for n in ns])
         ax.set_xlabel("concurrent streams N")
         ax.set_ylabel(ylabel)
+        ax.set_title(title)
         ax.grid(True, alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
-    tok_ax.set_title("Throughput")
-    ttft_ax.set_title("Time to first token")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
