@@ -75,11 +75,13 @@ def test_operator_chosen_template_makes_a_base_model_chat(tmp_path: Path) -> Non
     assert '"chatTemplate": "config"' in got.stdout
 
 
-def _read_until(fd: int, needle: bytes, timeout: float = 180.0) -> bytes:
+def _read_until(fd: int, needle: bytes, timeout: float = 180.0, must: bool = True) -> bytes:
     seen = b""
     deadline = time.monotonic() + timeout
     while needle not in seen:
         left = deadline - time.monotonic()
+        if left <= 0 and not must:
+            break
         assert left > 0, f"no {needle!r} in {seen!r}"
         ready, _, _ = select.select([fd], [], [], left)
         if ready:
@@ -114,6 +116,20 @@ def spawn_in_terminal(*args: str) -> tuple[subprocess.Popen, int]:
     return proc, leader
 
 
+def _ctrl_c_at_the_prompt(proc: subprocess.Popen, leader: int) -> None:
+    """Ctrl-C until the prompt is back, at most 5 times.  Python's readline can lose a
+    SIGINT that lands after it printed the prompt but before it blocks in select()
+    (the flag is set, nothing wakes the select): the REPL then waits, alive, for the
+    next key, and a person presses Ctrl-C again.  One fresh-clone run hit exactly that."""
+    for _ in range(5):
+        os.write(leader, b"\x03")
+        seen = _read_until(leader, b"> ", timeout=10.0, must=False)
+        assert proc.poll() is None, f"Ctrl-C at the prompt ended the REPL: {seen!r}"
+        if b"> " in seen:
+            return
+    raise AssertionError("no prompt after five Ctrl-C")
+
+
 def test_terminal_repl_ctrl_c_keeps_it_and_ctrl_d_leaves(two_tiny: Daemon) -> None:
     """At a terminal: an answer, Ctrl-C at the prompt does not leave, Ctrl-D
     does (exit 0).  Fails when _read_turn lets KeyboardInterrupt through
@@ -123,8 +139,7 @@ def test_terminal_repl_ctrl_c_keeps_it_and_ctrl_d_leaves(two_tiny: Daemon) -> No
         assert b"Ctrl-D leaves" in _read_until(leader, b"> ")
         os.write(leader, b"hello\r")
         _read_until(leader, b"> ")                    # answered, prompting again
-        os.write(leader, b"\x03")                     # Ctrl-C at the prompt
-        _read_until(leader, b"> ")
+        _ctrl_c_at_the_prompt(proc, leader)
         assert proc.poll() is None
         os.write(leader, b"\x04")                     # Ctrl-D
         assert proc.wait(30) == 0
