@@ -24,6 +24,7 @@ import argparse
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -104,10 +105,17 @@ def pack_core(python: str, out: Path) -> None:
                 tar.add(f, f.relative_to(src).as_posix())
 
 
+# Libraries the carried llama_cpp package holds in its CUDA build (libllama-common
+# and the tools' -impl libraries are not among them).
+PROVIDED_BY_LLAMA_CPP = re.compile(r"lib(ggml[-.\w]*|llama|mtmd)\.so")
+
+
 def pack_peers(build: Path, out: Path) -> None:
-    """llama-server and llama-batched-bench without ggml/llama (check.sh links
-    the carried flavour's libraries beside them); other shared libraries of
-    the build (mtmd, common) are kept."""
+    """llama-server and llama-batched-bench without the libraries the carried
+    llama_cpp provides (libggml*, libllama.so, libmtmd: check.sh links those
+    beside them); the build's other shared libraries go along: the tools are
+    small launchers of libllama-server-impl / libllama-batched-bench-impl, on
+    libllama-common.  Their run path must be $ORIGIN (build_peers.sh)."""
     bins = [build / "bin" / t for t in ("llama-server", "llama-batched-bench")]
     missing = [b for b in bins if not b.exists()]
     if missing:
@@ -117,7 +125,7 @@ def pack_peers(build: Path, out: Path) -> None:
         for b in bins:
             tar.add(b, f"bin/{b.name}")
         for lib in sorted((build / "bin").glob("lib*.so*")):
-            if not lib.name.startswith(("libggml", "libllama", "libmtmd")):
+            if not PROVIDED_BY_LLAMA_CPP.match(lib.name):
                 tar.add(lib, f"bin/{lib.name}")
 
 
