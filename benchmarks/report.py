@@ -194,15 +194,13 @@ def markdown(meta: dict[str, Any], results: list[PeerResult], goals: list[Ratio]
     for title, attr, fmt in tables:
         lines += [f"## {title}", "", header, rule]
         for p in results:
-            if not p.levels or (attr not in ("agg_tok_s", "decode_tok_s", "peak_rss_mb")
-                                and p.key == "batched-bench"):
-                continue
-            cells = []
-            for n in ns:
-                level = p.level(n)
-                value = getattr(level, attr) if level else None
-                cells.append(_cell(value, fmt) + (f"/{level.streams}" if level and value
-                                                  is not None and attr == "completed" else ""))
+            levels = [p.level(n) for n in ns]
+            values = [getattr(lv, attr) if lv else None for lv in levels]
+            if all(v is None for v in values):
+                continue    # a peer without this figure (batched-bench: no TTFT)
+            cells = [_cell(v, fmt) + (f"/{lv.streams}" if lv and v is not None
+                                      and attr == "completed" else "")
+                     for lv, v in zip(levels, values, strict=True)]
             lines.append(f"| {p.label} | " + " | ".join(cells) + " |")
         lines.append("")
     reference = reference_line(results, ns)

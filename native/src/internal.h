@@ -109,6 +109,10 @@ bool hearth_sampler_init(hearth_sampler *s, const hearth_sampling *cfg,
 void hearth_sampler_prime(hearth_sampler *s, const int32_t *tokens, int32_t n);
 /* Picks the next token from logits row idx (requests without a grammar). */
 llama_token hearth_sampler_sample(hearth_sampler *s, struct llama_context *ctx, int32_t idx);
+/* The greedy choice over a logits row: the largest logit, lowest index on
+ * ties (as llama.cpp's greedy sampler), skipping tokens whose ban byte is 1
+ * (ban may be NULL); token 0 when every logit is NaN or banned. */
+llama_token hearth_greedy_token(const float *logits, int32_t n, const uint8_t *ban);
 /* Grammar requests, in two parts whose cost is bounded separately.
  *
  * grammar_first: picks the token the sampler would pick without the

@@ -148,9 +148,7 @@ void hearth_sampler_prime(hearth_sampler *s, const int32_t *tokens, int32_t n) {
     }
 }
 
-/* Index of the largest logit, lowest index on ties (as llama.cpp's greedy
- * sampler), skipping banned tokens; 0 when every logit is NaN or banned. */
-static llama_token argmax(const float *logits, int32_t n, const uint8_t *ban) {
+llama_token hearth_greedy_token(const float *logits, int32_t n, const uint8_t *ban) {
     int32_t at = hearth_row_argmax(logits, n, ban);
     return at < 0 ? 0 : at;
 }
@@ -336,7 +334,7 @@ llama_token hearth_sampler_grammar_first(hearth_sampler *s, const float *logits,
         fill_candidates(scratch, logits, s->n_vocab);
         tok = pick(s, scratch, s->n_vocab);
     } else {
-        tok = argmax(logits, s->n_vocab, NULL);
+        tok = hearth_greedy_token(logits, s->n_vocab, NULL);
     }
     if (tok != LLAMA_TOKEN_NULL && grammar_allows(s, utf8, tok)) {
         grammar_commit(s, tok);
@@ -405,7 +403,7 @@ llama_token hearth_sampler_sample(hearth_sampler *s, struct llama_context *ctx, 
     if (!logits) {
         return LLAMA_TOKEN_NULL;
     }
-    return argmax(logits, s->n_vocab, s->eog_mask);
+    return hearth_greedy_token(logits, s->n_vocab, s->eog_mask);
 }
 
 void hearth_sampler_free(hearth_sampler *s) {

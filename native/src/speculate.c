@@ -174,8 +174,7 @@ static void take_proposal(hearth_engine *e, draft_model *d, spec_job *j) {
         j->want = 0;
         return;
     }
-    int32_t at = hearth_row_argmax(logits, e->n_vocab, NULL);
-    llama_token t = at < 0 ? 0 : at;
+    llama_token t = hearth_greedy_token(logits, e->n_vocab, NULL);
     htokens_append(&j->r->drafts, &t, 1);
     if (e->eog_mask[t] || j->r->drafts.len >= j->want) {
         j->want = j->r->drafts.len; /* an end token ends the draft */
